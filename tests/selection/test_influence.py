@@ -84,7 +84,7 @@ def test_influence_predicts_leave_one_out_retraining_on_adult(adult):
 
 
 def test_influence_equals_the_dense_formula_and_does_not_depend_on_chunking():
-    X, y, s = make_problem(n=90, d=3, seed=3)
+    X, y, _ = make_problem(n=90, d=3, seed=3)
     Xv, yv, sv = make_problem(n=40, d=3, seed=4)
     small = InfluenceSelector(0.5, chunk_size=7).fit(X, y)
     large = InfluenceSelector(0.5, chunk_size=1000).fit(X, y)

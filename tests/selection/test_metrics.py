@@ -90,9 +90,7 @@ def test_worst_case_robust_accuracy_matches_the_explicit_attack(norm, fitted):
     explicit = np.mean(model.predict(attacked) == y)
     assert robust_accuracy(model, X, y, attack=norm, eps=eps) == pytest.approx(explicit)
     # eps = 0 is plain accuracy; a larger ball can only hurt.
-    assert robust_accuracy(model, X, y, attack=norm, eps=0.0) == pytest.approx(
-        model.score(X, y)
-    )
+    assert robust_accuracy(model, X, y, attack=norm, eps=0.0) == pytest.approx(model.score(X, y))
     assert robust_accuracy(model, X, y, attack=norm, eps=2 * eps) <= explicit
 
 
@@ -113,8 +111,16 @@ def test_overshoot_robust_accuracy_of_the_reference_is_its_error_rate(fitted):
 def test_evaluate_collects_every_metric(fitted):
     model, X, y, s = fitted
     result = evaluate(model, X, y, sensitive_features=s, eps=0.1)
-    assert set(result) == {"accuracy", "dp", "dp_abs", "eop", "eop_abs", "robust_acc",
-                           "robust_acc_l2", "robust_acc_linf"}  # fmt: skip
+    assert set(result) == {
+        "accuracy",
+        "dp",
+        "dp_abs",
+        "eop",
+        "eop_abs",
+        "robust_acc",
+        "robust_acc_l2",
+        "robust_acc_linf",
+    }
     assert result["dp_abs"] == pytest.approx(abs(result["dp"]))
     assert result["accuracy"] == pytest.approx(model.score(X, y))
     with pytest.raises(BadInputError, match="attack"):

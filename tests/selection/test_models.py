@@ -71,8 +71,9 @@ def test_per_sample_gradients_sum_to_the_unregularized_gradient(problem):
     penalty = np.zeros_like(theta)
     penalty[:d] = L2 * theta[:d]  # the intercept is not penalized
     # Same floating-point sums in a different order: agreement to rounding.
-    np.testing.assert_allclose(grads.sum(0) + penalty, objective_gradient(theta, X, y, L2),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        grads.sum(0) + penalty, objective_gradient(theta, X, y, L2), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("fit_intercept", [False, True])
@@ -80,13 +81,15 @@ def test_fit_reaches_the_same_optimum_as_scikit_learn(fit_intercept):
     X, y, _ = make_problem(n=200, d=6)
     ours = LogisticRegressionL2(L2, fit_intercept=fit_intercept).fit(X, y)
     # scikit-learn minimizes C·Σℓ + ½‖w‖², i.e. our objective divided by λ when C = 1/λ.
-    ref = LogisticRegression(C=1 / L2, fit_intercept=fit_intercept, tol=1e-12, max_iter=10_000,
-                             solver="newton-cholesky").fit(X, y)  # fmt: skip
+    ref = LogisticRegression(
+        C=1 / L2, fit_intercept=fit_intercept, tol=1e-12, max_iter=10_000, solver="newton-cholesky"
+    ).fit(X, y)
     # Both solvers converge to 1e-10 or better; 1e-7 leaves room for scikit-learn's
     # own stopping rule on a gradient scaled by 1/n.
     np.testing.assert_allclose(ours.coef_, ref.coef_.ravel(), rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(ours.intercept_, ref.intercept_[0] if fit_intercept else 0.0,
-                               atol=1e-8)  # fmt: skip
+    np.testing.assert_allclose(
+        ours.intercept_, ref.intercept_[0] if fit_intercept else 0.0, atol=1e-8
+    )
     grad = objective_gradient(ours.theta_, X, y, L2)
     assert np.abs(grad).max() < 1e-8  # stationarity at Newton precision
 
@@ -103,8 +106,9 @@ def test_solve_hessian_and_prediction_conventions():
     model = LogisticRegressionL2(L2, fit_intercept=True).fit(X, y)
     v = np.random.default_rng(3).normal(size=(X.shape[1] + 1, 3))
     # Cholesky and LU solves of a well-conditioned 5×5 system agree to rounding.
-    np.testing.assert_allclose(model.solve_hessian(v), np.linalg.solve(model.hessian(X), v),
-                               rtol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(
+        model.solve_hessian(v), np.linalg.solve(model.hessian(X), v), rtol=1e-10
+    )
     proba = model.predict_proba(X)
     z = model.decision_function(X)
     np.testing.assert_allclose(proba[:, 1], expit(X @ model.coef_ + model.intercept_))

@@ -63,7 +63,7 @@ def test_values_follow_their_definitions(validation):
 
 
 def test_overshoot_attack_flips_the_reference_decisions():
-    X, y, _ = make_problem(n=50)
+    X, _, _ = make_problem(n=50)
     w, b = np.array([0.5, -1.0, 2.0, 0.1]), 0.3
     attacked = overshoot_attack(X, w, b, factor=1.3)
     # wᵀx̃ + b = (1 − 1.3)(wᵀx + b) exactly, up to rounding.

@@ -72,15 +72,11 @@ def check_binary_labels(
             f"{sorted(map(str, pd.unique(array)))[:5]}"
         )
     if require_both and values != {0, 1}:
-        raise BadInputError(
-            f"{name} must contain both classes 0 and 1; got only {sorted(values)}"
-        )
+        raise BadInputError(f"{name} must contain both classes 0 and 1; got only {sorted(values)}")
     return array.astype(np.float64)
 
 
-def binary_groups(
-    sensitive, name: str, *, n: int | None = None, privileged=None
-) -> np.ndarray:
+def binary_groups(sensitive, name: str, *, n: int | None = None, privileged=None) -> np.ndarray:
     """Map a binary sensitive attribute to int64 0/1 (1 = privileged), shape ``(n,)``.
 
     ``privileged`` names the privileged value; it may be omitted when the values are 0/1 or

@@ -29,8 +29,10 @@ def check_norm(norm: str) -> str:
 
 def check_eps(eps: float) -> float:
     """Return ``eps`` as float if it is finite and >= 0, else raise naming ``eps``."""
-    if isinstance(eps, bool) or not isinstance(eps, int | float | np.floating) or not (
-        np.isfinite(eps) and eps >= 0
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, int | float | np.floating)
+        or not (np.isfinite(eps) and eps >= 0)
     ):
         raise bad_value("eps", eps, "a finite number >= 0")
     return float(eps)

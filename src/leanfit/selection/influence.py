@@ -66,13 +66,16 @@ def make_preprocessor(X: pd.DataFrame, *, drop=()) -> ColumnTransformer:
     one_hot = OneHotEncoder(drop="if_binary", handle_unknown="ignore", sparse_output=False)
     return ColumnTransformer(
         [
-            ("categorical", Pipeline([("onehot", one_hot), ("scale", StandardScaler())]),
-             categorical),
+            (
+                "categorical",
+                Pipeline([("onehot", one_hot), ("scale", StandardScaler())]),
+                categorical,
+            ),
             ("numeric", StandardScaler(), numeric),
         ],
         remainder="drop",
         verbose_feature_names_out=False,
-    )  # fmt: skip
+    )
 
 
 def _check_no_missing(X: pd.DataFrame) -> None:
@@ -96,9 +99,10 @@ def resolve_sensitive(X, sensitive_features, privileged, *, n: int, name: str = 
     if isinstance(sensitive_features, str):
         if not isinstance(X, pd.DataFrame) or sensitive_features not in X.columns:
             raise bad_value(
-                "sensitive_features", sensitive_features,
+                "sensitive_features",
+                sensitive_features,
                 f"a column of {name} (a DataFrame) or an array with one entry per row",
-            )  # fmt: skip
+            )
         sensitive_features = X[sensitive_features].to_numpy()
     return binary_groups(sensitive_features, "sensitive_features", n=n, privileged=privileged)
 
@@ -392,7 +396,8 @@ def check_keep_mask(keep, n: int) -> np.ndarray:
     array = np.asarray(keep)
     if array.dtype != bool or array.shape != (n,):
         raise bad_value(
-            "keep", f"array of dtype {array.dtype} and shape {array.shape}",
+            "keep",
+            f"array of dtype {array.dtype} and shape {array.shape}",
             f"a boolean mask of shape ({n},)",
-        )  # fmt: skip
+        )
     return array

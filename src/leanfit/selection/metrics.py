@@ -65,9 +65,7 @@ def _rate_difference(
     for group in pd.unique(groups):
         members = subset & (groups == group)
         if not members.any():
-            raise BadInputError(
-                f"sensitive_features group {group!r} has no points for {what}"
-            )
+            raise BadInputError(f"sensitive_features group {group!r} has no points for {what}")
         rates[group] = float(y_pred[members].mean())
     if len(rates) < 2:
         raise BadInputError(
@@ -99,9 +97,13 @@ def demographic_parity_difference(
     _, y_pred = _labels(y_true, y_pred)
     everyone = np.ones(y_pred.shape[0], dtype=bool)
     return _rate_difference(
-        y_pred, everyone, sensitive_features, signed=signed, privileged=privileged,
+        y_pred,
+        everyone,
+        sensitive_features,
+        signed=signed,
+        privileged=privileged,
         what="demographic parity",
-    )  # fmt: skip
+    )
 
 
 def equal_opportunity_difference(
@@ -114,9 +116,13 @@ def equal_opportunity_difference(
     """
     y_true, y_pred = _labels(y_true, y_pred)
     return _rate_difference(
-        y_pred, y_true == 1, sensitive_features, signed=signed, privileged=privileged,
+        y_pred,
+        y_true == 1,
+        sensitive_features,
+        signed=signed,
+        privileged=privileged,
         what="equal opportunity (points with y_true = 1)",
-    )  # fmt: skip
+    )
 
 
 def linear_parameters(model) -> tuple[np.ndarray, float]:

@@ -272,9 +272,7 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
             try:
                 factor = cho_factor(hess)
             except LinAlgError as err:
-                raise LeanfitError(
-                    "the Hessian is not positive definite; increase l2_reg"
-                ) from err
+                raise LeanfitError("the Hessian is not positive definite; increase l2_reg") from err
             step = cho_solve(factor, grad)
             if np.max(np.abs(step)) <= self.tol * max(1.0, np.max(np.abs(theta))):
                 return theta, factor, iteration

@@ -256,9 +256,7 @@ def resolve_objectives(objective) -> list[Objective]:
         elif isinstance(item, str) and item in OBJECTIVES:
             resolved.append(OBJECTIVES[item]())
         else:
-            raise bad_value(
-                "objective", item, f"an Objective or one of {sorted(OBJECTIVES)}"
-            )
+            raise bad_value("objective", item, f"an Objective or one of {sorted(OBJECTIVES)}")
     names = [o.name for o in resolved]
     if len(set(names)) != len(names):
         raise bad_value("objective", names, "objectives with distinct names")

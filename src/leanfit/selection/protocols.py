@@ -39,9 +39,13 @@ class ProtocolSplit:
 
 def _complete(ds: TabularDataset, frame, name: str) -> TabularDataset:
     return TabularDataset(
-        frame.reset_index(drop=True), ds.target, ds.positive, ds.sensitive, ds.privileged,
+        frame.reset_index(drop=True),
+        ds.target,
+        ds.positive,
+        ds.sensitive,
+        ds.privileged,
         name=name,
-    )  # fmt: skip
+    )
 
 
 def adult_protocol(random_state: int = 42000) -> ProtocolSplit:

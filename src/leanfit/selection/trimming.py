@@ -44,9 +44,10 @@ def _influence_values(influence) -> np.ndarray:
     if isinstance(influence, pd.DataFrame):
         if influence.shape[1] != 1:
             raise bad_value(
-                "influence", f"DataFrame with columns {list(influence.columns)}",
+                "influence",
+                f"DataFrame with columns {list(influence.columns)}",
                 "one column: select it first, e.g. influence['fairness']",
-            )  # fmt: skip
+            )
         influence = influence.iloc[:, 0]
     values = np.asarray(influence, dtype=np.float64)
     if values.ndim != 1 or values.size < 2 or not np.all(np.isfinite(values)):
@@ -110,10 +111,17 @@ def _iterative_order(
     current = selector
     with tqdm(total=total, desc="iterative trimming", disable=not progress) as bar:
         while len(order) < total:
-            scores = current.influence(
-                X_val, y_val, sensitive_features=sensitive_features, objective=objective,
-                privileged=privileged,
-            ).iloc[:, 0].to_numpy()  # fmt: skip
+            scores = (
+                current.influence(
+                    X_val,
+                    y_val,
+                    sensitive_features=sensitive_features,
+                    objective=objective,
+                    privileged=privileged,
+                )
+                .iloc[:, 0]
+                .to_numpy()
+            )
             count = min(step, total - len(order))
             chosen = np.flatnonzero(keep)[np.argsort(scores, kind="stable")[:count]]
             order.extend(chosen.tolist())
@@ -152,9 +160,16 @@ def iterative_trim(
     n = selector.train_index_.shape[0]
     total = resolve_budget(budget, n)
     order = _iterative_order(
-        selector, X_val, y_val, total, resolve_budget(step, n, "step"), _one_objective(objective),
-        sensitive_features, privileged, progress,
-    )  # fmt: skip
+        selector,
+        X_val,
+        y_val,
+        total,
+        resolve_budget(step, n, "step"),
+        _one_objective(objective),
+        sensitive_features,
+        privileged,
+        progress,
+    )
     return _mask_without(order, total, n)
 
 
@@ -196,8 +211,9 @@ def retrain_and_evaluate(
     """
     Z, y, s = _test_set(selector, X_test, y_test, sensitive_features, privileged)
     retrained = selector.retrain(keep)
-    metrics = evaluate(retrained.model_, Z, y, sensitive_features=s, reference=selector.model_,
-                       eps=eps)  # fmt: skip
+    metrics = evaluate(
+        retrained.model_, Z, y, sensitive_features=s, reference=selector.model_, eps=eps
+    )
     return {"n_removed": int(np.size(keep) - np.count_nonzero(keep)), **metrics}
 
 
@@ -272,12 +288,21 @@ def trimming_curve(
 
     def point(model, method, seed, count, val_objective=np.nan) -> dict:
         metrics = evaluate(model, Z, y, sensitive_features=s, reference=selector.model_, eps=eps)
-        return {"method": method, "seed": seed, "budget": count / n, "n_removed": count,
-                **metrics, "val_objective": val_objective}  # fmt: skip
+        return {
+            "method": method,
+            "seed": seed,
+            "budget": count / n,
+            "n_removed": count,
+            **metrics,
+            "val_objective": val_objective,
+        }
 
     seeds = np.random.SeedSequence(selector.random_state).generate_state(n_random).tolist()
-    bar = tqdm(total=len(counts) * (len(objectives) + n_random), desc="trimming curve",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=len(counts) * (len(objectives) + n_random),
+        desc="trimming curve",
+        disable=not progress,
+    )
     rows = []
     for obj in objectives:
         method = f"influence:{obj.name}"
@@ -288,9 +313,16 @@ def trimming_curve(
             order = np.argsort(scores.to_numpy(), kind="stable")
         else:
             order = _iterative_order(
-                selector, X_val, y_val, counts[-1], resolve_budget(iterative_step, n, "step"),
-                obj, val["sensitive_features"], privileged, False,
-            )  # fmt: skip
+                selector,
+                X_val,
+                y_val,
+                counts[-1],
+                resolve_budget(iterative_step, n, "step"),
+                obj,
+                val["sensitive_features"],
+                privileged,
+                False,
+            )
         for count in counts:
             retrained = selector.retrain(_mask_without(order, count, n))
             now = float(retrained.objective_values(X_val, y_val, objective=obj, **val).iloc[0])
@@ -303,8 +335,11 @@ def trimming_curve(
         rows.append(point(selector.model_, "random", seed, 0))
         order = np.random.default_rng(seed).permutation(n)
         for count in counts:
-            rows.append(point(selector.retrain(_mask_without(order, count, n)).model_,
-                              "random", seed, count))  # fmt: skip
+            rows.append(
+                point(
+                    selector.retrain(_mask_without(order, count, n)).model_, "random", seed, count
+                )
+            )
             bar.update()
     bar.close()
     curve = pd.DataFrame(rows)
