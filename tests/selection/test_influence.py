@@ -4,6 +4,7 @@ mechanics (preprocessing, chunking, surrogate features, index alignment)."""
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 
 from leanfit.selection import (
     DemographicParity,
@@ -140,3 +141,22 @@ def test_retrain_keeps_preprocessing_and_equals_a_fit_on_the_kept_rows():
     np.testing.assert_allclose(retrained.model_.theta_, direct.theta_, rtol=1e-8, atol=1e-10)
     assert list(retrained.train_index_) == list(np.flatnonzero(keep))
     assert selector.model_.theta_ is not retrained.model_.theta_
+
+
+def test_scikit_learn_estimator_contract():
+    preprocessor = make_preprocessor(pd.DataFrame({"a": [1.0, 2.0]}))
+    params = {
+        "l2_reg": 3.0,
+        "fit_intercept": False,
+        "preprocessor": preprocessor,
+        "random_state": 5,
+        "chunk_size": 11,
+    }
+    selector = InfluenceSelector(**params)
+    # Parameters are stored untouched and survive clone; fitted attributes end in "_".
+    assert selector.get_params()["preprocessor"] is preprocessor
+    copy = clone(selector)
+    assert {k: copy.get_params()[k] for k in params if k != "preprocessor"} == {
+        k: v for k, v in params.items() if k != "preprocessor"
+    }
+    assert not any(k.endswith("_") and not k.startswith("_") for k in vars(selector))
