@@ -1,0 +1,505 @@
+"""Stream a pretrained checkpoint tensor by tensor, in Hugging Face names and layout.
+
+A quantizer needs one weight matrix at a time, so a checkpoint is never loaded whole: the
+files are memory-mapped and :meth:`Checkpoint.read` materializes one tensor (as float32) on
+demand. Two formats are read:
+
+- a transformers directory: ``config.json`` plus ``model.safetensors``, or sharded
+  ``model-0000i-of-0000n.safetensors`` files listed in ``model.safetensors.index.json``;
+- a ``.gguf`` file (llama.cpp), whose tensors are renamed to the names transformers uses,
+  dequantized (Q4_1, Q8_0, Q6_K, ... through ``gguf.quants``), given back in the Hugging Face
+  (out × in) layout, and — for the ``llama`` architecture — un-permuted from llama.cpp's
+  rotary row order (see :func:`unpermute_rotary`).
+
+Pickle checkpoints (``pytorch_model.bin``, ``.pt``) are refused: loading them can run
+arbitrary code.
+
+Names follow what ``save_pretrained`` would store: a weight tied to another one (the
+``lm_head`` of a model with ``tie_word_embeddings``) is not listed by :meth:`Checkpoint.names`
+but is reported in :attr:`Checkpoint.tied` and can still be read under its own name.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import shutil
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from leanfit.exceptions import (
+    BadInputError,
+    CorruptArtifactError,
+    LeanfitError,
+    MissingResourceError,
+)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""File suffixes of pickle-based checkpoints, which are refused."""
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece*.model",
+    "chat_template.*",
+)
+"""Glob patterns of the tokenizer files copied from a transformers directory."""
+
+GGUF_ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}
+"""GGUF ``general.architecture`` values read, and whether their q/k rows are rotary-permuted.
+
+llama.cpp's converter reorders the rows of q_proj and k_proj for the ``llama`` architecture
+(which also covers Mistral and SmolLM checkpoints); Qwen2/Qwen3 are stored unpermuted.
+"""
+
+GGUF_IGNORED = frozenset({"rope_freqs.weight"})
+"""GGUF tensors with no transformers parameter (transformers recomputes them from config)."""
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open a checkpoint for streaming reads.
+
+    Parameters
+    ----------
+    path : str or Path
+        A transformers directory (``config.json`` plus ``model.safetensors`` or sharded
+        safetensors with ``model.safetensors.index.json``) or a ``.gguf`` file.
+
+    Returns
+    -------
+    Checkpoint
+        Use it as a context manager, or call :meth:`Checkpoint.close`.
+
+    Raises
+    ------
+    MissingResourceError
+        ``path`` does not exist.
+    BadInputError
+        A pickle checkpoint, a file of another kind, a directory without config.json or
+        safetensors weights, or an unsupported GGUF architecture.
+    CorruptArtifactError
+        A safetensors or GGUF file that cannot be parsed, or an index that does not match
+        its shards.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingResourceError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return GGUFCheckpoint(path)
+        if path.suffix in PICKLE_SUFFIXES:
+            raise _pickle_refused(path)
+        raise BadInputError(
+            "checkpoint must be a transformers directory (config.json + safetensors) or a "
+            f".gguf file; got the file {str(path)!r}"
+        )
+    return SafetensorsCheckpoint(path)
+
+
+class Checkpoint(abc.ABC):
+    """A checkpoint read tensor by tensor; tensors are in Hugging Face names and layout.
+
+    Attributes
+    ----------
+    path : Path
+        The directory or GGUF file opened.
+    config : transformers.PretrainedConfig
+        The model configuration.
+    tied : dict of str to str
+        Parameters of the model that share the storage of a stored tensor and are not stored
+        themselves, ``alias -> stored name`` (e.g. ``{"lm_head.weight":
+        "model.embed_tokens.weight"}`` with tied embeddings). ``names() ∪ tied`` are the
+        state-dict keys of the model built by ``from_pretrained``; ``read`` accepts aliases.
+    """
+
+    def __init__(self, path: Path, config: PretrainedConfig) -> None:
+        self.path = path
+        self.config = config
+        self.tied: dict[str, str] = {}
+        self._closed = False
+
+    @property
+    def model_type(self) -> str:
+        """The configuration's ``model_type``, e.g. ``"llama"`` or ``"bert"``."""
+        return str(self.config.model_type)
+
+    def names(self) -> list[str]:
+        """Names of the stored tensors, in file order (shard by shard for sharded files)."""
+        self._check_open()
+        return list(self._stored_names())
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a tensor in Hugging Face layout (a Linear weight is out × in)."""
+        return self._shape(self._resolve(name))
+
+    def read(self, name: str) -> torch.Tensor:
+        """Materialize one tensor in Hugging Face layout.
+
+        Floating-point tensors (including dequantized GGUF blocks) come back as float32;
+        integer tensors (e.g. BERT's ``position_ids``) keep their dtype. Each call returns a
+        new tensor that owns its memory: it may be changed in place, and stays valid after
+        :meth:`close`. Only this one tensor is materialized.
+        """
+        tensor = self._read(self._resolve(name))
+        return tensor.float() if tensor.is_floating_point() else tensor
+
+    @abc.abstractmethod
+    def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
+        """Write ``config.json`` and the tokenizer files into ``out_dir`` (created if missing).
+
+        Returns
+        -------
+        list of Path
+            The files written, sorted.
+        """
+
+    def close(self) -> None:
+        """Release the memory maps; further reads raise :class:`LeanfitError`."""
+        self._closed = True
+        self._release()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._stored_names())} tensors"
+        return f"{type(self).__name__}({str(self.path)!r}, model_type={self.model_type!r}, {state})"
+
+    def _resolve(self, name: str) -> str:
+        self._check_open()
+        stored = self.tied.get(name, name)
+        if stored not in self._stored_names():
+            examples = ", ".join(list(self._stored_names())[:3])
+            raise BadInputError(
+                f"tensor {name!r} is not in checkpoint {str(self.path)!r} "
+                f"({len(self._stored_names())} tensors, e.g. {examples})"
+            )
+        return stored
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LeanfitError(f"checkpoint {str(self.path)!r} is closed")
+
+    @abc.abstractmethod
+    def _stored_names(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def _shape(self, name: str) -> tuple[int, ...]: ...
+
+    @abc.abstractmethod
+    def _read(self, name: str) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def _release(self) -> None: ...
+
+
+def _meta_model(build: Any, config: PretrainedConfig) -> torch.nn.Module:
+    """The model ``build(config)`` on the meta device: parameter names and sharing, no memory."""
+    with torch.device("meta"):
+        return build(config)
+
+
+def tied_aliases(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]], stored: Iterable[str]
+) -> dict[str, str]:
+    """Map each parameter that shares its storage with a stored one to that stored name.
+
+    Parameters
+    ----------
+    named_parameters : iterable of (str, Parameter)
+        ``module.named_parameters(remove_duplicate=False)``: tied parameters appear under
+        every name, as the same object.
+    stored : iterable of str
+        The names present in the checkpoint.
+
+    Returns
+    -------
+    dict of str to str
+        ``alias -> stored name`` for the aliases absent from ``stored``.
+    """
+    stored = set(stored)
+    groups: dict[int, list[str]] = {}
+    for name, parameter in named_parameters:
+        groups.setdefault(id(parameter), []).append(name)
+    aliases = {}
+    for names in groups.values():
+        present = [name for name in names if name in stored]
+        if present:
+            aliases.update({name: present[0] for name in names if name not in stored})
+    return aliases
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """A transformers directory with one or several safetensors files (memory-mapped)."""
+
+    def __init__(self, directory: Path) -> None:
+        files, listed = _safetensors_files(directory)
+        config = AutoConfig.from_pretrained(directory)
+        super().__init__(directory, config)
+        self._handles: dict[str, Any] = {}
+        for file in files:
+            try:
+                handle = safe_open(file, framework="pt")
+            except SafetensorError as err:
+                raise CorruptArtifactError(f"cannot read {str(file)!r}: {err}") from err
+            for name in handle.offset_keys():
+                if name in self._handles:
+                    raise CorruptArtifactError(
+                        f"tensor {name!r} is stored twice in {str(directory)!r}"
+                    )
+                self._handles[name] = handle
+        if listed is not None and listed != set(self._handles):
+            extra, absent = sorted(listed - set(self._handles)), sorted(set(self._handles) - listed)
+            raise CorruptArtifactError(
+                f"{INDEX_FILE} in {str(directory)!r} does not match its shards: listed but not "
+                f"stored {extra[:5]}, stored but not listed {absent[:5]}"
+            )
+        architectures = getattr(config, "architectures", None) or []
+        model_class = getattr(transformers, architectures[0], None) if architectures else None
+        if model_class is not None:
+            model = _meta_model(model_class, config)
+            self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._handles)
+
+    def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
+        self._check_open()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        sources = {
+            p for pattern in (*CONFIG_FILES, *TOKENIZER_FILES) for p in self.path.glob(pattern)
+        }
+        for source in sorted(sources):
+            if source.is_file():
+                written.append(Path(shutil.copy2(source, out_dir / source.name)))
+        return written
+
+    def _stored_names(self) -> dict[str, Any]:
+        return self._handles
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[name].get_slice(name).get_shape())
+
+    def _read(self, name: str) -> torch.Tensor:
+        # get_tensor gives a view on the file's copy-on-write map, shared by every read of
+        # the same name: an in-place change would show in the next read. Copy it.
+        tensor = self._handles[name].get_tensor(name)
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            return tensor.float()
+        return tensor.clone()
+
+    def _release(self) -> None:
+        self._handles = {}
+
+
+def _pickle_refused(path: Path) -> BadInputError:
+    return BadInputError(
+        f"checkpoint {str(path)!r} is a pickle file, which leanfit does not load (unpickling can "
+        "run arbitrary code); convert it to safetensors, e.g. with transformers: "
+        "model.save_pretrained(directory, safe_serialization=True)"
+    )
+
+
+def _safetensors_files(directory: Path) -> tuple[list[Path], set[str] | None]:
+    """The weight files of a transformers directory in shard order, and the names its index
+    lists (None without an index)."""
+    if not (directory / "config.json").is_file():
+        raise BadInputError(
+            f"checkpoint directory {str(directory)!r} must contain config.json; "
+            f"it has {sorted(p.name for p in directory.iterdir())}"
+        )
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CorruptArtifactError(f"{str(index)!r} has no valid weight_map: {err}") from err
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CorruptArtifactError(f"{str(index)!r} lists missing shards {missing}")
+        return files, set(weight_map)
+    if (directory / SINGLE_FILE).is_file():
+        return [directory / SINGLE_FILE], None
+    pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise _pickle_refused(pickles[0])
+    raise BadInputError(
+        f"checkpoint directory {str(directory)!r} must contain {SINGLE_FILE} or {INDEX_FILE}; "
+        f"it has {sorted(p.name for p in directory.iterdir())}"
+    )
+
+
+class GGUFCheckpoint(Checkpoint):
+    """A llama.cpp GGUF file (memory-mapped), read in transformers' names and layout."""
+
+    def __init__(self, file: Path) -> None:
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(file)
+        except (ValueError, OSError) as err:
+            raise CorruptArtifactError(f"cannot read GGUF file {str(file)!r}: {err}") from err
+        architecture = _gguf_text(reader, "general.architecture")
+        # The tensors keep views on the memory map; the parsed header (the tokenizer's
+        # vocabulary: ~150 MB of small arrays for a 49k-token vocabulary) is let go.
+        tensors = list(reader.tensors)
+        del reader
+        if architecture not in GGUF_ARCHITECTURES:
+            raise BadInputError(
+                f"GGUF architecture must be one of {sorted(GGUF_ARCHITECTURES)}; got "
+                f"{architecture!r} in {str(file)!r}"
+            )
+        config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+        super().__init__(file, config)
+        model = _meta_model(AutoModelForCausalLM.from_config, config)
+        hf_names = gguf_to_hf_names(
+            architecture, config.num_hidden_layers, model.state_dict().keys()
+        )
+        self._permuted = GGUF_ARCHITECTURES[architecture]
+        self._tensors: dict[str, Any] = {}
+        self._gguf_names: dict[str, str] = {}
+        unmapped = []
+        for tensor in tensors:
+            if tensor.name in hf_names:
+                self._tensors[hf_names[tensor.name]] = tensor
+                self._gguf_names[hf_names[tensor.name]] = tensor.name
+            elif tensor.name not in GGUF_IGNORED:
+                unmapped.append(tensor.name)
+        if unmapped:
+            warnings.warn(
+                f"{len(unmapped)} GGUF tensors have no transformers name and are skipped: "
+                f"{unmapped[:5]}",
+                stacklevel=3,
+            )
+        self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._tensors)
+
+    def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
+        self._check_open()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(out_dir)
+        tokenizer = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        saved = tokenizer.save_pretrained(out_dir)
+        return sorted({out_dir / "config.json", *(Path(name) for name in saved)})
+
+    def _stored_names(self) -> dict[str, Any]:
+        return self._tensors
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        # GGUF lists dimensions fastest-first (ggml's ne order): reversed, they are the
+        # row-major shape transformers uses.
+        return tuple(int(n) for n in reversed(self._tensors[name].shape))
+
+    def _read(self, name: str) -> torch.Tensor:
+        from gguf.quants import dequantize
+
+        tensor = self._tensors[name]
+        values = np.reshape(dequantize(tensor.data, tensor.tensor_type), self._shape(name))
+        if np.may_share_memory(values, tensor.data):
+            values = values.copy()  # an unquantized tensor is a view of the read-only map
+        weight = torch.from_numpy(values)
+        gguf_name = self._gguf_names[name]
+        if self._permuted and ".attn_q." in gguf_name:
+            weight = unpermute_rotary(weight, self.config.num_attention_heads)
+        elif self._permuted and ".attn_k." in gguf_name:
+            kv_heads = self.config.num_key_value_heads or self.config.num_attention_heads
+            weight = unpermute_rotary(weight, kv_heads)
+        return weight
+
+    def _release(self) -> None:
+        self._tensors = {}
+
+
+def _gguf_text(reader: Any, key: str) -> str | None:
+    """A string field of a GGUF header, or None when absent."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def gguf_to_hf_names(architecture: str, num_layers: int, hf_names: Iterable[str]) -> dict[str, str]:
+    """Map GGUF tensor names to transformers names, e.g. ``blk.3.attn_q.weight`` →
+    ``model.layers.3.self_attn.q_proj.weight``.
+
+    gguf-py's table maps every known transformers module name to the GGUF name; applied to
+    the parameter names of the model transformers builds for the config, it gives the
+    inverse map.
+
+    Parameters
+    ----------
+    architecture : str
+        GGUF ``general.architecture`` (e.g. ``"llama"``).
+    num_layers : int
+        Number of transformer blocks.
+    hf_names : iterable of str
+        State-dict keys of the transformers model (``....weight`` / ``....bias``).
+    """
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+
+    arch = next(key for key, value in MODEL_ARCH_NAMES.items() if value == architecture)
+    table = get_tensor_name_map(arch, num_layers)
+    mapping = {}
+    for hf_name in hf_names:
+        module, _, suffix = hf_name.rpartition(".")
+        gguf_module = table.get_name(module)
+        if gguf_module is not None:
+            mapping[f"{gguf_module}.{suffix}"] = hf_name
+    return mapping
+
+
+def unpermute_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's rotary row order of a q or k projection (weight or bias).
+
+    transformers' rotary embedding rotates row ``j`` of each head together with row
+    ``j + d/2`` (``rotate_half``); llama.cpp pairs adjacent rows instead, so its converter
+    interleaves the two halves of each head. With head size ``d``, head ``h``, ``j < d/2`` and
+    ``s ∈ {0, 1}``::
+
+        hf[h·d + s·d/2 + j] = gguf[h·d + 2j + s]
+
+    Parameters
+    ----------
+    weight : Tensor, shape (n_heads·d, ...)
+        The GGUF-ordered rows.
+    n_heads : int
+        Number of heads of this projection (``num_key_value_heads`` for k).
+
+    Returns
+    -------
+    Tensor, same shape
+        The rows in transformers' order.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * n_heads):
+        raise CorruptArtifactError(
+            f"a rotary projection with {rows} rows cannot split into {n_heads} heads of even size"
+        )
+    half = rows // n_heads // 2
+    tail = weight.shape[1:]
+    return weight.reshape(n_heads, half, 2, *tail).transpose(1, 2).reshape(weight.shape)

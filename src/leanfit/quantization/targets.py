@@ -1,0 +1,386 @@
+"""Which weights are quantized, with how many bits, and how each is seen as a matrix.
+
+LoftQ treats the linear layers of the attention and MLP blocks; embeddings, norms and the
+output head (``lm_head``) stay in full precision. A weight is handled as a matrix of shape
+``n_out × n_in``:
+
+- ``torch.nn.Linear``: the stored ``(out, in)`` weight itself;
+- GPT-2's ``Conv1D`` (a linear layer despite its name) stores ``(in, out)``: it is
+  transposed (``Target.transposed``);
+- ``torch.nn.Conv1d/2d/3d`` (only with ``include_conv=True``): ``(out, in, *kernel)`` is
+  flattened to ``(out, in·prod(kernel))``, the layout in which PEFT's LoRA for convolutions
+  composes ``lora_B ∘ lora_A`` (see :func:`to_peft_lora`).
+
+Patterns follow PEFT's ``target_modules`` rule: a pattern selects a module (weight name
+minus ``.weight``) equal to it, ending with ``"." + pattern``, or matching it as a whole
+regular expression.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from leanfit.exceptions import BadInputError, bad_value
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+"""Bit widths a weight can be quantized to."""
+
+_PREFIX = r"(?:.*\.)?"
+_ENCODER_DENSE = _PREFIX + r"layer\.\d+\.(?:attention\.output|intermediate|output)\.dense"
+_POOLER = _PREFIX + r"pooler\.dense"
+_LLAMA = (
+    _PREFIX + r"layers\.\d+\.self_attn\.(?:q|k|v|o)_proj",
+    _PREFIX + r"layers\.\d+\.mlp\.(?:gate|up|down)_proj",
+)
+
+DEFAULT_PATTERNS: dict[str, tuple[str, ...]] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gpt2": (_PREFIX + r"h\.\d+\.(?:attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)",),
+    "bert": (
+        _PREFIX + r"layer\.\d+\.attention\.self\.(?:query|key|value)",
+        _ENCODER_DENSE,
+        _POOLER,
+    ),
+    "roberta": (
+        _PREFIX + r"layer\.\d+\.attention\.self\.(?:query|key|value)",
+        _ENCODER_DENSE,
+        _POOLER,
+    ),
+    "deberta-v2": (
+        _PREFIX + r"layer\.\d+\.attention\.self\.(?:query|key|value)_proj",
+        _ENCODER_DENSE,
+        _POOLER,
+    ),
+    "mpnet": (
+        _PREFIX + r"layer\.\d+\.attention\.attn\.(?:q|k|v|o)",
+        _PREFIX + r"layer\.\d+\.(?:intermediate|output)\.dense",
+        _POOLER,
+    ),
+    "bart": (
+        _PREFIX + r"layers\.\d+\.(?:self_attn|encoder_attn)\.(?:q|k|v|out)_proj",
+        _PREFIX + r"layers\.\d+\.fc[12]",
+    ),
+    "t5": (
+        _PREFIX + r"block\.\d+\.layer\.\d+\.(?:SelfAttention|EncDecAttention)\.(?:q|k|v|o)",
+        _PREFIX + r"block\.\d+\.layer\.\d+\.DenseReluDense\.(?:wi|wi_0|wi_1|wo)",
+    ),
+}
+"""Default target modules per ``model_type``, as whole-name regular expressions.
+
+Attention projections and MLP layers of every block. For the encoders (BERT, RoBERTa,
+DeBERTa-v2, MPNet) the pooler's dense layer is included: it belongs to the pretrained
+backbone (``BertModel`` has it; all-MiniLM-L6-v2 has 36 block matrices + 1 pooler = 37), and
+the LoftQ reference's DeBERTa target list (``query_proj, key_proj, value_proj, dense``)
+selects it too. Task heads added on top (``classifier``, ``lm_head``) are never targets.
+"""
+
+TRANSPOSED_MODEL_TYPES = frozenset({"gpt2"})
+"""Model types whose linear layers are ``Conv1D`` modules storing the weight as in × out."""
+
+_NEVER = re.compile(
+    r"(?:^|.*\.)(?:lm_head(?:\..*)?|embed_\w*|\w*embeddings?|wte|wpe|shared|relative_attention_bias)"
+)
+"""Module names that are never quantized, even when a user pattern matches them."""
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|block)\.(\d+)(?:\.|$)")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A weight selected for quantization.
+
+    Attributes
+    ----------
+    name : str
+        Tensor name in the checkpoint, ending with ``.weight``.
+    module : str
+        The module's name: ``name`` without ``.weight`` (what PEFT's ``target_modules`` sees).
+    shape : tuple of int
+        Stored shape: ``(out, in)`` for Linear, ``(in, out)`` for GPT-2 Conv1D,
+        ``(out, in, *kernel)`` for a convolution.
+    layer_index : int or None
+        Block number parsed from the first ``layers.N`` / ``layer.N`` / ``h.N`` / ``block.N``
+        in the name (in T5's ``block.3.layer.1``, 3); None outside the blocks (a pooler).
+    transposed : bool
+        The stored weight is the transpose of the ``n_out × n_in`` matrix (GPT-2 Conv1D).
+    kind : {"linear", "conv"}
+        ``"conv"`` for 3-D to 5-D convolution kernels.
+    """
+
+    name: str
+    module: str
+    shape: tuple[int, ...]
+    layer_index: int | None
+    transposed: bool
+    kind: Literal["linear", "conv"]
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(n_out, n_in)`` of the matrix view: the shape a quantizer and LoRA work on."""
+        if self.kind == "conv":
+            return self.shape[0], math.prod(self.shape[1:])
+        if self.transposed:
+            return self.shape[1], self.shape[0]
+        return self.shape[0], self.shape[1]
+
+
+def default_target_patterns(model_type: str) -> tuple[str, ...]:
+    """The default target patterns of a model type (see :data:`DEFAULT_PATTERNS`).
+
+    Raises
+    ------
+    BadInputError
+        Unknown model type; the message lists the supported ones and suggests ``--target``.
+    """
+    if model_type not in DEFAULT_PATTERNS:
+        raise BadInputError(
+            f"model_type must be one of {sorted(DEFAULT_PATTERNS)} to choose target layers "
+            f"automatically; got {model_type!r}. Pass the layers to quantize with --target "
+            "(Python: patterns=[...]), e.g. --target q_proj --target v_proj"
+        )
+    return DEFAULT_PATTERNS[model_type]
+
+
+def matches(module: str, pattern: str) -> bool:
+    """PEFT's ``target_modules`` rule: equal, a ``.``-suffix, or a whole-name regex match."""
+    if module == pattern or module.endswith("." + pattern):
+        return True
+    try:
+        return re.fullmatch(pattern, module) is not None
+    except re.error as err:
+        raise BadInputError(
+            f"target pattern must be a module name or a regular expression; got {pattern!r} ({err})"
+        ) from err
+
+
+def layer_index(name: str) -> int | None:
+    """Block number of a tensor name: the first ``layers.N``, ``layer.N``, ``h.N`` or
+    ``block.N``; None when there is none."""
+    found = _LAYER.search(name)
+    return int(found.group(1)) if found else None
+
+
+def select_targets(
+    checkpoint_names: Sequence[str],
+    shapes: Mapping[str, Sequence[int]],
+    model_type: str,
+    patterns: Sequence[str] | None = None,
+    include_conv: bool = False,
+) -> list[Target]:
+    """Choose the weights to quantize.
+
+    A tensor is a target when its name ends with ``.weight``, its module matches a pattern
+    (:func:`matches`), it is not an embedding or output head, and it is 2-D — or 3-D to 5-D
+    with ``include_conv`` (a convolution kernel). Matched convolutions without
+    ``include_conv`` are skipped with a warning.
+
+    Parameters
+    ----------
+    checkpoint_names : sequence of str
+        Tensor names, in checkpoint order (kept in the result).
+    shapes : mapping of str to sequence of int
+        Stored shape of each name.
+    model_type : str
+        ``config.model_type``; chooses the default patterns and whether weights are
+        transposed (:data:`TRANSPOSED_MODEL_TYPES`).
+    patterns : sequence of str, optional
+        Target patterns replacing :func:`default_target_patterns`.
+    include_conv : bool
+        Also quantize convolution kernels, as ``out × (in·prod(kernel))`` matrices.
+
+    Raises
+    ------
+    BadInputError
+        No default patterns for ``model_type`` and none given, an empty or invalid pattern,
+        or no tensor matched.
+    """
+    if patterns is None:
+        patterns = default_target_patterns(model_type)
+    elif isinstance(patterns, str) or not patterns:
+        raise bad_value("patterns", patterns, "a non-empty list of module names or regexes")
+    targets, skipped_conv = [], []
+    for name in checkpoint_names:
+        module, _, suffix = name.rpartition(".")
+        if suffix != "weight" or _NEVER.fullmatch(module):
+            continue
+        if not any(matches(module, pattern) for pattern in patterns):
+            continue
+        shape = tuple(int(n) for n in shapes[name])
+        if len(shape) == 2:
+            kind: Literal["linear", "conv"] = "linear"
+        elif 3 <= len(shape) <= 5 and include_conv:
+            kind = "conv"
+        else:
+            if 3 <= len(shape) <= 5:
+                skipped_conv.append(name)
+            continue
+        transposed = kind == "linear" and model_type in TRANSPOSED_MODEL_TYPES
+        targets.append(Target(name, module, shape, layer_index(name), transposed, kind))
+    if skipped_conv:
+        warnings.warn(
+            f"{len(skipped_conv)} convolution weights match the target patterns but are skipped "
+            f"(pass include_conv=True / --include-conv to quantize them): {skipped_conv[:3]}",
+            stacklevel=2,
+        )
+    if not targets:
+        raise BadInputError(
+            f"no weight matched the target patterns {list(patterns)} among "
+            f"{len(checkpoint_names)} tensors (e.g. {list(checkpoint_names)[:3]})"
+        )
+    return targets
+
+
+def plan_bits(
+    targets: Sequence[Target],
+    bits: int = 2,
+    avg_bits: float | None = None,
+    high_bits: int = 4,
+    first_high_layers: int | None = None,
+) -> dict[str, int]:
+    """Bits of each target: uniform, or the first layers at ``high_bits`` (mixed precision).
+
+    - uniform (default): every target gets ``bits``;
+    - ``avg_bits``: LoftQ's mixed-precision rule. With ``L`` distinct block indices among the
+      targets, the first ``k = ⌊L·(avg_bits − bits)/(high_bits − bits)⌋`` blocks get
+      ``high_bits`` and the rest ``bits`` — for 2/4 bits, ``⌊L·(b − 2)/2⌋``, so the average
+      over equal-sized blocks is at most ``avg_bits`` (e.g. 30 layers, 2.5 bits: 7 layers);
+    - ``first_high_layers``: an explicit ``k``.
+
+    "First" means the ``k`` smallest block indices; in an encoder–decoder both stacks' blocks
+    with those indices are included. Targets outside the blocks (a pooler) get ``bits``.
+
+    Returns
+    -------
+    dict of str to int
+        ``target.name -> bits``, in the order of ``targets``.
+
+    Raises
+    ------
+    BadInputError
+        Bits outside :data:`SUPPORTED_BITS`, ``high_bits <= bits`` for a mixed plan, both
+        ``avg_bits`` and ``first_high_layers``, values out of range, no targets, or a mixed
+        plan for targets without block indices.
+    """
+    if not targets:
+        raise bad_value("targets", targets, "a non-empty list of Target")
+    for label, value in (("bits", bits), ("high_bits", high_bits)):
+        if isinstance(value, bool) or value not in SUPPORTED_BITS:
+            raise bad_value(label, value, f"one of {SUPPORTED_BITS}")
+    if avg_bits is None and first_high_layers is None:
+        return {target.name: bits for target in targets}
+    if avg_bits is not None and first_high_layers is not None:
+        raise BadInputError(
+            "give avg_bits or first_high_layers, not both; got "
+            f"avg_bits={avg_bits!r}, first_high_layers={first_high_layers!r}"
+        )
+    if high_bits <= bits:
+        raise bad_value("high_bits", high_bits, f"greater than bits={bits} for a mixed plan")
+    layers = sorted({t.layer_index for t in targets if t.layer_index is not None})
+    if not layers:
+        raise BadInputError(
+            "a mixed-precision plan needs targets inside numbered blocks (layers.N, layer.N, "
+            f"h.N, block.N); none of {[t.name for t in targets[:3]]} is"
+        )
+    if avg_bits is not None:
+        if not isinstance(avg_bits, int | float) or not bits <= avg_bits <= high_bits:
+            raise bad_value("avg_bits", avg_bits, f"a number in [{bits}, {high_bits}]")
+        # Rounded before the floor so that e.g. 2.3 bits (not exact in binary) gives the
+        # decimal answer: 20 layers · 0.3 / 2 = 3, not 2.9999999999999996 → 2.
+        count = math.floor(round(len(layers) * (avg_bits - bits) / (high_bits - bits), 9))
+    elif (
+        isinstance(first_high_layers, bool)
+        or not isinstance(first_high_layers, int)
+        or not 0 <= first_high_layers <= len(layers)
+    ):
+        raise bad_value("first_high_layers", first_high_layers, f"an integer in [0, {len(layers)}]")
+    else:
+        count = first_high_layers
+    high = set(layers[:count])
+    return {t.name: high_bits if t.layer_index in high else bits for t in targets}
+
+
+def _check_shape(
+    tensor: torch.Tensor, expected: tuple[int, ...], what: str, target: Target
+) -> None:
+    if tuple(tensor.shape) != expected:
+        raise BadInputError(
+            f"{what} of {target.name!r} must have shape {expected}; got {tuple(tensor.shape)}"
+        )
+
+
+def matrix_view(tensor: torch.Tensor, target: Target) -> torch.Tensor:
+    """The stored weight as the ``n_out × n_in`` matrix (:attr:`Target.matrix_shape`).
+
+    Linear: unchanged; GPT-2 Conv1D: transposed (a view); convolution ``(out, in, *k)``:
+    reshaped to ``(out, in·prod(k))`` with ``(in, *k)`` flattened in row-major order.
+    """
+    _check_shape(tensor, target.shape, "the weight", target)
+    if target.kind == "conv":
+        return tensor.reshape(target.matrix_shape)
+    return tensor.t() if target.transposed else tensor
+
+
+def restore_shape(matrix: torch.Tensor, target: Target) -> torch.Tensor:
+    """Inverse of :func:`matrix_view`: an ``n_out × n_in`` matrix in the stored shape."""
+    _check_shape(matrix, target.matrix_shape, "the matrix", target)
+    if target.kind == "conv":
+        return matrix.reshape(target.shape)
+    return matrix.t() if target.transposed else matrix
+
+
+def lora_shapes_for_peft(target: Target, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of PEFT's ``lora_A`` and ``lora_B`` weights for a target at rank ``r``.
+
+    Linear (also GPT-2 Conv1D, whose PEFT LoRA works in the ``out × in`` space):
+    ``(r, n_in)`` and ``(n_out, r)``. Convolution ``(out, in, *k)``: ``lora_A`` is a
+    convolution with the same kernel, ``(r, in, *k)``, and ``lora_B`` a 1×…×1 convolution,
+    ``(out, r, 1, …)``.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise bad_value("rank", rank, "a positive integer")
+    n_out, n_in = target.matrix_shape
+    if target.kind == "conv":
+        kernel = target.shape[2:]
+        return (rank, target.shape[1], *kernel), (n_out, rank, *(1 for _ in kernel))
+    return (rank, n_in), (n_out, rank)
+
+
+def to_peft_lora(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, target: Target
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reshape low-rank factors of the matrix view into PEFT's ``lora_A`` / ``lora_B`` weights.
+
+    Parameters
+    ----------
+    lora_a : Tensor, shape (r, n_in)
+    lora_b : Tensor, shape (n_out, r)
+        Factors with ``lora_b @ lora_a`` the update of the ``n_out × n_in`` matrix view. PEFT
+        adds ``(alpha/r)·lora_B·lora_A``: divide one factor by ``alpha/r`` beforehand for the
+        update to be exactly ``lora_b @ lora_a``.
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        Weights for PEFT's ``lora_A`` and ``lora_B`` modules (:func:`lora_shapes_for_peft`).
+        For a convolution, PEFT's update ``lora_B ∘ lora_A`` is the kernel
+        ``Σ_r lora_B[o, r]·lora_A[r, i, *k]``, i.e. ``restore_shape(lora_b @ lora_a)``.
+    """
+    if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[0] != lora_b.shape[1]:
+        raise BadInputError(
+            "lora_a must be r × n_in and lora_b n_out × r with the same r; got shapes "
+            f"{tuple(lora_a.shape)} and {tuple(lora_b.shape)}"
+        )
+    shape_a, shape_b = lora_shapes_for_peft(target, int(lora_a.shape[0]))
+    _check_shape(lora_a, (shape_a[0], target.matrix_shape[1]), "lora_a", target)
+    _check_shape(lora_b, (target.matrix_shape[0], shape_b[1]), "lora_b", target)
+    return lora_a.reshape(shape_a), lora_b.reshape(shape_b)

@@ -1,0 +1,82 @@
+"""Shared fixtures: the real SmolLM2 GGUF checkpoint, and tiny GGUF files written the way
+llama.cpp's converter writes them."""
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from leanfit.pretrained import model_path
+from leanfit.quantization.checkpoint import open_checkpoint
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return model_path("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    with open_checkpoint(smollm2_path) as checkpoint:
+        yield checkpoint
+
+
+def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel.permute): within each head,
+    interleave the first and second halves of the rows."""
+    half = weight.shape[0] // n_heads // 2
+    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_gguf(model, architecture: str, path: Path, storage: dict[str, gguf.GGMLQuantizationType]):
+    """Write a transformers causal LM as a GGUF file, as llama.cpp's converter does.
+
+    ``storage`` maps a substring of the GGUF tensor name to its storage type (the first match
+    wins); other tensors are stored as F32. q/k rows are permuted for the llama architecture.
+    """
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(config.vocab_size)
+    if architecture == "llama":
+        writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == architecture)
+    table = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        module, _, suffix = name.rpartition(".")
+        gguf_name = f"{table.get_name(module)}.{suffix}"
+        values = tensor.numpy()
+        if architecture == "llama" and ".attn_q." in gguf_name:
+            values = llama_cpp_permute(values, config.num_attention_heads)
+        elif architecture == "llama" and ".attn_k." in gguf_name:
+            values = llama_cpp_permute(values, config.num_key_value_heads)
+        qtype = next((q for key, q in storage.items() if key in gguf_name), None)
+        if qtype is None or values.ndim != 2:
+            writer.add_tensor(gguf_name, values)
+        else:
+            data = gguf.quants.quantize(values, qtype)
+            writer.add_tensor(gguf_name, data, raw_shape=data.shape, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(name="llama_cpp_permute")
+def llama_cpp_permute_fixture():
+    return llama_cpp_permute
+
+
+@pytest.fixture(name="write_gguf")
+def write_gguf_fixture():
+    return write_gguf
