@@ -1,0 +1,36 @@
+"""LoftQ: low-bit quantization with a LoRA initialization fitted to the quantization error.
+
+The core is model-agnostic and pure: :func:`quantize` (blockwise NormalFloat-k and
+uniform-k, really packed), :func:`truncated_svd` (exact or randomized) and
+:func:`loftq_decompose` (one weight matrix → Q plus PEFT-convention LoRA factors).
+:class:`QuantLinear` runs a packed weight and can be wrapped by PEFT's LoRA.
+"""
+
+from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose
+from leanfit.quantization.lowrank import truncated_svd
+from leanfit.quantization.nn import QuantLinear
+from leanfit.quantization.packing import pack, packed_length, unpack
+from leanfit.quantization.quantizers import (
+    DoubleQuantized,
+    QuantizedTensor,
+    levels,
+    nf_table,
+    quantize,
+)
+
+__all__ = [
+    "DoubleQuantized",
+    "LoftQResult",
+    "LowRankFit",
+    "QuantLinear",
+    "QuantizedTensor",
+    "fit_low_rank",
+    "levels",
+    "loftq_decompose",
+    "nf_table",
+    "pack",
+    "packed_length",
+    "quantize",
+    "truncated_svd",
+    "unpack",
+]
