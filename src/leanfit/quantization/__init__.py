@@ -1,7 +1,40 @@
-"""LoftQ: low-bit quantization of a pretrained transformer with a LoRA initialization.
+"""LoftQ: low-bit quantization with a LoRA initialization fitted to the quantization error.
 
-- :mod:`leanfit.quantization.checkpoint` — stream a safetensors or GGUF checkpoint tensor by
-  tensor, in Hugging Face names and layout.
-- :mod:`leanfit.quantization.targets` — which weights are quantized, with how many bits, and
-  their matrix view.
+The core is model-agnostic and pure: :func:`quantize` (blockwise NormalFloat-k and
+uniform-k, really packed), :func:`truncated_svd` (exact or randomized) and
+:func:`loftq_decompose` (one weight matrix → Q plus PEFT-convention LoRA factors).
+:class:`QuantLinear` runs a packed weight and can be wrapped by PEFT's LoRA.
+
+Checkpoints: :mod:`leanfit.quantization.checkpoint` streams a safetensors or GGUF
+checkpoint tensor by tensor, in Hugging Face names and layout; :mod:`leanfit.quantization.targets`
+says which weights are quantized, with how many bits, and gives their matrix view.
 """
+
+from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose
+from leanfit.quantization.lowrank import truncated_svd
+from leanfit.quantization.nn import QuantLinear
+from leanfit.quantization.packing import pack, packed_length, unpack
+from leanfit.quantization.quantizers import (
+    DoubleQuantized,
+    QuantizedTensor,
+    levels,
+    nf_table,
+    quantize,
+)
+
+__all__ = [
+    "DoubleQuantized",
+    "LoftQResult",
+    "LowRankFit",
+    "QuantLinear",
+    "QuantizedTensor",
+    "fit_low_rank",
+    "levels",
+    "loftq_decompose",
+    "nf_table",
+    "pack",
+    "packed_length",
+    "quantize",
+    "truncated_svd",
+    "unpack",
+]

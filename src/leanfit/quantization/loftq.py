@@ -1,0 +1,221 @@
+"""LoftQ: quantize a weight and fit a LoRA initialization to the quantization error.
+
+Li et al., "LoftQ: LoRA-Fine-Tuning-aware Quantization for Large Language Models",
+ICLR 2024 (arXiv 2310.08659). For a weight W (out × in), find Q on the k-bit grid and
+rank-r factors with ``Q + L R ≈ W`` by alternating, from ``L R = 0``::
+
+    for t = 1 … T:
+        Q = quantize(W − L R)                      # quantize first
+        U, S, Vh = SVD_r(W − Q)
+        L = U · diag(√S),  R = diag(√S) · Vh       # split √S between the factors
+
+LoRA in PEFT computes ``W_eff = Q + s · lora_B @ lora_A`` with ``s = lora_alpha / r``;
+the factors are returned divided by √s (as PEFT does for PiSSA) so that W_eff ≈ W for any
+alpha: ``lora_B = L / √s`` (out × r), ``lora_A = R / √s`` (r × in). PEFT's own LoftQ
+initialization omits this division (huggingface/peft issue 1982).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from leanfit.exceptions import BadInputError, bad_value
+from leanfit.quantization.lowrank import SVD_METHODS, truncated_svd
+from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args, quantize
+
+
+@dataclass(frozen=True)
+class LoftQResult:
+    """Output of :func:`loftq_decompose`.
+
+    Attributes
+    ----------
+    quantized : QuantizedTensor
+        Q, of the weight's shape (out × in).
+    lora_A : Tensor
+        (r × in) float32, PEFT's ``lora_A.weight``.
+    lora_B : Tensor
+        (out × r) float32, PEFT's ``lora_B.weight``.
+    scaling : float
+        s = lora_alpha / r; ``Q + s · lora_B @ lora_A ≈ W``.
+    errors : list of float
+        ``‖W − Q_t − L_t R_t‖_F / ‖W‖_F`` after each iteration t that ran (empty for iters=0).
+    qlora_error : float
+        ``‖W − quantize(W)‖_F / ‖W‖_F``: the starting error of QLoRA (B = 0).
+    best_iter : int
+        The iteration (1-based) whose Q and factors are kept; 0 for iters=0.
+    """
+
+    quantized: QuantizedTensor
+    lora_A: Tensor
+    lora_B: Tensor
+    scaling: float
+    errors: list[float]
+    qlora_error: float
+    best_iter: int
+
+    @property
+    def rank(self) -> int:
+        return int(self.lora_A.shape[0])
+
+    @property
+    def error(self) -> float:
+        """Relative error of the kept result (the QLoRA error when no iteration ran)."""
+        return self.errors[self.best_iter - 1] if self.best_iter else self.qlora_error
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``Q + s · lora_B @ lora_A``, the weight a LoRA model starts from."""
+        q = self.quantized.dequantize(torch.float32, self.lora_A.device)
+        return (q + self.scaling * (self.lora_B @ self.lora_A)).to(dtype)
+
+
+@dataclass(frozen=True)
+class LowRankFit:
+    """``left @ right`` approximates a residual; ``basis`` warm-starts the next fit."""
+
+    left: Tensor  # (out × r)
+    right: Tensor  # (r × in)
+    basis: Tensor | None  # (in × r) or None
+
+
+def fit_low_rank(
+    residual: Tensor,
+    rank: int,
+    *,
+    svd: str = "randomized",
+    init: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LowRankFit:
+    """Best rank-r approximation of a residual (Eckart–Young), √S split between the factors.
+
+    ``left = U_r · diag(√S_r)``, ``right = diag(√S_r) · Vh_r``; the error
+    ``‖residual − left @ right‖_F`` equals ``sqrt(Σ_{i>r} S_i²)`` for the exact SVD. This is
+    the step a calibrated (whitened) variant would replace.
+    """
+    u, s, vh = truncated_svd(residual, rank, svd, init=init, generator=generator)
+    root = s.sqrt()
+    return LowRankFit(u * root, root[:, None] * vh, vh.T if svd == "randomized" else None)
+
+
+def _check_weight(weight: object) -> Tensor:
+    if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 2:
+        raise bad_value(
+            "weight", getattr(weight, "shape", type(weight)), "a 2-D floating-point tensor"
+        )
+    if weight.numel() == 0:
+        raise bad_value("weight", tuple(weight.shape), "a non-empty (out × in) tensor")
+    w = weight.detach().float()
+    if not bool(torch.isfinite(w).all()):
+        raise BadInputError("weight must be finite in float32; got NaN or Inf values")
+    return w
+
+
+def _check_int(name: str, value: object, low: int, high: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bound = f"an int in [{low}, {high}]" if high < math.inf else f"an int >= {low}"
+        raise bad_value(name, value, bound)
+    return value
+
+
+def _lora_a_init(rank: int, in_features: int, generator: torch.Generator, like: Tensor) -> Tensor:
+    """PEFT's default ``lora_A``: Kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in)."""
+    a = like.new_empty(rank, in_features)
+    return torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+
+
+def loftq_decompose(
+    weight: Tensor,
+    *,
+    bits: int = 2,
+    rank: int = 16,
+    iters: int = 5,
+    method: str = "nf",
+    block_size: int = 64,
+    svd: str = "randomized",
+    lora_alpha: float | None = None,
+    double_quant: bool = False,
+    seed: int = 0,
+) -> LoftQResult:
+    """LoftQ decomposition of one weight matrix: ``W ≈ Q + s · lora_B @ lora_A``.
+
+    Parameters
+    ----------
+    weight : Tensor
+        W, (out × in), floating point, finite; not modified. Callers reshape convolution
+        kernels to (out × in·k…) and transpose GPT-2 ``Conv1D`` weights (stored in × out).
+    bits, method, block_size, double_quant
+        The quantizer, see :func:`leanfit.quantization.quantize`.
+    rank : int
+        r, 1 <= r < min(out, in).
+    iters : int
+        T >= 0 alternating steps. The iterate with the lowest error is kept and the loop
+        stops after the first step whose error rises, so the result is never worse than
+        T = 1. T = 0 is QLoRA: Q = quantize(W), ``lora_B = 0`` and ``lora_A`` drawn like
+        PEFT's default (Kaiming-uniform, seeded).
+    svd : {"randomized", "exact"}
+        Truncated SVD of each residual (:func:`leanfit.quantization.truncated_svd`); the
+        randomized one is warm-started from the previous iteration's right basis.
+    lora_alpha : float, optional
+        PEFT's ``lora_alpha`` (> 0); default r, i.e. s = 1.
+    seed : int
+        Seeds the randomized SVD and the T = 0 ``lora_A``.
+
+    Returns
+    -------
+    LoftQResult
+        On the weight's device; factors in float32.
+    """
+    w = _check_weight(weight)
+    out_features, in_features = w.shape
+    limit = min(out_features, in_features) - 1
+    if limit < 1:
+        raise bad_value("weight", tuple(w.shape), "a matrix with min(out, in) >= 2")
+    rank = _check_int("rank", rank, 1, limit)
+    iters = _check_int("iters", iters, 0)
+    seed = _check_int("seed", seed, 0)
+    check_quantization_args(bits, method, block_size)
+    if svd not in SVD_METHODS:
+        raise bad_value("svd", svd, f"one of {SVD_METHODS}")
+    alpha = float(rank) if lora_alpha is None else lora_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
+        raise bad_value("lora_alpha", lora_alpha, "a finite number > 0, or None")
+    scaling = alpha / rank
+    generator = torch.Generator(device=w.device).manual_seed(seed)
+    norm = float(torch.linalg.norm(w)) or 1.0  # an all-zero W has zero error, not 0/0
+
+    def quantized(target: Tensor) -> QuantizedTensor:
+        return quantize(target, bits, method, block_size, double_quant)
+
+    if iters == 0:
+        q = quantized(w)
+        qlora_error = float(torch.linalg.norm(w - q.dequantize())) / norm
+        lora_a = _lora_a_init(rank, in_features, generator, w)
+        lora_b = w.new_zeros(out_features, rank)
+        return LoftQResult(q, lora_a, lora_b, scaling, [], qlora_error, 0)
+
+    errors: list[float] = []
+    low_rank = w.new_zeros(out_features, in_features)
+    basis = None
+    best: tuple[int, QuantizedTensor, LowRankFit] | None = None
+    for step in range(1, iters + 1):
+        q = quantized(w - low_rank)
+        residual = w - q.dequantize()
+        if step == 1:
+            qlora_error = float(torch.linalg.norm(residual)) / norm
+        fit = fit_low_rank(residual, rank, svd=svd, init=basis, generator=generator)
+        low_rank, basis = fit.left @ fit.right, fit.basis
+        errors.append(float(torch.linalg.norm(residual - low_rank)) / norm)
+        if best is None or errors[-1] < errors[best[0] - 1]:
+            best = (step, q, fit)
+        elif errors[-1] > errors[-2]:
+            break
+    assert best is not None  # iters >= 1, so the loop ran
+    best_iter, q, fit = best
+    root = math.sqrt(scaling)
+    return LoftQResult(
+        q, fit.right / root, fit.left / root, scaling, errors, qlora_error, best_iter
+    )

@@ -1,0 +1,447 @@
+"""Blockwise NormalFloat-k and uniform-k quantizers: pure tensor functions.
+
+A tensor is flattened in row-major order and cut into blocks of ``block_size`` values.
+Each block has its own statistics and each value is replaced by a k-bit code:
+
+- ``method="nf"`` (NormalFloat-k, k in {2, 3, 4}): the block scale is its absmax ``a``;
+  a value ``x`` becomes the index of the table entry nearest to ``x / a`` and is restored
+  as ``table[code] · a``. The table (:func:`nf_table`) holds 2**k quantiles of the standard
+  normal, asymmetric (one more positive value), normalized to [-1, 1].
+- ``method="uniform"`` (k in {2, 3, 4, 8}): asymmetric min–max; the block offset is its
+  minimum ``m`` and the scale its step ``Δ = (max − m) / (2**k − 1)``; ``x`` becomes the
+  nearest of ``m + j·Δ``, j = 0 … 2**k − 1.
+
+All arithmetic is in float32 whatever the input dtype, on the input's device. Codes are
+found with :func:`torch.bucketize` on the midpoints between neighbouring levels; a value
+exactly on a midpoint takes the lower level.
+
+Last block. When ``numel`` is not a multiple of ``block_size`` the last block is padded by
+repeating its last real value. A repeated value changes neither the minimum, the maximum
+nor the absmax, so the statistics of the last block are those of its real values only
+(zero padding would be harmless for absmax but would wrongly widen a min–max range whose
+values all have one sign). The padded codes are dropped before packing.
+
+Double quantization (QLoRA's trick, our own 8-bit code): the per-block float32 statistics
+(scales, and for uniform also offsets) are stored as int8 codes of their deviation from
+their mean, symmetric, with one float32 absmax per group of 256 blocks
+(:class:`DoubleQuantized`). The codes of the weight itself are then chosen against the
+statistics as they will be restored, so every value goes to the nearest level of the grid
+that is really stored.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.quantization.packing import pack, packed_length, unpack
+
+METHODS: dict[str, tuple[int, ...]] = {"nf": (2, 3, 4), "uniform": (2, 3, 4, 8)}
+NF_OFFSET = 0.9677083
+DOUBLE_QUANT_GROUP = 256
+_DQ_LEVELS = 127  # int8 codes of the double quantization lie in [-127, 127]
+_MIN_ABSMAX = 1e-38  # as bitsandbytes: an all-zero block gets a finite reciprocal
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_value(name, value, f"an int >= {minimum}")
+    return value
+
+
+def check_quantization_args(bits: object, method: object, block_size: object) -> None:
+    """Raise :class:`BadInputError` unless (bits, method, block_size) is a supported quantizer."""
+    if method not in METHODS:
+        raise bad_value("method", method, f"one of {sorted(METHODS)}")
+    allowed = METHODS[str(method)]
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
+        raise bad_value("bits", bits, f"one of {allowed} for method={method!r}")
+    _check_int("block_size", block_size, 1)
+
+
+@functools.cache
+def _nf_table_cpu(bits: int) -> Tensor:
+    half = 2**bits // 2
+    # float32 probabilities, float64 quantiles, float32 normalization: the recipe whose
+    # result bitsandbytes hard-codes for NF4, so the tables agree bit for bit.
+    upper = torch.linspace(NF_OFFSET, 0.5, half + 1)[:-1].double()
+    lower = torch.linspace(NF_OFFSET, 0.5, half)[:-1].double()
+    zero = torch.zeros(1, dtype=torch.float64)
+    values = torch.cat([torch.special.ndtri(upper), zero, -torch.special.ndtri(lower)]).float()
+    values = torch.sort(values).values
+    return values / values.max()
+
+
+def nf_table(bits: int, device: torch.device | str | None = None) -> Tensor:
+    """The NormalFloat-k table: 2**k sorted float32 values in [-1, 1].
+
+    With ``p = 0.9677083`` and Φ⁻¹ the standard normal quantile,
+    ``v1 = Φ⁻¹(linspace(p, 0.5, 2**k/2 + 1)[:-1])``, ``v3 = −Φ⁻¹(linspace(p, 0.5, 2**k/2)[:-1])``
+    and the table is ``sort(v1 ∪ {0} ∪ v3) / max``: 2**k/2 positive values, 2**k/2 − 1
+    negative ones and an exact zero. NF2 = {−1, 0, 0.3379, 1}; NF4 is bitsandbytes' table.
+
+    Parameters
+    ----------
+    bits : int
+        k in {2, 3, 4}.
+    device : torch.device or str, optional
+        Where to put the table (CPU by default).
+    """
+    check_quantization_args(bits, "nf", 1)
+    return _nf_table_cpu(int(bits)).to(device=device, copy=True)
+
+
+def levels(bits: int, method: str, device: torch.device | str | None = None) -> Tensor:
+    """The normalized levels a code indexes: the NF table, or 0 … 2**k − 1 for uniform."""
+    check_quantization_args(bits, method, 1)
+    if method == "nf":
+        return nf_table(bits, device)
+    return torch.arange(2**bits, dtype=torch.float32, device=device)
+
+
+def _blocks(flat: Tensor, block_size: int) -> Tensor:
+    """(n_blocks, block_size) view of a 1-D tensor, the last block padded with its last value."""
+    pad = -flat.numel() % block_size
+    if pad:
+        flat = torch.cat([flat, flat[-1:].expand(pad)])
+    return flat.view(-1, block_size)
+
+
+@dataclass(frozen=True)
+class DoubleQuantized:
+    """An 8-bit code of a float32 vector ``v`` (the per-block statistics).
+
+    ``v ≈ mean + codes · group_scales[g] / 127`` for entries of group g (groups of 256
+    consecutive entries), where ``group_scales[g] = max |v − mean|`` over the group and
+    ``codes = round((v − mean) · 127 / group_scales[g])``. The error of an entry is at most
+    ``group_scales[g] / 254``.
+
+    Attributes
+    ----------
+    codes : Tensor
+        int8, shape ``(n,)``.
+    group_scales : Tensor
+        float32, shape ``(ceil(n / 256),)``.
+    mean : Tensor
+        float32, shape ``(1,)``.
+    """
+
+    codes: Tensor
+    group_scales: Tensor
+    mean: Tensor
+
+    @classmethod
+    def encode(cls, values: Tensor) -> DoubleQuantized:
+        """Quantize a 1-D float32 vector."""
+        mean = values.mean().reshape(1)
+        deviation = _blocks(values - mean, DOUBLE_QUANT_GROUP)
+        group_scales = deviation.abs().amax(dim=1)
+        step = group_scales.clamp(min=_MIN_ABSMAX) / _DQ_LEVELS
+        codes = torch.round(deviation / step[:, None]).clamp(-_DQ_LEVELS, _DQ_LEVELS)
+        return cls(codes.reshape(-1)[: values.numel()].to(torch.int8), group_scales, mean)
+
+    def decode(self) -> Tensor:
+        """The float32 vector, shape ``(n,)``."""
+        codes = _blocks(self.codes.float(), DOUBLE_QUANT_GROUP)
+        values = codes * (self.group_scales / _DQ_LEVELS)[:, None] + self.mean
+        return values.reshape(-1)[: self.codes.numel()]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"": self.codes, "_dq_scales": self.group_scales, "_dq_mean": self.mean}
+
+
+def _decode(stat: Tensor | DoubleQuantized) -> Tensor:
+    return stat.decode() if isinstance(stat, DoubleQuantized) else stat
+
+
+def _layout(
+    numel: int, bits: int, method: str, block_size: int, double_quant: bool
+) -> dict[str, tuple[int, torch.dtype]]:
+    """Name → (length, dtype) of every stored tensor of a quantized tensor."""
+    n_blocks = -(-numel // block_size)
+    stats = ["scales"] + (["offsets"] if method == "uniform" else [])
+    layout = {"packed": (packed_length(numel, bits), torch.uint8)}
+    for stat in stats:
+        if double_quant:
+            layout[stat] = (n_blocks, torch.int8)
+            layout[f"{stat}_dq_scales"] = (-(-n_blocks // DOUBLE_QUANT_GROUP), torch.float32)
+            layout[f"{stat}_dq_mean"] = (1, torch.float32)
+        else:
+            layout[stat] = (n_blocks, torch.float32)
+    return layout
+
+
+def empty_state(
+    shape: tuple[int, ...],
+    bits: int,
+    method: str,
+    block_size: int,
+    double_quant: bool = False,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """Zero-filled tensors with the names, sizes and dtypes that :meth:`to_state_dict` gives."""
+    check_quantization_args(bits, method, block_size)
+    numel = math.prod(shape)
+    layout = _layout(numel, bits, method, block_size, double_quant)
+    return {name: torch.zeros(n, dtype=dt, device=device) for name, (n, dt) in layout.items()}
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A tensor stored as packed k-bit codes plus per-block statistics.
+
+    The restored value of flat element i in block b = i // block_size is
+    ``levels[code_i] · scale_b`` for NF and ``offset_b + code_i · scale_b`` for uniform.
+
+    Attributes
+    ----------
+    packed : Tensor
+        uint8, 1-D: the codes packed by :func:`leanfit.quantization.packing.pack`.
+    scales : Tensor or DoubleQuantized
+        One per block: the absmax (NF) or the step Δ (uniform); float32, or an 8-bit
+        :class:`DoubleQuantized` code of them.
+    offsets : Tensor, DoubleQuantized or None
+        Uniform only: the per-block minimum; None for NF.
+    shape : tuple of int
+        Shape of the original tensor.
+    bits : int
+    method : str
+        ``"nf"`` or ``"uniform"``.
+    block_size : int
+    """
+
+    packed: Tensor
+    scales: Tensor | DoubleQuantized
+    offsets: Tensor | DoubleQuantized | None
+    shape: tuple[int, ...]
+    bits: int
+    method: str
+    block_size: int
+
+    def __post_init__(self) -> None:
+        check_quantization_args(self.bits, self.method, self.block_size)
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if (self.offsets is None) != (self.method == "nf"):
+            raise BadInputError(
+                f"offsets must be given for uniform and only for uniform; "
+                f"got method={self.method!r} and offsets={type(self.offsets)}"
+            )
+        layout = _layout(self.numel, self.bits, self.method, self.block_size, self.double_quant)
+        for name, tensor in self.to_state_dict("").items():
+            length, dtype = layout.get(name, (None, None))
+            if tensor.dtype != dtype or tensor.shape != (length,):
+                raise BadInputError(
+                    f"tensor {name!r} must be {dtype} of shape ({length},); "
+                    f"got {tensor.dtype} of shape {tuple(tensor.shape)}"
+                )
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def double_quant(self) -> bool:
+        return isinstance(self.scales, DoubleQuantized)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: packed codes plus all statistics."""
+        return sum(t.numel() * t.element_size() for t in self.to_state_dict("").values())
+
+    @property
+    def bits_per_param(self) -> float:
+        """Stored bits (codes and statistics) per element of the original tensor."""
+        return 8 * self.nbytes / self.numel
+
+    def codes(self) -> Tensor:
+        """The codes, uint8, 1-D of length numel, in row-major order of the original tensor."""
+        return unpack(self.packed, self.bits, self.numel)
+
+    def block_scales(self) -> Tensor:
+        """Per-block scales as float32 (decoded if double-quantized)."""
+        return _decode(self.scales)
+
+    def block_offsets(self) -> Tensor | None:
+        """Per-block offsets as float32 (uniform), or None (NF)."""
+        return None if self.offsets is None else _decode(self.offsets)
+
+    def dequantize(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> Tensor:
+        """The restored tensor of ``shape``: computed in float32 and cast to ``dtype``."""
+        device = self.packed.device if device is None else device
+        table = levels(self.bits, self.method, device)
+        values = _blocks(table[self.codes().to(device).long()], self.block_size)
+        values = values * self.block_scales().to(device)[:, None]
+        offsets = self.block_offsets()
+        if offsets is not None:
+            values = values + offsets.to(device)[:, None]
+        return values.reshape(-1)[: self.numel].reshape(self.shape).to(dtype)
+
+    def meta(self) -> dict[str, Any]:
+        """JSON-serializable description needed (with the tensors) to rebuild this object."""
+        return {
+            "shape": list(self.shape),
+            "bits": self.bits,
+            "method": self.method,
+            "block_size": self.block_size,
+            "double_quant": self.double_quant,
+        }
+
+    def to_state_dict(self, prefix: str = "") -> dict[str, Tensor]:
+        """Stored tensors keyed ``prefix + name``; names: packed, scales, offsets (uniform),
+        and with double quantization also ``<stat>_dq_scales`` and ``<stat>_dq_mean``."""
+        tensors = {"packed": self.packed}
+        stats = {"scales": self.scales, "offsets": self.offsets}
+        for name, stat in stats.items():
+            if isinstance(stat, DoubleQuantized):
+                tensors.update({name + suffix: t for suffix, t in stat.tensors().items()})
+            elif stat is not None:
+                tensors[name] = stat
+        return {prefix + name: t for name, t in tensors.items()}
+
+    @classmethod
+    def from_state_dict(
+        cls, tensors: dict[str, Tensor], prefix: str, meta: dict[str, Any]
+    ) -> QuantizedTensor:
+        """Rebuild from :meth:`to_state_dict` output and :meth:`meta`.
+
+        Raises
+        ------
+        CorruptArtifactError
+            A tensor is missing or has the wrong dtype or size, or ``meta`` is invalid.
+        """
+        try:
+            shape = tuple(meta["shape"])
+            bits, method, block_size = meta["bits"], meta["method"], meta["block_size"]
+            double_quant = meta["double_quant"]
+            check_quantization_args(bits, method, block_size)
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(
+                double_quant, bool
+            ):
+                raise BadInputError(f"invalid meta {meta!r}")
+            layout = _layout(math.prod(shape), bits, method, block_size, double_quant)
+            missing = [prefix + name for name in layout if prefix + name not in tensors]
+            if missing:
+                raise BadInputError(f"missing tensors {missing}")
+
+            def stat(name: str) -> Tensor | DoubleQuantized:
+                value = tensors[prefix + name]
+                if not double_quant:
+                    return value
+                return DoubleQuantized(
+                    value, tensors[f"{prefix}{name}_dq_scales"], tensors[f"{prefix}{name}_dq_mean"]
+                )
+
+            return cls(
+                packed=tensors[prefix + "packed"],
+                scales=stat("scales"),
+                offsets=stat("offsets") if method == "uniform" else None,
+                shape=shape,
+                bits=bits,
+                method=method,
+                block_size=block_size,
+            )
+        except (KeyError, TypeError, BadInputError) as error:
+            raise CorruptArtifactError(
+                f"quantized tensor {prefix!r} cannot be rebuilt: {error}"
+            ) from error
+
+
+def _check_tensor(tensor: object) -> Tensor:
+    """The input as a finite float32 tensor."""
+    if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+        raise bad_value("tensor", getattr(tensor, "dtype", type(tensor)), "a floating-point tensor")
+    if tensor.numel() == 0:
+        raise bad_value("tensor", tuple(tensor.shape), "a non-empty tensor")
+    flat = tensor.detach().reshape(-1).float()
+    if not bool(torch.isfinite(flat).all()):
+        raise BadInputError("tensor must be finite in float32; got NaN or Inf values")
+    return flat
+
+
+def _nf_stats(blocks: Tensor) -> tuple[Tensor, None]:
+    return blocks.abs().amax(dim=1), None
+
+
+def _uniform_stats(blocks: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    low, high = blocks.amin(dim=1), blocks.amax(dim=1)
+    return (high - low) / (2**bits - 1), low
+
+
+def _normalize(blocks: Tensor, scales: Tensor, offsets: Tensor | None) -> Tensor:
+    """Map values to the level axis: x / absmax (NF) or (x − min) / Δ (uniform)."""
+    if offsets is None:
+        # Multiply by the reciprocal, as bitsandbytes does, so midpoint ties round alike.
+        return blocks * (1.0 / scales.clamp(min=_MIN_ABSMAX))[:, None]
+    steps = torch.where(scales > 0, scales, torch.ones_like(scales))
+    return (blocks - offsets[:, None]) / steps[:, None]
+
+
+def quantize(
+    tensor: Tensor,
+    bits: int,
+    method: str = "nf",
+    block_size: int = 64,
+    double_quant: bool = False,
+) -> QuantizedTensor:
+    """Quantize a tensor blockwise to k-bit codes (see the module docstring for the maths).
+
+    Parameters
+    ----------
+    tensor : Tensor
+        Any shape and floating dtype, finite, non-empty; not modified.
+    bits : int
+        k: 2, 3, 4 for ``"nf"``; 2, 3, 4, 8 for ``"uniform"``.
+    method : {"nf", "uniform"}
+    block_size : int
+        Values per block (>= 1); the last block may be partial.
+    double_quant : bool
+        Store the per-block statistics as 8-bit codes (:class:`DoubleQuantized`).
+
+    Returns
+    -------
+    QuantizedTensor
+        On the device of ``tensor``.
+
+    Notes
+    -----
+    NF4 with ``block_size=64`` and no double quantization reproduces bitsandbytes'
+    ``quantize_4bit(x, quant_type="nf4", blocksize=64)`` on CPU exactly: the same float32
+    table, the absmax applied as a multiplication by its float32 reciprocal, the same
+    float32 midpoints and ``bucketize`` tie rule (a value on a midpoint takes the lower
+    code), and the same nibble order (first code in the high nibble). Values beyond the
+    outer midpoints map to the extreme codes, so no clamping is needed.
+    """
+    check_quantization_args(bits, method, block_size)
+    if not isinstance(double_quant, bool):
+        raise bad_value("double_quant", double_quant, "a bool")
+    flat = _check_tensor(tensor)
+    blocks = _blocks(flat, block_size)
+    scales, offsets = _nf_stats(blocks) if method == "nf" else _uniform_stats(blocks, bits)
+    stored_scales: Tensor | DoubleQuantized = scales
+    stored_offsets: Tensor | DoubleQuantized | None = offsets
+    if double_quant:
+        stored_scales = DoubleQuantized.encode(scales)
+        scales = stored_scales.decode()
+        if offsets is not None:
+            stored_offsets = DoubleQuantized.encode(offsets)
+            offsets = stored_offsets.decode()
+    table = levels(bits, method, flat.device)
+    midpoints = (table[:-1] + table[1:]) / 2
+    codes = torch.bucketize(_normalize(blocks, scales, offsets), midpoints)
+    return QuantizedTensor(
+        packed=pack(codes.reshape(-1)[: flat.numel()].to(torch.uint8), bits),
+        scales=stored_scales,
+        offsets=stored_offsets,
+        shape=tuple(tensor.shape),
+        bits=bits,
+        method=method,
+        block_size=block_size,
+    )
