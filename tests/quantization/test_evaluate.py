@@ -29,6 +29,8 @@ from leanfit.quantization.evaluate import (
     sliding_windows,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def chapter_one_ids(smollm2):
