@@ -445,16 +445,19 @@ def test_finetune_rejects_bad_input(tiny_llama, minilm_tokenizer, tmp_path):
     frozen.requires_grad_(False)
     with pytest.raises(BadInputError, match="no trainable parameters"):
         finetune(frozen, train, held_out, config, tmp_path / "b")
-    classifier, _, _ = _tiny_classification_run(minilm_tokenizer, head_seed=0)
-    two_labels = classification_data(
+    classifier, tweets, _ = _tiny_classification_run(minilm_tokenizer, head_seed=0)
+    tweets_config = _tiny_config(task="classification", max_length=24)
+    four_labels = classification_data(
         load_tweets().iloc[:8],
         minilm_tokenizer,
         label_column="sentiment",
         max_length=16,
         label_names=["negative", "neutral", "positive", "mixed"],
     )
+    with pytest.raises(BadInputError, match="eval_data.label_names"):
+        finetune(classifier, tweets, four_labels, tweets_config, tmp_path / "c")
     with pytest.raises(BadInputError, match="model predicts 3 classes"):
-        finetune(classifier, two_labels, None, _tiny_config(task="classification"), tmp_path / "c")
+        finetune(classifier, four_labels, None, _tiny_config(task="classification"), tmp_path / "c")
 
 
 # ---------------------------------------------------------------- learning on real data

@@ -86,7 +86,7 @@ def _check_number(name: str, value: object, *, positive: bool) -> None:
         raise bad_value(name, value, "a finite number " + ("> 0" if positive else ">= 0"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Settings of a fine-tuning run, saved as ``config.json`` beside its outputs.
 
@@ -157,7 +157,7 @@ class FinetuneConfig:
                 f"give steps or epochs, not both; got steps={self.steps!r}, epochs={self.epochs!r}"
             )
         if self.steps is None and self.epochs is None:
-            self.epochs = 1
+            object.__setattr__(self, "epochs", 1)  # the documented default: one epoch
         if self.steps is not None:
             _check_int("steps", self.steps, 1)
         if self.epochs is not None:
@@ -283,7 +283,9 @@ def _micro_batches(n: int, batch_size: int, seed: int, start: int) -> Iterator[n
         epoch, position = epoch + 1, 0
 
 
-def _loss(model: torch.nn.Module, data: TrainData, index: np.ndarray, device: torch.device):
+def _loss(
+    model: torch.nn.Module, data: TrainData, index: np.ndarray, device: torch.device
+) -> torch.Tensor:
     """Mean training loss of one micro-batch (differentiable)."""
     if isinstance(data, ClassificationData):
         batch = {key: value.to(device) for key, value in data.batch(index).items()}
@@ -334,7 +336,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-def _optimizer(params: dict[str, torch.nn.Parameter], config: FinetuneConfig):
+def _optimizer(params: dict[str, torch.nn.Parameter], config: FinetuneConfig) -> torch.optim.AdamW:
     matrices = [p for p in params.values() if p.ndim >= 2]
     vectors = [p for p in params.values() if p.ndim < 2]
     groups = [{"params": matrices, "weight_decay": config.weight_decay}]
@@ -535,6 +537,13 @@ def finetune(
     _check_data("train_data", train_data, config.task, config.max_length)
     if eval_data is not None:
         _check_data("eval_data", eval_data, config.task, config.max_length)
+        if isinstance(train_data, ClassificationData) and isinstance(eval_data, ClassificationData):
+            if eval_data.label_names != train_data.label_names:
+                raise BadInputError(
+                    f"eval_data.label_names {list(eval_data.label_names)} differ from "
+                    f"train_data's {list(train_data.label_names)}; encode eval_data with "
+                    "label_names=train_data.label_names"
+                )
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BadInputError(f"out_dir {str(out_dir)!r} exists; pass overwrite=True to replace it")
