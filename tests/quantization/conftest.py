@@ -1,6 +1,7 @@
 """Shared fixtures: one torch thread, the real weights of MiniLM and SmolLM2, and tiny GGUF
 files written the way llama.cpp's converter writes them."""
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from leanfit.pretrained import model_path
 from leanfit.quantization.checkpoint import open_checkpoint
@@ -16,7 +18,8 @@ from leanfit.quantization.checkpoint import open_checkpoint
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread() -> Iterator[None]:
     """Run these tests on one thread: on a shared 2-core machine, OpenMP threads competing
-    with other processes made the SVDs here 30x slower than a single thread."""
+    with other processes made the SVDs here 30x slower and the fine-tuning tests 5x slower
+    than a single thread. Results do not depend on it."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -102,3 +105,45 @@ def llama_cpp_permute_fixture():
 @pytest.fixture(name="write_gguf")
 def write_gguf_fixture():
     return write_gguf
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """SmolLM2-135M-Instruct (base model, tokenizer). Tests must deep-copy the model before
+    wrapping it in PEFT, which modifies it in place."""
+    path = model_path("smollm2")
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def fresh_smollm2(smollm2_model):
+    """A private copy of SmolLM2 to wrap or modify."""
+    return copy.deepcopy(smollm2_model[0])
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    return AutoTokenizer.from_pretrained(model_path("minilm"))
+
+
+def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory ``tiny_llama(seed)`` of randomly initialized two-layer llamas (vocabulary 64,
+    width 16) for mechanics tests; the same seed gives the same weights."""
+    return _tiny_llama

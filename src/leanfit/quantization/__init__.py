@@ -8,6 +8,9 @@ uniform-k, really packed), :func:`truncated_svd` (exact or randomized) and
 Checkpoints: :mod:`leanfit.quantization.checkpoint` streams a safetensors or GGUF
 checkpoint tensor by tensor, in Hugging Face names and layout; :mod:`leanfit.quantization.targets`
 says which weights are quantized, with how many bits, and gives their matrix view.
+
+Fine-tuning and evaluation of PEFT models live in :mod:`leanfit.quantization.finetune`,
+:mod:`leanfit.quantization.data` and :mod:`leanfit.quantization.evaluate`.
 """
 
 from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose

@@ -1,0 +1,632 @@
+"""LoRA fine-tuning of a PEFT model with a small, deterministic, resumable torch loop.
+
+The model is any ``peft.PeftModel`` (a LoRA adapter on a full-precision or a quantized
+backbone). Only parameters with ``requires_grad`` are trained: the LoRA factors, and for
+classification the head that PEFT keeps trainable through ``modules_to_save``.
+
+One optimizer *step* consumes ``grad_accum`` micro-batches of ``batch_size`` examples; its
+reported loss is the mean of their losses, taken before the update. Micro-batches follow a
+fixed order: epoch ``e`` visits the examples in the permutation drawn by
+``numpy.random.default_rng([seed, e])``, cut into consecutive batches (the last one may be
+smaller). Dropout draws from torch's global generator, seeded with ``seed`` inside a forked
+RNG state, so the caller's RNG is untouched and a run is reproducible.
+
+Output directory (written as ``OUT.partial`` next to ``OUT`` and renamed to ``OUT`` at the end)::
+
+    OUT/config.json          the FinetuneConfig
+    OUT/run.json             fingerprint of the training data, total steps
+    OUT/adapter/             final adapter, PEFT format (adapter_config.json + safetensors)
+    OUT/metrics.json         training losses and learning rates per step, evaluations
+    OUT/labels.json          classification only: label names in class-index order
+    OUT/checkpoints/step-N/  adapter/, trainable.safetensors, optimizer.safetensors,
+                             optimizer.json, scheduler.json, rng.safetensors, state.json
+
+Each checkpoint is written to a hidden sibling and renamed into place, so an interrupted run
+leaves only complete checkpoints; ``resume=True`` continues ``OUT.partial`` from its latest one
+and reproduces the uninterrupted run (same data order, optimizer, schedule and RNG state).
+No pickle is written or read: tensors go to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.io import atomic_output
+from leanfit.quantization.data import ClassificationData, fingerprint
+from leanfit.quantization.evaluate import (
+    causal_lm_metrics,
+    causal_lm_nll,
+    classification_metrics,
+)
+
+TASKS = ("causal-lm", "classification")
+SCHEDULES = ("linear", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+CHECKPOINT = re.compile(r"^step-(\d+)$")
+
+TrainData = torch.Tensor | ClassificationData
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise bad_value(name, value, f"one of {list(allowed)}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_value(name, value, f"an integer >= {minimum}")
+
+
+def _check_number(name: str, value: object, *, positive: bool) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or (value <= 0 if positive else value < 0)
+    ):
+        raise bad_value(name, value, "a finite number " + ("> 0" if positive else ">= 0"))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a fine-tuning run, saved as ``config.json`` beside its outputs.
+
+    Parameters
+    ----------
+    task : {"causal-lm", "classification"}
+    steps : int, optional
+        Optimizer steps. Give ``steps`` or ``epochs``, not both; with neither, one epoch.
+    epochs : int, optional
+        Passes over the training data; the run makes ``ceil(epochs * ceil(n / batch_size) /
+        grad_accum)`` steps.
+    batch_size : int
+        Examples per micro-batch (also the evaluation batch size).
+    grad_accum : int
+        Micro-batches per optimizer step.
+    learning_rate : float
+        Peak learning rate of AdamW.
+    schedule : {"linear", "cosine", "constant"}
+        Decay after warmup, see :func:`lr_multiplier`.
+    warmup_steps : int
+        Steps of linear warmup.
+    weight_decay : float
+        AdamW's decoupled weight decay, applied to matrices only (not to biases or other
+        1-D parameters).
+    max_grad_norm : float or None
+        Clip the global gradient norm to this value; ``None`` disables clipping.
+    seed : int
+        Seeds the data order and dropout.
+    eval_every : int
+        Evaluate every this many steps (0: only after the last step); the last step is
+        always evaluated when evaluation data is given.
+    checkpoint_every : int
+        Checkpoint every this many steps (0: no checkpoints, no resume).
+    max_length : int
+        Tokens per sequence: the block length for causal LM, the truncation length for
+        classification. The data preparation uses it; training checks the data respects it.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"`` picks CUDA when available.
+    dtype : {"float32", "bfloat16"}
+        Compute precision; ``"bfloat16"`` runs the forward pass under autocast, while the
+        trainable parameters and optimizer state stay in their own (float32) precision.
+    """
+
+    task: str = "causal-lm"
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    max_length: int = 256
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        if self.steps is not None and self.epochs is not None:
+            raise BadInputError(
+                f"give steps or epochs, not both; got steps={self.steps!r}, epochs={self.epochs!r}"
+            )
+        if self.steps is None and self.epochs is None:
+            object.__setattr__(self, "epochs", 1)  # the documented default: one epoch
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1)
+        if self.epochs is not None:
+            _check_int("epochs", self.epochs, 1)
+        for name in ("batch_size", "grad_accum"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("max_length", self.max_length, 2)
+        for name in ("warmup_steps", "seed", "eval_every", "checkpoint_every"):
+            _check_int(name, getattr(self, name), 0)
+        _check_number("learning_rate", self.learning_rate, positive=True)
+        _check_number("weight_decay", self.weight_decay, positive=False)
+        if self.max_grad_norm is not None:
+            _check_number("max_grad_norm", self.max_grad_norm, positive=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-compatible dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BadInputError(
+                f"unknown FinetuneConfig fields {unknown}; known are {sorted(known)}"
+            )
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FinetuneConfig:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` produced.
+
+    Attributes
+    ----------
+    losses : list of float
+        Training loss of each optimizer step (mean over its micro-batches, before the update).
+    learning_rates : list of float
+        Learning rate used by each step.
+    evals : list of dict
+        One per evaluation: ``{"step": s, **metrics}`` with the metrics of
+        :func:`~leanfit.quantization.evaluate.causal_lm_metrics` or
+        :func:`~leanfit.quantization.evaluate.classification_metrics`, after step ``s``.
+    out_dir : Path
+        The run's output directory.
+    adapter_path : Path
+        The final adapter in PEFT format (load with ``PeftModel.from_pretrained``).
+    resumed_from : int or None
+        The checkpoint step this call continued from.
+    """
+
+    losses: list[float]
+    learning_rates: list[float]
+    evals: list[dict[str, float]]
+    out_dir: Path
+    adapter_path: Path
+    resumed_from: int | None = None
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Factor applied to the peak learning rate at optimizer step ``step`` (0-based).
+
+    Warmup: ``(step + 1) / warmup_steps`` for ``step < warmup_steps``, reaching 1 on the last
+    warmup step. Afterwards, with ``p = (step - warmup_steps) / (total_steps - warmup_steps)``
+    in [0, 1): ``constant`` 1, ``linear`` ``1 - p``, ``cosine`` ``(1 + cos(pi p)) / 2``. The
+    last step therefore still has a positive rate; no step is wasted at rate 0.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return 1.0 - p
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    raise bad_value("schedule", schedule, f"one of {list(SCHEDULES)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; ``"cuda"`` requires CUDA."""
+    _check_choice("device", name, DEVICES)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def total_steps(config: FinetuneConfig, n_examples: int) -> int:
+    """Optimizer steps of a run over ``n_examples`` training examples."""
+    if config.steps is not None:
+        return config.steps
+    assert config.epochs is not None  # __post_init__ sets one of steps and epochs
+    micro_per_epoch = math.ceil(n_examples / config.batch_size)
+    return math.ceil(config.epochs * micro_per_epoch / config.grad_accum)
+
+
+def _micro_batches(n: int, batch_size: int, seed: int, start: int) -> Iterator[np.ndarray]:
+    """Example indices of micro-batches ``start, start + 1, ...`` (see the module docstring)."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, position = divmod(start, per_epoch)
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        for k in range(position, per_epoch):
+            yield order[k * batch_size : (k + 1) * batch_size]
+        epoch, position = epoch + 1, 0
+
+
+def _loss(
+    model: torch.nn.Module, data: TrainData, index: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """Mean training loss of one micro-batch (differentiable)."""
+    if isinstance(data, ClassificationData):
+        batch = {key: value.to(device) for key, value in data.batch(index).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if logits.shape[-1] != len(data.label_names):
+            raise BadInputError(
+                f"model predicts {logits.shape[-1]} classes but train_data has "
+                f"{len(data.label_names)} labels {list(data.label_names)}"
+            )
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+    ids = data[torch.as_tensor(index)].to(device)
+    return causal_lm_nll(model(input_ids=ids).logits, ids)
+
+
+def _evaluate(model: torch.nn.Module, data: TrainData, batch_size: int) -> dict[str, float]:
+    if isinstance(data, ClassificationData):
+        return classification_metrics(model, data, batch_size=batch_size)
+    return causal_lm_metrics(model, data, batch_size=batch_size)
+
+
+def _check_data(name: str, data: object, task: str, max_length: int) -> None:
+    if task == "classification":
+        if not isinstance(data, ClassificationData):
+            raise bad_value(
+                name, type(data).__name__, "a ClassificationData for task classification"
+            )
+        length = data.max_length
+    else:
+        if not isinstance(data, torch.Tensor) or data.dtype != torch.long or data.ndim != 2:
+            raise bad_value(
+                name,
+                type(data).__name__,
+                "a LongTensor of token blocks (n_blocks, block_size) for task causal-lm",
+            )
+        if data.shape[0] == 0 or data.shape[1] < 2:
+            raise bad_value(name, tuple(data.shape), "at least one block of at least 2 tokens")
+        length = data.shape[1]
+    if length > max_length:
+        raise BadInputError(
+            f"{name} has sequences of {length} tokens, more than config.max_length={max_length}"
+        )
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise BadInputError("model has no trainable parameters (requires_grad); nothing to train")
+    return params
+
+
+def _optimizer(params: dict[str, torch.nn.Parameter], config: FinetuneConfig) -> torch.optim.AdamW:
+    matrices = [p for p in params.values() if p.ndim >= 2]
+    vectors = [p for p in params.values() if p.ndim < 2]
+    groups = [{"params": matrices, "weight_decay": config.weight_decay}]
+    if vectors:
+        groups.append({"params": vectors, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CorruptArtifactError(f"cannot read {path}: {err}") from err
+
+
+def _save_adapter(model: PeftModel, directory: Path) -> Path:
+    """PEFT ``save_pretrained`` of the active adapter; returns the folder holding it.
+
+    ``save_embedding_layers=False``: leanfit never resizes the vocabulary, and the default
+    ("auto") would look the base model up on the Hub to find out.
+    """
+    name = model.active_adapter
+    model.save_pretrained(str(directory), selected_adapters=[name], save_embedding_layers=False)
+    return directory if name == "default" else directory / name
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    model: PeftModel,
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    progress: _Progress,
+) -> None:
+    final = run_dir / "checkpoints" / f"step-{progress.step}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _save_adapter(model, tmp / "adapter")
+    save_file(
+        {name: p.detach().cpu().contiguous() for name, p in params.items()},
+        tmp / "trainable.safetensors",
+    )
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    save_file(tensors, tmp / "optimizer.safetensors")
+    _write_json(tmp / "optimizer.json", {"param_groups": state["param_groups"], "scalars": scalars})
+    _write_json(tmp / "scheduler.json", scheduler.state_dict())
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    save_file(rng, tmp / "rng.safetensors")
+    _write_json(tmp / "state.json", asdict(progress))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    folder = run_dir / "checkpoints"
+    steps = [
+        (int(match.group(1)), path)
+        for path in (folder.iterdir() if folder.is_dir() else [])
+        if (match := CHECKPOINT.match(path.name)) and path.is_dir()
+    ]
+    return max(steps)[1] if steps else None
+
+
+def _load_checkpoint(
+    path: Path,
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> _Progress:
+    try:
+        saved = load_file(path / "trainable.safetensors")
+        tensors = load_file(path / "optimizer.safetensors")
+        rng = load_file(path / "rng.safetensors")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CorruptArtifactError(f"checkpoint {path} is unreadable: {err}") from err
+    if sorted(saved) != sorted(params):
+        raise BadInputError(
+            f"checkpoint {path} holds trainable parameters {len(saved)} that do not match the "
+            f"model's {len(params)}; resume with the model the run started with"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
+    meta = _read_json(path / "optimizer.json")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [
+        {key: tuple(v) if key == "betas" else v for key, v in group.items()}
+        for group in meta["param_groups"]
+    ]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    scheduler.load_state_dict(_read_json(path / "scheduler.json"))
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    return _Progress(**_read_json(path / "state.json"))
+
+
+def _start_run(
+    run_dir: Path, config: FinetuneConfig, train_data: TrainData, steps: int, resume: bool
+) -> Path | None:
+    """Prepare ``run_dir``; return the checkpoint to resume from, if any."""
+    run = {"train_fingerprint": fingerprint(train_data), "total_steps": steps}
+    if resume:
+        if not (run_dir / "config.json").is_file():
+            raise BadInputError(f"resume: no unfinished run at {run_dir}")
+        saved = FinetuneConfig.from_json((run_dir / "config.json").read_text()).to_dict()
+        differing = sorted(
+            key
+            for key, value in config.to_dict().items()
+            if key != "device" and saved[key] != value
+        )
+        if differing:
+            raise BadInputError(
+                f"resume: config differs from the unfinished run's in {differing}; "
+                f"saved {[saved[k] for k in differing]}"
+            )
+        if _read_json(run_dir / "run.json") != run:
+            raise BadInputError("resume: train_data differs from the unfinished run's")
+        for stale in (run_dir / "checkpoints").glob(".step-*.tmp"):  # interrupted while saving
+            shutil.rmtree(stale)
+        return _latest_checkpoint(run_dir)
+    if run_dir.exists():
+        warnings.warn(f"discarding the unfinished run in {run_dir}", stacklevel=3)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(config.to_json() + "\n")
+    _write_json(run_dir / "run.json", run)
+    return None
+
+
+def finetune(
+    model: PeftModel,
+    train_data: TrainData,
+    eval_data: TrainData | None,
+    config: FinetuneConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Train a PEFT model's trainable parameters with AdamW; save the adapter and metrics.
+
+    Parameters
+    ----------
+    model : peft.PeftModel
+        Trained in place (moved to the configured device); its train/eval mode is restored.
+    train_data, eval_data : token blocks or ClassificationData
+        ``LongTensor`` (n_blocks, block_size) for causal LM, :class:`ClassificationData` for
+        classification; ``eval_data`` may be ``None`` (no evaluation).
+    config : FinetuneConfig
+    out_dir : path
+        Output directory (layout in the module docstring); the run works in
+        ``out_dir.partial`` and renames it at the end.
+    resume : bool
+        Continue the unfinished run in ``out_dir.partial`` from its latest checkpoint (from
+        the start when it has none). Its config (except ``device``) and training data must
+        be the same.
+    overwrite : bool
+        Replace an existing ``out_dir``.
+    progress : bool
+        Show a tqdm bar with the loss.
+
+    Returns
+    -------
+    FinetuneResult
+
+    Raises
+    ------
+    BadInputError
+        Not a PeftModel, data not matching the task, no trainable parameters, ``out_dir``
+        exists without ``overwrite``, nothing to resume, or a resumed run that differs.
+    """
+    if not isinstance(model, PeftModel):
+        raise bad_value("model", type(model).__name__, "a peft.PeftModel")
+    if not isinstance(config, FinetuneConfig):
+        raise bad_value("config", type(config).__name__, "a FinetuneConfig")
+    _check_data("train_data", train_data, config.task, config.max_length)
+    if eval_data is not None:
+        _check_data("eval_data", eval_data, config.task, config.max_length)
+        if isinstance(train_data, ClassificationData) and isinstance(eval_data, ClassificationData):
+            if eval_data.label_names != train_data.label_names:
+                raise BadInputError(
+                    f"eval_data.label_names {list(eval_data.label_names)} differ from "
+                    f"train_data's {list(train_data.label_names)}; encode eval_data with "
+                    "label_names=train_data.label_names"
+                )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise BadInputError(f"out_dir {str(out_dir)!r} exists; pass overwrite=True to replace it")
+    run_dir = out_dir.with_name(out_dir.name + ".partial")
+    device = resolve_device(config.device)
+    params = _trainable(model)
+    steps = total_steps(config, len(train_data))
+    checkpoint = _start_run(run_dir, config, train_data, steps, resume)
+
+    was_training = model.training
+    model.to(device)
+    optimizer = _optimizer(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(
+            step, total_steps=steps, warmup_steps=config.warmup_steps, schedule=config.schedule
+        ),
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), contextlib.ExitStack() as stack:
+        torch.manual_seed(config.seed)
+        state = _Progress()
+        if checkpoint is not None:
+            state = _load_checkpoint(checkpoint, params, optimizer, scheduler, device)
+        bar = stack.enter_context(
+            tqdm(
+                total=steps, initial=state.step, disable=not progress, desc="finetune", unit="step"
+            )
+        )
+        batches = _micro_batches(
+            len(train_data), config.batch_size, config.seed, state.step * config.grad_accum
+        )
+        model.train()
+        try:
+            while state.step < steps:
+                state.learning_rates.append(float(scheduler.get_last_lr()[0]))
+                total = 0.0
+                for _ in range(config.grad_accum):
+                    with autocast:
+                        loss = _loss(model, train_data, next(batches), device)
+                    (loss / config.grad_accum).backward()
+                    total += float(loss.detach())
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.losses.append(total / config.grad_accum)
+                bar.update(1)
+                bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
+                due = config.eval_every and state.step % config.eval_every == 0
+                if eval_data is not None and (due or state.step == steps):
+                    with autocast:
+                        scores = _evaluate(model, eval_data, config.batch_size)
+                    state.evals.append({"step": state.step, **scores})
+                    model.train()
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    _save_checkpoint(run_dir, model, params, optimizer, scheduler, device, state)
+        finally:
+            model.train(was_training)
+
+    adapter = _save_adapter(model, run_dir / "adapter")
+    resumed_from = None if checkpoint is None else int(checkpoint.name.split("-")[1])
+    metrics = {
+        "task": config.task,
+        "steps": steps,
+        "losses": state.losses,
+        "learning_rates": state.learning_rates,
+        "evals": state.evals,
+        "resumed_from": resumed_from,
+    }
+    _write_json(run_dir / "metrics.json", metrics)
+    if isinstance(train_data, ClassificationData):
+        _write_json(run_dir / "labels.json", list(train_data.label_names))
+    with atomic_output(out_dir, overwrite=overwrite) as tmp:
+        os.replace(run_dir, tmp)
+    return FinetuneResult(
+        losses=state.losses,
+        learning_rates=state.learning_rates,
+        evals=state.evals,
+        out_dir=out_dir,
+        adapter_path=out_dir / adapter.relative_to(run_dir),
+        resumed_from=resumed_from,
+    )
