@@ -134,3 +134,30 @@ def test_iterative_trim_with_one_step_equals_one_shot_trim(fitted):
     assert stepped.sum() == 200 - 12
     with pytest.raises(BadInputError, match="step"):
         iterative_trim(selector, Xv, yv, 12, step=0)
+
+
+def test_precomputed_influence_gives_the_curve_of_trim(fitted):
+    selector, (Xv, yv, sv), (Xt, yt, st) = fitted
+    kwargs = {
+        "budgets": [7, 15],
+        "objective": ["utility", "fairness"],
+        "sensitive_features_val": sv,
+        "sensitive_features_test": st,
+        "n_random": 0,
+        "progress": False,
+    }
+    scores = selector.influence(Xv, yv, sensitive_features=sv, objective=["utility", "fairness"])
+    given = trimming_curve(selector, Xv, yv, Xt, yt, influence=scores, **kwargs)
+    computed = trimming_curve(selector, Xv, yv, Xt, yt, **kwargs)
+    # The same scores up to the rounding of one Hessian solve with one or two right-hand
+    # sides; no ties on continuous data, so the removal orders and the retrained models match.
+    pd.testing.assert_frame_equal(given, computed, rtol=1e-9)
+    point = given[(given.method == "influence:fairness") & (given.n_removed == 15)].iloc[0]
+    direct = retrain_and_evaluate(
+        selector, trim(scores["fairness"], 15), Xt, yt, sensitive_features=st
+    )
+    assert {k: point[k] for k in direct} == direct  # one computation, not a re-estimate
+    with pytest.raises(BadInputError, match="influence"):
+        trimming_curve(selector, Xv, yv, Xt, yt, influence=scores[["utility"]], **kwargs)
+    with pytest.raises(BadInputError, match="iterative_step"):
+        trimming_curve(selector, Xv, yv, Xt, yt, influence=scores, iterative_step=5, **kwargs)
