@@ -48,6 +48,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,7 @@ COLORS = {
     "robustness": "tab:green",
     "random": "tab:gray",
 }
+RULE_FORMATS = {"shrunk_mean": ".3g", "raw_mean": ".3g"}
 DESCRIPTIONS = {
     "utility": "validation log-loss",
     "fairness": "demographic parity gap of predicted probabilities (validation)",
@@ -185,7 +187,7 @@ class SelectionResult:
     rules: dict[str, pd.DataFrame]
     selector: InfluenceSelector
     trees: dict[str, InfluenceTree]
-    config: dict
+    config: dict[str, Any]
 
     @property
     def report(self) -> Path:
@@ -364,39 +366,29 @@ def _data_config(train, val, test, description: str) -> dict:
     }
 
 
-def _write_tables(
-    tmp: Path,
-    train: TabularDataset,
-    influence: pd.DataFrame,
-    keep: dict[str, np.ndarray],
-    metrics: pd.DataFrame,
-    curve: pd.DataFrame,
-) -> None:
+def _write_tables(tmp: Path, train: TabularDataset, result: SelectionResult) -> None:
+    influence = result.influence
     influence.rename_axis("row").to_csv(tmp / "influence.csv")
-    metrics.to_csv(tmp / "metrics.csv", index=False)
-    curve.to_csv(tmp / "trimming_curve.csv", index=False)
+    result.metrics.to_csv(tmp / "metrics.csv", index=False)
+    result.curve.to_csv(tmp / "trimming_curve.csv", index=False)
     removed = []
-    for name, mask in keep.items():
+    for name, mask in result.keep.items():
         train.frame.loc[mask].to_csv(tmp / f"trimmed_train_{name}.csv", index=False)
         rows = influence.loc[~mask, name].sort_values(kind="stable")
         removed.append(pd.DataFrame({"objective": name, "row": rows.index, "influence": rows}))
     pd.concat(removed).to_csv(tmp / "removed.csv", index=False)
 
 
-def _write_rules(tmp: Path, name: str, tree: InfluenceTree) -> pd.DataFrame:
-    rules = tree.rules()
+def _write_rules(tmp: Path, name: str, tree: InfluenceTree, rules: pd.DataFrame) -> None:
     rules.to_csv(tmp / f"rules_{name}.csv", index=False)
     text = (
         f"# Rules explaining the influence on {name}\n\n"
         f"Leaves of a regression tree (hierarchical shrinkage, λ = {tree.lambda_:g} chosen by "
         f"{tree.cv}-fold cross-validation) fitted on the original training columns; "
         "`shrunk_mean` < 0: the rows matching the rule are harmful on average.\n\n"
-        + markdown_table(
-            rules.drop(columns="leaf"), floatfmt={"shrunk_mean": ".3g", "raw_mean": ".3g"}
-        )
+        + markdown_table(rules.drop(columns="leaf"), floatfmt=RULE_FORMATS)
     )
     (tmp / f"rules_{name}.md").write_text(text, encoding="utf-8")
-    return rules
 
 
 def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
@@ -456,7 +448,7 @@ def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
                 f"Rules: {name}",
                 [
                     f"The most harmful of {len(rules)} rules (all in `rules_{name}.md`):",
-                    markdown_table(top, floatfmt={"shrunk_mean": ".3g", "raw_mean": ".3g"}),
+                    markdown_table(top, floatfmt=RULE_FORMATS),
                     Image(figures[f"tree_{name}"], f"influence tree for {name}"),
                 ],
             )
@@ -537,82 +529,96 @@ def run_selection(
     if not isinstance(fit_intercept, bool):
         raise bad_value("fit_intercept", fit_intercept, "True or False")
     out_dir = Path(out_dir)
+    config: dict[str, Any] = {
+        "leanfit_version": __version__,
+        "data": _data_config(train, val, test, description),
+        "objectives": names,
+        "budget": budget,
+        "n_removed": count,
+        "l2_reg": l2_reg,
+        "fit_intercept": fit_intercept,
+        "seeds": seeds,
+        "seed": seed,
+        "curve_budgets": curve_budgets(count, n, curve_points),
+        "max_rules": max_rules,
+        "min_rule_rows": min_rule_rows(n),
+    }
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
-        selector = InfluenceSelector(
-            l2_reg, fit_intercept=fit_intercept, random_state=seed, verbose=progress
-        ).fit(train.X, train.y)
-        groups = {"sensitive_features": val.s.to_numpy()}
-        influence = selector.influence(val.X, val.y, objective=names, **groups)
-        keep = {name: trim(influence[name], count) for name in names}
-        curve = trimming_curve(
-            selector,
-            val.X,
-            val.y,
-            test.X,
-            test.y,
-            budgets=curve_budgets(count, n, curve_points),
-            objective=names,
-            sensitive_features_val=val.s.to_numpy(),
-            sensitive_features_test=test.s.to_numpy(),
-            n_random=seeds,
-            influence=influence,
-            progress=progress,
-        )
-        metrics = _metrics_table(curve, count)
-        trees = {
-            name: InfluenceTree(
-                max_leaf_nodes=max_rules, min_samples_leaf=min_rule_rows(n), random_state=seed
-            ).fit(train.X, influence[name].to_numpy())
-            for name in names
-        }
-        config = {
-            "leanfit_version": __version__,
-            "data": _data_config(train, val, test, description),
-            "objectives": names,
-            "budget": budget,
-            "n_removed": count,
-            "l2_reg": l2_reg,
-            "fit_intercept": fit_intercept,
-            "seeds": seeds,
-            "seed": seed,
-            "curve_budgets": curve_budgets(count, n, curve_points),
-            "max_rules": max_rules,
-            "min_rule_rows": min_rule_rows(n),
-            "tree_lambdas": {name: tree.lambda_ for name, tree in trees.items()},
-        }
+        result = _select(train, val, test, out_dir, config, progress)
         tmp.mkdir()
-        _write_tables(tmp, train, influence, keep, metrics, curve)
-        rules = {name: _write_rules(tmp, name, tree) for name, tree in trees.items()}
-        result = SelectionResult(
-            out_dir=out_dir,
-            objectives=tuple(names),
-            n_removed=count,
-            influence=influence,
-            keep=keep,
-            metrics=metrics,
-            curve=curve,
-            rules=rules,
-            selector=selector,
-            trees=trees,
-            config=config,
-        )
-        figures = {
-            "histogram": save_figure(
-                _histogram_figure(influence, _group_labels(train), train.sensitive),
-                tmp / "influence_by_group.png",
-            ),
-            "curves": save_figure(
-                _curve_figure(curve, names, count, n), tmp / "trimming_curves.png"
-            ),
-        }
-        for name, tree in trees.items():
-            figures[f"tree_{name}"] = save_figure(
-                _tree_figure(tree, name), tmp / f"tree_{name}.png"
-            )
-        title = f"Influence-based data selection: {config['data']['name']}"
-        write_report(tmp / "report.md", title, _report_sections(result, figures))
-        (tmp / "config.json").write_text(
-            json.dumps(config, indent=2, ensure_ascii=False, default=_json_default) + "\n",
-            encoding="utf-8",
-        )
+        _write_outputs(tmp, result, train)
     return result
+
+
+def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> SelectionResult:
+    """The computations of :func:`run_selection` (parameters already checked, in ``config``)."""
+    names, count = config["objectives"], config["n_removed"]
+    selector = InfluenceSelector(
+        config["l2_reg"],
+        fit_intercept=config["fit_intercept"],
+        random_state=config["seed"],
+        verbose=progress,
+    ).fit(train.X, train.y)
+    influence = selector.influence(
+        val.X, val.y, objective=names, sensitive_features=val.s.to_numpy()
+    )
+    curve = trimming_curve(
+        selector,
+        val.X,
+        val.y,
+        test.X,
+        test.y,
+        budgets=config["curve_budgets"],
+        objective=names,
+        sensitive_features_val=val.s.to_numpy(),
+        sensitive_features_test=test.s.to_numpy(),
+        n_random=config["seeds"],
+        influence=influence,
+        progress=progress,
+    )
+    trees = {
+        name: InfluenceTree(
+            max_leaf_nodes=config["max_rules"],
+            min_samples_leaf=config["min_rule_rows"],
+            random_state=config["seed"],
+        ).fit(train.X, influence[name].to_numpy())
+        for name in names
+    }
+    config["tree_lambdas"] = {name: tree.lambda_ for name, tree in trees.items()}
+    return SelectionResult(
+        out_dir=out_dir,
+        objectives=tuple(names),
+        n_removed=count,
+        influence=influence,
+        keep={name: trim(influence[name], count) for name in names},
+        metrics=_metrics_table(curve, count),
+        curve=curve,
+        rules={name: tree.rules() for name, tree in trees.items()},
+        selector=selector,
+        trees=trees,
+        config=config,
+    )
+
+
+def _write_outputs(tmp: Path, result: SelectionResult, train: TabularDataset) -> None:
+    """Every file of :func:`run_selection` into the directory ``tmp``."""
+    _write_tables(tmp, train, result)
+    for name, tree in result.trees.items():
+        _write_rules(tmp, name, tree, result.rules[name])
+    n = result.influence.shape[0]
+    figures = {
+        "histogram": save_figure(
+            _histogram_figure(result.influence, _group_labels(train), train.sensitive),
+            tmp / "influence_by_group.png",
+        ),
+        "curves": save_figure(
+            _curve_figure(result.curve, list(result.objectives), result.n_removed, n),
+            tmp / "trimming_curves.png",
+        ),
+    }
+    for name, tree in result.trees.items():
+        figures[f"tree_{name}"] = save_figure(_tree_figure(tree, name), tmp / f"tree_{name}.png")
+    title = f"Influence-based data selection: {result.config['data']['name']}"
+    write_report(tmp / "report.md", title, _report_sections(result, figures))
+    text = json.dumps(result.config, indent=2, ensure_ascii=False, default=_json_default)
+    (tmp / "config.json").write_text(text + "\n", encoding="utf-8")
