@@ -557,7 +557,6 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         config["l2_reg"],
         fit_intercept=config["fit_intercept"],
         random_state=config["seed"],
-        verbose=progress,
     ).fit(train.X, train.y)
     influence = selector.influence(
         val.X, val.y, objective=names, sensitive_features=val.s.to_numpy()
