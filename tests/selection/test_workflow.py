@@ -3,6 +3,7 @@
 import copy
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,8 @@ from leanfit import __version__
 from leanfit.datasets import load_adult, load_german
 from leanfit.exceptions import BadInputError
 from leanfit.selection import (
+    DemographicParity,
+    EqualOpportunity,
     InfluenceSelector,
     evaluate,
     retrain_and_evaluate,
@@ -92,9 +95,13 @@ def test_files_and_their_contents(run, german):
     assert list(influence.columns) == OBJECTIVES
     assert list(influence.index) == list(german.train.frame.index)
     selector = InfluenceSelector(1.0).fit(german.train.X, german.train.y)
+    absolute = [DemographicParity(absolute=True), EqualOpportunity(absolute=True)]
     direct = selector.influence(
-        german.val.X, german.val.y, sensitive_features=german.val.s, objective=OBJECTIVES
-    )
+        german.val.X,
+        german.val.y,
+        sensitive_features=german.val.s,
+        objective=["utility", *absolute, "robustness"],
+    ).set_axis(OBJECTIVES, axis=1)
     # The same computation; the CSV round trip keeps 17 significant digits.
     np.testing.assert_allclose(influence.to_numpy(), direct.to_numpy(), rtol=1e-12, atol=0)
 
@@ -175,6 +182,25 @@ def test_report_shows_the_table_figures_and_rules(run):
             assert any(column in rule for column in columns)
         assert rules.rule.iloc[0] in text  # the most harmful rule is quoted in the report
     assert "report:" in result.summary() and str(result.report) in result.summary()
+
+
+def test_fairness_does_not_depend_on_which_group_is_called_privileged(run, german, tmp_path):
+    # The fairness objectives are absolute gaps: calling the other group privileged flips the
+    # sign of every signed gap but leaves the influence, hence the rows trimmed, unchanged.
+    result, _ = run
+    flipped = [replace(getattr(german, p), privileged="female") for p in ("train", "val", "test")]
+    other = run_selection(
+        *flipped, out_dir=tmp_path / "o", objectives=["fairness", "eop"], seeds=0, progress=False
+    )
+    # Same computation with the group labels swapped: equal up to float rounding.
+    np.testing.assert_allclose(
+        other.influence.to_numpy(), result.influence[["fairness", "eop"]].to_numpy(), rtol=1e-9
+    )
+    np.testing.assert_array_equal(other.keep["fairness"], result.keep["fairness"])
+    table, mine = other.metrics.set_index("model"), result.metrics.set_index("model")
+    assert table.loc["fairness influence", "dp"] == pytest.approx(
+        -mine.loc["fairness influence", "dp"], abs=1e-12
+    )
 
 
 def test_inputs_are_not_modified(run, german):
@@ -265,3 +291,25 @@ def test_split_csv_with_and_without_validation_file(tmp_path, german):
     pd.DataFrame({"a": [1, 2]}).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(BadInputError, match="target='credit' is not a column"):
         split_csv(paths["train"], tmp_path / "other.csv", **common)
+
+
+def test_a_budget_that_overshoots_is_reported(run, tmp_path, caplog):
+    # Bank: 14 validation rows under 25, 3 of them positive, so the equal-opportunity gap
+    # swings past zero long before 100 rows are removed; the validation cost then rises.
+    bank = split_dataset("bank")
+    result = run_selection(
+        bank.train, bank.val, bank.test, out_dir=tmp_path / "bank", objectives="eop",
+        budget=100, seeds=0, curve_points=2, progress=False,
+    )  # fmt: skip
+    cost = result.curve.set_index("n_removed")["val_objective"]
+    assert cost.loc[100] > cost.loc[0]
+    assert len(result.notes) == 1 and "raised the validation eop cost" in result.notes[0]
+    assert result.notes[0] in caplog.text
+    assert f"**Warning**: {result.notes[0]}." in result.report.read_text()
+    # German at 5 %: a note exactly for the objectives whose validation cost rose. The
+    # validation DP gap (0.066) crosses zero after about 8 of the 30 rows, so fairness has one.
+    german, _ = run
+    costs = german.curve.groupby(["method", "n_removed"])["val_objective"].first()
+    rose = {n for n in OBJECTIVES if costs[f"influence:{n}", 30] > costs[f"influence:{n}", 0]}
+    assert {note.split(" influence")[0].split()[-1] for note in german.notes} == rose
+    assert "fairness" in rose and "utility" not in rose

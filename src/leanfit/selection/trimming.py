@@ -294,14 +294,17 @@ def trimming_curve(
         Tidy: one row per (method, seed, budget) with ``method`` (``"influence:<name>"``
         or ``"random"``), ``seed`` (random only), ``budget`` (fraction removed),
         ``n_removed``, the metrics of :func:`leanfit.selection.metrics.evaluate`, and
-        ``val_objective`` (the validation cost after retraining; influence rows only).
+        ``val_objective`` (the validation cost after retraining, with the robustness attack
+        points of the untrimmed model, as in the influence; influence rows only).
         Budget 0 (the untrimmed model) is included for every method and seed.
     """
     if isinstance(n_random, bool) or not (isinstance(n_random, int) and n_random >= 0):
         raise bad_value("n_random", n_random, "an integer >= 0")
     n = selector.train_index_.shape[0]
     counts = sorted({resolve_budget(b, n) for b in np.atleast_1d(np.asarray(budgets, object))})
-    objectives = resolve_objectives(objective)
+    # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
+    # that ``val_objective`` measures the cost the influence was computed for.
+    objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
     Z, y, s = _test_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:

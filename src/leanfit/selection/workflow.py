@@ -34,17 +34,21 @@ Output files (``<objective>`` is ``utility``, ``fairness``, ``eop`` or ``robustn
 ``config.json``                every parameter, the data description, the leanfit version
 =============================  ===============================================================
 
-Fairness is demographic parity (DP): the influence objective is the gap of mean predicted
-probability, the reported metric the gap of selection rates, both privileged minus
-unprivileged; ``eop`` is the same on the rows with label 1 (equal opportunity). The tables
-also give fairlearn's absolute differences. Robustness is the log-loss on the paper's
-overshoot attack points; robust accuracy is the accuracy on the test points attacked the
-same way (attack computed from the untrimmed model).
+Fairness is demographic parity (DP): the influence objective is the absolute gap of mean
+predicted probability between the groups, ``|mean p | privileged − mean p | unprivileged|``
+(:class:`DemographicParity` with ``absolute=True``), so that trimming narrows the gap whichever
+group it favours (the paper's signed gap, the same when the privileged group is favoured,
+would widen a gap in the other direction); ``eop`` is the same on the rows with label 1
+(equal opportunity). The reported metrics are the gaps of selection rate and of true positive
+rate, signed (privileged minus unprivileged) and absolute (fairlearn's). Robustness is the
+log-loss on the paper's overshoot attack points; robust accuracy is the accuracy on the test
+points attacked the same way (attack computed from the untrimmed model).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +74,20 @@ from leanfit.reports import (
 )
 from leanfit.selection.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
+from leanfit.selection.objectives import (
+    DemographicParity,
+    EqualOpportunity,
+    Objective,
+    resolve_objectives,
+)
 from leanfit.selection.trimming import (
     resolve_budget,
     summarize_curve,
     trim,
     trimming_curve,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Objective names ``run_selection`` accepts, in report order; ``"all"`` means all four.
 OBJECTIVES = ("utility", "fairness", "eop", "robustness")
@@ -106,10 +118,19 @@ COLORS = {
 RULE_FORMATS = {"shrunk_mean": ".3g", "raw_mean": ".3g"}
 DESCRIPTIONS = {
     "utility": "validation log-loss",
-    "fairness": "demographic parity gap of predicted probabilities (validation)",
-    "eop": "equal-opportunity gap of predicted probabilities (validation, label 1)",
+    "fairness": "absolute demographic parity gap of predicted probabilities (validation)",
+    "eop": "absolute equal-opportunity gap of predicted probabilities (validation, label 1)",
     "robustness": "validation log-loss on the overshoot attack points",
 }
+
+
+def objective_of(name: str) -> Objective:
+    """The influence objective of a workflow objective name (fairness gaps in absolute value)."""
+    if name == "fairness":
+        return DemographicParity(absolute=True)
+    if name == "eop":
+        return EqualOpportunity(absolute=True)
+    return resolve_objectives(name)[0]
 
 
 def resolve_objective_names(objectives: str | Sequence[str]) -> list[str]:
@@ -175,6 +196,10 @@ class SelectionResult:
     trees : dict of str to InfluenceTree
     config : dict
         What ``config.json`` holds.
+    notes : tuple of str
+        Warnings about the run, also logged and written in the report: each objective whose
+        validation cost *rose* after trimming ``n_removed`` rows (the budget overshoots what
+        first-order influence predicts; a smaller budget helps).
     """
 
     out_dir: Path
@@ -188,6 +213,7 @@ class SelectionResult:
     selector: InfluenceSelector
     trees: dict[str, InfluenceTree]
     config: dict[str, Any]
+    notes: tuple[str, ...] = ()
 
     @property
     def report(self) -> Path:
@@ -421,7 +447,11 @@ def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
     )
     sections: list = [
         ("Setting", setting),
-        ("Before and after trimming (test set)", [metrics_markdown(result.metrics), before_after]),
+        (
+            "Before and after trimming (test set)",
+            [metrics_markdown(result.metrics), before_after]
+            + [f"**Warning**: {note}." for note in result.notes],
+        ),
         (
             "Influence by sensitive group",
             [
@@ -558,8 +588,9 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         fit_intercept=config["fit_intercept"],
         random_state=config["seed"],
     ).fit(train.X, train.y)
-    influence = selector.influence(
-        val.X, val.y, objective=names, sensitive_features=val.s.to_numpy()
+    objectives = [objective_of(name) for name in names]
+    scores = selector.influence(
+        val.X, val.y, objective=objectives, sensitive_features=val.s.to_numpy()
     )
     curve = trimming_curve(
         selector,
@@ -568,13 +599,19 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         test.X,
         test.y,
         budgets=config["curve_budgets"],
-        objective=names,
+        objective=objectives,
         sensitive_features_val=val.s.to_numpy(),
         sensitive_features_test=test.s.to_numpy(),
         n_random=config["seeds"],
-        influence=influence,
+        influence=scores,
         progress=progress,
     )
+    # Columns and methods named by the workflow's names ("fairness", not "fairness_abs").
+    influence = scores.set_axis(names, axis=1)
+    renamed = {
+        f"influence:{o.name}": f"influence:{n}" for o, n in zip(objectives, names, strict=True)
+    }
+    curve["method"] = curve["method"].replace(renamed)
     trees = {
         name: InfluenceTree(
             max_leaf_nodes=config["max_rules"],
@@ -596,7 +633,23 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         selector=selector,
         trees=trees,
         config=config,
+        notes=tuple(_overshoots(curve, names, count)),
     )
+
+
+def _overshoots(curve: pd.DataFrame, names: list[str], count: int) -> list[str]:
+    """A note, also logged, for each objective whose validation cost rose after trimming."""
+    notes = []
+    for name in names:
+        cost = curve[curve.method == f"influence:{name}"].set_index("n_removed")["val_objective"]
+        if cost.loc[count] > cost.loc[0]:
+            notes.append(
+                f"trimming {count:,} rows by {name} influence raised the validation {name} cost "
+                f"from {cost.loc[0]:.4g} to {cost.loc[count]:.4g}: the influence of single rows "
+                "does not add up over that many (see the trimming curves); try a smaller budget"
+            )
+            logger.warning("warning: %s", notes[-1])
+    return notes
 
 
 def _write_outputs(tmp: Path, result: SelectionResult, train: TabularDataset) -> None:
