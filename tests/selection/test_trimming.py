@@ -7,6 +7,7 @@ import pytest
 from leanfit.exceptions import BadInputError
 from leanfit.selection import (
     InfluenceSelector,
+    OvershootRobustness,
     iterative_trim,
     random_trim,
     resolve_budget,
@@ -134,3 +135,48 @@ def test_iterative_trim_with_one_step_equals_one_shot_trim(fitted):
     assert stepped.sum() == 200 - 12
     with pytest.raises(BadInputError, match="step"):
         iterative_trim(selector, Xv, yv, 12, step=0)
+
+
+def test_precomputed_influence_gives_the_curve_of_trim(fitted):
+    selector, (Xv, yv, sv), (Xt, yt, st) = fitted
+    kwargs = {
+        "budgets": [7, 15],
+        "objective": ["utility", "fairness"],
+        "sensitive_features_val": sv,
+        "sensitive_features_test": st,
+        "n_random": 0,
+        "progress": False,
+    }
+    scores = selector.influence(Xv, yv, sensitive_features=sv, objective=["utility", "fairness"])
+    given = trimming_curve(selector, Xv, yv, Xt, yt, influence=scores, **kwargs)
+    computed = trimming_curve(selector, Xv, yv, Xt, yt, **kwargs)
+    # The same scores up to the rounding of one Hessian solve with one or two right-hand
+    # sides; no ties on continuous data, so the removal orders and the retrained models match.
+    pd.testing.assert_frame_equal(given, computed, rtol=1e-9)
+    point = given[(given.method == "influence:fairness") & (given.n_removed == 15)].iloc[0]
+    direct = retrain_and_evaluate(
+        selector, trim(scores["fairness"], 15), Xt, yt, sensitive_features=st
+    )
+    assert {k: point[k] for k in direct} == direct  # one computation, not a re-estimate
+    with pytest.raises(BadInputError, match="influence"):
+        trimming_curve(selector, Xv, yv, Xt, yt, influence=scores[["utility"]], **kwargs)
+    with pytest.raises(BadInputError, match="iterative_step"):
+        trimming_curve(selector, Xv, yv, Xt, yt, influence=scores, iterative_step=5, **kwargs)
+
+
+def test_robustness_curve_keeps_the_attack_of_the_untrimmed_model(fitted):
+    selector, (Xv, yv, _), (Xt, yt, st) = fitted
+    curve = trimming_curve(
+        selector, Xv, yv, Xt, yt, budgets=[20], objective="robustness", n_random=0,
+        sensitive_features_test=st, progress=False,
+    )  # fmt: skip
+    fixed = OvershootRobustness().prepare(selector.model_.theta_, None, None)
+    keep = trim(selector.influence(Xv, yv, objective="robustness"), 20)
+    retrained = selector.retrain(keep)
+    expected = retrained.objective_values(Xv, yv, objective=fixed).iloc[0]
+    moving = retrained.objective_values(Xv, yv, objective="robustness").iloc[0]
+    # The same computation; the attack re-aimed at the retrained model gives another value.
+    assert curve["val_objective"].iloc[-1] == pytest.approx(expected, rel=1e-12)
+    assert abs(moving - expected) > 1e-3 * expected
+    # Removing the 20 most harmful points lowers the cost the influence was computed for.
+    assert expected < curve["val_objective"].iloc[0]

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from leanfit.datasets._files import read_vendored
@@ -165,6 +166,26 @@ def load_bank() -> TabularDataset:
     return TabularDataset(frame, "y", "yes", "age_group", "25 or older", name="bank")
 
 
+def _match_text(value: object, distinct) -> object:
+    """The column value that ``value`` names: itself, or the one whose text it is.
+
+    A value typed on a command line is a string; it names a numeric column's value when it
+    parses to the same number (``"1"`` names ``1`` and ``1.0``).
+    """
+    if not isinstance(value, str) or value in set(distinct):
+        return value
+    for candidate in distinct:
+        if str(candidate) == value:
+            return candidate
+        if isinstance(candidate, int | float | np.integer | np.floating):
+            try:
+                if float(value) == candidate:
+                    return candidate
+            except ValueError:
+                continue
+    return value
+
+
 def _binary_value(column: pd.Series, value: object, argument: str, role: str) -> object:
     """Check that ``column`` has exactly two values and return the one that counts as 1."""
     distinct = column.dropna().unique()
@@ -174,6 +195,7 @@ def _binary_value(column: pd.Series, value: object, argument: str, role: str) ->
             f"distinct values; got {len(distinct)}: {sorted(map(str, distinct))[:5]}"
         )
     if value is not None:
+        value = _match_text(value, distinct)
         if value not in set(distinct):
             raise BadInputError(
                 f"{argument} must be one of {sorted(map(str, distinct))}; got {value!r}"
@@ -205,7 +227,8 @@ def load_csv(
         Names of the target and sensitive columns; each must have exactly two values.
     positive, privileged : optional
         The target value counted as favourable and the sensitive value of the privileged
-        group. Needed unless the column holds 0/1.
+        group. Needed unless the column holds 0/1. A string also names a numeric value with
+        that text (``"1"`` for ``1``), as typed on a command line.
 
     Raises
     ------

@@ -11,6 +11,14 @@ with the Hessian; harmful samples (negative influence) are trimmed and the model
                                 objective=["utility", "fairness", "robustness"])
     keep = trim(scores["fairness"], 0.05)   # drop the 5 % most harmful for fairness
     trimmed = selector.retrain(keep)
+
+or, end to end with a report (what ``leanfit select`` runs)::
+
+    from leanfit.selection import adult_protocol, run_selection
+
+    split = adult_protocol()
+    result = run_selection(split.train, split.val, split.test, out_dir="selection-adult",
+                           l2_reg=split.l2_reg, fit_intercept=split.fit_intercept)
 """
 
 from leanfit.selection.attacks import overshoot_attack, worst_case_margins
@@ -33,7 +41,13 @@ from leanfit.selection.objectives import (
     WorstCaseRobustness,
     resolve_objectives,
 )
-from leanfit.selection.protocols import ADULT_L2_REG, ProtocolSplit, adult_protocol
+from leanfit.selection.protocols import (
+    ADULT_L2_REG,
+    ProtocolSplit,
+    adult_protocol,
+    split_csv,
+    split_dataset,
+)
 from leanfit.selection.trimming import (
     iterative_trim,
     random_trim,
@@ -43,6 +57,7 @@ from leanfit.selection.trimming import (
     trim,
     trimming_curve,
 )
+from leanfit.selection.workflow import SelectionResult, run_selection
 
 __all__ = [
     "ADULT_L2_REG",
@@ -54,6 +69,7 @@ __all__ = [
     "Objective",
     "OvershootRobustness",
     "ProtocolSplit",
+    "SelectionResult",
     "Utility",
     "WorstCaseRobustness",
     "accuracy",
@@ -69,7 +85,10 @@ __all__ = [
     "resolve_objectives",
     "retrain_and_evaluate",
     "robust_accuracy",
+    "run_selection",
     "shrunk_node_values",
+    "split_csv",
+    "split_dataset",
     "summarize_curve",
     "trim",
     "trimming_curve",

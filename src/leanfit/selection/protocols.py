@@ -1,6 +1,9 @@
-"""The paper's experimental protocol on Adult (Chhabra et al., ICLR 2024).
+"""Train / validation / test splits: the paper's protocol on Adult, and the general case.
 
-As in the authors' code: rows with a missing value (``"?"``) are dropped from both files,
+:func:`adult_protocol` is the experimental protocol of Chhabra et al. (ICLR 2024) on Adult;
+:func:`split_dataset` splits the other vendored tables, :func:`split_csv` a user's files.
+
+On Adult, as in the authors' code: rows with a missing value (``"?"``) are dropped from both files,
 ``fnlwgt`` is dropped, the remaining columns are one-hot encoded (two-valued ``sex`` as one
 0/1 column) and standardized (102 columns), the model is an L2 logistic regression with
 λ = 2.2622 and no intercept, trained on all 30,162 complete rows of ``adult.data``; the
@@ -14,16 +17,22 @@ fitted on all training rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from leanfit.datasets import TabularDataset, load_adult
+from leanfit.datasets import TABULAR, TabularDataset, load_adult, load_csv
+from leanfit.exceptions import BadInputError, bad_value
 
 #: λ of the paper's Adult model.
 ADULT_L2_REG = 2.2622
 #: Columns the paper drops from Adult.
 ADULT_DROPPED = ("fnlwgt",)
+#: Seed of the paper's validation / test split, the default of every split here.
+DEFAULT_SEED = 42000
 
 
 @dataclass(frozen=True)
@@ -35,27 +44,36 @@ class ProtocolSplit:
     test: TabularDataset
     l2_reg: float
     fit_intercept: bool
+    description: str = ""
+    """How the parts were made, in a sentence or two (reports quote it)."""
 
 
-def _complete(ds: TabularDataset, frame, name: str) -> TabularDataset:
-    return TabularDataset(
-        frame.reset_index(drop=True),
-        ds.target,
-        ds.positive,
-        ds.sensitive,
-        ds.privileged,
-        name=name,
-    )
+def _part(ds: TabularDataset, frame: pd.DataFrame, name: str) -> TabularDataset:
+    """``ds`` with another table (rows keep their index: their row number in the source)."""
+    return replace(ds, frame=frame, name=name)
 
 
-def adult_protocol(random_state: int = 42000) -> ProtocolSplit:
+def split_halves(frame: pd.DataFrame, random_state: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's 50/50 split of a held-out file: ``(test, validation)``, shuffled.
+
+    As in the authors' code: ``train_test_split(frame, test_size=0.5, shuffle=True)``, the
+    first part is the test set, the second the validation set. Rows keep their index.
+    """
+    if len(frame) < 4:
+        raise bad_value("test", f"a table of {len(frame)} rows", "at least 4 rows to split")
+    test, val = train_test_split(frame, test_size=0.5, random_state=random_state, shuffle=True)
+    return test, val
+
+
+def adult_protocol(random_state: int = DEFAULT_SEED) -> ProtocolSplit:
     """Adult prepared as in the paper (see the module docstring).
 
     Returns
     -------
     ProtocolSplit
         ``train`` (30,162 rows), ``val`` and ``test`` (7,530 rows each), without
-        ``fnlwgt`` and without missing values; ``l2_reg = 2.2622``, ``fit_intercept =
+        ``fnlwgt`` and without missing values, rows indexed by their 0-based row number in
+        ``adult.data`` / ``adult.test``; ``l2_reg = 2.2622``, ``fit_intercept =
         False``. Use ``.X``, ``.y`` and ``.s`` of each part; the default preprocessing
         (:func:`leanfit.selection.make_preprocessor`) then gives the paper's features.
     """
@@ -63,13 +81,133 @@ def adult_protocol(random_state: int = 42000) -> ProtocolSplit:
     test = load_adult("test")
     train_frame = train.frame.dropna().drop(columns=list(ADULT_DROPPED))
     test_frame = test.frame.dropna().drop(columns=list(ADULT_DROPPED))
-    test_part, val_part = train_test_split(
-        test_frame, test_size=0.5, random_state=random_state, shuffle=True
-    )
+    test_part, val_part = split_halves(test_frame, random_state)
     return ProtocolSplit(
-        train=_complete(train, train_frame, "adult-train"),
-        val=_complete(test, val_part, "adult-val"),
-        test=_complete(test, test_part, "adult-test"),
+        train=_part(train, train_frame, "adult-train"),
+        val=_part(test, val_part, "adult-val"),
+        test=_part(test, test_part, "adult-test"),
         l2_reg=ADULT_L2_REG,
         fit_intercept=False,
+        description=(
+            "Adult, the paper's protocol: complete rows only, fnlwgt dropped; train = "
+            "adult.data, validation and test = the halves of adult.test (shuffled, seed "
+            f"{random_state})."
+        ),
+    )
+
+
+def _strata(ds: TabularDataset) -> pd.Series:
+    """Label × group of each row (4 strata), for stratified splits."""
+    return ds.y.astype(str) + "/" + ds.s.astype(str)
+
+
+def split_dataset(name: str, *, random_state: int = DEFAULT_SEED) -> ProtocolSplit:
+    """A vendored table split into train / validation / test.
+
+    ``"adult"`` is :func:`adult_protocol`. The others (``"bank"``, ``"german"``,
+    ``"compas"``) are split 60 / 20 / 20, shuffled and stratified by label × sensitive group
+    (so that each part has the same base rates), with the model defaults λ = 1 and an
+    intercept. Rows keep their index: their row number in the loaded table.
+    """
+    if name not in TABULAR:
+        raise bad_value("dataset", name, f"one of {sorted(TABULAR)}")
+    if name == "adult":
+        return adult_protocol(random_state)
+    ds = TABULAR[name]()
+    strata = _strata(ds)
+    train, rest = train_test_split(
+        ds.frame, test_size=0.4, random_state=random_state, shuffle=True, stratify=strata
+    )
+    val, test = train_test_split(
+        rest, test_size=0.5, random_state=random_state, shuffle=True, stratify=strata[rest.index]
+    )
+    return ProtocolSplit(
+        train=_part(ds, train, f"{name}-train"),
+        val=_part(ds, val, f"{name}-val"),
+        test=_part(ds, test, f"{name}-test"),
+        l2_reg=1.0,
+        fit_intercept=True,
+        description=(
+            f"{name}: 60 / 20 / 20 train / validation / test split, shuffled and stratified by "
+            f"label × {ds.sensitive} (seed {random_state})."
+        ),
+    )
+
+
+def _as_categorical(ds: TabularDataset, columns: Sequence[str], path: Path) -> TabularDataset:
+    """``ds`` with ``columns`` turned into text (missing values stay missing)."""
+    unknown = [c for c in columns if c not in ds.frame.columns]
+    if unknown:
+        raise bad_value("categorical", unknown, f"columns of {path}")
+    if ds.target in columns:
+        raise bad_value("categorical", ds.target, "feature columns (not the target)")
+    frame = ds.frame.copy()
+    for column in columns:
+        frame[column] = frame[column].astype("string")
+    privileged = str(ds.privileged) if ds.sensitive in columns else ds.privileged
+    return replace(ds, frame=frame, privileged=privileged)
+
+
+def split_csv(
+    train: str | Path,
+    test: str | Path,
+    val: str | Path | None = None,
+    *,
+    target: str,
+    sensitive: str,
+    positive: object = None,
+    privileged: object = None,
+    categorical: Sequence[str] = (),
+    random_state: int = DEFAULT_SEED,
+) -> ProtocolSplit:
+    """A user's CSV files as train / validation / test.
+
+    Parameters
+    ----------
+    train, test, val : path
+        CSV files with a header row and the same columns. Without ``val``, the test file is
+        split 50/50 into test and validation as in the paper (:func:`split_halves`).
+    target, sensitive, positive, privileged
+        As for :func:`leanfit.datasets.load_csv`; ``positive`` and ``privileged`` are
+        resolved on the training file and must name the same values in the others.
+    categorical : sequence of str
+        Numeric-coded feature columns to treat as categories (one-hot encoded, read as
+        "column = value" in rules). Columns of strings are categorical anyway.
+    random_state : int
+        Seed of the validation / test split.
+
+    Returns
+    -------
+    ProtocolSplit
+        Rows keep their index: the 0-based data row of their file. λ = 1, intercept.
+    """
+    paths = {"train": Path(train), "test": Path(test)}
+    if val is not None:
+        paths["val"] = Path(val)
+    columns = {"target": target, "sensitive": sensitive}
+    first = load_csv(paths["train"], positive=positive, privileged=privileged, **columns)
+    parts = {"train": first}
+    for part, path in list(paths.items())[1:]:
+        ds = load_csv(path, positive=first.positive, privileged=first.privileged, **columns)
+        if list(ds.frame.columns) != list(first.frame.columns):
+            raise BadInputError(
+                f"{part} file {str(path)!r} must have the columns of the train file "
+                f"{list(first.frame.columns)}; got {list(ds.frame.columns)}"
+            )
+        parts[part] = ds
+    if val is None:
+        test_frame, val_frame = split_halves(parts["test"].frame, random_state)
+        parts["val"] = replace(parts["test"], frame=val_frame)
+        parts["test"] = replace(parts["test"], frame=test_frame)
+        how = f"validation and test = the halves of {paths['test'].name} (seed {random_state})"
+    else:
+        how = f"validation = {paths['val'].name}, test = {paths['test'].name}"
+    parts = {k: _as_categorical(v, list(categorical), paths["train"]) for k, v in parts.items()}
+    return ProtocolSplit(
+        train=_part(parts["train"], parts["train"].frame, f"{first.name}-train"),
+        val=_part(parts["val"], parts["val"].frame, f"{first.name}-val"),
+        test=_part(parts["test"], parts["test"].frame, f"{first.name}-test"),
+        l2_reg=1.0,
+        fit_intercept=True,
+        description=f"train = {paths['train'].name}, {how}.",
     )

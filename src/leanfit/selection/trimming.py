@@ -217,6 +217,19 @@ def retrain_and_evaluate(
     return {"n_removed": int(np.size(keep) - np.count_nonzero(keep)), **metrics}
 
 
+def _check_precomputed(influence, objectives, n: int, iterative_step) -> None:
+    if iterative_step is not None:
+        raise BadInputError("influence and iterative_step exclude each other; pass one of them")
+    names = [o.name for o in objectives]
+    if not isinstance(influence, pd.DataFrame) or influence.shape[0] != n:
+        raise bad_value(
+            "influence", type(influence).__name__, f"a DataFrame with {n} rows (the training set)"
+        )
+    missing = [name for name in names if name not in influence.columns]
+    if missing:
+        raise bad_value("influence", list(influence.columns), f"a DataFrame with columns {names}")
+
+
 def trimming_curve(
     selector: InfluenceSelector,
     X_val,
@@ -231,6 +244,7 @@ def trimming_curve(
     privileged=None,
     n_random: int = 5,
     iterative_step=None,
+    influence: pd.DataFrame | None = None,
     stop_at_zero: bool = False,
     eps: float | None = None,
     progress: bool = True,
@@ -260,6 +274,11 @@ def trimming_curve(
         Random-removal repetitions (0 for none).
     iterative_step : int or float, optional
         Re-score after this many removals (count or fraction); one-shot scoring if None.
+    influence : DataFrame, optional
+        One-shot scores already computed by ``selector.influence`` on the same validation
+        data, one column per objective (its name); they are computed here if None. The
+        influence curves then remove exactly the rows :func:`trim` removes from these columns.
+        Not with ``iterative_step``.
     stop_at_zero : bool, default False
         Stop an influence curve after the first budget at which the signed validation
         objective has changed sign from its untrimmed value (e.g. the fairness gap crossed
@@ -275,16 +294,21 @@ def trimming_curve(
         Tidy: one row per (method, seed, budget) with ``method`` (``"influence:<name>"``
         or ``"random"``), ``seed`` (random only), ``budget`` (fraction removed),
         ``n_removed``, the metrics of :func:`leanfit.selection.metrics.evaluate`, and
-        ``val_objective`` (the validation cost after retraining; influence rows only).
+        ``val_objective`` (the validation cost after retraining, with the robustness attack
+        points of the untrimmed model, as in the influence; influence rows only).
         Budget 0 (the untrimmed model) is included for every method and seed.
     """
     if isinstance(n_random, bool) or not (isinstance(n_random, int) and n_random >= 0):
         raise bad_value("n_random", n_random, "an integer >= 0")
     n = selector.train_index_.shape[0]
     counts = sorted({resolve_budget(b, n) for b in np.atleast_1d(np.asarray(budgets, object))})
-    objectives = resolve_objectives(objective)
+    # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
+    # that ``val_objective`` measures the cost the influence was computed for.
+    objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
     Z, y, s = _test_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val = {"sensitive_features": sensitive_features_val, "privileged": privileged}
+    if influence is not None:
+        _check_precomputed(influence, objectives, n, iterative_step)
 
     def point(model, method, seed, count, val_objective=np.nan) -> dict:
         metrics = evaluate(model, Z, y, sensitive_features=s, reference=selector.model_, eps=eps)
@@ -308,7 +332,9 @@ def trimming_curve(
         method = f"influence:{obj.name}"
         start = float(selector.objective_values(X_val, y_val, objective=obj, **val).iloc[0])
         rows.append(point(selector.model_, method, pd.NA, 0, start))
-        if iterative_step is None:
+        if influence is not None:
+            order = np.argsort(_influence_values(influence[obj.name]), kind="stable")
+        elif iterative_step is None:
             scores = selector.influence(X_val, y_val, objective=obj, **val).iloc[:, 0]
             order = np.argsort(scores.to_numpy(), kind="stable")
         else:

@@ -1,0 +1,676 @@
+"""The whole selection workflow in one call: influence, trimming, curves, rules, report.
+
+:func:`run_selection` is what ``leanfit select`` runs. Given train / validation / test tables
+(:class:`~leanfit.datasets.TabularDataset`, e.g. from :func:`split_dataset` or
+:func:`split_csv`), it
+
+1. fits an :class:`InfluenceSelector` (L2 logistic regression, one-hot + standardized
+   features) on the training table;
+2. computes the influence of every training row on each validation objective
+   (positive = beneficial, negative = harmful);
+3. for each objective, removes the ``budget`` most harmful rows, retrains (preprocessing
+   held fixed) and evaluates on the test table;
+4. traces test metrics over a grid of budgets up to twice ``budget``, against removing
+   rows at random (mean ± standard deviation over ``seeds`` random orders);
+5. explains each objective's influence by an :class:`InfluenceTree` fitted on the original,
+   readable training columns, and reads its leaves as rules;
+6. writes everything into ``out_dir`` (atomically: a temporary sibling renamed into place).
+
+Output files (``<objective>`` is ``utility``, ``fairness``, ``eop`` or ``robustness``):
+
+=============================  ===============================================================
+``report.md``                  setting, before / after table, figures, the most harmful rules
+``metrics.csv``                the before / after table (test set)
+``trimming_curve.csv``         test metrics per method, seed and budget (tidy)
+``influence.csv``              column ``row`` (index of the training table) and one column of
+                               influence per objective
+``removed.csv``                the rows each objective removes: ``objective``, ``row``,
+                               ``influence``, most harmful first
+``trimmed_train_<obj>.csv``    the training table without the rows that objective removes,
+                               same columns as the input (usable as a new training file)
+``rules_<obj>.csv`` / ``.md``  the tree's leaves as rules, most harmful first
+``*.png``                      influence by sensitive group, trimming curves, one tree per
+                               objective
+``config.json``                every parameter, the data description, the leanfit version
+=============================  ===============================================================
+
+Fairness is demographic parity (DP): the influence objective is the absolute gap of mean
+predicted probability between the groups, ``|mean p | privileged − mean p | unprivileged|``
+(:class:`DemographicParity` with ``absolute=True``), so that trimming narrows the gap whichever
+group it favours (the paper's signed gap, the same when the privileged group is favoured,
+would widen a gap in the other direction); ``eop`` is the same on the rows with label 1
+(equal opportunity). The reported metrics are the gaps of selection rate and of true positive
+rate, signed (privileged minus unprivileged) and absolute (fairlearn's). Robustness is the
+log-loss on the paper's overshoot attack points; robust accuracy is the accuracy on the test
+points attacked the same way (attack computed from the untrimmed model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from leanfit._version import __version__
+from leanfit.datasets import TabularDataset
+from leanfit.exceptions import BadInputError, bad_value
+from leanfit.io import atomic_output
+from leanfit.reports import (
+    Image,
+    influence_histogram,
+    markdown_table,
+    save_figure,
+    trimming_curves,
+    write_report,
+)
+from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.influence import InfluenceSelector
+from leanfit.selection.objectives import (
+    DemographicParity,
+    EqualOpportunity,
+    Objective,
+    resolve_objectives,
+)
+from leanfit.selection.trimming import (
+    resolve_budget,
+    summarize_curve,
+    trim,
+    trimming_curve,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Objective names ``run_selection`` accepts, in report order; ``"all"`` means all four.
+OBJECTIVES = ("utility", "fairness", "eop", "robustness")
+#: Test metric that each objective aims at, and its label in figures.
+TARGET_METRIC = {
+    "utility": ("accuracy", "test accuracy"),
+    "fairness": ("dp", "test DP (privileged − unprivileged)"),
+    "eop": ("eop", "test EOP (privileged − unprivileged)"),
+    "robustness": ("robust_acc", "test robust accuracy (overshoot attack)"),
+}
+#: Metric columns of the before / after table and their headers.
+METRICS = {
+    "accuracy": "accuracy",
+    "dp": "DP",
+    "dp_abs": "abs DP",
+    "eop": "EOP",
+    "eop_abs": "abs EOP",
+    "robust_acc": "robust acc",
+}
+#: Line colour of each objective's influence curve and of the random baseline.
+COLORS = {
+    "utility": "tab:blue",
+    "fairness": "tab:red",
+    "eop": "tab:purple",
+    "robustness": "tab:green",
+    "random": "tab:gray",
+}
+RULE_FORMATS = {"shrunk_mean": ".3g", "raw_mean": ".3g"}
+DESCRIPTIONS = {
+    "utility": "validation log-loss",
+    "fairness": "absolute demographic parity gap of predicted probabilities (validation)",
+    "eop": "absolute equal-opportunity gap of predicted probabilities (validation, label 1)",
+    "robustness": "validation log-loss on the overshoot attack points",
+}
+
+
+def objective_of(name: str) -> Objective:
+    """The influence objective of a workflow objective name (fairness gaps in absolute value)."""
+    if name == "fairness":
+        return DemographicParity(absolute=True)
+    if name == "eop":
+        return EqualOpportunity(absolute=True)
+    return resolve_objectives(name)[0]
+
+
+def resolve_objective_names(objectives: str | Sequence[str]) -> list[str]:
+    """Objective names in report order, without repeats; ``"all"`` stands for all four.
+
+    Accepted names: ``"utility"``, ``"fairness"`` (demographic parity), ``"eop"`` (equal
+    opportunity), ``"robustness"``, ``"all"``.
+    """
+    items = [objectives] if isinstance(objectives, str) else list(objectives)
+    if not items:
+        raise bad_value("objectives", objectives, f"a non-empty list of {[*OBJECTIVES, 'all']}")
+    chosen: set[str] = set()
+    for item in items:
+        if item == "all":
+            chosen.update(OBJECTIVES)
+        elif item in OBJECTIVES:
+            chosen.add(item)
+        else:
+            raise bad_value("objective", item, f"one of {[*OBJECTIVES, 'all']}")
+    return [name for name in OBJECTIVES if name in chosen]
+
+
+def curve_budgets(count: int, n: int, points: int = 4) -> list[int]:
+    """Counts ``round(2·count·k / points)`` for ``k = 1 … points`` and ``count`` itself: a
+    grid up to twice the budget, capped at ``n − 1``."""
+    grid = {min(n - 1, max(1, round(2 * count * k / points))) for k in range(1, points + 1)}
+    return sorted(grid | {count})
+
+
+def min_rule_rows(n: int) -> int:
+    """Fewest training rows a rule may cover: 0.5 % of the ``n`` rows, at least 5 (fewer
+    than ``n / 2``), so that every rule speaks of a group rather than a single row."""
+    return max(1, min(max(5, round(0.005 * n)), n // 2))
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """Everything :func:`run_selection` computed (the files in ``out_dir`` hold the same).
+
+    Attributes
+    ----------
+    out_dir : Path
+        The output directory; ``report`` is ``out_dir / "report.md"``.
+    objectives : tuple of str
+        The objectives, in report order.
+    n_removed : int
+        Training rows removed by each objective (the budget as a count).
+    influence : DataFrame, shape (n_train, n_objectives)
+        Influence of each training row (index: the training table's) on each objective.
+    keep : dict of str to ndarray of bool, shape (n_train,)
+        Per objective, ``True`` for the training rows kept.
+    metrics : DataFrame
+        The before / after table on the test set: one row per model (``model``: "untrimmed",
+        "<objective> influence", "random"), ``n_removed``, the metrics of
+        :func:`leanfit.selection.evaluate` and, for the random row, ``<metric>_std`` over
+        seeds.
+    curve : DataFrame
+        The trimming curves (:func:`leanfit.selection.trimming_curve`, tidy).
+    rules : dict of str to DataFrame
+        Per objective, :meth:`InfluenceTree.rules` (most harmful first).
+    selector : InfluenceSelector
+        The model fitted on the whole training table.
+    trees : dict of str to InfluenceTree
+    config : dict
+        What ``config.json`` holds.
+    notes : tuple of str
+        Warnings about the run, also logged and written in the report: each objective whose
+        validation cost *rose* after trimming ``n_removed`` rows (the budget overshoots what
+        first-order influence predicts; a smaller budget helps).
+    """
+
+    out_dir: Path
+    objectives: tuple[str, ...]
+    n_removed: int
+    influence: pd.DataFrame
+    keep: dict[str, np.ndarray]
+    metrics: pd.DataFrame
+    curve: pd.DataFrame
+    rules: dict[str, pd.DataFrame]
+    selector: InfluenceSelector
+    trees: dict[str, InfluenceTree]
+    config: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def report(self) -> Path:
+        """The markdown report."""
+        return self.out_dir / "report.md"
+
+    def summary(self) -> str:
+        """A few lines for a terminal: the before / after table and where the report is."""
+        n = self.influence.shape[0]
+        table = metrics_markdown(self.metrics, precision=3)
+        return (
+            f"{self.config['data']['name']}: {n:,} training rows; each objective removes "
+            f"{self.n_removed:,} ({self.n_removed / n:.1%}); test-set metrics:\n\n"
+            f"{table}\nreport: {self.report}"
+        )
+
+
+def _check_parts(train: TabularDataset, val: TabularDataset, test: TabularDataset) -> None:
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        if not isinstance(part, TabularDataset):
+            raise bad_value(name, type(part).__name__, "a leanfit.datasets.TabularDataset")
+    for name, part in (("val", val), ("test", test)):
+        if list(part.X.columns) != list(train.X.columns):
+            raise BadInputError(
+                f"{name} must have the feature columns of train {list(train.X.columns)}; "
+                f"got {list(part.X.columns)}"
+            )
+        for field in ("target", "positive", "sensitive", "privileged"):
+            if getattr(part, field) != getattr(train, field):
+                raise BadInputError(
+                    f"{name}.{field} must equal train.{field} ({getattr(train, field)!r}); "
+                    f"got {getattr(part, field)!r}"
+                )
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise bad_value(name, value, f"an integer >= {low}")
+    return int(value)
+
+
+def _metrics_table(curve: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The before / after table, read off the curves: untrimmed, each objective's trimming
+    at ``count`` (the same rows as :func:`trim`), random at ``count`` (mean ± std)."""
+    summary = summarize_curve(curve)
+
+    def row(model: str, method: str, n_removed: int) -> dict:
+        point = summary[(summary.method == method) & (summary.n_removed == n_removed)].iloc[0]
+        values = {m: point[f"{m}_mean"] for m in METRICS}
+        if method != "random":
+            return {"model": model, "n_removed": n_removed, **values}
+        stds = {f"{m}_std": point[f"{m}_std"] for m in METRICS}
+        return {"model": model, "n_removed": n_removed, "n_seeds": point["n_seeds"]} | values | stds
+
+    methods = [m for m in pd.unique(curve.method) if m != "random"]
+    rows = [row("untrimmed", methods[0], 0)]
+    rows += [row(f"{m.removeprefix('influence:')} influence", m, count) for m in methods]
+    if (curve.method == "random").any():
+        rows.append(row("random", "random", count))
+    table = pd.DataFrame(rows)
+    order = ["model", "n_removed", "n_seeds", *METRICS, *(f"{m}_std" for m in METRICS)]
+    return table[[c for c in order if c in table.columns]]
+
+
+def metrics_markdown(metrics: pd.DataFrame, precision: int = 4) -> str:
+    """The before / after table as markdown: ``mean ± std`` for the random row."""
+
+    def cell(row: pd.Series, metric: str) -> str:
+        text = f"{row[metric]:.{precision}f}"
+        std = row.get(f"{metric}_std", np.nan)
+        return text if pd.isna(std) else f"{text} ± {std:.{precision}f}"
+
+    records = []
+    for _, row in metrics.iterrows():
+        label = row["model"]
+        if label == "random":
+            label = f"random ({int(row['n_seeds'])} seeds)"
+        records.append(
+            {"model": label, "removed": f"{int(row['n_removed']):,}"}
+            | {header: cell(row, metric) for metric, header in METRICS.items()}
+        )
+    return markdown_table(records)
+
+
+def _group_labels(train: TabularDataset) -> np.ndarray:
+    """The sensitive value of each training row, or "not <privileged>" when it has more."""
+    values = train.frame[train.sensitive]
+    if values.nunique() == 2:
+        return values.astype(str).to_numpy()
+    return np.where(train.s == 1, str(train.privileged), f"not {train.privileged}")
+
+
+def _panels(n: int, ncols: int = 2, size=(5.4, 3.6)) -> tuple[Figure, list]:
+    """A figure with ``n`` axes on a grid of ``ncols`` columns (unused cells hidden)."""
+    nrows = -(-n // ncols)
+    cols = min(ncols, n)
+    fig = Figure(figsize=(size[0] * cols, size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
+def _histogram_figure(influence: pd.DataFrame, groups: np.ndarray, sensitive: str) -> Figure:
+    fig, axes = _panels(influence.shape[1])
+    for ax, name in zip(axes, influence.columns, strict=True):
+        values = influence[name].to_numpy()
+        # Influence has long tails; the central 99 % of rows sets the range so that the bulk
+        # is readable, and the rows outside it are counted in the title.
+        low, high = np.quantile(values, [0.005, 0.995])
+        inside = (values >= low) & (values <= high)
+        influence_histogram(
+            values[inside],
+            groups[inside],
+            xlabel=f"influence on {name} (< 0: harmful)",
+            title=f"{name} (central 99 %; {np.sum(~inside):,} extreme rows left out)",
+            ax=ax,
+        )
+        ax.get_legend().set_title(sensitive)
+    return fig
+
+
+def _curve_figure(curve: pd.DataFrame, objectives: list[str], count: int, n: int) -> Figure:
+    frame = curve.copy()
+    frame["seed"] = frame["seed"].fillna(0)
+    frame["method"] = frame["method"].str.replace("influence:", "influence: ", regex=False)
+    fig, axes = _panels(len(objectives) + 1)
+    panels = [
+        ([name], *TARGET_METRIC[name], f"trimming by {name} influence") for name in objectives
+    ]
+    panels.append((objectives, "accuracy", "test accuracy", "accuracy, every objective"))
+    for ax, (names, metric, label, title) in zip(axes, panels, strict=True):
+        methods = [f"influence: {name}" for name in names] + ["random"]
+        ax.set_prop_cycle(color=[COLORS[m.removeprefix("influence: ")] for m in methods])
+        part = frame[frame.method.isin(methods)]
+        trimming_curves(part, y=metric, ylabel=label, title=title, ax=ax)
+        ax.axvline(count / n, color="grey", linestyle=":", linewidth=1)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.set_xlabel("training rows removed")
+        handles, labels = ax.get_legend_handles_labels()
+        # One influence order per objective: the "(1 seed)" of the generic label says nothing.
+        ax.legend(handles, [t.removesuffix(" (1 seed)") for t in labels], fontsize=8)
+    return fig
+
+
+def _tree_figure(tree: InfluenceTree, name: str) -> Figure:
+    fig = tree.plot()
+    fig.axes[0].set_title(
+        f"Influence on {name} explained by a tree (hierarchical shrinkage, λ = {tree.lambda_:g})"
+    )
+    return fig
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.integer | np.floating | np.bool_):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _data_config(train, val, test, description: str) -> dict:
+    return {
+        "name": train.name.removesuffix("-train"),
+        "description": description,
+        "target": train.target,
+        "positive": train.positive,
+        "sensitive": train.sensitive,
+        "privileged": train.privileged,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "features": list(train.X.columns),
+        "categorical": train.categorical,
+    }
+
+
+def _write_tables(tmp: Path, train: TabularDataset, result: SelectionResult) -> None:
+    influence = result.influence
+    influence.rename_axis("row").to_csv(tmp / "influence.csv")
+    result.metrics.to_csv(tmp / "metrics.csv", index=False)
+    result.curve.to_csv(tmp / "trimming_curve.csv", index=False)
+    removed = []
+    for name, mask in result.keep.items():
+        train.frame.loc[mask].to_csv(tmp / f"trimmed_train_{name}.csv", index=False)
+        rows = influence.loc[~mask, name].sort_values(kind="stable")
+        removed.append(pd.DataFrame({"objective": name, "row": rows.index, "influence": rows}))
+    pd.concat(removed).to_csv(tmp / "removed.csv", index=False)
+
+
+def _write_rules(tmp: Path, name: str, tree: InfluenceTree, rules: pd.DataFrame) -> None:
+    rules.to_csv(tmp / f"rules_{name}.csv", index=False)
+    text = (
+        f"# Rules explaining the influence on {name}\n\n"
+        f"Leaves of a regression tree (hierarchical shrinkage, λ = {tree.lambda_:g} chosen by "
+        f"{tree.cv}-fold cross-validation) fitted on the original training columns; "
+        "`shrunk_mean` < 0: the rows matching the rule are harmful on average.\n\n"
+        + markdown_table(rules.drop(columns="leaf"), floatfmt=RULE_FORMATS)
+    )
+    (tmp / f"rules_{name}.md").write_text(text, encoding="utf-8")
+
+
+def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
+    config = result.config
+    n = result.influence.shape[0]
+    data = config["data"]
+    setting = (
+        f"{data['description']}\n\n"
+        f"Train / validation / test: {data['n_train']:,} / {data['n_val']:,} / "
+        f"{data['n_test']:,} rows; target `{data['target']}` = {data['positive']!s} is the "
+        f"favourable outcome; sensitive attribute `{data['sensitive']}`, privileged group "
+        f"{data['privileged']!s}. L2 logistic regression, λ = {config['l2_reg']:g}, "
+        f"{'with' if config['fit_intercept'] else 'no'} intercept, "
+        f"{result.selector.model_.coef_.shape[0]} features after one-hot encoding and "
+        "standardization.\n\n"
+        "Influence of a training row on a validation objective f: "
+        "I(z) = ∇ℓ(z)ᵀ H⁻¹ ∇f ≈ f(without z) − f. Every objective is a cost, so a positive "
+        "influence marks a beneficial row, a negative one a harmful row. Objectives: "
+        + "; ".join(f"**{name}**: {DESCRIPTIONS[name]}" for name in result.objectives)
+        + ".\n\n"
+        f"Trimming removes the {result.n_removed:,} most harmful rows ({result.n_removed / n:.1%})"
+        " for each objective, retrains (preprocessing fixed) and evaluates on the test set."
+    )
+    before_after = (
+        "DP and EOP: difference of selection rate and of true positive rate, privileged minus "
+        "unprivileged (signed), and fairlearn's absolute difference. Robust accuracy: "
+        "accuracy on the test points pushed across the untrimmed model's boundary (the "
+        "paper's overshoot attack, factor 1.3). Random: the same number of rows removed at "
+        "random, mean ± standard deviation over seeds."
+    )
+    sections: list = [
+        ("Setting", setting),
+        (
+            "Before and after trimming (test set)",
+            [metrics_markdown(result.metrics), before_after]
+            + [f"**Warning**: {note}." for note in result.notes],
+        ),
+        (
+            "Influence by sensitive group",
+            [
+                "Distribution of the influence of the training rows, per group (density). The "
+                "dashed line is zero: rows to its left are harmful.",
+                Image(figures["histogram"], "influence by sensitive group"),
+            ],
+        ),
+        (
+            "Trimming curves",
+            [
+                "Test metrics after removing the most harmful rows of each objective, and the "
+                "same number at random (band: ± one standard deviation over seeds). The dotted "
+                "line marks the budget.",
+                Image(figures["curves"], "trimming curves"),
+            ],
+        ),
+    ]
+    for name in result.objectives:
+        rules = result.rules[name]
+        top = rules.head(5).drop(columns="leaf")
+        sections.append(
+            (
+                f"Rules: {name}",
+                [
+                    f"The most harmful of {len(rules)} rules (all in `rules_{name}.md`):",
+                    markdown_table(top, floatfmt=RULE_FORMATS),
+                    Image(figures[f"tree_{name}"], f"influence tree for {name}"),
+                ],
+            )
+        )
+    return sections
+
+
+def run_selection(
+    train: TabularDataset,
+    val: TabularDataset,
+    test: TabularDataset,
+    *,
+    out_dir: str | Path,
+    objectives: str | Sequence[str] = "all",
+    budget: int | float = 0.05,
+    l2_reg: float = 1.0,
+    fit_intercept: bool = True,
+    seeds: int = 3,
+    seed: int = 0,
+    curve_points: int = 4,
+    max_rules: int = 12,
+    overwrite: bool = False,
+    progress: bool = True,
+    description: str = "",
+) -> SelectionResult:
+    """Influence-based data selection, end to end, with a report (see the module docstring).
+
+    Parameters
+    ----------
+    train, val, test : TabularDataset
+        The tables (same columns, target and sensitive attribute). Influence is measured on
+        ``val``, metrics on ``test``. A sensitive column with more than two values is
+        reduced to privileged versus the rest (``TabularDataset.s``). Not modified.
+    out_dir : path
+        Directory to create; refused if it exists unless ``overwrite``.
+    objectives : str or sequence of str, default "all"
+        Among ``"utility"``, ``"fairness"`` (demographic parity), ``"eop"`` (equal
+        opportunity), ``"robustness"``; ``"all"`` is all four.
+    budget : int or float, default 0.05
+        Rows each objective removes: a count ``≥ 1`` or a fraction in ``(0, 1)`` of the
+        training rows.
+    l2_reg, fit_intercept
+        The model (:class:`InfluenceSelector`); the paper's Adult model is λ = 2.2622
+        without intercept.
+    seeds : int, default 3
+        Random-removal repetitions of the baseline (0: no baseline).
+    seed : int, default 0
+        Seeds the random removals and the trees' cross-validation folds.
+    curve_points : int, default 4
+        Budgets of the trimming curves: ``curve_points`` counts evenly spaced up to twice
+        ``budget`` (:func:`curve_budgets`), plus 0.
+    max_rules : int, default 12
+        Leaves of each influence tree; each covers at least :func:`min_rule_rows` rows.
+    overwrite : bool, default False
+        Replace an existing ``out_dir``.
+    progress : bool, default True
+        Show progress bars.
+    description : str, optional
+        How the tables were made (e.g. ``ProtocolSplit.description``), quoted in the report.
+
+    Returns
+    -------
+    SelectionResult
+
+    Raises
+    ------
+    BadInputError
+        Bad parameters or tables (the message names the argument), or an existing
+        ``out_dir`` without ``overwrite``.
+    """
+    _check_parts(train, val, test)
+    names = resolve_objective_names(objectives)
+    n = len(train)
+    count = resolve_budget(budget, n)
+    seeds = _check_int("seeds", seeds, 0)
+    curve_points = _check_int("curve_points", curve_points, 1)
+    max_rules = _check_int("max_rules", max_rules, 2)
+    if not isinstance(fit_intercept, bool):
+        raise bad_value("fit_intercept", fit_intercept, "True or False")
+    out_dir = Path(out_dir)
+    config: dict[str, Any] = {
+        "leanfit_version": __version__,
+        "data": _data_config(train, val, test, description),
+        "objectives": names,
+        "budget": budget,
+        "n_removed": count,
+        "l2_reg": l2_reg,
+        "fit_intercept": fit_intercept,
+        "seeds": seeds,
+        "seed": seed,
+        "curve_budgets": curve_budgets(count, n, curve_points),
+        "max_rules": max_rules,
+        "min_rule_rows": min_rule_rows(n),
+    }
+    with atomic_output(out_dir, overwrite=overwrite) as tmp:
+        result = _select(train, val, test, out_dir, config, progress)
+        tmp.mkdir()
+        _write_outputs(tmp, result, train)
+    return result
+
+
+def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> SelectionResult:
+    """The computations of :func:`run_selection` (parameters already checked, in ``config``)."""
+    names, count = config["objectives"], config["n_removed"]
+    selector = InfluenceSelector(
+        config["l2_reg"],
+        fit_intercept=config["fit_intercept"],
+        random_state=config["seed"],
+    ).fit(train.X, train.y)
+    objectives = [objective_of(name) for name in names]
+    scores = selector.influence(
+        val.X, val.y, objective=objectives, sensitive_features=val.s.to_numpy()
+    )
+    curve = trimming_curve(
+        selector,
+        val.X,
+        val.y,
+        test.X,
+        test.y,
+        budgets=config["curve_budgets"],
+        objective=objectives,
+        sensitive_features_val=val.s.to_numpy(),
+        sensitive_features_test=test.s.to_numpy(),
+        n_random=config["seeds"],
+        influence=scores,
+        progress=progress,
+    )
+    # Columns and methods named by the workflow's names ("fairness", not "fairness_abs").
+    influence = scores.set_axis(names, axis=1)
+    renamed = {
+        f"influence:{o.name}": f"influence:{n}" for o, n in zip(objectives, names, strict=True)
+    }
+    curve["method"] = curve["method"].replace(renamed)
+    trees = {
+        name: InfluenceTree(
+            max_leaf_nodes=config["max_rules"],
+            min_samples_leaf=config["min_rule_rows"],
+            random_state=config["seed"],
+        ).fit(train.X, influence[name].to_numpy())
+        for name in names
+    }
+    config["tree_lambdas"] = {name: tree.lambda_ for name, tree in trees.items()}
+    return SelectionResult(
+        out_dir=out_dir,
+        objectives=tuple(names),
+        n_removed=count,
+        influence=influence,
+        keep={name: trim(influence[name], count) for name in names},
+        metrics=_metrics_table(curve, count),
+        curve=curve,
+        rules={name: tree.rules() for name, tree in trees.items()},
+        selector=selector,
+        trees=trees,
+        config=config,
+        notes=tuple(_overshoots(curve, names, count)),
+    )
+
+
+def _overshoots(curve: pd.DataFrame, names: list[str], count: int) -> list[str]:
+    """A note, also logged, for each objective whose validation cost rose after trimming."""
+    notes = []
+    for name in names:
+        cost = curve[curve.method == f"influence:{name}"].set_index("n_removed")["val_objective"]
+        if cost.loc[count] > cost.loc[0]:
+            notes.append(
+                f"trimming {count:,} rows by {name} influence raised the validation {name} cost "
+                f"from {cost.loc[0]:.4g} to {cost.loc[count]:.4g}: the influence of single rows "
+                "does not add up over that many (see the trimming curves); try a smaller budget"
+            )
+            logger.warning("warning: %s", notes[-1])
+    return notes
+
+
+def _write_outputs(tmp: Path, result: SelectionResult, train: TabularDataset) -> None:
+    """Every file of :func:`run_selection` into the directory ``tmp``."""
+    _write_tables(tmp, train, result)
+    for name, tree in result.trees.items():
+        _write_rules(tmp, name, tree, result.rules[name])
+    n = result.influence.shape[0]
+    figures = {
+        "histogram": save_figure(
+            _histogram_figure(result.influence, _group_labels(train), train.sensitive),
+            tmp / "influence_by_group.png",
+        ),
+        "curves": save_figure(
+            _curve_figure(result.curve, list(result.objectives), result.n_removed, n),
+            tmp / "trimming_curves.png",
+        ),
+    }
+    for name, tree in result.trees.items():
+        figures[f"tree_{name}"] = save_figure(_tree_figure(tree, name), tmp / f"tree_{name}.png")
+    title = f"Influence-based data selection: {result.config['data']['name']}"
+    write_report(tmp / "report.md", title, _report_sections(result, figures))
+    text = json.dumps(result.config, indent=2, ensure_ascii=False, default=_json_default)
+    (tmp / "config.json").write_text(text + "\n", encoding="utf-8")

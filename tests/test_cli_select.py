@@ -1,0 +1,204 @@
+"""``leanfit select``: CSV files and vendored data, the report, refusals and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from leanfit.cli import main
+from leanfit.selection import (
+    DemographicParity,
+    InfluenceSelector,
+    evaluate,
+    retrain_and_evaluate,
+    split_dataset,
+    trim,
+)
+from leanfit.selection.protocols import split_halves
+
+METRICS = ["accuracy", "dp", "dp_abs", "eop", "eop_abs", "robust_acc"]
+
+
+@pytest.fixture(scope="module")
+def csv_files(tmp_path_factory):
+    """German credit as three CSV files (the 60/20/20 split of ``--dataset german``)."""
+    folder = tmp_path_factory.mktemp("german-csv")
+    split = split_dataset("german")
+    paths = {}
+    for part in ("train", "val", "test"):
+        paths[part] = folder / f"{part}.csv"
+        getattr(split, part).frame.to_csv(paths[part], index=False)
+    return paths
+
+
+def csv_args(paths, *, val=True):
+    args = ["--train", str(paths["train"]), "--test", str(paths["test"])]
+    args += ["--val", str(paths["val"])] if val else []
+    return [*args, "--target", "credit", "--sensitive", "sex"]
+
+
+def run(args, capsys):
+    """Run ``leanfit select`` in-process: (exit code, stdout, stderr); argparse errors too."""
+    try:
+        code = main(["select", *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def table_row(report_text, label):
+    """The cells of the before / after table row that starts with ``label``."""
+    line = next(row for row in report_text.splitlines() if row.startswith(f"| {label}"))
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_csv_triple(csv_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [*csv_args(csv_files), "--positive", "good", "--privileged", "male"]
+    code, stdout, stderr = run(
+        [*args, "--objective", "fairness", "--seeds", "2", "--out", str(out), "--quiet"], capsys
+    )
+    assert code == 0, stderr
+    assert f"report: {out / 'report.md'}" in stdout and "fairness influence" in stdout
+    influence = pd.read_csv(out / "influence.csv")
+    assert list(influence.columns) == ["row", "fairness"]
+    assert list(influence.row) == list(range(600))  # data rows of train.csv
+    assert len(pd.read_csv(out / "trimmed_train_fairness.csv")) == 600 - 30
+    config = json.loads((out / "config.json").read_text())
+    assert (
+        config["data"]["description"] == "train = train.csv, validation = val.csv, test = test.csv."
+    )
+    assert (config["l2_reg"], config["fit_intercept"], config["seeds"]) == (1.0, True, 2)
+    assert "trimming curve" not in stderr  # --quiet: no progress bars
+
+
+def test_dataset_german_report_equals_the_python_api(tmp_path, capsys):
+    out = tmp_path / "german"
+    args = ["--dataset", "german", "--objective", "utility,fairness", "--budget", "40"]
+    code, _, stderr = run([*args, "--seeds", "2", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, stderr
+    # The same computation through the Python API.
+    split = split_dataset("german")
+    selector = InfluenceSelector(1.0, fit_intercept=True).fit(split.train.X, split.train.y)
+    # The workflow's fairness objective is the absolute demographic parity gap.
+    objectives = ["utility", DemographicParity(absolute=True)]
+    influence = selector.influence(
+        split.val.X, split.val.y, sensitive_features=split.val.s, objective=objectives
+    ).set_axis(["utility", "fairness"], axis=1)
+    groups = {"sensitive_features": split.test.s.to_numpy()}
+    text = (out / "report.md").read_text()
+    expected = {
+        "untrimmed": evaluate(
+            selector.model_, selector.transform(split.test.X), split.test.y, **groups
+        )
+    }
+    for name in ("utility", "fairness"):
+        keep = trim(influence[name], 40)
+        expected[f"{name} influence"] = retrain_and_evaluate(
+            selector, keep, split.test.X, split.test.y, **groups
+        )
+    for label, metrics in expected.items():
+        # The report rounds to 4 decimals; the computations are the same, so the rounded
+        # values are equal.
+        assert table_row(text, label)[2:] == [f"{metrics[m]:.4f}" for m in METRICS]
+    assert table_row(text, "fairness influence")[1] == "40"
+    assert table_row(text, "random (2 seeds)")[1] == "40"
+    assert "stratified by label × sex (seed 42000)" in text
+    assert (
+        "![trimming curves](trimming_curves.png)" in text and (out / "tree_fairness.png").is_file()
+    )
+    assert {"rules_utility.md", "rules_fairness.md", "rules_utility.csv"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "rules_eop.md").exists()  # only the objectives asked for
+
+
+def test_without_val_the_test_file_is_split_in_halves(csv_files, tmp_path, capsys):
+    out = tmp_path / "halves"
+    args = [*csv_args(csv_files, val=False), "--positive", "good", "--privileged", "male"]
+    code, _, stderr = run(
+        [
+            *args,
+            "--objective",
+            "utility",
+            "--seeds",
+            "0",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    config = json.loads((out / "config.json").read_text())
+    test_val = split_halves(pd.read_csv(csv_files["test"]), 7)
+    assert (config["data"]["n_test"], config["data"]["n_val"]) == tuple(map(len, test_val))
+    assert "validation and test = the halves of test.csv (seed 7)" in config["data"]["description"]
+    assert "random" not in pd.read_csv(out / "metrics.csv").model.tolist()  # --seeds 0
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = subprocess.run(
+        [sys.executable, "-m", "leanfit.cli", "select", "--dataset", "german", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "exists; pass --overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "1.5"], "--budget must be a fraction in (0, 1) or a whole count >= 1"),
+        (["--budget", "0"], "--budget must be"),
+        (["--budget", "five"], "--budget must be"),
+        (["--budget", "600"], "budget must be a count in [1, 599]"),
+        (["--objective", "speed"], "objective must be one of"),
+        (["--seeds", "-1"], "seeds must be an integer >= 0"),
+        (["--l2", "-1"], "l2_reg"),
+        (["--target", "credit"], "--dataset excludes"),
+    ],
+)
+def test_bad_input_on_a_dataset(args, message, tmp_path, capsys):
+    code, _, stderr = run(["--dataset", "german", *args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--target", "nope"], "target='nope' is not a column"),
+        (["--target", "purpose"], "target column 'purpose' must have exactly two distinct values"),
+        (["--sensitive", "nope"], "sensitive='nope' is not a column"),
+        (["--positive", "great"], "positive= must be one of ['bad', 'good']; got 'great'"),
+        (["--categorical", "nope"], "categorical must be columns of"),
+    ],
+)
+def test_bad_input_on_csv_files(csv_files, change, message, tmp_path, capsys):
+    args = [*csv_args(csv_files), "--positive", "good", "--privileged", "male", *change]
+    code, _, stderr = run([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_data_arguments_are_required(csv_files, tmp_path, capsys):
+    code, _, stderr = run(["--train", str(csv_files["train"])], capsys)
+    assert code == 2 and "missing ['--test', '--target', '--sensitive']" in stderr
+    missing_file = ["--train", str(tmp_path / "none.csv"), "--test", str(csv_files["test"])]
+    code, _, stderr = run([*missing_file, "--target", "credit", "--sensitive", "sex"], capsys)
+    assert code == 2 and "no such file" in stderr
