@@ -1,0 +1,1 @@
+"""The paper's applications of influence-based selection, as reusable experiments."""
