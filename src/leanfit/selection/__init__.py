@@ -1,5 +1,77 @@
-"""Influence-based training-data selection: which samples help or hurt a classifier, and why."""
+"""Influence-based training-data selection (Chhabra et al., ICLR 2024).
 
+A convex model (L2 logistic regression, possibly on embeddings) is fitted; the influence of
+each training sample on validation utility, fairness and robustness is computed exactly
+with the Hessian; harmful samples (negative influence) are trimmed and the model retrained::
+
+    from leanfit.selection import InfluenceSelector, trim
+
+    selector = InfluenceSelector(l2_reg=2.2622, fit_intercept=False).fit(X, y)
+    scores = selector.influence(X_val, y_val, sensitive_features="sex",
+                                objective=["utility", "fairness", "robustness"])
+    keep = trim(scores["fairness"], 0.05)   # drop the 5 % most harmful for fairness
+    trimmed = selector.retrain(keep)
+"""
+
+from leanfit.selection.attacks import overshoot_attack, worst_case_margins
 from leanfit.selection.explain import InfluenceTree, shrunk_node_values
+from leanfit.selection.influence import InfluenceSelector, make_preprocessor
+from leanfit.selection.metrics import (
+    accuracy,
+    demographic_parity_difference,
+    equal_opportunity_difference,
+    evaluate,
+    robust_accuracy,
+)
+from leanfit.selection.models import LogisticRegressionL2
+from leanfit.selection.objectives import (
+    DemographicParity,
+    EqualOpportunity,
+    Objective,
+    OvershootRobustness,
+    Utility,
+    WorstCaseRobustness,
+    resolve_objectives,
+)
+from leanfit.selection.protocols import ADULT_L2_REG, ProtocolSplit, adult_protocol
+from leanfit.selection.trimming import (
+    iterative_trim,
+    random_trim,
+    resolve_budget,
+    retrain_and_evaluate,
+    summarize_curve,
+    trim,
+    trimming_curve,
+)
 
-__all__ = ["InfluenceTree", "shrunk_node_values"]
+__all__ = [
+    "ADULT_L2_REG",
+    "DemographicParity",
+    "EqualOpportunity",
+    "InfluenceSelector",
+    "InfluenceTree",
+    "LogisticRegressionL2",
+    "Objective",
+    "OvershootRobustness",
+    "ProtocolSplit",
+    "Utility",
+    "WorstCaseRobustness",
+    "accuracy",
+    "adult_protocol",
+    "demographic_parity_difference",
+    "equal_opportunity_difference",
+    "evaluate",
+    "iterative_trim",
+    "make_preprocessor",
+    "overshoot_attack",
+    "random_trim",
+    "resolve_budget",
+    "resolve_objectives",
+    "retrain_and_evaluate",
+    "robust_accuracy",
+    "shrunk_node_values",
+    "summarize_curve",
+    "trim",
+    "trimming_curve",
+    "worst_case_margins",
+]
