@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,8 +249,14 @@ def run_experiment(
     elif not isinstance(config, scenario.config_type):
         raise bad_value("config", type(config).__name__, scenario.config_type.__name__)
     start = time.perf_counter()
-    parts = [scenario.run(config, seed)
-             for seed in tqdm(range(seeds), desc=name, disable=not progress)]  # fmt: skip
+    with warnings.catch_warnings():
+        # Categories met in validation or test data but not in training data are encoded as
+        # zeros, as make_preprocessor documents; scikit-learn would warn at every call.
+        warnings.filterwarnings("ignore", "Found unknown categories", UserWarning)
+        parts = [
+            scenario.run(config, seed)
+            for seed in tqdm(range(seeds), desc=name, disable=not progress)
+        ]
     rows = pd.concat(parts, ignore_index=True)
     return ExperimentResult(
         name, config, tuple(range(seeds)), quick, rows,
@@ -258,9 +265,11 @@ def run_experiment(
 
 
 def _cell(mean: float, std: float) -> str:
+    """``mean ± std`` with 3 decimals (1 from 100 on, e.g. counts); ``mean`` alone without std."""
     if pd.isna(mean):
         return ""
-    return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+    digits = 1 if abs(mean) >= 100 else 3
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def summary_table(result: ExperimentResult) -> pd.DataFrame:

@@ -17,8 +17,8 @@ Shifts are built from the vendored tables by *exponential tilting*: the table is
 into two halves; from one half the source is drawn without replacement with probabilities
 ``∝ exp(−strength · g(x))``, from the other the target with probabilities
 ``∝ exp(+strength · g(x))``, where ``g`` is the standardized age (``kind="age"``), the
-privileged-group indicator (``kind="group"``: the target has fewer privileged people, e.g. a
-lower share of men in Adult) or the foreign-born indicator (``kind="country"``, Adult only:
+unprivileged-group indicator (``kind="group"``: the target has more unprivileged people, e.g.
+a higher share of women in Adult) or the foreign-born indicator (``kind="country"``, Adult only:
 ``native_country ≠ United-States``).
 """
 
@@ -69,12 +69,12 @@ class ShiftSplit(NamedTuple):
 def shift_score(ds: TabularDataset, kind: str) -> np.ndarray:
     """The tilting variable ``g(x)`` of each row, shape ``(n,)``.
 
-    ``"age"``: age standardized over ``ds``; ``"group"``: 1 for the privileged group, 0
-    otherwise; ``"country"``: 1 if ``native_country`` is not ``United-States`` (Adult).
+    ``"age"``: age standardized over ``ds``; ``"group"``: 1 for the unprivileged group, 0
+    for the privileged one; ``"country"``: 1 if ``native_country`` is not ``United-States`` (Adult).
     """
     check_choice("kind", kind, SHIFT_KINDS)
     if kind == "group":
-        return ds.s.to_numpy(dtype=float)
+        return 1.0 - ds.s.to_numpy(dtype=float)
     column = {"age": "age", "country": "native_country"}[kind]
     if column not in ds.frame.columns:
         raise bad_value("kind", kind, f"a kind whose column exists in {ds.name}; no {column!r}")
@@ -114,8 +114,8 @@ def make_shift(
         A vendored table (complete rows, :func:`load_table`) or any table without missing
         values.
     kind : {"age", "group", "country"}
-        The tilting variable: age (the target is older for ``strength > 0``), privileged
-        group membership (the target has fewer privileged people for ``strength > 0``), or
+        The tilting variable: age (the target is older for ``strength > 0``), unprivileged
+        group membership (the target has more unprivileged people for ``strength > 0``), or
         being foreign-born (Adult; the target has more foreign-born people).
     strength : float, default 1.5
         Tilt ``τ``: selection odds ``exp(±τ g)``; 0 gives no shift.
