@@ -13,6 +13,8 @@ from leanfit.selection.scenarios._common import load_table
 from leanfit.selection.scenarios.experiment import (
     SCENARIOS,
     ExperimentResult,
+    result_from_record,
+    result_record,
     summarize,
     summary_table,
     write_experiment,
@@ -129,3 +131,14 @@ def test_cli_errors_name_the_option(tmp_path, capsys, args, message):
     code = main(["experiment", "active", "--out", str(tmp_path / "x"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_saved_record_gives_back_the_same_table():
+    rows = fake_rows().assign(budget=[np.nan if i % 2 else 0.1 for i in range(12)])
+    scenario = SCENARIOS["active"]
+    result = ExperimentResult("active", scenario.config_type(), (0, 1), False, rows,
+                              summarize(rows, scenario.keys, scenario.metrics), 2.0)  # fmt: skip
+    again = result_from_record(json.loads(json.dumps(result_record(result))))
+    assert again.config == result.config and again.seeds == (0, 1)
+    pd.testing.assert_frame_equal(summary_table(again), summary_table(result))
+    assert again.rows["budget"].isna().sum() == 6

@@ -265,9 +265,12 @@ def run_experiment(
 
 
 def _cell(mean: float, std: float) -> str:
-    """``mean ± std`` with 3 decimals (1 from 100 on, e.g. counts); ``mean`` alone without std."""
+    """``mean ± std`` with 3 decimals (1 from 100 on); a constant integer (e.g. a count that
+    does not vary over seeds) without decimals; ``mean`` alone without a std."""
     if pd.isna(mean):
         return ""
+    if float(mean).is_integer() and (pd.isna(std) or std == 0):
+        return f"{int(mean)}"
     digits = 1 if abs(mean) >= 100 else 3
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -306,7 +309,7 @@ def _pivoted(result: ExperimentResult, summary: pd.DataFrame, metrics: list[str]
         per_seed = result.rows.groupby(["method", "seed"], sort=False)[metric].mean()
         stats = per_seed.groupby(level="method", sort=False).agg(["mean", "std"])
         if stats["mean"].notna().any():
-            table[f"{metric} (mean over {step}s)"] = [
+            table[f"{metric} (mean over the {step} values)"] = [
                 _cell(stats.loc[m, "mean"], stats.loc[m, "std"]) for m in table.index
             ]
     return table.reset_index()
@@ -369,6 +372,19 @@ def result_record(result: ExperimentResult) -> dict:
         "summary": result.summary.to_dict(orient="records"),
         "rows": result.rows.to_dict(orient="records"),
     })  # fmt: skip
+
+
+def result_from_record(record: dict) -> ExperimentResult:
+    """Inverse of :func:`result_record` (``None`` becomes NaN again): re-render a report
+    from a saved ``results.json`` without running anything."""
+    scenario = get_scenario(record["scenario"])
+    rows = pd.DataFrame(record["rows"]).fillna(value=np.nan)
+    summary = pd.DataFrame(record["summary"]).fillna(value=np.nan)
+    return ExperimentResult(
+        record["scenario"], scenario.config_type.from_dict(record["config"]),
+        tuple(record["seeds"]), bool(record["quick"]), rows, summary,
+        float(record["elapsed_seconds"]),
+    )  # fmt: skip
 
 
 def write_experiment(result: ExperimentResult, out: str | Path, *, overwrite: bool = False) -> Path:
