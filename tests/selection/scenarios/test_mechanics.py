@@ -1,5 +1,5 @@
 """Mechanics of the scenarios on tiny or closed-form inputs: shift builder, reweighing, the
-anchoring attack, the batch stream, worst-case perturbations, MLP features, query helpers."""
+anchoring attack, the batch stream, worst-case perturbations, MLP features, query order."""
 
 import numpy as np
 import pandas as pd

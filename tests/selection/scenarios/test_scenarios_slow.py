@@ -34,7 +34,7 @@ def test_shift_trimming_by_target_fairness_influence_closes_the_gap():
 
 
 def test_poisoning_defence_undoes_the_attack_on_compas():
-    config = PoisoningConfig(dataset="compas", method="non-random")
+    config = PoisoningConfig.quick(dataset="compas", method="non-random")
     result = run_experiment("poisoning", config, seeds=3, progress=False)
     clean, poisoned = (mean(result, "dp_abs", method=m) for m in ("clean", "poisoned"))
     # measured: |DP| clean 0.205, poisoned 0.406, defended (budget chosen on clean
