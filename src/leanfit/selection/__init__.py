@@ -33,6 +33,13 @@ from leanfit.selection.objectives import (
     WorstCaseRobustness,
     resolve_objectives,
 )
+from leanfit.selection.pareto import (
+    constrained_trim,
+    pareto_trim,
+    predicted_change,
+    scalarized_trim,
+    tradeoff_front,
+)
 from leanfit.selection.protocols import ADULT_L2_REG, ProtocolSplit, adult_protocol
 from leanfit.selection.trimming import (
     iterative_trim,
@@ -58,19 +65,24 @@ __all__ = [
     "WorstCaseRobustness",
     "accuracy",
     "adult_protocol",
+    "constrained_trim",
     "demographic_parity_difference",
     "equal_opportunity_difference",
     "evaluate",
     "iterative_trim",
     "make_preprocessor",
     "overshoot_attack",
+    "pareto_trim",
+    "predicted_change",
     "random_trim",
     "resolve_budget",
     "resolve_objectives",
     "retrain_and_evaluate",
     "robust_accuracy",
+    "scalarized_trim",
     "shrunk_node_values",
     "summarize_curve",
+    "tradeoff_front",
     "trim",
     "trimming_curve",
     "worst_case_margins",
