@@ -252,6 +252,22 @@ def _noise(rows: pd.DataFrame, budget: float, metric: str, diff_std: float, n: i
     return 2 * float(part[metric].std(ddof=1))
 
 
+def iso_dp_gain(rows: pd.DataFrame, points: list[tuple[float, float]]) -> tuple[float, int]:
+    """Mean accuracy gain over plain trimming at equal test |DP|, and how many points count.
+
+    Plain trimming's mean (|DP|, accuracy) from the untrimmed model to its lowest |DP| is
+    interpolated linearly at the |DP| of each ``(dp, accuracy)`` point; points outside that
+    |DP| range are left out.
+    """
+    b_plain = min(BUDGETS, key=lambda b: _mean(rows, "plain", b, "dp_abs"))
+    budgets = [0.0, *[b for b in BUDGETS if b <= b_plain]]
+    curve = sorted((_mean(rows, "plain", b, "dp_abs"), _mean(rows, "plain", b, "accuracy"))
+                   for b in budgets)  # fmt: skip
+    dps, accs = np.array([c[0] for c in curve]), np.array([c[1] for c in curve])
+    gains = [acc - np.interp(dp, dps, accs) for dp, acc in points if dps[0] <= dp <= dps[-1]]
+    return (float(np.mean(gains)) if gains else float("nan")), len(gains)
+
+
 def verdict(rows: pd.DataFrame, method: str) -> dict:
     """Does ``method`` reach plain trimming's lowest |DP| with less accuracy lost?
 
@@ -312,6 +328,10 @@ def verdict(rows: pd.DataFrame, method: str) -> dict:
         noise = _noise(rows, b_plain, "accuracy", same_acc[1], n)
         answer = "partly" if same_acc[0] > noise else "no"
         result["reaches_plain_dp_at"] = None
+    points = [
+        (_mean(rows, method, b, "dp_abs"), _mean(rows, method, b, "accuracy")) for b in BUDGETS
+    ]
+    result["iso_dp_accuracy_gain"], result["iso_dp_points"] = iso_dp_gain(rows, points)
     result["accuracy_noise"] = noise
     result["answer"] = answer
     return result
@@ -323,8 +343,23 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:+.{digits}f} ± {std:.{digits}f}"
 
 
-def verdict_text(name: str, v: dict, w: dict) -> str:
-    """One paragraph per data set, from the verdicts of constrained (v) and Pareto (w)."""
+def front_check(frame: pd.DataFrame, trims: pd.DataFrame) -> dict:
+    """Iso-|DP| accuracy gain of the scalarized front (w > 0) and the first-order check of
+    plain trimming at the front's budget (predicted vs retrained validation changes)."""
+    front = frame[frame.method == "front"].groupby("utility_weight")[["dp_abs", "accuracy"]]
+    points = [(r.dp_abs, r.accuracy) for w, r in front.mean().iterrows() if w > 0]
+    gain, count = iso_dp_gain(trims, points)
+    plain = trims[(trims.method == "plain") & np.isclose(trims.budget, FRONT_BUDGET)]
+    return {
+        "front_iso_dp_accuracy_gain": gain,
+        "front_iso_dp_points": count,
+        "front_weights": len(points),
+        **{f"plain_{c}": float(plain[c].mean()) for c in FRONT_METRICS[:4]},
+    }
+
+
+def verdict_text(name: str, v: dict, w: dict, check: dict) -> str:
+    """One paragraph per data set: verdicts of constrained (v) and Pareto (w), front check."""
     splits = (
         f"mean over {v['n_splits']} splits, ± = std of the paired difference"
         if v["n_splits"] > 1
@@ -360,9 +395,20 @@ def verdict_text(name: str, v: dict, w: dict) -> str:
             )
         text += (
             f" — **{x['answer']}** (accuracy differences below {x['accuracy_noise']:.3f} "
-            "count as noise)."
+            f"count as noise). At equal |DP| (plain's curve interpolated, "
+            f"{x['iso_dp_points']} of its {len(BUDGETS)} budgets in range) its accuracy is "
+            f"{x['iso_dp_accuracy_gain']:+.3f} vs plain."
         )
         parts.append(text)
+    parts.append(
+        f" Scalarized front at {FRONT_BUDGET:.0%} (w > 0, {check['front_iso_dp_points']} of "
+        f"{check['front_weights']} weights within plain's |DP| range): accuracy "
+        f"{check['front_iso_dp_accuracy_gain']:+.3f} vs plain at equal |DP|. First-order "
+        f"check, plain at {FRONT_BUDGET:.0%}: Δ validation log-loss predicted "
+        f"{check['plain_pred_d_utility']:+.1f}, retrained {check['plain_val_d_utility']:+.1f}; "
+        f"Δ validation |DP| predicted {check['plain_pred_d_fairness']:+.3f}, retrained "
+        f"{check['plain_val_d_fairness']:+.3f}."
+    )
     return "".join(parts)
 
 
@@ -455,6 +501,7 @@ def main() -> None:
     for name in args.datasets:
         part_rows = trims[trims.dataset == name]
         verdicts[name] = {m: verdict(part_rows, m) for m in ("constrained", "pareto")}
+        verdicts[name]["check"] = front_check(frame[frame.dataset == name], part_rows)
         plot_front(name, frame[frame.dataset == name], summary)
 
     table = markdown_table(table_rows(summary))
@@ -477,7 +524,7 @@ def main() -> None:
             "## Verdicts",
             "",
             *[
-                verdict_text(name, v["constrained"], v["pareto"]) + "\n"
+                verdict_text(name, v["constrained"], v["pareto"], v["check"]) + "\n"
                 for name, v in verdicts.items()
             ],
             "Answers: *yes* = reaches plain's lowest |DP| over the budgets (within one "
