@@ -358,6 +358,15 @@ def front_check(frame: pd.DataFrame, trims: pd.DataFrame) -> dict:
     }
 
 
+def _iso_text(gain: float, count: int, total: int, what: str) -> str:
+    if count == 0:
+        return f"None of its {total} {what} falls within plain's |DP| range."
+    return (
+        f"At equal |DP| (plain's curve interpolated; {count} of {total} {what} in range) "
+        f"accuracy {gain:+.3f} vs plain."
+    )
+
+
 def verdict_text(name: str, v: dict, w: dict, check: dict) -> str:
     """One paragraph per data set: verdicts of constrained (v) and Pareto (w), front check."""
     splits = (
@@ -395,15 +404,18 @@ def verdict_text(name: str, v: dict, w: dict, check: dict) -> str:
             )
         text += (
             f" — **{x['answer']}** (accuracy differences below {x['accuracy_noise']:.3f} "
-            f"count as noise). At equal |DP| (plain's curve interpolated, "
-            f"{x['iso_dp_points']} of its {len(BUDGETS)} budgets in range) its accuracy is "
-            f"{x['iso_dp_accuracy_gain']:+.3f} vs plain."
+            "count as noise). "
+            + _iso_text(x["iso_dp_accuracy_gain"], x["iso_dp_points"], len(BUDGETS), "budgets")
         )
         parts.append(text)
+    front = _iso_text(
+        check["front_iso_dp_accuracy_gain"],
+        check["front_iso_dp_points"],
+        check["front_weights"],
+        "weights w > 0",
+    )
     parts.append(
-        f" Scalarized front at {FRONT_BUDGET:.0%} (w > 0, {check['front_iso_dp_points']} of "
-        f"{check['front_weights']} weights within plain's |DP| range): accuracy "
-        f"{check['front_iso_dp_accuracy_gain']:+.3f} vs plain at equal |DP|. First-order "
+        f" Scalarized front at {FRONT_BUDGET:.0%}: {front} First-order "
         f"check, plain at {FRONT_BUDGET:.0%}: Δ validation log-loss predicted "
         f"{check['plain_pred_d_utility']:+.1f}, retrained {check['plain_val_d_utility']:+.1f}; "
         f"Δ validation |DP| predicted {check['plain_pred_d_fairness']:+.3f}, retrained "

@@ -16,7 +16,12 @@ removing ``zᵢ`` *loses* utility. To first order the changes of a removal set `
     Δf(S) ≈ F(S) = Σ_{i∈S} I_f(zᵢ),        Δu(S) ≈ U(S) = Σ_{i∈S} I_u(zᵢ),
 
 ``F(S) < 0`` is a predicted gain in the objective, ``U(S) > 0`` a predicted utility loss.
-(The approximation degrades as ``S`` grows; retrain to measure the real effect.)
+The approximation degrades as ``S`` grows, and for utility it can be far off: samples
+harmful to fairness share feature patterns, and removing hundreds of them moves the model
+well beyond one Newton step, so the real utility loss may be much larger than ``U(S)``.
+A budget on the sum ``U(S)`` (:func:`pareto_trim`) is therefore weaker than it looks;
+the per-sample condition of :func:`constrained_trim` does not rely on additivity. Retrain
+to measure the real effect.
 
 Selections
 ----------
