@@ -471,7 +471,7 @@ def plot_front(name: str, rows: pd.DataFrame, summary: pd.DataFrame) -> Path:
     left.set_ylabel("Δ validation |DP| of probabilities")
     left.set_title(f"{name}: scalarized front at {FRONT_BUDGET:.0%}")
     left.legend()
-    right.plot(front.dp_abs, front.accuracy, "o-", color="C0", label="scalarized front (w=0…1)")
+    right.plot(front.dp_abs, front.accuracy, "o-", color="0.5", label="scalarized front (w=0…1)")
     markers = {"plain": "s", "constrained": "^", "pareto": "D", "random": "x"}
     for method, marker in markers.items():
         part = summary[(summary.dataset == name) & (summary.method == method)]
