@@ -492,9 +492,10 @@ def _guarded(path: Path, action: str, function: Any, *args: Any, **kwargs: Any) 
     except LeanfitError:
         raise
     except Exception as err:
+        reason = " ".join(str(err).split())
         raise CorruptArtifactError(
             f"checkpoint {str(path)!r} is damaged or not supported: cannot {action} "
-            f"({type(err).__name__}: {err})"
+            f"({type(err).__name__}: {reason})"
         ) from err
 
 
@@ -505,15 +506,15 @@ def _load_config(directory: Path, source: Path, **kwargs: Any) -> PretrainedConf
     except LeanfitError:
         raise
     except Exception as err:
-        hint = ""
         if source.suffix == ".json" and '"auto_map"' in source.read_text(errors="replace"):
-            hint = (
-                "; it names custom code (auto_map), which leanfit never runs "
-                "(trust_remote_code=False): use a model type transformers supports"
+            reason = (
+                "it names custom code (auto_map), which leanfit never runs "
+                "(trust_remote_code=False); use a model type transformers supports"
             )
+        else:
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
         raise CorruptArtifactError(
-            f"the configuration of {str(source)!r} cannot be read by transformers "
-            f"({type(err).__name__}: {err}){hint}"
+            f"the configuration of {str(source)!r} cannot be read by transformers ({reason})"
         ) from err
 
 
