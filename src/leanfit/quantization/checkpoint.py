@@ -489,7 +489,7 @@ def _guarded(path: Path, action: str, function: Any, *args: Any, **kwargs: Any) 
     """
     try:
         return function(*args, **kwargs)
-    except LeanfitError:
+    except (LeanfitError, MemoryError):
         raise
     except Exception as err:
         reason = " ".join(str(err).split())
@@ -503,7 +503,7 @@ def _load_config(directory: Path, source: Path, **kwargs: Any) -> PretrainedConf
     """The model configuration read by transformers, never running code from the checkpoint."""
     try:
         return AutoConfig.from_pretrained(directory, trust_remote_code=False, **kwargs)
-    except LeanfitError:
+    except (LeanfitError, MemoryError):
         raise
     except Exception as err:
         if source.suffix == ".json" and '"auto_map"' in source.read_text(errors="replace"):
