@@ -11,13 +11,13 @@ has ~100 examples per reader; ``-m slow`` runs thousands.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import resource
 import shutil
 import struct
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +165,9 @@ def test_tensor_names_never_become_paths_gguf(tmp_path):
 # -- fuzzing --------------------------------------------------------------------------------
 
 
-def read_everything(path: Path) -> None:
-    """Open, read every tensor, close; only LeanfitError may escape."""
+def read_everything(path: Path) -> str:
+    """Open, read every tensor, close: "read" or "refused" (a LeanfitError); any other
+    exception propagates and fails the test."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -174,7 +175,8 @@ def read_everything(path: Path) -> None:
                 for name in checkpoint.names():
                     checkpoint.read(name)
         except LeanfitError:
-            pass
+            return "refused"
+    return "read"
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +210,12 @@ def mutations(header_length: int, total: int):
     )
 
 
+def payload_edits(header_length: int, total: int):
+    """Byte replacements in the tensor data only: the file stays well-formed."""
+    replace = st.tuples(st.just("byte"), st.integers(header_length, total - 1), st.integers(0, 255))
+    return st.tuples(st.lists(replace, min_size=1, max_size=6), st.none())
+
+
 def mutate(data: bytes, edits) -> bytes:
     changes, cut = edits
     buffer = bytearray(data)
@@ -219,33 +227,31 @@ def mutate(data: bytes, edits) -> bytes:
     return bytes(buffer if cut is None else buffer[:cut])
 
 
-def fuzz_gguf(data: bytes, header: int, examples: int) -> int:
+def fuzz_gguf(data: bytes, header: int, examples: int) -> Counter[str]:
     folder = Path(tempfile.mkdtemp())
-    count = 0
+    outcomes: Counter[str] = Counter()
 
     @settings(max_examples=examples, deadline=None, derandomize=examples <= 200, database=None)
     @given(mutations(header, len(data)))
     def check(edits):
-        nonlocal count
         path = folder / "fuzz.gguf"
         path.write_bytes(mutate(data, edits))
-        read_everything(path)
-        count += 1
+        outcomes[read_everything(path)] += 1
 
     try:
         check()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return count
+    return outcomes
 
 
-def fuzz_safetensors(source: Path, examples: int) -> int:
+def fuzz_safetensors(source: Path, examples: int) -> Counter[str]:
     folder = Path(tempfile.mkdtemp()) / "model"
     shutil.copytree(source, folder)
     original = (source / "model.safetensors").read_bytes()
     header = 8 + struct.unpack("<Q", original[:8])[0]
     text = json.loads(original[8:header])
-    count = 0
+    outcomes: Counter[str] = Counter()
 
     def json_edit():
         """A header whose JSON is edited: a tensor's shape, dtype or offsets replaced."""
@@ -261,10 +267,13 @@ def fuzz_safetensors(source: Path, examples: int) -> int:
 
     @settings(max_examples=examples, deadline=None, derandomize=examples <= 200, database=None)
     @given(
-        st.one_of(mutations(header, len(original)), st.lists(json_edit(), min_size=1, max_size=3))
+        st.one_of(
+            mutations(header, len(original)),
+            st.lists(json_edit(), min_size=1, max_size=3),
+            payload_edits(header, len(original)),
+        )
     )
     def check(edits):
-        nonlocal count
         if isinstance(edits, list):
             changed = json.loads(json.dumps(text))
             for name, field, value in edits:
@@ -274,20 +283,19 @@ def fuzz_safetensors(source: Path, examples: int) -> int:
         else:
             data = mutate(original, edits)
         (folder / "model.safetensors").write_bytes(data)
-        read_everything(folder)
-        count += 1
+        outcomes[read_everything(folder)] += 1
 
     try:
         check()
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
-    return count
+    return outcomes
 
 
-def fuzz_quantized_meta(examples: int) -> int:
+def fuzz_quantized_meta(examples: int) -> Counter[str]:
     q = quantize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), 4, "uniform", 32)
     tensors, meta = q.to_state_dict("w."), q.meta()
-    count = 0
+    outcomes: Counter[str] = Counter()
     anything = st.one_of(
         st.none(),
         st.booleans(),
@@ -317,31 +325,42 @@ def fuzz_quantized_meta(examples: int) -> int:
     @settings(max_examples=examples, deadline=None, derandomize=examples <= 200, database=None)
     @given(meta_strategy)
     def check(mutated):
-        nonlocal count
-        with contextlib.suppress(LeanfitError):
+        try:
             restored = QuantizedTensor.from_state_dict(tensors, "w.", mutated)
-            assert restored.dequantize().shape == tuple(restored.shape)
-        count += 1
+        except LeanfitError:
+            outcomes["refused"] += 1
+            return
+        assert restored.dequantize().shape == tuple(restored.shape)
+        outcomes["read"] += 1
 
     check()
-    return count
+    return outcomes
+
+
+def check_fuzz(gguf_bytes, safetensors_dir, *, gguf: int, safetensors: int, meta: int) -> None:
+    """Run the three fuzzers; every example ends in "read" or "refused", both outcomes
+    occur (the mutations neither all break the files nor all miss), memory stays bounded."""
+    before = peak_rss_kb()
+    results = {
+        "gguf": (fuzz_gguf(*gguf_bytes, examples=gguf), gguf),
+        "safetensors": (fuzz_safetensors(safetensors_dir, examples=safetensors), safetensors),
+        "meta": (fuzz_quantized_meta(examples=meta), meta),
+    }
+    growth = peak_rss_kb() - before
+    print({name: dict(outcomes) for name, (outcomes, _) in results.items()}, f"{growth} kB")
+    for name, (outcomes, examples) in results.items():
+        assert sum(outcomes.values()) == examples, name
+        assert outcomes["read"] > 0 and outcomes["refused"] > 0, (name, outcomes)
+    assert growth < FUZZ_RSS_GROWTH_KB
 
 
 def test_fuzz_fast_only_leanfit_errors_and_bounded_memory(gguf_bytes, safetensors_dir):
-    before = peak_rss_kb()
-    assert fuzz_gguf(*gguf_bytes, examples=100) == 100
-    assert fuzz_safetensors(safetensors_dir, examples=100) == 100
-    assert fuzz_quantized_meta(examples=100) == 100
-    assert peak_rss_kb() - before < FUZZ_RSS_GROWTH_KB
+    check_fuzz(gguf_bytes, safetensors_dir, gguf=100, safetensors=100, meta=100)
 
 
 @pytest.mark.slow
 def test_fuzz_thousands_only_leanfit_errors_and_bounded_memory(gguf_bytes, safetensors_dir):
-    before = peak_rss_kb()
-    assert fuzz_gguf(*gguf_bytes, examples=3000) == 3000
-    assert fuzz_safetensors(safetensors_dir, examples=2000) == 2000
-    assert fuzz_quantized_meta(examples=3000) == 3000
-    assert peak_rss_kb() - before < FUZZ_RSS_GROWTH_KB
+    check_fuzz(gguf_bytes, safetensors_dir, gguf=3000, safetensors=2000, meta=3000)
 
 
 def test_headers_claiming_a_terabyte_are_refused_without_allocating(tmp_path):
