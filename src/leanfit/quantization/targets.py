@@ -208,7 +208,9 @@ def select_targets(
         patterns = default_target_patterns(model_type)
     elif isinstance(patterns, str) or not patterns:
         raise bad_value("patterns", patterns, "a non-empty list of module names or regexes")
-    targets, skipped_conv, not_matrices = [], [], []
+    targets: list[Target] = []
+    skipped_conv: list[str] = []
+    not_matrices: list[str] = []
     for name in checkpoint_names:
         module, _, suffix = name.rpartition(".")
         if suffix != "weight" or _NEVER.fullmatch(module):
