@@ -70,9 +70,11 @@ def test_checkpoint_code_is_never_run(tmp_path):
     assert not (tmp_path / "remote-code-ran").exists()
 
 
-def _calls(tree: ast.AST):
+def _calls(tree: ast.AST, attributes_only: bool = True):
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if isinstance(node, ast.Call) and (
+            isinstance(node.func, ast.Attribute) or not attributes_only
+        ):
             yield node
 
 
@@ -83,7 +85,7 @@ def test_no_source_enables_trust_remote_code():
     explicit = 0
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        for call in _calls(tree):
+        for call in _calls(tree, attributes_only=False):
             for keyword in call.keywords:
                 if keyword.arg == "trust_remote_code":
                     assert isinstance(keyword.value, ast.Constant), f"{path}:{call.lineno}"
