@@ -32,6 +32,11 @@ class MissingResourceError(LeanfitError, FileNotFoundError):
     """A file or an optional package leanfit needs is not there; the message says how to get it."""
 
 
+class OutputWriteError(LeanfitError, OSError):
+    """An output could not be written (disk full, no permission, ...); nothing was left in
+    its place. The message names the output and the operating system's reason."""
+
+
 def bad_value(name: str, value: object, allowed: str) -> BadInputError:
     """Build the standard message for a rejected argument.
 

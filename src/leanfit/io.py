@@ -1,15 +1,76 @@
-"""Writing outputs safely: into a temporary sibling, renamed into place at the end."""
+"""Writing outputs safely: into a temporary sibling, renamed into place at the end.
+
+An output ``DIR/NAME`` is written as ``DIR/.NAME.<pid>.<random>.partial`` and renamed onto
+``DIR/NAME`` only when complete, so a reader never sees a half-written output: if the
+process dies (even by ``kill -9``), at most a hidden ``.partial`` sibling is left behind.
+The next :func:`atomic_output` for the same ``NAME`` deletes the partial siblings whose
+process is gone (those of a live process are left alone). Replacing an existing directory
+moves it to ``DIR/.NAME.old`` for the instant between two renames; if the process dies
+there, the next call puts it back first.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from leanfit.exceptions import BadInputError
+from leanfit.exceptions import BadInputError, LeanfitError, OutputWriteError
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def stale_partials(path: Path) -> list[Path]:
+    """The ``.partial`` siblings of ``path`` left by processes that no longer run."""
+    stale = []
+    for candidate in path.parent.glob(f".{path.name}.*.partial"):
+        pid_text = candidate.name.removeprefix(f".{path.name}.").split(".", 1)[0]
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            stale.append(candidate)
+    return stale
+
+
+def _recover(path: Path) -> None:
+    """Clean up after a process killed while writing ``path``: put back a directory moved
+    aside for replacement, delete dead processes' partial outputs."""
+    backup = path.with_name(f".{path.name}.old")
+    if backup.exists():
+        if path.exists():
+            _remove(backup)
+        else:
+            os.replace(backup, path)
+    for partial in stale_partials(path):
+        _remove(partial)
+
+
+def _write_error(path: Path, err: OSError) -> OutputWriteError:
+    reason = err.strerror or str(err)
+    code = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
+    where = f" ({err.filename})" if err.filename else ""
+    return OutputWriteError(
+        f"writing output {str(path)!r} failed: {reason}{f' [{code}]' if code else ''}{where}; "
+        "nothing was written there — free disk space, fix the permissions or choose another "
+        "output path, then run again"
+    )
 
 
 @contextlib.contextmanager
@@ -18,20 +79,28 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
 
     Works for a file or a directory: the caller creates whatever it wants at the yielded
     path. If the body raises, the temporary is removed and ``path`` is untouched. An existing
-    ``path`` is replaced only with ``overwrite=True``.
+    ``path`` is replaced only with ``overwrite=True``. See the module docstring for what an
+    interrupted process leaves and how the next call cleans it up.
 
     Raises
     ------
     BadInputError
         ``path`` exists and ``overwrite`` is false.
+    OutputWriteError
+        An ``OSError`` (disk full, permission denied, ...) while creating the temporary,
+        in the body or while renaming; the temporary is removed and ``path`` is untouched.
+        A :class:`~leanfit.exceptions.LeanfitError` raised by the body passes unchanged.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise BadInputError(f"output {str(path)!r} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    shutil.rmtree(tmp)  # the caller decides whether it is a file or a directory
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _recover(path)
+        if path.exists() and not overwrite:
+            raise BadInputError(f"output {str(path)!r} exists; pass --overwrite to replace it")
+        prefix = f".{path.name}.{os.getpid()}."
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
+        os.rmdir(tmp)  # the caller decides whether it is a file or a directory
         yield tmp
         if path.is_dir() and not path.is_symlink():
             backup = path.with_name(f".{path.name}.old")
@@ -40,8 +109,10 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(backup)
         else:
             os.replace(tmp, path)
+    except OSError as err:
+        if isinstance(err, LeanfitError):
+            raise
+        raise _write_error(path, err) from err
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        if tmp is not None and (tmp.exists() or tmp.is_symlink()):
+            _remove(tmp)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from leanfit.datasets import TABULAR
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.selection.influence import MAX_CATEGORIES
 from leanfit.selection.protocols import DEFAULT_SEED, split_csv, split_dataset
 from leanfit.selection.workflow import OBJECTIVES, run_selection
 
@@ -87,6 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument(
         "--seeds", type=int, default=3, help="random-removal repetitions (default 3)"
     )
+    method.add_argument(
+        "--max-categories",
+        type=int,
+        default=MAX_CATEGORIES,
+        metavar="N",
+        help="refuse a categorical column with more than N distinct values (default "
+        f"{MAX_CATEGORIES}; 0: no limit)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, help="output directory (default selection-NAME)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -140,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         fit_intercept=split.fit_intercept if args.intercept is None else args.intercept,
         seeds=args.seeds,
         seed=args.seed,
+        max_categories=args.max_categories or None,
         overwrite=args.overwrite,
         progress=not args.quiet,
         description=split.description,

@@ -243,7 +243,8 @@ def load_csv(
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CorruptArtifactError(f"{path} is not a readable CSV file: {err}") from err
+        reason = " ".join(str(err).split())
+        raise CorruptArtifactError(f"{path} is not a readable CSV file: {reason}") from err
     for argument, column in (("target", target), ("sensitive", sensitive)):
         if column not in frame.columns:
             raise BadInputError(

@@ -11,8 +11,16 @@ demand. Two formats are read:
   (out × in) layout, and — for the ``llama`` architecture — un-permuted from llama.cpp's
   rotary row order (see :func:`unpermute_rotary`).
 
-Pickle checkpoints (``pytorch_model.bin``, ``.pt``) are refused: loading them can run
-arbitrary code.
+Pickle checkpoints (``pytorch_model.bin``, ``.pt``, ...) are always refused, with no opt-in:
+unpickling can run arbitrary code. Code shipped with a checkpoint (``auto_map`` in its
+config) is never run: transformers is called with ``trust_remote_code=False``.
+
+Files are untrusted input. Whatever their bytes, opening and reading raise only
+:class:`~leanfit.exceptions.LeanfitError` subclasses (a damaged file gives
+:class:`~leanfit.exceptions.CorruptArtifactError`), and memory stays bounded by the file's
+size: a GGUF header is walked with bounds checks (:func:`check_gguf_layout`) before
+gguf-py parses it, and safetensors checks its header's offsets against the file size.
+Tensor names are only ever dictionary keys, never file paths.
 
 Names follow what ``save_pretrained`` would store: a weight tied to another one (the
 ``lm_head`` of a model with ``tie_word_embeddings``) is not listed by :meth:`Checkpoint.names`
@@ -23,7 +31,9 @@ from __future__ import annotations
 
 import abc
 import json
+import mmap
 import shutil
+import struct
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,6 +81,13 @@ llama.cpp's converter reorders the rows of q_proj and k_proj for the ``llama`` a
 
 GGUF_IGNORED = frozenset({"rope_freqs.weight"})
 """GGUF tensors with no transformers parameter (transformers recomputes them from config)."""
+
+GGUF_MAX_DIMS = 4
+"""Most dimensions a GGUF tensor may have (ggml's ``GGML_MAX_DIMS``)."""
+GGUF_MAX_NESTING = 3
+"""Deepest nesting of arrays accepted in a GGUF header value."""
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32 = 8, 9, 4
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -259,7 +276,7 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def __init__(self, directory: Path) -> None:
         files, listed = _safetensors_files(directory)
-        config = AutoConfig.from_pretrained(directory)
+        config = _load_config(directory, directory / "config.json")
         super().__init__(directory, config)
         self._handles: dict[str, Any] = {}
         for file in files:
@@ -280,9 +297,12 @@ class SafetensorsCheckpoint(Checkpoint):
                 f"stored {extra[:5]}, stored but not listed {absent[:5]}"
             )
         architectures = getattr(config, "architectures", None) or []
-        model_class = getattr(transformers, architectures[0], None) if architectures else None
-        if model_class is not None:
-            model = _meta_model(model_class, config)
+        name = architectures[0] if isinstance(architectures, list) and architectures else None
+        model_class = getattr(transformers, name, None) if isinstance(name, str) else None
+        if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
+            model = _guarded(
+                directory, "build the model it describes", _meta_model, model_class, config
+            )
             self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._handles)
 
     def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
@@ -307,7 +327,12 @@ class SafetensorsCheckpoint(Checkpoint):
     def _read(self, name: str) -> torch.Tensor:
         # get_tensor gives a view on the file's copy-on-write map, shared by every read of
         # the same name: an in-place change would show in the next read. Copy it.
-        tensor = self._handles[name].get_tensor(name)
+        try:
+            tensor = self._handles[name].get_tensor(name)
+        except (SafetensorError, RuntimeError, ValueError, OSError) as err:
+            raise CorruptArtifactError(
+                f"tensor {name!r} of {str(self.path)!r} cannot be read: {err}"
+            ) from err
         if tensor.is_floating_point() and tensor.dtype != torch.float32:
             return tensor.float()
         return tensor.clone()
@@ -360,11 +385,11 @@ class GGUFCheckpoint(Checkpoint):
     def __init__(self, file: Path) -> None:
         from gguf import GGUFReader
 
-        try:
-            reader = GGUFReader(file)
-        except (ValueError, OSError) as err:
-            raise CorruptArtifactError(f"cannot read GGUF file {str(file)!r}: {err}") from err
-        architecture = _gguf_text(reader, "general.architecture")
+        check_gguf_layout(file)
+        reader = _guarded(file, "parse it", GGUFReader, file)
+        architecture = _guarded(
+            file, "read its architecture", _gguf_text, reader, "general.architecture"
+        )
         # The tensors keep views on the memory map; the parsed header (the tokenizer's
         # vocabulary: ~150 MB of small arrays for a 49k-token vocabulary) is let go.
         tensors = list(reader.tensors)
@@ -374,12 +399,21 @@ class GGUFCheckpoint(Checkpoint):
                 f"GGUF architecture must be one of {sorted(GGUF_ARCHITECTURES)}; got "
                 f"{architecture!r} in {str(file)!r}"
             )
-        config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+        config = _load_config(file.parent, file, gguf_file=file.name)
+        layers = getattr(config, "num_hidden_layers", None)
+        if not isinstance(layers, int) or not 1 <= layers <= len(tensors):
+            raise CorruptArtifactError(
+                f"GGUF file {str(file)!r} declares {layers!r} blocks for {len(tensors)} tensors"
+            )
         super().__init__(file, config)
-        model = _meta_model(AutoModelForCausalLM.from_config, config)
-        hf_names = gguf_to_hf_names(
-            architecture, config.num_hidden_layers, model.state_dict().keys()
+        model = _guarded(
+            file,
+            "build the model it describes",
+            _meta_model,
+            AutoModelForCausalLM.from_config,
+            config,
         )
+        hf_names = gguf_to_hf_names(architecture, layers, model.state_dict().keys())
         self._permuted = GGUF_ARCHITECTURES[architecture]
         self._tensors: dict[str, Any] = {}
         self._gguf_names: dict[str, str] = {}
@@ -403,7 +437,14 @@ class GGUFCheckpoint(Checkpoint):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(out_dir)
-        tokenizer = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        tokenizer = _guarded(
+            self.path,
+            "read its tokenizer",
+            AutoTokenizer.from_pretrained,
+            self.path.parent,
+            gguf_file=self.path.name,
+            trust_remote_code=False,
+        )
         saved = tokenizer.save_pretrained(out_dir)
         return sorted({out_dir / "config.json", *(Path(name) for name in saved)})
 
@@ -419,7 +460,11 @@ class GGUFCheckpoint(Checkpoint):
         from gguf.quants import dequantize
 
         tensor = self._tensors[name]
-        values = np.reshape(dequantize(tensor.data, tensor.tensor_type), self._shape(name))
+        values = _guarded(
+            self.path,
+            f"dequantize {name!r}",
+            lambda: np.reshape(dequantize(tensor.data, tensor.tensor_type), self._shape(name)),
+        )
         if np.may_share_memory(values, tensor.data):
             values = values.copy()  # an unquantized tensor is a view of the read-only map
         weight = torch.from_numpy(values)
@@ -433,6 +478,191 @@ class GGUFCheckpoint(Checkpoint):
 
     def _release(self) -> None:
         self._tensors = {}
+
+
+def _guarded(path: Path, action: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``; any error but a LeanfitError becomes a
+    :class:`CorruptArtifactError` saying that ``path`` could not be used to ``action``.
+
+    The parsers of untrusted files (gguf-py, transformers) raise whatever their code hits on
+    bad bytes (ValueError, KeyError, IndexError, UnicodeDecodeError, struct.error, ...).
+    """
+    try:
+        return function(*args, **kwargs)
+    except (LeanfitError, MemoryError):
+        raise
+    except Exception as err:
+        reason = " ".join(str(err).split())
+        raise CorruptArtifactError(
+            f"checkpoint {str(path)!r} is damaged or not supported: cannot {action} "
+            f"({type(err).__name__}: {reason})"
+        ) from err
+
+
+def _load_config(directory: Path, source: Path, **kwargs: Any) -> PretrainedConfig:
+    """The model configuration read by transformers, never running code from the checkpoint."""
+    try:
+        return AutoConfig.from_pretrained(directory, trust_remote_code=False, **kwargs)
+    except (LeanfitError, MemoryError):
+        raise
+    except Exception as err:
+        if source.suffix == ".json" and '"auto_map"' in source.read_text(errors="replace"):
+            reason = (
+                "it names custom code (auto_map), which leanfit never runs "
+                "(trust_remote_code=False); use a model type transformers supports"
+            )
+        else:
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        raise CorruptArtifactError(
+            f"the configuration of {str(source)!r} cannot be read by transformers ({reason})"
+        ) from err
+
+
+class _GGUFDamage(Exception):
+    """An inconsistency in a GGUF header (the message omits the file name)."""
+
+
+class _Cursor:
+    """Bounds-checked reads from a GGUF header (little- or big-endian)."""
+
+    def __init__(self, data: mmap.mmap | bytes, path: Path) -> None:
+        self.data, self.path, self.pos, self.order = data, path, 0, "<"
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, size: int, what: str) -> bytes:
+        if size < 0 or size > self.left:
+            raise _GGUFDamage(
+                f"truncated or damaged: {what} at byte "
+                f"{self.pos} needs {size:,} bytes, {self.left:,} remain"
+            )
+        self.pos += size
+        return bytes(self.data[self.pos - size : self.pos])
+
+    def uint(self, size: int, what: str) -> int:
+        code = {4: "I", 8: "Q"}[size]
+        return int(struct.unpack(self.order + code, self.take(size, what))[0])
+
+    def count(self, what: str, min_item: int) -> int:
+        """A uint64 count of items of at least ``min_item`` bytes each, checked to fit."""
+        n = self.uint(8, what)
+        if n * min_item > self.left:
+            raise _GGUFDamage(f"damaged: {what} is {n:,}, but only {self.left:,} bytes follow")
+        return n
+
+    def string(self, what: str) -> str:
+        raw = self.take(self.count(f"length of {what}", 1), what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _GGUFDamage(f"damaged: {what} is not UTF-8 ({err})") from err
+
+    def skip_value(self, kind: int, what: str, depth: int = 0) -> None:
+        if kind in _GGUF_SCALAR_SIZES:
+            self.take(_GGUF_SCALAR_SIZES[kind], what)
+        elif kind == _GGUF_STRING:
+            self.take(self.count(f"length of {what}", 1), what)
+        elif kind == _GGUF_ARRAY and depth < GGUF_MAX_NESTING:
+            item = self.uint(4, f"item type of {what}")
+            size = _GGUF_SCALAR_SIZES.get(item)
+            n = self.count(f"length of {what}", size or 8)
+            if size is not None:
+                self.take(n * size, what)
+            else:
+                for _ in range(n):
+                    self.skip_value(item, what, depth + 1)
+        else:
+            raise _GGUFDamage(
+                f"damaged: {what} has value type {kind} "
+                f"(known: 0-12, arrays nested at most {GGUF_MAX_NESTING} deep)"
+            )
+
+
+def check_gguf_layout(path: Path) -> None:
+    """Walk a GGUF file's header with bounds checks, before gguf-py parses it.
+
+    Checks the magic and version, that every count and length fits in the bytes that
+    follow, that value types are known, that each tensor has at most
+    :data:`GGUF_MAX_DIMS` dimensions, a known storage type, whole blocks, and data inside
+    the file. gguf-py trusts these numbers: an array length of 2**63 would keep it
+    looping, a tensor past the end of the file would fail deep inside numpy.
+
+    Raises
+    ------
+    CorruptArtifactError
+        The first inconsistency found, with its byte offset.
+    """
+    try:
+        _walk_gguf(path)
+    except _GGUFDamage as err:
+        raise CorruptArtifactError(f"cannot read GGUF file {str(path)!r}: {err}") from err
+
+
+def _walk_gguf(path: Path) -> None:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with path.open("rb") as handle:
+        size = path.stat().st_size
+        if size < 24:
+            raise _GGUFDamage(f"truncated: {size} bytes")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            cursor = _Cursor(data, path)
+            if cursor.take(4, "magic") != b"GGUF":
+                raise _GGUFDamage("not a GGUF file (bad magic)")
+            version = cursor.uint(4, "version")
+            if version & 0xFFFF == 0:
+                cursor.order = ">"
+                version = int.from_bytes(version.to_bytes(4, "little"), "big")
+            if version not in (2, 3):
+                raise _GGUFDamage(f"version {version}; versions 2 and 3 are read")
+            n_tensors = cursor.count("tensor count", 24)
+            n_fields = cursor.count("metadata count", 13)
+            alignment = 32
+            for index in range(n_fields):
+                key = cursor.string(f"metadata key {index}")
+                kind = cursor.uint(4, f"type of {key!r}")
+                start = cursor.pos
+                cursor.skip_value(kind, f"value of {key!r}")
+                if key == "general.alignment" and kind == _GGUF_UINT32:
+                    alignment = int.from_bytes(data[start : start + 4], "little")
+                    if cursor.order == ">":
+                        alignment = int.from_bytes(data[start : start + 4], "big")
+            if alignment <= 0 or alignment & (alignment - 1):
+                raise _GGUFDamage(f"alignment {alignment}, not a power of two")
+            extents = []
+            for index in range(n_tensors):
+                name = cursor.string(f"name of tensor {index}")
+                n_dims = cursor.uint(4, f"dimension count of {name!r}")
+                if not 1 <= n_dims <= GGUF_MAX_DIMS:
+                    raise _GGUFDamage(
+                        f"tensor {name!r} has {n_dims} dimensions (1 to {GGUF_MAX_DIMS} allowed)"
+                    )
+                dims = [cursor.uint(8, f"dimensions of {name!r}") for _ in range(n_dims)]
+                kind = cursor.uint(4, f"storage type of {name!r}")
+                offset = cursor.uint(8, f"data offset of {name!r}")
+                try:
+                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+                except (ValueError, KeyError) as err:
+                    raise _GGUFDamage(f"tensor {name!r} has unknown storage type {kind}") from err
+                if dims[0] % block:
+                    raise _GGUFDamage(
+                        f"tensor {name!r}: first dimension {dims[0]} "
+                        f"is not a whole number of blocks of {block}"
+                    )
+                elements = 1
+                for dim in dims:
+                    elements *= dim
+                extents.append((name, offset, elements // block * type_size))
+            data_start = -(-cursor.pos // alignment) * alignment
+            for name, offset, nbytes in extents:
+                if data_start + offset + nbytes > size:
+                    raise _GGUFDamage(
+                        f"truncated or damaged: tensor {name!r} "
+                        f"claims {nbytes:,} bytes at byte {data_start + offset:,}, beyond the "
+                        f"end of the file ({size:,} bytes)"
+                    )
 
 
 def _gguf_text(reader: Any, key: str) -> str | None:

@@ -101,16 +101,20 @@ def fit_low_rank(
     return LowRankFit(u * root, root[:, None] * vh, vh.T if svd == "randomized" else None)
 
 
-def _check_weight(weight: object) -> Tensor:
+def _check_weight(weight: object, name: str) -> Tensor:
     if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 2:
-        raise bad_value(
-            "weight", getattr(weight, "shape", type(weight)), "a 2-D floating-point tensor"
-        )
+        raise bad_value(name, getattr(weight, "shape", type(weight)), "a 2-D floating-point tensor")
     if weight.numel() == 0:
-        raise bad_value("weight", tuple(weight.shape), "a non-empty (out × in) tensor")
+        raise bad_value(name, tuple(weight.shape), "a non-empty (out × in) tensor")
     w = weight.detach().float()
-    if not bool(torch.isfinite(w).all()):
-        raise BadInputError("weight must be finite in float32; got NaN or Inf values")
+    finite = torch.isfinite(w)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        raise BadInputError(
+            f"{name} must be finite in float32; got {bad.shape[0]:,} NaN or Inf values "
+            f"(first at row {int(bad[0, 0])}, column {int(bad[0, 1])}); the checkpoint is "
+            "damaged or overflowed: repair it or leave this weight out of the targets"
+        )
     return w
 
 
@@ -139,6 +143,7 @@ def loftq_decompose(
     lora_alpha: float | None = None,
     double_quant: bool = False,
     seed: int = 0,
+    name: str = "weight",
 ) -> LoftQResult:
     """LoftQ decomposition of one weight matrix: ``W ≈ Q + s · lora_B @ lora_A``.
 
@@ -163,17 +168,19 @@ def loftq_decompose(
         PEFT's ``lora_alpha`` (> 0); default r, i.e. s = 1.
     seed : int
         Seeds the randomized SVD and the T = 0 ``lora_A``.
+    name : str, default "weight"
+        What error messages call the weight (e.g. its checkpoint name).
 
     Returns
     -------
     LoftQResult
         On the weight's device; factors in float32.
     """
-    w = _check_weight(weight)
+    w = _check_weight(weight, name)
     out_features, in_features = w.shape
     limit = min(out_features, in_features) - 1
     if limit < 1:
-        raise bad_value("weight", tuple(w.shape), "a matrix with min(out, in) >= 2")
+        raise bad_value(name, tuple(w.shape), "a matrix with min(out, in) >= 2")
     rank = _check_int("rank", rank, 1, limit)
     iters = _check_int("iters", iters, 0)
     seed = _check_int("seed", seed, 0)

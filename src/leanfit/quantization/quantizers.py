@@ -348,7 +348,7 @@ class QuantizedTensor:
                 method=method,
                 block_size=block_size,
             )
-        except (KeyError, TypeError, BadInputError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
             raise CorruptArtifactError(
                 f"quantized tensor {prefix!r} cannot be rebuilt: {error}"
             ) from error

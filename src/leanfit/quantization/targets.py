@@ -202,13 +202,15 @@ def select_targets(
     ------
     BadInputError
         No default patterns for ``model_type`` and none given, an empty or invalid pattern,
-        or no tensor matched.
+        no tensor matched, or a matched matrix with a dimension below 2 (e.g. zero-size).
     """
     if patterns is None:
         patterns = default_target_patterns(model_type)
     elif isinstance(patterns, str) or not patterns:
         raise bad_value("patterns", patterns, "a non-empty list of module names or regexes")
-    targets, skipped_conv = [], []
+    targets: list[Target] = []
+    skipped_conv: list[str] = []
+    not_matrices: list[str] = []
     for name in checkpoint_names:
         module, _, suffix = name.rpartition(".")
         if suffix != "weight" or _NEVER.fullmatch(module):
@@ -221,11 +223,17 @@ def select_targets(
         elif 3 <= len(shape) <= 5 and include_conv:
             kind = "conv"
         else:
-            if 3 <= len(shape) <= 5:
-                skipped_conv.append(name)
+            (skipped_conv if 3 <= len(shape) <= 5 else not_matrices).append(name)
             continue
         transposed = kind == "linear" and model_type in TRANSPOSED_MODEL_TYPES
-        targets.append(Target(name, module, shape, layer_index(name), transposed, kind))
+        target = Target(name, module, shape, layer_index(name), transposed, kind)
+        if min(target.matrix_shape) < 2:
+            raise BadInputError(
+                f"tensor {name!r} matches the target patterns but its matrix is "
+                f"{target.matrix_shape[0]} × {target.matrix_shape[1]}; a target needs both "
+                "dimensions >= 2 (LoRA rank >= 1 below both): leave it out of the patterns"
+            )
+        targets.append(target)
     if skipped_conv:
         warnings.warn(
             f"{len(skipped_conv)} convolution weights match the target patterns but are skipped "
@@ -233,9 +241,15 @@ def select_targets(
             stacklevel=2,
         )
     if not targets:
+        matrices = (
+            f"; {len(not_matrices)} matching tensors are not matrices (e.g. {not_matrices[:3]})"
+            if not_matrices
+            else ""
+        )
         raise BadInputError(
             f"no weight matched the target patterns {list(patterns)} among "
-            f"{len(checkpoint_names)} tensors (e.g. {list(checkpoint_names)[:3]})"
+            f"{len(checkpoint_names)} tensors (e.g. {list(checkpoint_names)[:3]}){matrices}; "
+            "pass patterns naming 2-D weights (--target)"
         )
     return targets
 

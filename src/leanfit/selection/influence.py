@@ -36,8 +36,46 @@ from leanfit.selection._validation import (
 from leanfit.selection.models import LogisticRegressionL2, per_sample_gradients
 from leanfit.selection.objectives import Objective, resolve_objectives
 
+MAX_CATEGORIES = 1000
+"""Default limit on the distinct values of a categorical column (see :func:`check_cardinality`)."""
 
-def make_preprocessor(X: pd.DataFrame, *, drop=()) -> ColumnTransformer:
+
+def check_cardinality(X: pd.DataFrame, max_categories: int | None, name: str = "X") -> None:
+    """Refuse a categorical (non-numeric) column of ``X`` with more than ``max_categories``
+    distinct values; ``None`` means no limit.
+
+    One-hot encoding gives one feature per value: an identifier-like column (a user id, a
+    free-text field) with a million values would make a million features, a Hessian of
+    10¹² entries and a model that merely memorizes rows.
+
+    Raises
+    ------
+    BadInputError
+        Naming the column, its number of values and the ways out.
+    """
+    if max_categories is None:
+        return
+    if isinstance(max_categories, bool) or not isinstance(max_categories, int | np.integer):
+        raise bad_value("max_categories", max_categories, "a positive integer or None")
+    if max_categories < 1:
+        raise bad_value("max_categories", max_categories, "a positive integer or None")
+    for column in X.columns:
+        if pd.api.types.is_numeric_dtype(X[column]):
+            continue
+        distinct = X[column].nunique(dropna=False)
+        if distinct > max_categories:
+            raise BadInputError(
+                f"categorical column {column!r} of {name} has {distinct:,} distinct values, "
+                f"more than max_categories={max_categories:,} (one-hot encoding would make "
+                f"{distinct:,} features); drop the column, group its values into fewer "
+                "categories, or raise the limit (max_categories=, --max-categories; "
+                "None / 0 for no limit)"
+            )
+
+
+def make_preprocessor(
+    X: pd.DataFrame, *, drop=(), max_categories: int | None = MAX_CATEGORIES
+) -> ColumnTransformer:
     """The default preprocessing, built from the column dtypes of ``X``.
 
     * string / categorical columns → one-hot (a two-valued column becomes a single 0/1
@@ -50,6 +88,9 @@ def make_preprocessor(X: pd.DataFrame, *, drop=()) -> ColumnTransformer:
     all standardized. Categories unseen at fit time are encoded as all zeros. Missing
     values are not handled: drop or impute them first (or pass your own pipeline).
 
+    A categorical column with more than ``max_categories`` distinct values is refused
+    (:func:`check_cardinality`); ``max_categories=None`` lifts the limit.
+
     Returns
     -------
     ColumnTransformer
@@ -61,6 +102,7 @@ def make_preprocessor(X: pd.DataFrame, *, drop=()) -> ColumnTransformer:
     if unknown:
         raise bad_value("drop", unknown, f"columns of X ({list(X.columns)[:10]}…)")
     kept = [c for c in X.columns if c not in set(drop)]
+    check_cardinality(X[kept], max_categories)
     numeric = [c for c in kept if pd.api.types.is_numeric_dtype(X[c])]
     categorical = [c for c in kept if c not in set(numeric)]
     one_hot = OneHotEncoder(drop="if_binary", handle_unknown="ignore", sparse_output=False)
@@ -79,12 +121,19 @@ def make_preprocessor(X: pd.DataFrame, *, drop=()) -> ColumnTransformer:
 
 
 def _check_no_missing(X: pd.DataFrame) -> None:
-    """The default preprocessing does not impute: refuse missing values, naming columns."""
+    """The default preprocessing does not impute: refuse missing and infinite values,
+    naming columns."""
     missing = [c for c in X.columns if X[c].isna().any()]
     if missing:
         raise BadInputError(
             f"X has missing values in columns {missing[:10]}; drop or impute them, or pass a "
             "preprocessor that imputes"
+        )
+    numeric = [c for c in X.columns if pd.api.types.is_float_dtype(X[c])]
+    infinite = [c for c in numeric if np.isinf(X[c].to_numpy(dtype=np.float64)).any()]
+    if infinite:
+        raise BadInputError(
+            f"X has infinite values in columns {infinite[:10]}; drop, clip or impute them"
         )
 
 
@@ -146,6 +195,9 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         Newton tolerance and iteration limit (:class:`LogisticRegressionL2`).
     chunk_size : int, default 4096
         Training samples scored per chunk.
+    max_categories : int or None, default 1000
+        With ``preprocessor="auto"``, refuse a categorical column with more distinct
+        values (:func:`check_cardinality`); None: no limit.
     random_state : int or None
         Seed of the random-removal baseline (:func:`leanfit.selection.trimming_curve`).
     verbose : bool, default False
@@ -176,6 +228,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         tol: float = 1e-10,
         max_iter: int = 100,
         chunk_size: int = 4096,
+        max_categories: int | None = MAX_CATEGORIES,
         random_state=None,
         verbose: bool = False,
     ):
@@ -186,6 +239,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.max_iter = max_iter
         self.chunk_size = chunk_size
+        self.max_categories = max_categories
         self.random_state = random_state
         self.verbose = verbose
 
@@ -207,7 +261,9 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         if isinstance(self.preprocessor, str):
             if self.preprocessor != "auto":
                 raise bad_value("preprocessor", self.preprocessor, '"auto", None or a transformer')
-            return make_preprocessor(X) if isinstance(X, pd.DataFrame) else None
+            if not isinstance(X, pd.DataFrame):
+                return None
+            return make_preprocessor(X, max_categories=self.max_categories)
         if self.preprocessor is None:
             return None
         if not hasattr(self.preprocessor, "fit_transform"):

@@ -73,7 +73,7 @@ from leanfit.reports import (
     write_report,
 )
 from leanfit.selection.explain import InfluenceTree
-from leanfit.selection.influence import InfluenceSelector
+from leanfit.selection.influence import MAX_CATEGORIES, InfluenceSelector, check_cardinality
 from leanfit.selection.objectives import (
     DemographicParity,
     EqualOpportunity,
@@ -500,6 +500,7 @@ def run_selection(
     seed: int = 0,
     curve_points: int = 4,
     max_rules: int = 12,
+    max_categories: int | None = MAX_CATEGORIES,
     overwrite: bool = False,
     progress: bool = True,
     description: str = "",
@@ -532,6 +533,9 @@ def run_selection(
         ``budget`` (:func:`curve_budgets`), plus 0.
     max_rules : int, default 12
         Leaves of each influence tree; each covers at least :func:`min_rule_rows` rows.
+    max_categories : int or None, default 1000
+        Refuse a categorical column with more distinct values in ``train``
+        (:func:`~leanfit.selection.influence.check_cardinality`); None: no limit.
     overwrite : bool, default False
         Replace an existing ``out_dir``.
     progress : bool, default True
@@ -558,6 +562,7 @@ def run_selection(
     max_rules = _check_int("max_rules", max_rules, 2)
     if not isinstance(fit_intercept, bool):
         raise bad_value("fit_intercept", fit_intercept, "True or False")
+    check_cardinality(train.X, max_categories, name="train")
     out_dir = Path(out_dir)
     config: dict[str, Any] = {
         "leanfit_version": __version__,
@@ -571,6 +576,7 @@ def run_selection(
         "seed": seed,
         "curve_budgets": curve_budgets(count, n, curve_points),
         "max_rules": max_rules,
+        "max_categories": max_categories,
         "min_rule_rows": min_rule_rows(n),
     }
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
@@ -586,6 +592,7 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
     selector = InfluenceSelector(
         config["l2_reg"],
         fit_intercept=config["fit_intercept"],
+        max_categories=config["max_categories"],
         random_state=config["seed"],
     ).fit(train.X, train.y)
     objectives = [objective_of(name) for name in names]

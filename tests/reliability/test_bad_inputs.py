@@ -1,0 +1,1029 @@
+"""The bad-input matrix (docs/bad-inputs.md): every row is a case here.
+
+Each case feeds one bad input to the public API and checks the error class and that the
+message names the argument or tensor. CLI cases run ``leanfit`` as a real subprocess and
+check exit code 2, a single ``leanfit COMMAND: error: ...`` line and no traceback.
+``docs/bad-inputs.md`` is generated from these cases (``python -m
+tests.reliability.test_bad_inputs``) and a test keeps it in sync.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from leanfit.datasets import load_csv
+from leanfit.exceptions import (
+    BadInputError,
+    CorruptArtifactError,
+    LeanfitError,
+    MissingResourceError,
+    OutputWriteError,
+)
+from leanfit.io import atomic_output
+from leanfit.quantization.checkpoint import open_checkpoint
+from leanfit.quantization.loftq import loftq_decompose
+from leanfit.quantization.quantizers import QuantizedTensor, quantize
+from leanfit.quantization.targets import plan_bits, select_targets
+from leanfit.selection import (
+    InfluenceSelector,
+    InfluenceTree,
+    demographic_parity_difference,
+    evaluate,
+    trim,
+)
+from tests.reliability.conftest import raw_safetensors, table, write_safetensors_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "bad-inputs.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    area: str
+    input: str
+    error: type[LeanfitError]
+    match: str
+    call: Callable[[Path], object]
+
+
+def weight(rows=8, cols=16, seed=0):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+
+
+def with_value(value, at=(2, 3)):
+    w = weight()
+    w[at] = value
+    return w
+
+
+LLAMA_NAMES = {
+    "model.layers.0.self_attn.q_proj.weight": (16, 16),
+    "model.layers.0.input_layernorm.weight": (16,),
+    "model.embed_tokens.weight": (64, 16),
+}
+
+
+def targets():
+    return select_targets(list(LLAMA_NAMES), LLAMA_NAMES, "llama")
+
+
+def quantized_state():
+    q = quantize(weight(), 4, "nf", 64)
+    return q.to_state_dict("w."), q.meta()
+
+
+def from_meta(**changes):
+    tensors, meta = quantized_state()
+    return QuantizedTensor.from_state_dict(tensors, "w.", {**meta, **changes})
+
+
+def truncated_copy(source: Path, target: Path, keep: float) -> Path:
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * keep)])
+    return target
+
+
+def st_dir_with(tmp: Path, damage: Callable[[Path], None]) -> Path:
+    folder = write_safetensors_dir(tmp / "model")
+    damage(folder / "model.safetensors")
+    return folder
+
+
+def truncate_file(path: Path, keep: float = 0.5) -> None:
+    truncated_copy(path, path, keep)
+
+
+def read_all(path: Path) -> None:
+    with open_checkpoint(path) as checkpoint:
+        for name in checkpoint.names():
+            checkpoint.read(name)
+
+
+def tiny_gguf(tmp: Path) -> Path:
+    import gguf
+
+    from tests.quantization.conftest import _tiny_llama, write_gguf
+
+    path = tmp / "tiny.gguf"
+    write_gguf(_tiny_llama(0), "llama", path, {"ffn_down": gguf.GGMLQuantizationType.Q8_0})
+    return path
+
+
+def gguf_claiming_huge_tensor(tmp: Path) -> Path:
+    """A GGUF whose only tensor's header claims 2**38 float32 values (1 TiB)."""
+    import gguf
+
+    path = tmp / "huge.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = bytearray(path.read_bytes())
+    dims = np.array([4, 4], dtype="<u8").tobytes()
+    at = data.index(dims)
+    data[at : at + 16] = np.array([2**19, 2**19], dtype="<u8").tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def pickle_dir(tmp: Path) -> Path:
+    folder = tmp / "pt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    return folder
+
+
+def remote_code_dir(tmp: Path) -> Path:
+    folder = write_safetensors_dir(tmp / "model")
+    marker = tmp / "remote-code-ran"
+    (folder / "configuration_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "configuration_evil.EvilConfig"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+# -- selection helpers -------------------------------------------------------------------
+
+
+def frame_and_labels(n=120):
+    frame = table(n)
+    return frame.drop(columns="y"), frame["y"].to_numpy()
+
+
+def fitted():
+    X, y = frame_and_labels()
+    return InfluenceSelector(1.0).fit(X, y), X, y
+
+
+def fit_with(change: Callable[[pd.DataFrame, np.ndarray], tuple]) -> object:
+    X, y = frame_and_labels()
+    return InfluenceSelector(1.0).fit(*change(X, y))
+
+
+def influence_with(sensitive) -> object:
+    selector, X, y = fitted()
+    return selector.influence(X, y, objective="fairness", sensitive_features=sensitive)
+
+
+def csv_with(tmp: Path, change: Callable[[pd.DataFrame], pd.DataFrame], name="t.csv") -> Path:
+    path = tmp / name
+    change(table()).to_csv(path, index=False)
+    return path
+
+
+def load_changed(tmp: Path, change, **kwargs) -> object:
+    args = {"target": "y", "sensitive": "g", "privileged": "M"} | kwargs
+    return load_csv(csv_with(tmp, change), **args)
+
+
+def scores(n=50):
+    return pd.Series(np.random.default_rng(0).standard_normal(n))
+
+
+def high_cardinality(X, y):
+    return X.assign(id=[f"user{i}" for i in range(len(X))]), y
+
+
+def atomic_write_fails(tmp: Path, error: OSError) -> None:
+    with atomic_output(tmp / "out.csv") as partial:
+        partial.write_text("half")
+        raise error
+
+
+def atomic_exists(tmp: Path) -> None:
+    (tmp / "out.csv").write_text("old")
+    with atomic_output(tmp / "out.csv") as partial:
+        partial.write_text("new")
+
+
+CASES = [
+    # -- quantization: weights and parameters -----------------------------------------
+    Case(
+        "q-nan-weight",
+        "quantization",
+        "NaN in a weight",
+        BadInputError,
+        r"model\.layers\.0\.mlp\.up_proj\.weight must be finite.*row 2, column 3",
+        lambda t: loftq_decompose(
+            with_value(float("nan")), rank=2, name="model.layers.0.mlp.up_proj.weight"
+        ),
+    ),
+    Case(
+        "q-inf-weight",
+        "quantization",
+        "+Inf in a weight",
+        BadInputError,
+        r"q_proj\.weight must be finite.*1 NaN or Inf",
+        lambda t: loftq_decompose(with_value(float("inf")), rank=2, name="q_proj.weight"),
+    ),
+    Case(
+        "q-inf-quantize",
+        "quantization",
+        "-Inf passed to quantize()",
+        BadInputError,
+        "tensor must be finite",
+        lambda t: quantize(with_value(-float("inf")), 4),
+    ),
+    Case(
+        "q-bits-5",
+        "quantization",
+        "bits=5",
+        BadInputError,
+        r"bits must be one of \(2, 3, 4\) for method='nf'; got 5",
+        lambda t: loftq_decompose(weight(), bits=5, rank=2),
+    ),
+    Case(
+        "q-bits-nf8",
+        "quantization",
+        "bits=8 with method='nf'",
+        BadInputError,
+        "bits must be one of",
+        lambda t: quantize(weight(), 8, "nf"),
+    ),
+    Case(
+        "q-bits-plan",
+        "quantization",
+        "plan_bits(bits=1)",
+        BadInputError,
+        r"bits must be one of \(2, 3, 4, 8\); got 1",
+        lambda t: plan_bits(targets(), bits=1),
+    ),
+    Case(
+        "q-method",
+        "quantization",
+        "method='fp4'",
+        BadInputError,
+        "method must be one of",
+        lambda t: quantize(weight(), 4, "fp4"),
+    ),
+    Case(
+        "q-rank-too-big",
+        "quantization",
+        "rank = min(d_out, d_in) (8 × 16 weight, rank 8)",
+        BadInputError,
+        r"rank must be an int in \[1, 7\]; got 8",
+        lambda t: loftq_decompose(weight(), rank=8),
+    ),
+    Case(
+        "q-rank-zero",
+        "quantization",
+        "rank=0",
+        BadInputError,
+        r"rank must be an int in \[1, 7\]; got 0",
+        lambda t: loftq_decompose(weight(), rank=0),
+    ),
+    Case(
+        "q-block-zero",
+        "quantization",
+        "block_size=0",
+        BadInputError,
+        "block_size must be an int >= 1; got 0",
+        lambda t: loftq_decompose(weight(), rank=2, block_size=0),
+    ),
+    Case(
+        "q-block-float",
+        "quantization",
+        "block_size=64.0",
+        BadInputError,
+        "block_size must be an int >= 1; got 64.0",
+        lambda t: quantize(weight(), 4, "nf", 64.0),
+    ),
+    Case(
+        "q-weight-empty",
+        "quantization",
+        "a 0 × 16 weight",
+        BadInputError,
+        r"weight must be a non-empty",
+        lambda t: loftq_decompose(torch.empty(0, 16)),
+    ),
+    Case(
+        "q-weight-1d",
+        "quantization",
+        "a 1-D weight",
+        BadInputError,
+        "weight must be a 2-D floating-point tensor",
+        lambda t: loftq_decompose(torch.ones(16)),
+    ),
+    Case(
+        "q-target-zero-size",
+        "quantization",
+        "a matched target of shape (0, 16)",
+        BadInputError,
+        r"'model\.layers\.0\.self_attn\.q_proj\.weight'.*matrix is 0 × 16",
+        lambda t: select_targets(
+            ["model.layers.0.self_attn.q_proj.weight"],
+            {"model.layers.0.self_attn.q_proj.weight": (0, 16)},
+            "llama",
+        ),
+    ),
+    Case(
+        "q-target-1d",
+        "quantization",
+        "patterns matching only 1-D tensors",
+        BadInputError,
+        r"no weight matched.*1 matching tensors are not matrices",
+        lambda t: select_targets(
+            list(LLAMA_NAMES), LLAMA_NAMES, "llama", patterns=["input_layernorm"]
+        ),
+    ),
+    Case(
+        "q-unknown-arch",
+        "quantization",
+        "model_type 'mamba', no patterns",
+        BadInputError,
+        "model_type must be one of .*got 'mamba'.*--target",
+        lambda t: select_targets(list(LLAMA_NAMES), LLAMA_NAMES, "mamba"),
+    ),
+    Case(
+        "q-no-match",
+        "quantization",
+        "patterns matching nothing",
+        BadInputError,
+        r"no weight matched the target patterns \['c_attn'\]",
+        lambda t: select_targets(list(LLAMA_NAMES), LLAMA_NAMES, "mamba", patterns=["c_attn"]),
+    ),
+    Case(
+        "q-meta-bits",
+        "quantization",
+        "from_state_dict with meta bits=7",
+        CorruptArtifactError,
+        r"quantized tensor 'w\.' cannot be rebuilt.*bits",
+        lambda t: from_meta(bits=7),
+    ),
+    Case(
+        "q-meta-shape",
+        "quantization",
+        "from_state_dict with meta shape [2**40]",
+        CorruptArtifactError,
+        r"'w\.' cannot be rebuilt.*packed",
+        lambda t: from_meta(shape=[2**40]),
+    ),
+    Case(
+        "q-meta-type",
+        "quantization",
+        "from_state_dict with meta shape 'abc'",
+        CorruptArtifactError,
+        "cannot be rebuilt",
+        lambda t: from_meta(shape="abc"),
+    ),
+    # -- quantization: checkpoint files --------------------------------------------------
+    Case(
+        "q-st-truncated",
+        "checkpoint",
+        "model.safetensors cut in half",
+        CorruptArtifactError,
+        "model.safetensors",
+        lambda t: read_all(st_dir_with(t, truncate_file)),
+    ),
+    Case(
+        "q-st-header",
+        "checkpoint",
+        "safetensors header that is not JSON",
+        CorruptArtifactError,
+        "cannot read",
+        lambda t: read_all(st_dir_with(t, lambda p: raw_safetensors(p, b"{not json" * 4))),
+    ),
+    Case(
+        "q-st-huge",
+        "checkpoint",
+        "safetensors header claiming a 1 TiB tensor",
+        CorruptArtifactError,
+        "cannot read",
+        lambda t: read_all(
+            st_dir_with(
+                t,
+                lambda p: raw_safetensors(
+                    p,
+                    json.dumps(
+                        {"w": {"dtype": "F32", "shape": [2**18, 2**20], "data_offsets": [0, 2**40]}}
+                    ).encode(),
+                    b"\0" * 64,
+                ),
+            )
+        ),
+    ),
+    Case(
+        "q-st-config",
+        "checkpoint",
+        "config.json that is not JSON",
+        CorruptArtifactError,
+        "configuration of .*config.json",
+        lambda t: read_all(
+            st_dir_with(t, lambda p: (p.parent / "config.json").write_text("{broken"))
+        ),
+    ),
+    Case(
+        "q-gguf-truncated",
+        "checkpoint",
+        "GGUF file cut at 60 %",
+        CorruptArtifactError,
+        "cannot read GGUF file .*truncated",
+        lambda t: read_all(truncated_copy(tiny_gguf(t), t / "cut.gguf", 0.6)),
+    ),
+    Case(
+        "q-gguf-header-cut",
+        "checkpoint",
+        "GGUF file cut inside its header",
+        CorruptArtifactError,
+        "cannot read GGUF file .*truncated",
+        lambda t: read_all(truncated_copy(tiny_gguf(t), t / "cut.gguf", 0.02)),
+    ),
+    Case(
+        "q-gguf-magic",
+        "checkpoint",
+        "a text file named .gguf",
+        CorruptArtifactError,
+        "not a GGUF file",
+        lambda t: read_all(csv_with(t, lambda f: f, "fake.gguf")),
+    ),
+    Case(
+        "q-gguf-huge",
+        "checkpoint",
+        "GGUF header claiming a 1 TiB tensor",
+        CorruptArtifactError,
+        "claims 1,099,511,627,776 bytes",
+        lambda t: read_all(gguf_claiming_huge_tensor(t)),
+    ),
+    Case(
+        "q-pickle-file",
+        "checkpoint",
+        "a .bin / .pt file",
+        BadInputError,
+        "pickle file, which leanfit does not load",
+        lambda t: open_checkpoint(csv_with(t, lambda f: f, "model.pt")),
+    ),
+    Case(
+        "q-pickle-dir",
+        "checkpoint",
+        "a directory with pytorch_model.bin only",
+        BadInputError,
+        "pytorch_model.bin.*pickle",
+        lambda t: open_checkpoint(pickle_dir(t)),
+    ),
+    Case(
+        "q-remote-code",
+        "checkpoint",
+        "config.json asking for custom code (auto_map)",
+        CorruptArtifactError,
+        "auto_map.*never runs",
+        lambda t: open_checkpoint(remote_code_dir(t)),
+    ),
+    Case(
+        "q-missing",
+        "checkpoint",
+        "a path that does not exist",
+        MissingResourceError,
+        "does not exist",
+        lambda t: open_checkpoint(t / "nothing"),
+    ),
+    # -- selection ------------------------------------------------------------------------
+    Case(
+        "s-sensitive-missing",
+        "selection",
+        "sensitive_features naming no column",
+        BadInputError,
+        "sensitive_features must be a column of X_val",
+        lambda t: influence_with("race"),
+    ),
+    Case(
+        "s-sensitive-constant",
+        "selection",
+        "sensitive attribute with one value",
+        BadInputError,
+        "sensitive_features must have exactly two groups",
+        lambda t: influence_with(np.ones(120)),
+    ),
+    Case(
+        "s-sensitive-nan",
+        "selection",
+        "NaN in the sensitive attribute",
+        BadInputError,
+        "sensitive_features must not have missing values",
+        lambda t: influence_with(np.r_[np.ones(60), np.full(60, np.nan)]),
+    ),
+    Case(
+        "s-sensitive-length",
+        "selection",
+        "sensitive attribute of the wrong length",
+        BadInputError,
+        r"sensitive_features must have one entry per row of X \(120\); got 119",
+        lambda t: influence_with(np.r_[np.ones(60), np.zeros(59)]),
+    ),
+    Case(
+        "s-empty-group",
+        "selection",
+        "validation rows all in one group (empty group)",
+        BadInputError,
+        "sensitive_features must contain at least two groups",
+        lambda t: demographic_parity_difference(
+            np.ones(10), np.ones(10), sensitive_features=np.zeros(10)
+        ),
+    ),
+    Case(
+        "s-single-class",
+        "selection",
+        "labels of one class",
+        BadInputError,
+        "y must contain both classes",
+        lambda t: fit_with(lambda X, y: (X, np.zeros_like(y))),
+    ),
+    Case(
+        "s-labels-not-binary",
+        "selection",
+        "labels 0/1/2",
+        BadInputError,
+        "y must hold 0/1 labels",
+        lambda t: fit_with(lambda X, y: (X, y + (y == 1))),
+    ),
+    Case(
+        "s-labels-text",
+        "selection",
+        "labels 'yes'/'no'",
+        BadInputError,
+        "y must hold 0/1 labels",
+        lambda t: fit_with(lambda X, y: (X, np.where(y == 1, "yes", "no"))),
+    ),
+    Case(
+        "s-nan-feature",
+        "selection",
+        "NaN in a feature",
+        BadInputError,
+        r"X has missing values in columns \['b'\]",
+        lambda t: fit_with(lambda X, y: (X.assign(b=X.b.where(X.index != 3)), y)),
+    ),
+    Case(
+        "s-inf-feature",
+        "selection",
+        "+Inf in a numeric feature",
+        BadInputError,
+        r"X has infinite values in columns \['b'\]",
+        lambda t: fit_with(lambda X, y: (X.assign(b=X.b.where(X.index != 3, np.inf)), y)),
+    ),
+    Case(
+        "s-non-numeric",
+        "selection",
+        "text columns without a preprocessor",
+        BadInputError,
+        r"X must be numeric here; columns \['c', 'g'\]",
+        lambda t: InfluenceSelector(1.0, preprocessor=None).fit(*frame_and_labels()),
+    ),
+    Case(
+        "s-lengths",
+        "selection",
+        "X and y of different lengths",
+        BadInputError,
+        r"y must have one entry per row of X \(120\); got 117",
+        lambda t: fit_with(lambda X, y: (X, y[:-3])),
+    ),
+    Case(
+        "s-high-cardinality",
+        "selection",
+        "categorical column with one value per row",
+        BadInputError,
+        r"categorical column 'id' of X has 120 distinct values.*max_categories",
+        lambda t: InfluenceSelector(1.0, max_categories=100).fit(
+            *high_cardinality(*frame_and_labels())
+        ),
+    ),
+    Case(
+        "s-budget-zero",
+        "selection",
+        "budget 0.0",
+        BadInputError,
+        r"budget must be a fraction in the open interval \(0, 1\)",
+        lambda t: trim(scores(), 0.0),
+    ),
+    Case(
+        "s-budget-one",
+        "selection",
+        "budget 1.0",
+        BadInputError,
+        r"budget must be a fraction in the open interval",
+        lambda t: trim(scores(), 1.0),
+    ),
+    Case(
+        "s-budget-above-n",
+        "selection",
+        "budget 60 of 50 rows",
+        BadInputError,
+        r"budget must be a count in \[1, 49\]",
+        lambda t: trim(scores(), 60),
+    ),
+    Case(
+        "s-budget-nan",
+        "selection",
+        "budget NaN",
+        BadInputError,
+        "budget must be",
+        lambda t: trim(scores(), float("nan")),
+    ),
+    Case(
+        "s-influence-nan",
+        "selection",
+        "NaN influence scores passed to trim",
+        BadInputError,
+        "influence",
+        lambda t: trim(pd.Series([0.1, np.nan, 0.3]), 1),
+    ),
+    Case(
+        "s-tree-nan",
+        "selection",
+        "InfluenceTree on NaN targets",
+        BadInputError,
+        "y",
+        lambda t: InfluenceTree().fit(*frame_and_labels()[:1], np.r_[np.nan, np.zeros(119)]),
+    ),
+    Case(
+        "s-evaluate-lengths",
+        "selection",
+        "evaluate() with sensitive of the wrong length",
+        BadInputError,
+        "one entry per row",
+        lambda t: evaluate(
+            fitted()[0].model_,
+            fitted()[0].transform(fitted()[1]),
+            fitted()[2],
+            sensitive_features=np.ones(5),
+        ),
+    ),
+    Case(
+        "s-identical-one-class",
+        "selection",
+        "all-identical rows with one label",
+        BadInputError,
+        "both classes",
+        lambda t: InfluenceSelector(1.0).fit(pd.DataFrame({"a": [1.0] * 30}), np.ones(30)),
+    ),
+    Case(
+        "s-csv-missing",
+        "data",
+        "load_csv of a missing file",
+        MissingResourceError,
+        "no such file",
+        lambda t: load_csv(t / "none.csv", target="y", sensitive="g"),
+    ),
+    Case(
+        "s-csv-binary",
+        "data",
+        "load_csv of binary garbage",
+        CorruptArtifactError,
+        "not a readable CSV",
+        lambda t: load_csv(_write(t / "bin.csv", bytes(range(256)) * 8), target="y", sensitive="g"),
+    ),
+    Case(
+        "s-csv-no-target",
+        "data",
+        "target column absent",
+        BadInputError,
+        r"target='label' is not a column",
+        lambda t: load_changed(t, lambda f: f, target="label"),
+    ),
+    Case(
+        "s-csv-constant-sensitive",
+        "data",
+        "sensitive column with one value",
+        BadInputError,
+        "sensitive column 'g' must have exactly two distinct values",
+        lambda t: load_changed(t, lambda f: f.assign(g="M")),
+    ),
+    Case(
+        "s-csv-three-labels",
+        "data",
+        "target column with three values",
+        BadInputError,
+        "target column 'y' must have exactly two distinct values",
+        lambda t: load_changed(t, lambda f: f.assign(y=np.arange(len(f)) % 3)),
+    ),
+    Case(
+        "s-csv-privileged",
+        "data",
+        "privileged value not in the column",
+        BadInputError,
+        r"privileged= must be one of \['F', 'M'\]; got 'X'",
+        lambda t: load_changed(t, lambda f: f, privileged="X"),
+    ),
+    # -- outputs --------------------------------------------------------------------------
+    Case(
+        "o-enospc",
+        "output",
+        "disk full (ENOSPC) while writing",
+        OutputWriteError,
+        r"writing output .*out\.csv.* failed: No space left on device \[ENOSPC\]",
+        lambda t: atomic_write_fails(t, OSError(28, os.strerror(28))),
+    ),
+    Case(
+        "o-permission",
+        "output",
+        "permission denied while writing",
+        OutputWriteError,
+        r"failed: Permission denied \[EACCES\]",
+        lambda t: atomic_write_fails(t, PermissionError(13, os.strerror(13))),
+    ),
+    Case(
+        "o-exists",
+        "output",
+        "output exists, no overwrite",
+        BadInputError,
+        "exists; pass --overwrite",
+        atomic_exists,
+    ),
+]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_raises_a_leanfit_error_naming_it(case, tmp_path):
+    with pytest.raises(case.error, match=case.match) as info:
+        case.call(tmp_path)
+    assert isinstance(info.value, LeanfitError)
+    assert "\n" not in str(info.value)  # one line, for the CLI's one-line message
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CliCase:
+    id: str
+    input: str
+    match: str
+    args: Callable[[Path], list[str]]
+
+
+def select_csv(change=lambda f: f, *extra):
+    def args(tmp: Path) -> list[str]:
+        train = csv_with(tmp, change, "train.csv")
+        test = csv_with(tmp, lambda f: f, "test.csv")
+        return [
+            "select",
+            "--train",
+            str(train),
+            "--test",
+            str(test),
+            "--target",
+            "y",
+            "--sensitive",
+            "g",
+            "--privileged",
+            "M",
+            "--out",
+            str(tmp / "out"),
+            "--quiet",
+            *extra,
+        ]
+
+    return args
+
+
+def million_categories(tmp: Path) -> list[str]:
+    n = 1_000_000
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "a": rng.standard_normal(n),
+            "user": np.char.add("u", np.arange(n).astype(str)),
+            "g": np.where(rng.random(n) < 0.5, "M", "F"),
+            "y": rng.integers(0, 2, n),
+        }
+    )
+    frame.to_csv(tmp / "big.csv", index=False)
+    frame.head(200).to_csv(tmp / "test.csv", index=False)
+    return [
+        "select",
+        "--train",
+        str(tmp / "big.csv"),
+        "--test",
+        str(tmp / "test.csv"),
+        "--target",
+        "y",
+        "--sensitive",
+        "g",
+        "--privileged",
+        "M",
+        "--out",
+        str(tmp / "out"),
+        "--quiet",
+    ]
+
+
+def existing(path_args: Callable[[Path], list[str]]):
+    def args(tmp: Path) -> list[str]:
+        (tmp / "out").mkdir(exist_ok=True)
+        return path_args(tmp)
+
+    return args
+
+
+CLI_CASES = [
+    CliCase(
+        "cli-select-no-data",
+        "`leanfit select` without data",
+        "give --dataset NAME",
+        lambda t: ["select"],
+    ),
+    CliCase(
+        "cli-select-missing-file",
+        "--train of a missing file",
+        "no such file",
+        lambda t: [*select_csv()(t)[:1], "--train", str(t / "no.csv"), *select_csv()(t)[3:]],
+    ),
+    CliCase(
+        "cli-select-constant-sensitive",
+        "sensitive column with one value",
+        "sensitive column 'g' must have exactly two",
+        select_csv(lambda f: f.assign(g="M")),
+    ),
+    CliCase(
+        "cli-select-three-labels",
+        "target with three values",
+        "target column 'y' must have exactly two",
+        select_csv(lambda f: f.assign(y=np.arange(len(f)) % 3)),
+    ),
+    CliCase(
+        "cli-select-nan",
+        "NaN in a feature",
+        r"missing values in columns \['b'\]",
+        select_csv(lambda f: f.assign(b=f.b.where(f.index != 5))),
+    ),
+    CliCase(
+        "cli-select-text-in-numbers",
+        "a word in a numeric column",
+        r"categorical column 'a' of train has 120 distinct values",
+        select_csv(
+            lambda f: f.assign(a=f.a.astype(object).where(f.index != 5, "oops")),
+            "--max-categories",
+            "50",
+        ),
+    ),
+    CliCase(
+        "cli-select-budget-range",
+        "--budget 1.5",
+        "--budget must be a fraction",
+        select_csv(lambda f: f, "--budget", "1.5"),
+    ),
+    CliCase(
+        "cli-select-budget-above-n",
+        "--budget 500 with 120 rows",
+        r"budget must be a count in \[1, 119\]",
+        select_csv(lambda f: f, "--budget", "500"),
+    ),
+    CliCase(
+        "cli-select-million-categories",
+        "1,000,000-value categorical column",
+        r"categorical column 'user' of train has 1,000,000 distinct values.*--max-categories",
+        million_categories,
+    ),
+    CliCase(
+        "cli-select-out-exists",
+        "--out that exists",
+        "exists; pass --overwrite",
+        existing(select_csv()),
+    ),
+    CliCase(
+        "cli-data-out-exists",
+        "`leanfit data --export` onto an existing file",
+        "exists; pass --overwrite",
+        lambda t: ["data", "--export", "german", "--out", str(_write(t / "g.csv", b"x"))],
+    ),
+    CliCase(
+        "cli-data-out-under-file",
+        "`leanfit data --out` below a regular file",
+        r"writing output .* failed: File exists \[EEXIST\]",
+        lambda t: ["data", "--export", "german", "--out", str(_write(t / "f", b"x") / "g.csv")],
+    ),
+]
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "leanfit.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
+    args = case.args(tmp_path)
+    result = run_cli(args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"leanfit {args[0]}: error: ")
+    assert pytest.importorskip("re").search(case.match, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists() or case.id == "cli-select-out-exists"
+
+
+# -- the document ------------------------------------------------------------------------
+
+
+def matrix_markdown() -> str:
+    """docs/bad-inputs.md, generated from CASES and CLI_CASES."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def excerpt(pattern: str) -> str:
+        plain = pattern.replace("\\", "").replace(".*", " … ")
+        return plain.replace("^", "")
+
+    lines = [
+        "# Bad inputs",
+        "",
+        "What leanfit does with inputs it cannot use. Every row is a test: "
+        "`tests/reliability/test_bad_inputs.py::<test>[<id>]`. Every error is a "
+        "`leanfit.exceptions.LeanfitError` whose message is one line that names the argument, "
+        "column or tensor and says what is accepted. On the command line the same message is "
+        "printed as `leanfit COMMAND: error: …` with exit code 2 and no traceback.",
+        "",
+        "Message excerpts are the regular expressions the tests match, with `.*` shown as `…`.",
+        "",
+        "## Python API",
+        "",
+        "| area | input | error class | message excerpt | test id |",
+        "|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        lines.append(
+            f"| {case.area} | {cell(case.input)} | `{case.error.__name__}` | "
+            f"{cell(excerpt(case.match))} | `{case.id}` |"
+        )
+    lines += [
+        "",
+        "## Command line (`leanfit select`, `leanfit data`, run as a subprocess)",
+        "",
+        "Exit code 2, one line on stderr, no traceback, and no output directory left behind.",
+        "",
+        "| area | input | error class | message excerpt | test id |",
+        "|---|---|---|---|---|",
+    ]
+    for case in CLI_CASES:
+        lines.append(
+            f"| cli | {cell(case.input)} | exit 2 | {cell(excerpt(case.match))} | `{case.id}` |"
+        )
+    lines += [
+        "",
+        "## Accepted, not errors",
+        "",
+        "- All-identical feature rows with both labels: the model is the base rate, the "
+        "influence is finite (`test_identical_rows_with_both_labels_are_accepted`).",
+        "- Categorical columns with more than `max_categories` values (default 1000) are "
+        "accepted with `max_categories=None` (API) or `--max-categories 0` (CLI).",
+        "- Pickle checkpoints (`.bin`, `.pt`, `.pth`, `.ckpt`, `.pkl`) are always refused; "
+        "there is no opt-in. Convert them to safetensors with transformers' "
+        "`save_pretrained(..., safe_serialization=True)` in a trusted environment.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def test_document_lists_every_case():
+    assert DOC.read_text(encoding="utf-8") == matrix_markdown(), (
+        "run: python -m tests.reliability.test_bad_inputs"
+    )
+    ids = [c.id for c in CASES] + [c.id for c in CLI_CASES]
+    assert len(ids) == len(set(ids))
+
+
+def test_identical_rows_with_both_labels_are_accepted():
+    X = pd.DataFrame({"a": [1.0] * 40, "c": ["x"] * 40})
+    y = np.r_[np.ones(10), np.zeros(30)]
+    selector = InfluenceSelector(1.0).fit(X, y)
+    assert selector.predict_proba(X)[0, 1] == pytest.approx(0.25, abs=0.02)  # λ shrinks w only
+    values = selector.influence(X, y).to_numpy()
+    assert np.all(np.isfinite(values))
+
+
+if __name__ == "__main__":
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(matrix_markdown(), encoding="utf-8")
+    print(f"wrote {DOC}")
