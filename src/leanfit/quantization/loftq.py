@@ -124,10 +124,17 @@ def _check_weight(weight: object) -> Tensor:
         )
     if weight.numel() == 0:
         raise bad_value("weight", tuple(weight.shape), "a non-empty (out × in) tensor")
-    w = weight.detach().float()
-    if not bool(torch.isfinite(w).all()):
-        raise BadInputError("weight must be finite in float32; got NaN or Inf values")
-    return w
+    return weight.detach().float()
+
+
+def _frobenius_norm(w: Tensor) -> float:
+    """‖W‖_F; raises unless W is finite (a NaN or Inf entry makes the norm non-finite)."""
+    norm = float(torch.linalg.norm(w))
+    if not math.isfinite(norm):
+        if not bool(torch.isfinite(w).all()):
+            raise BadInputError("weight must be finite in float32; got NaN or Inf values")
+        raise BadInputError(f"weight's Frobenius norm overflows float32 ({norm})")
+    return norm
 
 
 def _check_int(name: str, value: object, low: int, high: float = math.inf) -> int:
@@ -201,7 +208,7 @@ def loftq_decompose(
         raise bad_value("lora_alpha", lora_alpha, "a finite number > 0, or None")
     scaling = alpha / rank
     generator = torch.Generator(device=w.device).manual_seed(seed)
-    norm = float(torch.linalg.norm(w)) or 1.0  # an all-zero W has zero error, not 0/0
+    norm = _frobenius_norm(w) or 1.0  # an all-zero W has zero error, not 0/0
 
     def quantized(target: Tensor) -> QuantizedTensor:
         return quantize(target, bits, method, block_size, double_quant)

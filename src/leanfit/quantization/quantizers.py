@@ -142,9 +142,12 @@ def nearest_codes(normalized: Tensor, bits: int, method: str) -> Tensor:
     below, window, low, per_unit = _code_lut_cpu(bits, method)
     below, window = below.to(normalized.device), window.to(normalized.device)
     flat = normalized.reshape(-1)
-    index = torch.sub(flat, low).mul_(per_unit).clamp_(0, _LUT_BINS - 1).to(torch.int32)
+    # Few large temporaries, reused: fresh allocations of this size cost page faults.
+    work = torch.sub(flat, low).mul_(per_unit).clamp_(0, _LUT_BINS - 1)
+    index = work.to(torch.int32)
+    nearest_midpoint = torch.index_select(window, 0, index, out=work)
     codes = below.index_select(0, index)
-    return codes.add_(torch.gt(flat, window.index_select(0, index)))
+    return codes.add_(torch.gt(flat, nearest_midpoint))
 
 
 def _blocks(flat: Tensor, block_size: int) -> Tensor:
@@ -409,7 +412,8 @@ def _check_tensor(tensor: object) -> Tensor:
 
 
 def _nf_stats(blocks: Tensor) -> tuple[Tensor, None]:
-    return blocks.abs().amax(dim=1), None
+    # max |x| = max(max x, −min x) exactly, without an |x| temporary of the blocks' size
+    return torch.maximum(blocks.amax(dim=1), blocks.amin(dim=1).neg_()), None
 
 
 def _uniform_stats(blocks: Tensor, bits: int) -> tuple[Tensor, Tensor]:
