@@ -150,6 +150,27 @@ def nearest_codes(normalized: Tensor, bits: int, method: str) -> Tensor:
     return codes.add_(torch.gt(flat, nearest_midpoint))
 
 
+_BYTE_ALIGNED = (2, 4, 8)
+
+
+# A row of 8/k float32 levels seen as one element of this width: gathering single wide elements
+# is several times faster than gathering short rows (the bits are copied, never converted).
+_ROW_AS = {1: torch.float32, 2: torch.int64, 4: torch.complex128}
+
+
+@functools.cache
+def _byte_levels_cpu(bits: int, method: str) -> Tensor:
+    """(256,) table: entry b holds the 8/k float32 levels of the codes packed in byte b.
+
+    Stored as 256 elements of 4·8/k bytes each (``_ROW_AS``); ``.view(torch.float32)`` of a
+    gather gives the levels in code order.
+    """
+    per_byte = 8 // bits
+    codes = unpack(torch.arange(256, dtype=torch.uint8), bits, 256 * per_byte)
+    rows = levels(bits, method)[codes.long()].view(256, per_byte)
+    return rows.view(_ROW_AS[per_byte]).view(256)
+
+
 def _blocks(flat: Tensor, block_size: int) -> Tensor:
     """(n_blocks, block_size) view of a 1-D tensor, the last block padded with its last value."""
     pad = -flat.numel() % block_size
@@ -321,12 +342,18 @@ class QuantizedTensor:
     ) -> Tensor:
         """The restored tensor of ``shape``: computed in float32 and cast to ``dtype``."""
         device = self.packed.device if device is None else device
-        table = levels(self.bits, self.method, device)
-        values = _blocks(table[self.codes().to(device).long()], self.block_size)
-        values = values * self.block_scales().to(device)[:, None]
+        if self.bits in _BYTE_ALIGNED:
+            # Each byte holds whole codes: one lookup per byte gives its 8/k levels at once.
+            lut = _byte_levels_cpu(self.bits, self.method).to(device)
+            flat = lut.index_select(0, self.packed.to(device, torch.int32)).view(torch.float32)
+        else:
+            table = levels(self.bits, self.method, device)
+            flat = table[self.codes().to(device).long()]
+        values = _blocks(flat[: self.numel], self.block_size)  # a fresh tensor: scale in place
+        values.mul_(self.block_scales().to(device)[:, None])
         offsets = self.block_offsets()
         if offsets is not None:
-            values = values + offsets.to(device)[:, None]
+            values.add_(offsets.to(device)[:, None])
         return values.reshape(-1)[: self.numel].reshape(self.shape).to(dtype)
 
     def meta(self) -> dict[str, Any]:
