@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= demo-output
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
+
+# Benchmarks: every script of benchmarks/, one at a time; `bench` also refreshes README tables.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python scripts/update_readme.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
