@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {script.stem}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         code = subprocess.run(command, check=False).returncode
-        print(f"== {script.stem}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
+        seconds = time.perf_counter() - start
+        print(f"== {script.stem}: exit {code} after {seconds:.0f} s", flush=True)
         if code:
             failed.append(script.stem)
     if failed:
