@@ -79,3 +79,6 @@ def test_dask_errors_name_the_argument(client, tmp_path):
         fit_dask(parts, "label", features=["x0", "nope"])
     with pytest.raises(BadInputError, match="path"):
         read_table(tmp_path / "train.txt")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BadInputError, match="exists"):
+        select_dask(parts, [[0.0] * 4], [1], target="label", output=tmp_path / "out")

@@ -201,6 +201,8 @@ def select_dask(
     LogisticRegressionL2
         The fitted model.
     """
+    if Path(output).exists() and not overwrite:  # before any work, not after it
+        raise BadInputError(f"output {str(output)!r} exists; pass overwrite=True to replace it")
     frame = source if hasattr(source, "map_partitions") else read_table(source)
     frame = frame.persist()
     model = fit_dask(
