@@ -54,8 +54,9 @@ def splice(readme: str, results: dict[str, str]) -> str:
 
 
 def read_results(folder: Path = RESULTS) -> dict[str, str]:
-    """Every ``NAME.md`` of ``folder``, by NAME."""
-    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.md"))}
+    """Every ``NAME.md`` of ``folder``, by NAME (``*_quick.md`` from quick runs excluded)."""
+    paths = [path for path in sorted(folder.glob("*.md")) if not path.stem.endswith("_quick")]
+    return {path.stem: path.read_text(encoding="utf-8") for path in paths}
 
 
 def main(argv: list[str] | None = None) -> int:

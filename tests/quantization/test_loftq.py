@@ -9,6 +9,7 @@ import torch
 
 from leanfit.exceptions import BadInputError
 from leanfit.quantization import fit_low_rank, loftq, loftq_decompose, quantize
+from leanfit.quantization.quantizers import quantize_to_grid
 
 
 def weight(out=48, inp=80, seed=0):
@@ -65,9 +66,9 @@ def test_best_iterate_is_kept_and_the_loop_stops_when_the_error_rises(monkeypatc
     def spoiled_third_step(target, *args):
         calls.append(1)
         noise = 0.5 * target.std() * torch.randn_like(target) if len(calls) == 3 else 0
-        return quantize(target + noise, *args)
+        return quantize_to_grid(target + noise, *args)
 
-    monkeypatch.setattr(loftq, "quantize", spoiled_third_step)
+    monkeypatch.setattr(loftq, "quantize_to_grid", spoiled_third_step)
     result = loftq_decompose(weight(), bits=4, rank=4, iters=6)
     assert len(result.errors) == 3 and len(calls) == 3  # stopped right after the rise
     assert result.errors[2] > result.errors[1]

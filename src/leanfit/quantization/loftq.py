@@ -25,7 +25,20 @@ from torch import Tensor
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.quantization.lowrank import SVD_METHODS, truncated_svd
-from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args, quantize
+from leanfit.quantization.quantizers import (
+    GridPoint,
+    QuantizedTensor,
+    check_quantization_args,
+    quantize,
+    quantize_to_grid,
+)
+
+# Subspace iterations of the randomized SVD: a cold start needs several; a warm start from the
+# previous iteration's right basis (the residuals of consecutive LoftQ steps share most of
+# their leading subspace) needs one to stay within 0.5 % of the exact SVD's LoftQ error
+# (0.2 % at most on MiniLM; benchmarks/loftq_speed.py measures it on MiniLM and SmolLM2).
+COLD_POWER_ITERS = 6
+WARM_POWER_ITERS = 1
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ def fit_low_rank(
     svd: str = "randomized",
     init: Tensor | None = None,
     generator: torch.Generator | None = None,
+    power_iters: int = COLD_POWER_ITERS,
 ) -> LowRankFit:
     """Best rank-r approximation of a residual (Eckart–Young), √S split between the factors.
 
@@ -96,7 +110,9 @@ def fit_low_rank(
     ``‖residual − left @ right‖_F`` equals ``sqrt(Σ_{i>r} S_i²)`` for the exact SVD. This is
     the step a calibrated (whitened) variant would replace.
     """
-    u, s, vh = truncated_svd(residual, rank, svd, init=init, generator=generator)
+    u, s, vh = truncated_svd(
+        residual, rank, svd, init=init, generator=generator, power_iters=power_iters
+    )
     root = s.sqrt()
     return LowRankFit(u * root, root[:, None] * vh, vh.T if svd == "randomized" else None)
 
@@ -106,16 +122,24 @@ def _check_weight(weight: object, name: str) -> Tensor:
         raise bad_value(name, getattr(weight, "shape", type(weight)), "a 2-D floating-point tensor")
     if weight.numel() == 0:
         raise bad_value(name, tuple(weight.shape), "a non-empty (out × in) tensor")
-    w = weight.detach().float()
+    return weight.detach().float()
+
+
+def _frobenius_norm(w: Tensor, name: str) -> float:
+    """‖W‖_F; raises unless W is finite (a NaN or Inf entry makes the norm non-finite, so the
+    full element-wise scan runs only when something is wrong)."""
+    norm = float(torch.linalg.norm(w))
+    if math.isfinite(norm):
+        return norm
     finite = torch.isfinite(w)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()
-        raise BadInputError(
-            f"{name} must be finite in float32; got {bad.shape[0]:,} NaN or Inf values "
-            f"(first at row {int(bad[0, 0])}, column {int(bad[0, 1])}); the checkpoint is "
-            "damaged or overflowed: repair it or leave this weight out of the targets"
-        )
-    return w
+    if bool(finite.all()):
+        raise BadInputError(f"{name}'s Frobenius norm overflows float32 ({norm})")
+    bad = (~finite).nonzero()
+    raise BadInputError(
+        f"{name} must be finite in float32; got {bad.shape[0]:,} NaN or Inf values "
+        f"(first at row {int(bad[0, 0])}, column {int(bad[0, 1])}); the checkpoint is "
+        "damaged or overflowed: repair it or leave this weight out of the targets"
+    )
 
 
 def _check_int(name: str, value: object, low: int, high: float = math.inf) -> int:
@@ -192,7 +216,7 @@ def loftq_decompose(
         raise bad_value("lora_alpha", lora_alpha, "a finite number > 0, or None")
     scaling = alpha / rank
     generator = torch.Generator(device=w.device).manual_seed(seed)
-    norm = float(torch.linalg.norm(w)) or 1.0  # an all-zero W has zero error, not 0/0
+    norm = _frobenius_norm(w, name) or 1.0  # an all-zero W has zero error, not 0/0
 
     def quantized(target: Tensor) -> QuantizedTensor:
         return quantize(target, bits, method, block_size, double_quant)
@@ -205,24 +229,29 @@ def loftq_decompose(
         return LoftQResult(q, lora_a, lora_b, scaling, [], qlora_error, 0)
 
     errors: list[float] = []
-    low_rank = w.new_zeros(out_features, in_features)
+    target = w
     basis = None
-    best: tuple[int, QuantizedTensor, LowRankFit] | None = None
+    best: tuple[int, GridPoint, LowRankFit] | None = None
     for step in range(1, iters + 1):
-        q = quantized(w - low_rank)
-        residual = w - q.dequantize()
+        grid = quantize_to_grid(target.reshape(-1), bits, method, block_size, double_quant)
+        residual = w - grid.values.view_as(w)
         if step == 1:
             qlora_error = float(torch.linalg.norm(residual)) / norm
-        fit = fit_low_rank(residual, rank, svd=svd, init=basis, generator=generator)
+        power_iters = COLD_POWER_ITERS if basis is None else WARM_POWER_ITERS
+        fit = fit_low_rank(
+            residual, rank, svd=svd, init=basis, generator=generator, power_iters=power_iters
+        )
         low_rank, basis = fit.left @ fit.right, fit.basis
-        errors.append(float(torch.linalg.norm(residual - low_rank)) / norm)
+        errors.append(float(torch.linalg.norm(residual.sub_(low_rank))) / norm)
         if best is None or errors[-1] < errors[best[0] - 1]:
-            best = (step, q, fit)
+            best = (step, grid, fit)
         elif errors[-1] > errors[-2]:
             break
+        target = w - low_rank
     assert best is not None  # iters >= 1, so the loop ran
-    best_iter, q, fit = best
+    best_iter, grid, fit = best
     root = math.sqrt(scaling)
+    q = grid.pack(tuple(w.shape))
     return LoftQResult(
         q, fit.right / root, fit.left / root, scaling, errors, qlora_error, best_iter
     )

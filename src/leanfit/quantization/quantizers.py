@@ -11,9 +11,11 @@ Each block has its own statistics and each value is replaced by a k-bit code:
   minimum ``m`` and the scale its step ``Δ = (max − m) / (2**k − 1)``; ``x`` becomes the
   nearest of ``m + j·Δ``, j = 0 … 2**k − 1.
 
-All arithmetic is in float32 whatever the input dtype, on the input's device. Codes are
-found with :func:`torch.bucketize` on the midpoints between neighbouring levels; a value
-exactly on a midpoint takes the lower level.
+All arithmetic is in float32 whatever the input dtype, on the input's device. A value's code
+is the number of midpoints between neighbouring levels that lie strictly below it (what
+:func:`torch.bucketize` gives): a value exactly on a midpoint takes the lower level. It is
+found in constant time per value by a lookup table over a fine grid of the level range
+(:func:`nearest_codes`), several times faster than a binary search.
 
 Last block. When ``numel`` is not a multiple of ``block_size`` the last block is padded by
 repeating its last real value. A repeated value changes neither the minimum, the maximum
@@ -103,6 +105,70 @@ def levels(bits: int, method: str, device: torch.device | str | None = None) -> 
     if method == "nf":
         return nf_table(bits, device)
     return torch.arange(2**bits, dtype=torch.float32, device=device)
+
+
+_LUT_BINS = 4096
+_LUT_SLACK = 1e-5  # far above the float32 rounding of the bin index, far below a bin width
+
+
+@functools.cache
+def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, float, float]:
+    """Per bin of a 4096-bin grid over [first level, last level]: (codes below, midpoint).
+
+    ``below[u]`` counts the midpoints under the bin's widened lower edge ``e_u − slack`` and
+    ``window[u]`` is the one midpoint inside the widened bin ``[e_u − slack, e_{u+1} + slack]``
+    (+inf if none). A value x that the float32 bin formula sends to bin u lies inside the
+    widened bin, so its code is ``below[u] + [x > window[u]]``.
+    """
+    table = levels(bits, method)
+    midpoints = ((table[:-1] + table[1:]) / 2).double()
+    low, high = float(table[0]), float(table[-1])
+    edges = torch.linspace(low, high, _LUT_BINS + 1, dtype=torch.float64)
+    below = torch.searchsorted(midpoints, edges[:-1] - _LUT_SLACK * (high - low))
+    upto = torch.searchsorted(midpoints, edges[1:] + _LUT_SLACK * (high - low), right=True)
+    if int((upto - below).max()) > 1:  # pragma: no cover - impossible for the tables here
+        raise AssertionError("two midpoints in one lookup bin")
+    inside = midpoints.float()[below.clamp(max=midpoints.numel() - 1)]
+    window = torch.where(upto > below, inside, torch.tensor(math.inf))
+    return below.to(torch.int32), window, low, _LUT_BINS / (high - low)
+
+
+def nearest_codes(normalized: Tensor, bits: int, method: str) -> Tensor:
+    """Codes (int32, flat) of values already mapped to the level axis (see :func:`_normalize`).
+
+    Equal to ``torch.bucketize(normalized, midpoints)`` (ties to the lower level), in a
+    fixed number of passes: bin index, two table lookups, one comparison.
+    """
+    below, window, low, per_unit = _code_lut_cpu(bits, method)
+    below, window = below.to(normalized.device), window.to(normalized.device)
+    flat = normalized.reshape(-1)
+    # Few large temporaries, reused: fresh allocations of this size cost page faults.
+    work = torch.sub(flat, low).mul_(per_unit).clamp_(0, _LUT_BINS - 1)
+    index = work.to(torch.int32)
+    nearest_midpoint = torch.index_select(window, 0, index, out=work)
+    codes = below.index_select(0, index)
+    return codes.add_(torch.gt(flat, nearest_midpoint))
+
+
+_BYTE_ALIGNED = (2, 4, 8)
+
+
+# A row of 8/k float32 levels seen as one element of this width: gathering single wide elements
+# is several times faster than gathering short rows (the bits are copied, never converted).
+_ROW_AS = {1: torch.float32, 2: torch.int64, 4: torch.complex128}
+
+
+@functools.cache
+def _byte_levels_cpu(bits: int, method: str) -> Tensor:
+    """(256,) table: entry b holds the 8/k float32 levels of the codes packed in byte b.
+
+    Stored as 256 elements of 4·8/k bytes each (``_ROW_AS``); ``.view(torch.float32)`` of a
+    gather gives the levels in code order.
+    """
+    per_byte = 8 // bits
+    codes = unpack(torch.arange(256, dtype=torch.uint8), bits, 256 * per_byte)
+    rows = levels(bits, method)[codes.long()].view(256, per_byte)
+    return rows.view(_ROW_AS[per_byte]).view(256)
 
 
 def _blocks(flat: Tensor, block_size: int) -> Tensor:
@@ -276,12 +342,18 @@ class QuantizedTensor:
     ) -> Tensor:
         """The restored tensor of ``shape``: computed in float32 and cast to ``dtype``."""
         device = self.packed.device if device is None else device
-        table = levels(self.bits, self.method, device)
-        values = _blocks(table[self.codes().to(device).long()], self.block_size)
-        values = values * self.block_scales().to(device)[:, None]
+        if self.bits in _BYTE_ALIGNED:
+            # Each byte holds whole codes: one lookup per byte gives its 8/k levels at once.
+            lut = _byte_levels_cpu(self.bits, self.method).to(device)
+            flat = lut.index_select(0, self.packed.to(device, torch.int32)).view(torch.float32)
+        else:
+            table = levels(self.bits, self.method, device)
+            flat = table[self.codes().to(device).long()]
+        values = _blocks(flat[: self.numel], self.block_size)  # a fresh tensor: scale in place
+        values.mul_(self.block_scales().to(device)[:, None])
         offsets = self.block_offsets()
         if offsets is not None:
-            values = values + offsets.to(device)[:, None]
+            values.add_(offsets.to(device)[:, None])
         return values.reshape(-1)[: self.numel].reshape(self.shape).to(dtype)
 
     def meta(self) -> dict[str, Any]:
@@ -367,7 +439,8 @@ def _check_tensor(tensor: object) -> Tensor:
 
 
 def _nf_stats(blocks: Tensor) -> tuple[Tensor, None]:
-    return blocks.abs().amax(dim=1), None
+    # max |x| = max(max x, −min x) exactly, without an |x| temporary of the blocks' size
+    return torch.maximum(blocks.amax(dim=1), blocks.amin(dim=1).neg_()), None
 
 
 def _uniform_stats(blocks: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -423,6 +496,48 @@ def quantize(
     if not isinstance(double_quant, bool):
         raise bad_value("double_quant", double_quant, "a bool")
     flat = _check_tensor(tensor)
+    grid = quantize_to_grid(flat, bits, method, block_size, double_quant)
+    return grid.pack(tuple(tensor.shape))
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """Unpacked result of :func:`quantize_to_grid`: codes, statistics and restored values.
+
+    ``values`` is what :meth:`QuantizedTensor.dequantize` of ``pack()`` returns (flat,
+    float32), computed without packing, so an iterative caller (LoftQ) packs only the
+    iterate it keeps.
+    """
+
+    codes: Tensor  # (n_blocks · block_size,) int32, the last block padded
+    scales: Tensor | DoubleQuantized
+    offsets: Tensor | DoubleQuantized | None
+    values: Tensor  # (numel,) float32
+    bits: int
+    method: str
+    block_size: int
+
+    def pack(self, shape: tuple[int, ...]) -> QuantizedTensor:
+        """The :class:`QuantizedTensor` of these codes for a tensor of ``shape``."""
+        return QuantizedTensor(
+            packed=pack(self.codes.reshape(-1)[: self.values.numel()].to(torch.uint8), self.bits),
+            scales=self.scales,
+            offsets=self.offsets,
+            shape=shape,
+            bits=self.bits,
+            method=self.method,
+            block_size=self.block_size,
+        )
+
+
+def quantize_to_grid(
+    flat: Tensor, bits: int, method: str, block_size: int, double_quant: bool
+) -> GridPoint:
+    """Quantize a finite 1-D float32 tensor (arguments already checked) without packing.
+
+    Same codes and statistics as :func:`quantize`; the restored values come from one
+    gather of the level table and one multiply(-add) by the block statistics.
+    """
     blocks = _blocks(flat, block_size)
     scales, offsets = _nf_stats(blocks) if method == "nf" else _uniform_stats(blocks, bits)
     stored_scales: Tensor | DoubleQuantized = scales
@@ -433,15 +548,17 @@ def quantize(
         if offsets is not None:
             stored_offsets = DoubleQuantized.encode(offsets)
             offsets = stored_offsets.decode()
+    codes = nearest_codes(_normalize(blocks, scales, offsets), bits, method)
     table = levels(bits, method, flat.device)
-    midpoints = (table[:-1] + table[1:]) / 2
-    codes = torch.bucketize(_normalize(blocks, scales, offsets), midpoints)
-    return QuantizedTensor(
-        packed=pack(codes.reshape(-1)[: flat.numel()].to(torch.uint8), bits),
-        scales=stored_scales,
-        offsets=stored_offsets,
-        shape=tuple(tensor.shape),
-        bits=bits,
-        method=method,
-        block_size=block_size,
+    values = table.index_select(0, codes).view_as(blocks).mul_(scales[:, None])
+    if offsets is not None:
+        values.add_(offsets[:, None])
+    return GridPoint(
+        codes,
+        stored_scales,
+        stored_offsets,
+        values.reshape(-1)[: flat.numel()],
+        bits,
+        method,
+        block_size,
     )

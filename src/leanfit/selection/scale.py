@@ -1,0 +1,250 @@
+"""Influence on data too large for memory: Newton fitting and scoring over chunks of rows.
+
+:class:`~leanfit.selection.InfluenceSelector` keeps the preprocessed training matrix
+(n × d float64) and builds ``√a ⊙ X`` (another n × d) for the Hessian. Here the rows are
+only ever seen a chunk at a time, so memory is O(chunk · d + p²) whatever n:
+
+* every Newton iteration is one pass over the chunks accumulating the summed loss, gradient
+  and Hessian of the data terms (:func:`chunk_statistics`; the sums are exact
+  decompositions of the full-data ones, the regularizer is added once);
+* the influence of every row is ``∇θℓ(zᵢ; θ̂)ᵀ H⁻¹ ∇θf(θ̂)`` (same maths, sign and summed-loss
+  convention as :mod:`leanfit.selection.influence`), yielded chunk by chunk.
+
+The Newton loop (:func:`newton_fit`) only needs a function ``θ ↦ Σ chunk statistics``, so the
+same code runs on a Dask cluster (:mod:`leanfit.selection.distributed`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from sklearn.exceptions import ConvergenceWarning
+
+from leanfit.exceptions import BadInputError, LeanfitError
+from leanfit.selection._validation import binary_groups, check_binary_labels, check_matrix
+from leanfit.selection.models import (
+    LogisticRegressionL2,
+    decision,
+    log_loss_terms,
+    objective_hessian,
+    per_sample_gradients,
+    pullback,
+    residuals,
+)
+from leanfit.selection.objectives import Objective, resolve_objectives
+
+Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """Sums over a set of rows of the data terms at one θ (no regularizer).
+
+    Attributes
+    ----------
+    loss : float
+        ``Σᵢ ℓᵢ``.
+    gradient : ndarray (p,)
+        ``Σᵢ (σ(zᵢ) − yᵢ) x̃ᵢ``.
+    hessian : ndarray (p, p)
+        ``Σᵢ σᵢ(1 − σᵢ) x̃ᵢ x̃ᵢᵀ``.
+    n_rows, n_positive : int
+        Rows seen and rows with y = 1.
+    """
+
+    loss: float
+    gradient: np.ndarray
+    hessian: np.ndarray
+    n_rows: int
+    n_positive: int
+
+    def __add__(self, other: ChunkStats) -> ChunkStats:
+        return ChunkStats(
+            self.loss + other.loss,
+            self.gradient + other.gradient,
+            self.hessian + other.hessian,
+            self.n_rows + other.n_rows,
+            self.n_positive + other.n_positive,
+        )
+
+
+def _check_chunk(X, y) -> tuple[np.ndarray, np.ndarray]:
+    X = check_matrix(X, "X chunk")
+    return X, check_binary_labels(y, "y chunk", n=X.shape[0])
+
+
+def chunk_statistics(theta: np.ndarray, X, y) -> ChunkStats:
+    """:class:`ChunkStats` of the rows ``X`` (k, d), ``y`` (k,) at ``theta`` (p,)."""
+    X, y = _check_chunk(X, y)
+    z = decision(theta, X)
+    hessian = objective_hessian(theta, X, 0.0)  # λ = 0: data terms only
+    return ChunkStats(
+        float(log_loss_terms(z, y).sum()),
+        pullback(theta, X, residuals(z, y)),
+        hessian,
+        int(X.shape[0]),
+        int(y.sum()),
+    )
+
+
+def newton_fit(
+    statistics: Callable[[np.ndarray], ChunkStats],
+    n_features: int,
+    *,
+    l2_reg: float = 1.0,
+    fit_intercept: bool = False,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> LogisticRegressionL2:
+    """Damped Newton on ``L(θ) = Σᵢ ℓᵢ + (λ/2)‖w‖²`` given the data sums at any θ.
+
+    Same iteration and stopping rule as :class:`LogisticRegressionL2` (full steps once the
+    Newton decrement ``gᵀH⁻¹g`` is below 1e-2, else backtracking), so both reach the same
+    optimum to the tolerance. Each call of ``statistics`` is one pass over the data.
+
+    Parameters
+    ----------
+    statistics : callable
+        ``θ (p,) ↦ ChunkStats`` summed over all training rows.
+    n_features : int
+        d; ``p = d + fit_intercept``.
+
+    Returns
+    -------
+    LogisticRegressionL2
+        Fitted: ``theta_``, ``coef_``, ``intercept_``, ``hessian_cholesky_``, ``n_iter_``,
+        so ``solve_hessian`` and ``predict`` work as after ``fit``.
+    """
+    model = LogisticRegressionL2(l2_reg, fit_intercept=fit_intercept, tol=tol, max_iter=max_iter)
+    model._check_params()
+    penalty = np.ones(n_features + int(fit_intercept))
+    penalty[n_features:] = 0.0  # the intercept is not penalized
+
+    def regularized(theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, ChunkStats]:
+        stats = statistics(theta)
+        loss = stats.loss + 0.5 * l2_reg * float(penalty @ theta**2)
+        hessian = stats.hessian + np.diag(l2_reg * penalty)
+        return loss, stats.gradient + l2_reg * penalty * theta, hessian, stats
+
+    theta = np.zeros(n_features + int(fit_intercept))
+    loss, grad, hess, stats = regularized(theta)
+    if stats.n_positive in (0, stats.n_rows):
+        raise BadInputError(
+            f"y must contain both classes 0 and 1; got {stats.n_positive} ones in "
+            f"{stats.n_rows} rows"
+        )
+    for iteration in range(max_iter + 1):
+        try:
+            factor = cho_factor(hess)
+        except LinAlgError as err:
+            raise LeanfitError("the Hessian is not positive definite; increase l2_reg") from err
+        step = cho_solve(factor, grad)
+        if np.max(np.abs(step)) <= tol * max(1.0, np.max(np.abs(theta))) or iteration == max_iter:
+            break
+        decrement = float(grad @ step)
+        t = 1.0
+        while True:
+            candidate = theta - t * step
+            new = regularized(candidate)
+            if decrement < 1e-2 or new[0] <= loss - 1e-4 * t * decrement or t < 1e-12:
+                break
+            t *= 0.5
+        theta, (loss, grad, hess, stats) = candidate, new
+    else:  # pragma: no cover - the loop always breaks
+        raise AssertionError
+    if iteration == max_iter:
+        warnings.warn(
+            f"Newton did not converge in max_iter={max_iter} iterations; increase max_iter",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    model._set_theta(theta, n_features)
+    model.hessian_cholesky_ = factor
+    model.n_iter_ = iteration
+    model.classes_ = np.array([0, 1])
+    model.n_features_in_ = n_features
+    return model
+
+
+def _first_width(chunks: Chunks) -> int:
+    for X, _ in chunks():
+        return check_matrix(X, "X chunk").shape[1]
+    raise BadInputError("chunks() yielded no rows")
+
+
+def fit_chunks(
+    chunks: Chunks,
+    *,
+    l2_reg: float = 1.0,
+    fit_intercept: bool = False,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> LogisticRegressionL2:
+    """Fit the L2 logistic regression on rows streamed in chunks.
+
+    Parameters
+    ----------
+    chunks : callable
+        ``chunks()`` returns a fresh iterable of ``(X_chunk (k, d), y_chunk (k,))`` covering
+        the training rows, in the same order at every call (it is called once per Newton
+        pass), e.g. a generator reading a file piece by piece.
+    """
+
+    def statistics(theta: np.ndarray) -> ChunkStats:
+        total = None
+        for X, y in chunks():
+            part = chunk_statistics(theta, X, y)
+            total = part if total is None else total + part
+        if total is None:
+            raise BadInputError("chunks() yielded no rows")
+        return total
+
+    return newton_fit(
+        statistics,
+        _first_width(chunks),
+        l2_reg=l2_reg,
+        fit_intercept=fit_intercept,
+        tol=tol,
+        max_iter=max_iter,
+    )
+
+
+def influence_directions(
+    model: LogisticRegressionL2,
+    X_val,
+    y_val,
+    *,
+    objective: str | Objective | list = "utility",
+    sensitive=None,
+) -> tuple[np.ndarray, list[str]]:
+    """``H⁻¹ ∇θf(θ̂)`` for each objective, shape (p, k), and the objective names.
+
+    ``X_val`` (m, d) is in model space (already preprocessed), ``sensitive`` 0/1 (m,)
+    when a fairness objective needs it.
+    """
+    X_val = check_matrix(X_val, "X_val")
+    y_val = check_binary_labels(y_val, "y_val", n=X_val.shape[0])
+    s = None if sensitive is None else binary_groups(sensitive, "sensitive", n=X_val.shape[0])
+    objectives = resolve_objectives(objective)
+    theta = model.theta_
+    prepared = [o.prepare(theta, X_val, y_val, s) for o in objectives]
+    gradients = np.column_stack([o.gradient(theta, X_val, y_val, s) for o in prepared])
+    return model.solve_hessian(gradients), [o.name for o in objectives]
+
+
+def influence_chunks(
+    model: LogisticRegressionL2, chunks: Iterable[tuple[np.ndarray, np.ndarray]], directions
+) -> Iterator[np.ndarray]:
+    """Influence of every training row, chunk by chunk: ``∇θℓ(zᵢ; θ̂)ᵀ H⁻¹∇f``, shape (k, n_obj).
+
+    Positive = beneficial (removing the row would raise the cost), as in
+    :meth:`InfluenceSelector.influence`.
+    """
+    directions = np.asarray(directions, dtype=np.float64)
+    for X, y in chunks:
+        X, y = _check_chunk(X, y)
+        yield per_sample_gradients(model.theta_, X, y) @ directions
