@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from leanfit._version import __version__
-from leanfit.cli import data
+from leanfit.cli import data, quantize
 from leanfit.exceptions import LeanfitError
 
-SUBCOMMANDS = [data]
+SUBCOMMANDS = [data, quantize]
 
 
 def build_parser() -> argparse.ArgumentParser:
