@@ -635,8 +635,10 @@ def _load_into(
     is_trainable: bool,
     head_prefix: str | None,
 ) -> PeftModel:
-    """:func:`load_into`; with ``head_prefix``, parameters missing from the backbone and outside
-    that base-model prefix (a new task head) are initialized instead of refused."""
+    """:func:`load_into`; with ``head_prefix`` (the base model's, e.g. ``"bert."``) for a model
+    class other than the saved one: parameters missing from the backbone and outside that
+    prefix (a new task head) are initialized, and backbone tensors outside it (the saved
+    model's head) are dropped with a warning, instead of both being refused."""
     from peft import LoraConfig, PeftModel
 
     if not isinstance(model, nn.Module):
@@ -656,10 +658,10 @@ def _load_into(
         renamed = {}
         for name, tensor in tensors.items():
             new = keys(name)
-            if new is None:
-                dropped.append(name)
-            elif new in expected:
+            if new in expected:
                 renamed[new] = tensor
+            elif new is None or (head_prefix is not None and not new.startswith(head_prefix)):
+                dropped.append(name)  # a head of the saved model that the model built lacks
             elif new not in buffers:  # e.g. position_ids, a non-persistent buffer today
                 raise CorruptArtifactError(
                     f"backbone tensor {name!r} ({shard.name}) is not in the model built "
@@ -681,7 +683,7 @@ def _load_into(
         )
     missing = expected - loaded - _retie(model, meta["tied"], keys)
     if head_prefix is not None:
-        head = {n for n in missing if not n.startswith(head_prefix + ".")}
+        head = {n for n in missing if not n.startswith(head_prefix)}
         _initialize(model, head)
         missing -= head
     if missing:
@@ -695,13 +697,15 @@ def _load_into(
     lora = LoraConfig.from_pretrained(str(directory / ADAPTER))
     lora.target_modules = {keys.of_target(module) for module in targets}  # the model's names
     lora.task_type = _peft_task_type(type(model).__name__)  # the model built, maybe another
+    # PEFT's key_mapping (recent releases) only for a model class other than the saved one.
+    mapping: dict[str, Any] = {"key_mapping": keys.peft_mapping()} if keys.peft_mapping() else {}
     with reuse_dequantized_weight():  # PEFT reads each layer's weight ~20 times
         peft_model = PeftModel.from_pretrained(
             model,
             str(directory / ADAPTER),
             is_trainable=is_trainable,
             config=lora,
-            key_mapping=keys.peft_mapping(),
+            **mapping,
         )
     return peft_model.to(device)
 
@@ -783,7 +787,7 @@ def load(
     cls = _model_class(config, task, meta.get("architecture"))
     with init_empty_weights():
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    head_prefix = (_prefix(model) or None) if task != "auto" else None
+    head_prefix = _prefix(model) + "." if task != "auto" and _prefix(model) else None
     return _load_into(model, directory, device, dtype, is_trainable, head_prefix)
 
 
