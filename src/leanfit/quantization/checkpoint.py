@@ -390,6 +390,7 @@ class GGUFCheckpoint(Checkpoint):
         architecture = _guarded(
             file, "read its architecture", _gguf_text, reader, "general.architecture"
         )
+        has_tokenizer = _gguf_text(reader, "tokenizer.ggml.model") is not None
         # The tensors keep views on the memory map; the parsed header (the tokenizer's
         # vocabulary: ~150 MB of small arrays for a 49k-token vocabulary) is let go.
         tensors = list(reader.tensors)
@@ -415,6 +416,7 @@ class GGUFCheckpoint(Checkpoint):
         )
         hf_names = gguf_to_hf_names(architecture, layers, model.state_dict().keys())
         self._permuted = GGUF_ARCHITECTURES[architecture]
+        self._has_tokenizer = has_tokenizer
         self._tensors: dict[str, Any] = {}
         self._gguf_names: dict[str, str] = {}
         unmapped = []
@@ -437,6 +439,12 @@ class GGUFCheckpoint(Checkpoint):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(out_dir)
+        if not self._has_tokenizer:
+            warnings.warn(
+                f"GGUF file {str(self.path)!r} holds no tokenizer; only config.json is written",
+                stacklevel=2,
+            )
+            return [out_dir / "config.json"]
         tokenizer = _guarded(
             self.path,
             "read its tokenizer",
