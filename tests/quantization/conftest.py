@@ -147,3 +147,36 @@ def tiny_llama():
     """Factory ``tiny_llama(seed)`` of randomly initialized two-layer llamas (vocabulary 64,
     width 16) for mechanics tests; the same seed gives the same weights."""
     return _tiny_llama
+
+
+@pytest.fixture(scope="package")
+def minilm_loftq(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 through the whole pipeline: NF2, rank 16, T = 5, with the float16
+    export; written once (about 10 s on one thread)."""
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("minilm") / "loftq"
+    config = LoftQConfig(bits=2, rank=16, iters=5)
+    quantize_checkpoint(model_path("minilm"), out, config, progress=False, export_dequantized=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_batch():
+    """Two real sentences, tokenized (padded) for MiniLM."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path("minilm"))
+    sentences = [
+        "It is a truth universally acknowledged that a single man must be in want of a wife.",
+        "The weather is lovely today.",
+    ]
+    return dict(tokenizer(sentences, padding=True, return_tensors="pt"))
+
+
+@pytest.fixture
+def minilm_fp32():
+    """A fresh full-precision MiniLM (BertModel), in eval mode."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_path("minilm")).eval()

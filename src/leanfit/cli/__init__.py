@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from leanfit._version import __version__
-from leanfit.cli import data, experiment, select
+from leanfit.cli import data, experiment, quantize, select
 from leanfit.exceptions import LeanfitError
 
-SUBCOMMANDS = [data, select, experiment]
+SUBCOMMANDS = [data, quantize, select, experiment]
 
 
 def build_parser() -> argparse.ArgumentParser:

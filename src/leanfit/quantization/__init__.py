@@ -9,10 +9,21 @@ Checkpoints: :mod:`leanfit.quantization.checkpoint` streams a safetensors or GGU
 checkpoint tensor by tensor, in Hugging Face names and layout; :mod:`leanfit.quantization.targets`
 says which weights are quantized, with how many bits, and gives their matrix view.
 
+Whole models: :func:`quantize_checkpoint` (``leanfit quantize``) streams a checkpoint through
+LoftQ into a directory holding the packed backbone and a PEFT LoRA adapter;
+:func:`load` rebuilds it as a ``PeftModel`` on :class:`QuantLinear` layers.
+
 Fine-tuning and evaluation of PEFT models live in :mod:`leanfit.quantization.finetune`,
 :mod:`leanfit.quantization.data` and :mod:`leanfit.quantization.evaluate`.
 """
 
+from leanfit.quantization.apply import (
+    LoftQConfig,
+    LoftQReport,
+    quantize_checkpoint,
+    quantize_module,
+)
+from leanfit.quantization.artifacts import load, load_into, merge_into
 from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose
 from leanfit.quantization.lowrank import truncated_svd
 from leanfit.quantization.nn import QuantLinear
@@ -27,17 +38,24 @@ from leanfit.quantization.quantizers import (
 
 __all__ = [
     "DoubleQuantized",
+    "LoftQConfig",
+    "LoftQReport",
     "LoftQResult",
     "LowRankFit",
     "QuantLinear",
     "QuantizedTensor",
     "fit_low_rank",
     "levels",
+    "load",
+    "load_into",
     "loftq_decompose",
+    "merge_into",
     "nf_table",
     "pack",
     "packed_length",
     "quantize",
+    "quantize_checkpoint",
+    "quantize_module",
     "truncated_svd",
     "unpack",
 ]

@@ -365,6 +365,7 @@ class GGUFCheckpoint(Checkpoint):
         except (ValueError, OSError) as err:
             raise CorruptArtifactError(f"cannot read GGUF file {str(file)!r}: {err}") from err
         architecture = _gguf_text(reader, "general.architecture")
+        has_tokenizer = _gguf_text(reader, "tokenizer.ggml.model") is not None
         # The tensors keep views on the memory map; the parsed header (the tokenizer's
         # vocabulary: ~150 MB of small arrays for a 49k-token vocabulary) is let go.
         tensors = list(reader.tensors)
@@ -381,6 +382,7 @@ class GGUFCheckpoint(Checkpoint):
             architecture, config.num_hidden_layers, model.state_dict().keys()
         )
         self._permuted = GGUF_ARCHITECTURES[architecture]
+        self._has_tokenizer = has_tokenizer
         self._tensors: dict[str, Any] = {}
         self._gguf_names: dict[str, str] = {}
         unmapped = []
@@ -403,6 +405,12 @@ class GGUFCheckpoint(Checkpoint):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(out_dir)
+        if not self._has_tokenizer:
+            warnings.warn(
+                f"GGUF file {str(self.path)!r} holds no tokenizer; only config.json is written",
+                stacklevel=2,
+            )
+            return [out_dir / "config.json"]
         tokenizer = AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
         saved = tokenizer.save_pretrained(out_dir)
         return sorted({out_dir / "config.json", *(Path(name) for name in saved)})

@@ -1,0 +1,141 @@
+"""``leanfit quantize``: LoftQ-quantize a checkpoint into a packed backbone plus a LoRA adapter."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from leanfit.pretrained import PACKAGES, model_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "quantize",
+        help="quantize a model with LoftQ (packed low-bit backbone + PEFT LoRA adapter)",
+        description="Quantize the attention and MLP linear layers of MODEL to low-bit codes "
+        "while fitting a LoRA initialization to the quantization error (LoftQ), streaming the "
+        "checkpoint tensor by tensor. OUT gets backbone/ (packed weights, config, tokenizer), "
+        "adapter/ (PEFT LoRA), loftq_report.{json,md}; load it with "
+        "leanfit.quantization.load(OUT).",
+    )
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a transformers directory (safetensors), a .gguf file, or a packaged model: "
+        + ", ".join(sorted(PACKAGES)),
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--bits", type=int, default=2, help="bits per weight (default 2)")
+    mixed = parser.add_mutually_exclusive_group()
+    mixed.add_argument(
+        "--avg-bits",
+        type=float,
+        help="mixed precision: the first layers get --high-bits so the average is at most this",
+    )
+    mixed.add_argument(
+        "--first-high-layers",
+        type=int,
+        help="mixed precision: number of first layers at --high-bits",
+    )
+    parser.add_argument(
+        "--high-bits", type=int, default=4, help="bits of the first layers (default 4)"
+    )
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank r (default 16)")
+    parser.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
+    parser.add_argument(
+        "--iters", type=int, default=5, help="LoftQ alternating steps T (default 5)"
+    )
+    parser.add_argument("--method", choices=["nf", "uniform"], default="nf", help="quantizer")
+    parser.add_argument("--block-size", type=int, default=64, help="values per block (64)")
+    parser.add_argument(
+        "--svd", choices=["randomized", "exact"], default="randomized", help="truncated SVD"
+    )
+    parser.add_argument(
+        "--double-quant", action="store_true", help="store the block scales as 8-bit codes"
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        metavar="PATTERN",
+        help="module name or regex to quantize (repeatable; default: the model type's "
+        "attention and MLP layers)",
+    )
+    parser.add_argument(
+        "--include-conv", action="store_true", help="also quantize matched convolutions"
+    )
+    parser.add_argument(
+        "--init",
+        choices=["loftq", "qlora"],
+        default="loftq",
+        help="loftq (default), or qlora: Q = quantize(W) and a zero LoRA update (--iters ignored)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--export-dequantized",
+        action="store_true",
+        help="also write dequantized/: a float16 transformers model of Q (use with adapter/)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice); 1 is often fastest on a busy machine",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def resolve_model(model: str) -> Path:
+    """An existing path as given, else a packaged model name (``minilm``, ``smollm2``)."""
+    path = Path(model)
+    if path.exists() or model not in PACKAGES:
+        return path
+    return model_path(model)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from leanfit.exceptions import bad_value
+    from leanfit.quantization.apply import LoftQConfig, quantize_checkpoint
+
+    config = LoftQConfig(
+        bits=args.bits,
+        rank=args.rank,
+        iters=args.iters,
+        method=args.method,
+        block_size=args.block_size,
+        svd=args.svd,
+        lora_alpha=args.alpha,
+        double_quant=args.double_quant,
+        avg_bits=args.avg_bits,
+        first_high_layers=args.first_high_layers,
+        high_bits=args.high_bits,
+        targets=tuple(args.target) if args.target else None,
+        include_conv=args.include_conv,
+        seed=args.seed,
+        init=args.init,
+    )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise bad_value("--threads", args.threads, "an int >= 1")
+        torch.set_num_threads(args.threads)
+    report = quantize_checkpoint(
+        resolve_model(args.model),
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        export_dequantized=args.export_dequantized,
+    )
+    totals = report.summary()
+    print(
+        f"{totals['matrices']} matrices, {totals['bits_per_param']:.3f} bits/param stored: "
+        f"QLoRA error {totals['qlora_error']:.4f}, {config.init} error "
+        f"{totals['loftq_error']:.4f} (relative Frobenius, all targets)"
+    )
+    print(
+        f"time {totals['seconds']:.1f} s, peak RSS {totals['peak_rss_mb']:.0f} MB; "
+        f"wrote {args.out} (backbone/, adapter/, loftq_report.md)"
+    )
+    return 0

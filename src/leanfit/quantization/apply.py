@@ -1,0 +1,627 @@
+"""Apply LoftQ to a whole model: walk a checkpoint (or an in-memory module) tensor by tensor.
+
+The walker knows no maths beyond calling :func:`leanfit.quantization.loftq_decompose`: it
+chooses the targets and their bits (:mod:`leanfit.quantization.targets`), reads one tensor,
+turns a target into its ``n_out × n_in`` matrix, decomposes it, hands the packed Q and the
+PEFT LoRA factors to the artifact writer (:mod:`leanfit.quantization.artifacts`), and lets
+the tensor go before reading the next one. Peak memory is therefore the working set of the
+largest tensor plus one backbone shard being filled (``max_shard_bytes``), not the model.
+
+Output directory (written to a temporary sibling, renamed into place at the end)::
+
+    OUT/
+      backbone/         packed codes + scales of the targets, other tensors untouched (float32),
+                        quantization_config.json, the model's config.json and tokenizer files
+      adapter/          PEFT LoRA adapter: adapter_config.json, adapter_model.safetensors
+      dequantized/      (optional) plain transformers directory: Q dequantized, float16
+      loftq_config.json the LoftQConfig used
+      loftq_report.json per-matrix and total errors, bits per parameter, time, peak memory
+      loftq_report.md   the same as tables
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.quantization.loftq import LoftQResult, loftq_decompose
+from leanfit.quantization.lowrank import SVD_METHODS
+from leanfit.quantization.quantizers import check_quantization_args
+from leanfit.quantization.targets import (
+    Target,
+    matrix_view,
+    plan_bits,
+    select_targets,
+    to_peft_lora,
+)
+
+INITS = ("loftq", "qlora")
+DEFAULT_SHARD_BYTES = 64 * 2**20
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class LoftQConfig:
+    """How a model is quantized and its LoRA initialized.
+
+    Parameters
+    ----------
+    bits : int
+        Bits of every target (the low width of a mixed plan): 2, 3, 4 (NF) or 2, 3, 4, 8
+        (uniform).
+    rank : int
+        LoRA rank r (>= 1; each target needs ``r < min(n_out, n_in)``).
+    iters : int
+        LoftQ alternating steps T (>= 1). With ``init="qlora"`` it is set to 0.
+    method : {"nf", "uniform"}
+        Quantizer (:func:`leanfit.quantization.quantize`).
+    block_size : int
+        Values per quantization block.
+    svd : {"randomized", "exact"}
+        Truncated SVD of the residuals.
+    lora_alpha : float, optional
+        PEFT's ``lora_alpha`` (> 0); default r, i.e. scaling ``alpha / r = 1``. The factors
+        are divided by the scaling, so ``Q + (alpha/r)·B·A ≈ W`` for any alpha.
+    double_quant : bool
+        Store the per-block statistics as 8-bit codes.
+    avg_bits : float, optional
+        Mixed precision: the first blocks get ``high_bits`` so that the average is at most
+        ``avg_bits`` (:func:`leanfit.quantization.targets.plan_bits`).
+    first_high_layers : int, optional
+        Mixed precision: the number of first blocks at ``high_bits`` (instead of ``avg_bits``).
+    high_bits : int
+        Bits of the first blocks in a mixed plan (> ``bits``).
+    targets : tuple of str, optional
+        Target patterns (PEFT's ``target_modules`` rule); default: the model type's attention
+        and MLP linear layers (:data:`leanfit.quantization.targets.DEFAULT_PATTERNS`).
+    include_conv : bool
+        Also quantize matched convolution kernels (as ``out × in·prod(kernel)`` matrices).
+    seed : int
+        Seeds the randomized SVD and the QLoRA ``lora_A``; target i uses ``seed + i``.
+    init : {"loftq", "qlora"}
+        ``"loftq"``: Q and the factors by LoftQ; ``"qlora"``: Q = quantize(W), ``lora_B = 0``
+        and ``lora_A`` PEFT's default random init (LoRA starts exactly from Q).
+    """
+
+    bits: int = 2
+    rank: int = 16
+    iters: int = 5
+    method: str = "nf"
+    block_size: int = 64
+    svd: str = "randomized"
+    lora_alpha: float | None = None
+    double_quant: bool = False
+    avg_bits: float | None = None
+    first_high_layers: int | None = None
+    high_bits: int = 4
+    targets: tuple[str, ...] | None = None
+    include_conv: bool = False
+    seed: int = 0
+    init: str = "loftq"
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise bad_value("init", self.init, f"one of {INITS}")
+        check_quantization_args(self.bits, self.method, self.block_size)
+        if not _is_int(self.rank) or self.rank < 1:
+            raise bad_value("rank", self.rank, "an int >= 1")
+        if self.init == "qlora":
+            object.__setattr__(self, "iters", 0)
+        elif not _is_int(self.iters) or self.iters < 1:
+            raise bad_value("iters", self.iters, "an int >= 1 (init='qlora' means no iteration)")
+        if self.svd not in SVD_METHODS:
+            raise bad_value("svd", self.svd, f"one of {SVD_METHODS}")
+        if self.lora_alpha is not None and (
+            not _is_number(self.lora_alpha) or self.lora_alpha <= 0
+        ):
+            raise bad_value("lora_alpha", self.lora_alpha, "a finite number > 0, or None")
+        for name in ("double_quant", "include_conv"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad_value(name, getattr(self, name), "a bool")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad_value("seed", self.seed, "an int >= 0")
+        self._check_mixed_plan()
+        if self.targets is not None:
+            if isinstance(self.targets, str) or not all(
+                isinstance(p, str) and p for p in self.targets
+            ):
+                raise bad_value("targets", self.targets, "a list of non-empty strings, or None")
+            if not self.targets:
+                raise bad_value("targets", self.targets, "a non-empty list of patterns, or None")
+            object.__setattr__(self, "targets", tuple(self.targets))
+
+    def _check_mixed_plan(self) -> None:
+        if self.avg_bits is None and self.first_high_layers is None:
+            return
+        if self.avg_bits is not None and self.first_high_layers is not None:
+            raise BadInputError(
+                "give avg_bits or first_high_layers, not both; got "
+                f"avg_bits={self.avg_bits!r}, first_high_layers={self.first_high_layers!r}"
+            )
+        check_quantization_args(self.high_bits, self.method, self.block_size)
+        if self.high_bits <= self.bits:
+            raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
+        if self.avg_bits is not None and not (
+            _is_number(self.avg_bits) and self.bits <= self.avg_bits <= self.high_bits
+        ):
+            raise bad_value(
+                "avg_bits", self.avg_bits, f"a number in [{self.bits}, {self.high_bits}]"
+            )
+        if self.first_high_layers is not None and (
+            not _is_int(self.first_high_layers) or self.first_high_layers < 0
+        ):
+            raise bad_value("first_high_layers", self.first_high_layers, "an int >= 0")
+
+    @property
+    def alpha(self) -> float:
+        """``lora_alpha``, or r when it is not given."""
+        return float(self.rank) if self.lora_alpha is None else float(self.lora_alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable fields (``targets`` as a list)."""
+        values = asdict(self)
+        if self.targets is not None:
+            values["targets"] = list(self.targets)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoftQConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused."""
+        if not isinstance(values, dict):
+            raise bad_value("values", type(values).__name__, "a dict")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BadInputError(f"LoftQConfig has no fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fields as JSON."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LoftQConfig:
+        """Read a JSON file written by :meth:`save`.
+
+        Raises
+        ------
+        CorruptArtifactError
+            The file is not valid JSON or holds invalid fields.
+        """
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, BadInputError, TypeError) as err:
+            raise CorruptArtifactError(f"invalid LoftQ config {str(path)!r}: {err}") from err
+
+
+@dataclass(frozen=True)
+class MatrixReport:
+    """What LoftQ did to one target.
+
+    ``qlora_error = ‖W − quantize(W)‖_F / ‖W‖_F``; ``errors[t] = ‖W − Q_t − s·B_t·A_t‖_F /
+    ‖W‖_F`` after step t+1; ``error`` is that of the kept iterate (``qlora_error`` for the
+    QLoRA init). ``weight_norm = ‖W‖_F`` weighs the totals.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    matrix_shape: tuple[int, int]
+    bits: int
+    qlora_error: float
+    errors: list[float]
+    best_iter: int
+    error: float
+    weight_norm: float
+    bits_per_param: float
+    seconds: float
+
+
+@dataclass
+class LoftQReport:
+    """Per-matrix results and totals of one run (:func:`quantize_checkpoint`)."""
+
+    source: str
+    out_dir: str
+    model_type: str
+    config: LoftQConfig
+    matrices: list[MatrixReport] = field(default_factory=list)
+    quantized_params: int = 0
+    quantized_bytes: int = 0
+    other_params: int = 0
+    other_bytes: int = 0
+    adapter_params: int = 0
+    seconds: float = 0.0
+    start_rss_bytes: int = 0
+    start_anon_bytes: int = 0
+    peak_rss_bytes: int = 0
+    peak_anon_bytes: int = 0
+
+    def total(self, attribute: str) -> float:
+        """Norm-weighted total of a relative error: ``sqrt(Σ e_i²‖W_i‖²) / sqrt(Σ ‖W_i‖²)``,
+        i.e. the relative error of all target matrices taken together."""
+        norms = sum(m.weight_norm**2 for m in self.matrices) or 1.0
+        return math.sqrt(
+            sum((getattr(m, attribute) * m.weight_norm) ** 2 for m in self.matrices) / norms
+        )
+
+    @property
+    def qlora_error(self) -> float:
+        """Total relative error of Q = quantize(W) alone (QLoRA's start)."""
+        return self.total("qlora_error")
+
+    @property
+    def error(self) -> float:
+        """Total relative error of the kept ``Q + s·B·A`` (equals :attr:`qlora_error` for QLoRA)."""
+        return self.total("error")
+
+    @property
+    def bits_per_param(self) -> float:
+        """Stored bits (codes + statistics) per parameter of the quantized matrices."""
+        return 8 * self.quantized_bytes / max(self.quantized_params, 1)
+
+    @property
+    def backbone_bits_per_param(self) -> float:
+        """Stored bits per parameter of the whole backbone (untouched tensors included)."""
+        params = self.quantized_params + self.other_params
+        return 8 * (self.quantized_bytes + self.other_bytes) / max(params, 1)
+
+    def summary(self) -> dict[str, Any]:
+        """The totals as a flat dict."""
+        return {
+            "matrices": len(self.matrices),
+            "qlora_error": self.qlora_error,
+            "loftq_error": self.error,
+            "bits_per_param": self.bits_per_param,
+            "backbone_bits_per_param": self.backbone_bits_per_param,
+            "quantized_params": self.quantized_params,
+            "other_params": self.other_params,
+            "adapter_params": self.adapter_params,
+            "seconds": self.seconds,
+            "start_rss_mb": self.start_rss_bytes / 2**20,
+            "peak_rss_mb": self.peak_rss_bytes / 2**20,
+            "start_anon_mb": self.start_anon_bytes / 2**20,
+            "peak_anon_mb": self.peak_anon_bytes / 2**20,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "out_dir": self.out_dir,
+            "model_type": self.model_type,
+            "config": self.config.to_dict(),
+            "totals": self.summary(),
+            "matrices": [asdict(m) for m in self.matrices],
+        }
+
+
+class TensorSource(Protocol):
+    """What the walker reads: a :class:`leanfit.quantization.checkpoint.Checkpoint` or a
+    :class:`ModuleSource`."""
+
+    tied: dict[str, str]
+
+    @property
+    def model_type(self) -> str: ...
+
+    def names(self) -> list[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def read(self, name: str) -> torch.Tensor: ...
+
+    def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]: ...
+
+
+class ModuleSource:
+    """An in-memory :class:`torch.nn.Module` seen as a checkpoint: its state-dict tensors.
+
+    Parameters sharing storage are stored under their first name; the others are listed in
+    :attr:`tied`. ``model_type`` is the transformers config's, or ``"module"``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise bad_value("model", type(model).__name__, "a torch.nn.Module")
+        self.model = model
+        self._state: dict[str, torch.Tensor] = {}
+        self.tied: dict[str, str] = {}
+        first: dict[tuple[int, int, tuple[int, ...]], str] = {}
+        for name, tensor in model.state_dict(keep_vars=False).items():
+            key = (
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tuple(tensor.shape),
+            )
+            if key in first and tensor.numel():
+                self.tied[name] = first[key]
+            else:
+                first.setdefault(key, name)
+                self._state[name] = tensor
+
+    @property
+    def model_type(self) -> str:
+        config = getattr(self.model, "config", None)
+        return str(getattr(config, "model_type", None) or "module")
+
+    def names(self) -> list[str]:
+        return list(self._state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[self.tied.get(name, name)].shape)
+
+    def read(self, name: str) -> torch.Tensor:
+        tensor = self._state[self.tied.get(name, name)].detach()
+        return (tensor.float() if tensor.is_floating_point() else tensor).to("cpu", copy=True)
+
+    def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
+        """Write the transformers config (with ``architectures``) if the model has one."""
+        config = getattr(self.model, "config", None)
+        if config is None or not hasattr(config, "save_pretrained"):
+            return []
+        config = type(config).from_dict(config.to_dict())
+        config.architectures = [type(self.model).__name__]
+        config.save_pretrained(out_dir)
+        return [Path(out_dir) / "config.json"]
+
+
+class _PeakMemory:
+    """Peak RSS and peak anonymous memory (RSS − file-backed shared pages) of this process,
+    sampled every 20 ms by a background thread (psutil)."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.rss = self.anon = self.start_rss = self.start_anon = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        info = self._process.memory_info()
+        self.rss = max(self.rss, info.rss)
+        self.anon = max(self.anon, info.rss - getattr(info, "shared", 0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.sample()
+
+    @contextmanager
+    def running(self) -> Iterator[_PeakMemory]:
+        self.sample()
+        self.start_rss, self.start_anon = self.rss, self.anon
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self.sample()
+
+
+def _check_rank(targets: list[Target], rank: int) -> None:
+    """Refuse a rank that some target cannot take, before anything is read or written."""
+    for target in targets:
+        limit = min(target.matrix_shape) - 1
+        if rank > limit:
+            raise BadInputError(
+                f"rank must be below min(n_out, n_in) of every target; got rank={rank} for "
+                f"{target.name!r} of matrix shape {target.matrix_shape} (at most {limit})"
+            )
+
+
+def _decompose(matrix: torch.Tensor, bits: int, config: LoftQConfig, seed: int) -> LoftQResult:
+    return loftq_decompose(
+        matrix,
+        bits=bits,
+        rank=config.rank,
+        iters=config.iters,
+        method=config.method,
+        block_size=config.block_size,
+        svd=config.svd,
+        lora_alpha=config.alpha,
+        double_quant=config.double_quant,
+        seed=seed,
+    )
+
+
+def walk(
+    source: TensorSource,
+    out_dir: str | Path,
+    config: LoftQConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    export_dequantized: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    source_label: str = "",
+) -> LoftQReport:
+    """Quantize every target of ``source`` into an artifact directory (the shared walker).
+
+    See :func:`quantize_checkpoint` for the parameters and the output.
+    """
+    from leanfit.quantization.artifacts import ArtifactWriter
+
+    if not isinstance(config, LoftQConfig):
+        raise bad_value("config", type(config).__name__, "a LoftQConfig")
+    names = source.names()
+    shapes = {name: source.shape(name) for name in names}
+    targets = select_targets(
+        names, shapes, source.model_type, config.targets, include_conv=config.include_conv
+    )
+    plan = plan_bits(
+        targets,
+        config.bits,
+        avg_bits=config.avg_bits,
+        high_bits=config.high_bits,
+        first_high_layers=config.first_high_layers,
+    )
+    _check_rank(targets, config.rank)
+    by_name = {t.name: (i, t) for i, t in enumerate(targets)}
+    report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
+    start = time.perf_counter()
+    with (
+        _PeakMemory().running() as memory,
+        ArtifactWriter(
+            out_dir,
+            config,
+            source,
+            overwrite=overwrite,
+            export_dequantized=export_dequantized,
+            max_shard_bytes=max_shard_bytes,
+        ) as writer,
+        tqdm(total=len(names), unit="tensor", desc="LoftQ", disable=not progress) as bar,
+    ):
+        for name in names:
+            bar.set_postfix_str(name, refresh=False)
+            tic = time.perf_counter()
+            tensor = source.read(name)
+            if name not in by_name:
+                writer.add_tensor(name, tensor)
+                report.other_params += tensor.numel()
+                report.other_bytes += tensor.numel() * tensor.element_size()
+            else:
+                index, target = by_name[name]
+                matrix = matrix_view(tensor, target)
+                result = _decompose(matrix, plan[name], config, config.seed + index)
+                lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
+                writer.add_target(target, result.quantized, lora_a, lora_b)
+                report.quantized_params += result.quantized.numel
+                report.quantized_bytes += result.quantized.nbytes
+                report.adapter_params += lora_a.numel() + lora_b.numel()
+                report.matrices.append(
+                    MatrixReport(
+                        name=name,
+                        kind=target.kind + (" (transposed)" if target.transposed else ""),
+                        shape=target.shape,
+                        matrix_shape=target.matrix_shape,
+                        bits=plan[name],
+                        qlora_error=result.qlora_error,
+                        errors=list(result.errors),
+                        best_iter=result.best_iter,
+                        error=result.error,
+                        weight_norm=float(torch.linalg.norm(matrix)),
+                        bits_per_param=result.quantized.bits_per_param,
+                        seconds=time.perf_counter() - tic,
+                    )
+                )
+                del matrix, result, lora_a, lora_b
+            del tensor
+            bar.update()
+            memory.sample()
+        writer.close()
+        memory.sample()
+        report.seconds = time.perf_counter() - start
+        report.start_rss_bytes, report.start_anon_bytes = memory.start_rss, memory.start_anon
+        report.peak_rss_bytes, report.peak_anon_bytes = memory.rss, memory.anon
+        writer.finish(report)
+    return report
+
+
+def quantize_checkpoint(
+    source: str | Path,
+    out_dir: str | Path,
+    config: LoftQConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    export_dequantized: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> LoftQReport:
+    """Quantize a pretrained checkpoint with LoftQ, streaming it tensor by tensor.
+
+    Parameters
+    ----------
+    source : str or Path
+        A transformers directory (safetensors, sharded or not) or a ``.gguf`` file
+        (:func:`leanfit.quantization.checkpoint.open_checkpoint`).
+    out_dir : str or Path
+        The output directory (see the module docstring); written to a temporary sibling and
+        renamed into place at the end.
+    config : LoftQConfig, optional
+        Default ``LoftQConfig()``: NF2, rank 16, T = 5, block 64, randomized SVD.
+    overwrite : bool
+        Replace an existing ``out_dir``.
+    progress : bool
+        Show a tqdm bar (one step per tensor).
+    export_dequantized : bool
+        Also write ``dequantized/``: a plain transformers directory whose weights are Q
+        dequantized in float16 (other tensors cast to float16), to be used with the adapter.
+    max_shard_bytes : int
+        A backbone shard is written once it holds this many bytes (a tensor is never split).
+
+    Returns
+    -------
+    LoftQReport
+        Also written as ``loftq_report.json`` and ``loftq_report.md``.
+
+    Raises
+    ------
+    BadInputError
+        Invalid config, no matching target, a rank too large for a target, or an existing
+        ``out_dir`` without ``overwrite``.
+    """
+    from leanfit.quantization.checkpoint import open_checkpoint
+
+    config = LoftQConfig() if config is None else config
+    with open_checkpoint(source) as checkpoint:
+        return walk(
+            checkpoint,
+            out_dir,
+            config,
+            overwrite=overwrite,
+            progress=progress,
+            export_dequantized=export_dequantized,
+            max_shard_bytes=max_shard_bytes,
+            source_label=str(source),
+        )
+
+
+def quantize_module(
+    model: nn.Module,
+    out_dir: str | Path,
+    config: LoftQConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    export_dequantized: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> LoftQReport:
+    """Quantize an in-memory model's Linear (and, with ``include_conv``, Conv) layers.
+
+    The same walker and artifacts as :func:`quantize_checkpoint`, reading the model's state
+    dict; ``backbone/`` holds the transformers config when the model has one (then
+    :func:`leanfit.quantization.load` rebuilds it), and no tokenizer. ``config.targets`` is
+    needed unless the model is a transformers model of a known type. The model is not changed.
+    Load the result into a fresh instance with :func:`leanfit.quantization.artifacts.load_into`.
+    """
+    return walk(
+        ModuleSource(model),
+        out_dir,
+        config,
+        overwrite=overwrite,
+        progress=progress,
+        export_dequantized=export_dequantized,
+        max_shard_bytes=max_shard_bytes,
+        source_label=type(model).__name__,
+    )

@@ -1,0 +1,839 @@
+"""The LoftQ output directory: write it while the walker streams, and load it back.
+
+Layout (see :mod:`leanfit.quantization.apply`)::
+
+    OUT/backbone/model-0000i-of-0000n.safetensors + model.safetensors.index.json
+        a target module ``m`` is stored as ``m.packed``, ``m.scales`` (``m.offsets`` for
+        uniform; ``*_dq_scales``, ``*_dq_mean`` with double quantization), its bias as
+        ``m.bias``; every other tensor under its own name, as read (float32 or integer)
+    OUT/backbone/quantization_config.json   format version and per-target metadata
+    OUT/backbone/config.json, tokenizer files
+    OUT/adapter/adapter_config.json, adapter_model.safetensors   a PEFT LoRA adapter
+    OUT/dequantized/   optional: config, tokenizer, float16 weights with Q dequantized
+    OUT/loftq_config.json, loftq_report.json, loftq_report.md
+
+:func:`load` rebuilds the transformers model with the targets as
+:class:`~leanfit.quantization.QuantLinear` (never materializing their full-precision
+weights) and attaches the adapter with PEFT. The model it returns computes, in every target,
+``x ↦ x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from leanfit._version import __version__
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.io import atomic_output
+from leanfit.quantization.nn import QuantLinear
+from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args
+from leanfit.quantization.targets import Target, lora_shapes_for_peft, restore_shape
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from leanfit.quantization.apply import LoftQConfig, LoftQReport, TensorSource
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "leanfit-loftq"
+FORMAT_VERSION = 1
+BACKBONE, ADAPTER, DEQUANTIZED = "backbone", "adapter", "dequantized"
+QUANTIZATION_CONFIG = "quantization_config.json"
+LOFTQ_CONFIG = "loftq_config.json"
+REPORT_JSON, REPORT_MD = "loftq_report.json", "loftq_report.md"
+INDEX_FILE = "model.safetensors.index.json"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+TASKS = ("auto", "causal-lm", "base", "sequence-classification")
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Write tensors into safetensors shards of about ``max_bytes``, with an index.
+
+    Tensors given together to :meth:`add` stay in one shard. A shard is written as soon as
+    adding the next group would pass ``max_bytes``, so at most one shard is held in memory.
+    :meth:`close` names the shards ``model-0000i-of-0000n.safetensors`` and writes
+    ``model.safetensors.index.json`` (``{"metadata": {"total_size": …}, "weight_map": {name:
+    file}}``), the layout of a sharded transformers checkpoint.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise bad_value("max_shard_bytes", max_bytes, "an int >= 1")
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._files: list[list[str]] = []
+        self.total_bytes = 0
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self._pending and self._pending_bytes + size > self.max_bytes:
+            self.flush()
+        self._pending.update({name: t.contiguous() for name, t in tensors.items()})
+        self._pending_bytes += size
+        if self._pending_bytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        path = self.directory / f"model-{len(self._files) + 1:05d}.safetensors"
+        save_file(self._pending, path, metadata={"format": "pt"})
+        self._files.append(list(self._pending))
+        self.total_bytes += self._pending_bytes
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        weight_map = {}
+        count = len(self._files)
+        for i, names in enumerate(self._files, start=1):
+            final = f"model-{i:05d}-of-{count:05d}.safetensors"
+            os.replace(self.directory / f"model-{i:05d}.safetensors", self.directory / final)
+            weight_map.update(dict.fromkeys(names, final))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _target_meta(target: Target, quantized: QuantizedTensor, rank: int) -> dict[str, Any]:
+    return {
+        "name": target.name,
+        "kind": target.kind,
+        "transposed": target.transposed,
+        "shape": list(target.shape),
+        "layer_index": target.layer_index,
+        "rank": rank,
+        "quantized": quantized.meta(),
+    }
+
+
+def _architecture(source: TensorSource) -> str | None:
+    """The model class name: ``config.architectures[0]``; for a GGUF file (always a causal
+    LM, with no architecture in its config) transformers' causal-LM class for the config."""
+    from leanfit.quantization.checkpoint import GGUFCheckpoint
+
+    config = getattr(source, "config", None)
+    architectures = getattr(config, "architectures", None)
+    if architectures:
+        return str(architectures[0])
+    if isinstance(source, GGUFCheckpoint):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(source.config)]
+        return str(getattr(model_class, "__name__", "")) or None
+    return None
+
+
+def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    values = json.loads(path.read_text())
+    edit(values)
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+class ArtifactWriter:
+    """Collect what the walker produces and write the output directory atomically.
+
+    Use as a context manager: entering creates the temporary directory (refusing an
+    existing output without ``overwrite``), leaving renames it into place — or removes it if
+    the walk failed. :meth:`finish` must be called before leaving.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        config: LoftQConfig,
+        source: TensorSource,
+        *,
+        overwrite: bool,
+        export_dequantized: bool,
+        max_shard_bytes: int,
+    ) -> None:
+        self.config, self.source = config, source
+        self._atomic = atomic_output(out_dir, overwrite=overwrite)
+        self._max_shard_bytes = max_shard_bytes
+        self._export = export_dequantized
+        self._targets: dict[str, dict[str, Any]] = {}
+        self._adapter: dict[str, torch.Tensor] = {}
+        self._finished = False
+
+    def __enter__(self) -> ArtifactWriter:
+        self.root = self._atomic.__enter__()
+        self.backbone = ShardWriter(self.root / BACKBONE, self._max_shard_bytes)
+        self.dequantized = (
+            ShardWriter(self.root / DEQUANTIZED, self._max_shard_bytes) if self._export else None
+        )
+        self.architecture = _architecture(self.source)
+        for writer, dtype in ((self.backbone, None), (self.dequantized, "float16")):
+            if writer is not None:
+                writer.directory.mkdir(parents=True)
+                self._write_model_files(writer.directory, dtype)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None and not self._finished:
+            exc = RuntimeError("ArtifactWriter left without finish()")
+            exc_type, traceback = type(exc), None
+        if exc is None:
+            self._atomic.__exit__(None, None, None)
+        elif not self._atomic.__exit__(exc_type, exc, traceback):
+            raise exc
+
+    def add_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """An untouched tensor: stored as read; float16 in the dequantized export."""
+        self.backbone.add({name: tensor})
+        if self.dequantized is not None:
+            self.dequantized.add({name: tensor.half() if tensor.is_floating_point() else tensor})
+
+    def add_target(
+        self,
+        target: Target,
+        quantized: QuantizedTensor,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+    ) -> None:
+        """A quantized target: Q packed into the backbone, PEFT's lora_A/lora_B weights."""
+        self.backbone.add(quantized.to_state_dict(target.module + "."))
+        self._targets[target.module] = _target_meta(target, quantized, int(lora_a.shape[0]))
+        self._adapter[f"{PEFT_PREFIX}{target.module}.lora_A.weight"] = lora_a.contiguous()
+        self._adapter[f"{PEFT_PREFIX}{target.module}.lora_B.weight"] = lora_b.contiguous()
+        if self.dequantized is not None:
+            dense = restore_shape(quantized.dequantize(), target).half()
+            self.dequantized.add({target.name: dense})
+
+    def close(self) -> None:
+        """Write the last shards and indexes, ``quantization_config.json``, the adapter and
+        ``loftq_config.json``."""
+        self.backbone.close()
+        quantization = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "leanfit_version": __version__,
+            "model_type": self.source.model_type,
+            "architecture": self.architecture,
+            "tied": dict(self.source.tied),
+            "targets": self._targets,
+        }
+        (self.root / BACKBONE / QUANTIZATION_CONFIG).write_text(
+            json.dumps(quantization, indent=2) + "\n"
+        )
+        if self.dequantized is not None:
+            self.dequantized.close()
+        self._write_adapter()
+        self.config.save(self.root / LOFTQ_CONFIG)
+
+    def finish(self, report: LoftQReport) -> None:
+        """Write the reports (after :meth:`close`); the directory is complete."""
+        write_reports(self.root, report)
+        self._finished = True
+
+    def _write_model_files(self, directory: Path, dtype: str | None) -> None:
+        """Config (with ``architectures`` filled in, and ``dtype`` if given) and tokenizer."""
+        architecture = self.architecture
+        self.source.save_config_and_tokenizer(directory)
+        config_path = directory / "config.json"
+        if config_path.is_file():
+
+            def edit(values: dict[str, Any]) -> None:
+                if architecture and not values.get("architectures"):
+                    values["architectures"] = [architecture]
+                if dtype is not None:
+                    values["dtype"] = dtype
+                    values.pop("torch_dtype", None)
+
+            _edit_json(config_path, edit)
+
+    def _write_adapter(self) -> None:
+        from peft import LoraConfig
+
+        architecture = self.architecture
+        alpha = self.config.alpha
+        causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
+        lora = LoraConfig(
+            r=self.config.rank,
+            lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,  # type: ignore[arg-type]
+            target_modules=sorted(self._targets),
+            task_type="CAUSAL_LM" if causal else None,
+            lora_dropout=0.0,
+            bias="none",
+        )
+        directory = self.root / ADAPTER
+        lora.save_pretrained(str(directory))
+        save_file(self._adapter, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+
+
+def write_reports(root: Path, report: LoftQReport) -> None:
+    """``loftq_report.json`` and ``loftq_report.md`` in ``root``."""
+    from leanfit.reports import markdown_table, write_report
+
+    (root / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    totals = report.summary()
+    config = report.config
+    rows = [
+        {
+            "matrix": m.name,
+            "shape": "×".join(map(str, m.matrix_shape)),
+            "bits": m.bits,
+            "QLoRA": m.qlora_error,
+            "LoftQ per iteration": ", ".join(f"{e:.4f}" for e in m.errors) or "–",
+            "kept": m.best_iter,
+            "error": m.error,
+            "bits/param": m.bits_per_param,
+            "time (s)": m.seconds,
+        }
+        for m in report.matrices
+    ]
+    summary = [
+        {
+            "matrices": totals["matrices"],
+            "QLoRA error": totals["qlora_error"],
+            "LoftQ error": totals["loftq_error"],
+            "bits/param (targets)": totals["bits_per_param"],
+            "bits/param (backbone)": totals["backbone_bits_per_param"],
+            "adapter params": totals["adapter_params"],
+            "time (s)": totals["seconds"],
+            "RSS start → peak (MB)": f"{totals['start_rss_mb']:.0f} → {totals['peak_rss_mb']:.0f}",
+            "anon start → peak (MB)": (
+                f"{totals['start_anon_mb']:.0f} → {totals['peak_anon_mb']:.0f}"
+            ),
+        }
+    ]
+    settings = (
+        f"Source `{report.source}` ({report.model_type}); init {config.init}, "
+        f"{config.method.upper()}{config.bits}"
+        + (
+            f" (mixed, high {config.high_bits})"
+            if config.avg_bits or config.first_high_layers
+            else ""
+        )
+        + f", block {config.block_size}, rank {config.rank}, alpha {config.alpha:g}, "
+        f"T = {config.iters}, {config.svd} SVD, double quant {config.double_quant}.\n\n"
+        "Errors are relative Frobenius errors: QLoRA ‖W − Q‖/‖W‖ with Q = quantize(W), LoftQ "
+        "‖W − Q − (alpha/r)·B·A‖/‖W‖ after each iteration; the kept iterate is the best one. "
+        "Totals weigh each matrix by ‖W‖² (the relative error of all targets together). "
+        "Bits/param count packed codes and scales. Memory: resident set size of the process "
+        "(psutil) at the start of the walk and its peak; anon = RSS minus file-backed pages "
+        "(memory-mapped checkpoint pages are page cache, not allocations)."
+    )
+    write_report(
+        root / REPORT_MD,
+        "LoftQ report",
+        [
+            ("Settings", settings),
+            ("Totals", markdown_table(summary)),
+            ("Matrices", markdown_table(rows, floatfmt={"QLoRA": ".4f", "error": ".4f"})),
+        ],
+    )
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def read_quantization_config(directory: str | Path) -> dict[str, Any]:
+    """Validate a LoftQ output directory and return its ``backbone/quantization_config.json``.
+
+    Raises
+    ------
+    BadInputError
+        ``directory`` is not a leanfit LoftQ output (no ``backbone/quantization_config.json``).
+    CorruptArtifactError
+        The file is unreadable, of another format, of a newer format version, or incomplete.
+    """
+    directory = Path(directory)
+    path = directory / BACKBONE / QUANTIZATION_CONFIG
+    if not path.is_file():
+        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "nothing"
+        raise BadInputError(
+            f"directory must be a leanfit quantize output (with {BACKBONE}/{QUANTIZATION_CONFIG}); "
+            f"got {str(directory)!r} holding {found}"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptArtifactError(f"{str(path)!r} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CorruptArtifactError(f"{str(path)!r} is not a {FORMAT!r} file")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CorruptArtifactError(f"{str(path)!r} has no valid format_version; got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CorruptArtifactError(
+            f"{str(path)!r} has format_version {version}, newer than the {FORMAT_VERSION} this "
+            f"leanfit {__version__} reads; upgrade leanfit"
+        )
+    targets = meta.get("targets")
+    if not isinstance(targets, dict) or not targets or not isinstance(meta.get("tied"), dict):
+        raise CorruptArtifactError(f"{str(path)!r} lists no targets or no tied map")
+    return meta
+
+
+def _target(module: str, entry: dict[str, Any]) -> Target:
+    """The :class:`Target` of a ``quantization_config.json`` entry, its quantizer checked."""
+    try:
+        target = Target(
+            entry["name"],
+            module,
+            tuple(entry["shape"]),
+            entry["layer_index"],
+            bool(entry["transposed"]),
+            entry["kind"],
+        )
+        quant = entry["quantized"]
+        check_quantization_args(quant["bits"], quant["method"], quant["block_size"])
+        if list(quant["shape"]) != list(target.matrix_shape):
+            raise BadInputError(
+                f"quantized shape {quant['shape']} is not the matrix shape {target.matrix_shape}"
+            )
+        if not isinstance(quant["double_quant"], bool):
+            raise BadInputError(f"double_quant must be a bool; got {quant['double_quant']!r}")
+    except (KeyError, TypeError, BadInputError) as err:
+        raise CorruptArtifactError(f"target {module!r} has invalid metadata: {err!r}") from err
+    return target
+
+
+class _KeyMap:
+    """Stored names ↔ the model's state-dict names, which may add or drop the base-model
+    prefix (``bert.``, ``model.``) when the model class differs from the saved one."""
+
+    def __init__(self, stored_targets: Iterable[str], model_keys: set[str], prefix: str) -> None:
+        stored = list(stored_targets)
+        self.add = self.strip = ""
+        if all(name in model_keys for name in stored):
+            return
+        if prefix and all(f"{prefix}.{name}" in model_keys for name in stored):
+            self.add = prefix + "."
+        elif prefix and all(
+            name.startswith(prefix + ".") and name[len(prefix) + 1 :] in model_keys
+            for name in stored
+        ):
+            self.strip = prefix + "."
+        else:
+            absent = [name for name in stored if name not in model_keys][:3]
+            raise CorruptArtifactError(
+                f"the backbone's targets {absent} are not weights of the model built "
+                f"(e.g. {sorted(model_keys)[:3]}); the artifact does not match the model class"
+            )
+
+    def __call__(self, name: str) -> str | None:
+        """The model's name of a stored name; None for a tensor outside the model (a head
+        dropped when loading the base model of a saved task model)."""
+        if self.strip:
+            return name[len(self.strip) :] if name.startswith(self.strip) else None
+        return self.add + name
+
+    def of_target(self, name: str) -> str:
+        """The model's name of a target (always inside the model: checked at construction)."""
+        renamed = self(name)
+        if renamed is None:
+            raise CorruptArtifactError(f"target {name!r} is outside the model built")
+        return renamed
+
+    def peft_mapping(self) -> dict[str, str] | None:
+        """PEFT's ``key_mapping`` (regex → replacement on keys without ``base_model.model.``)."""
+        if self.add:
+            return {"^": self.add}
+        if self.strip:
+            return {"^" + self.strip.replace(".", r"\."): ""}
+        return None
+
+
+def _prefix(model: nn.Module) -> str:
+    """transformers' ``base_model_prefix`` (``bert``, ``model``, ``transformer``), or ``""``."""
+    return str(getattr(model, "base_model_prefix", "") or "")
+
+
+def _swap_quantized_linears(
+    model: nn.Module, targets: dict[str, Target], keys: _KeyMap, meta: dict[str, Any]
+) -> None:
+    """Replace each linear target by an all-zero :class:`QuantLinear` skeleton (no float weight)."""
+    for module_name, target in targets.items():
+        if target.kind != "linear":
+            continue
+        name = keys.of_target(target.module)
+        original = model.get_submodule(name)
+        n_out, n_in = target.matrix_shape
+        quant = meta["targets"][module_name]["quantized"]
+        layer = QuantLinear(
+            n_in,
+            n_out,
+            getattr(original, "bias", None) is not None,
+            bits=quant["bits"],
+            method=quant["method"],
+            block_size=quant["block_size"],
+            double_quant=quant["double_quant"],
+        )
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+
+
+def _shards(backbone: Path) -> list[Path]:
+    return sorted(set(_weight_map(backbone).values()))
+
+
+def _decode_convs(
+    tensors: dict[str, torch.Tensor], targets: dict[str, Target], meta: dict[str, Any]
+) -> None:
+    """Replace the packed tensors of convolution targets by their dequantized kernel
+    (convolutions have no quantized module: they run dequantized)."""
+    for module_name, target in targets.items():
+        if target.kind == "conv" and f"{module_name}.packed" in tensors:
+            quant = meta["targets"][module_name]["quantized"]
+            q = QuantizedTensor.from_state_dict(tensors, module_name + ".", quant)
+            for key in q.to_state_dict(module_name + "."):
+                del tensors[key]
+            tensors[target.name] = restore_shape(q.dequantize(), target)
+
+
+def _check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
+    """The adapter holds exactly lora_A/lora_B of every target, in PEFT's shapes."""
+    config_path, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+    if not config_path.is_file() or not weights.is_file():
+        raise CorruptArtifactError(
+            f"adapter {str(adapter)!r} must hold {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+        rank, modules = config["r"], config["target_modules"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CorruptArtifactError(
+            f"{str(config_path)!r} is not a LoRA adapter config: {err}"
+        ) from err
+    if sorted(modules) != sorted(targets):
+        raise CorruptArtifactError(
+            f"{str(config_path)!r} targets {len(modules)} modules, the backbone {len(targets)}: "
+            f"e.g. {sorted(set(modules) ^ set(targets))[:3]} differ"
+        )
+    expected = {}
+    for module, target in targets.items():
+        shape_a, shape_b = lora_shapes_for_peft(target, rank)
+        expected[f"{PEFT_PREFIX}{module}.lora_A.weight"] = shape_a
+        expected[f"{PEFT_PREFIX}{module}.lora_B.weight"] = shape_b
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except SafetensorError as err:
+        raise CorruptArtifactError(f"cannot read {str(weights)!r}: {err}") from err
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise CorruptArtifactError(
+            f"{str(weights)!r} must hold lora_A and lora_B of each target; "
+            f"missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    wrong = [(n, stored[n], shape) for n, shape in expected.items() if stored[n] != tuple(shape)]
+    if wrong:
+        name, got, shape = wrong[0]
+        raise CorruptArtifactError(
+            f"adapter tensor {name!r} must have shape {tuple(shape)} (r={rank}); got {got} "
+            f"({len(wrong)} tensors have wrong shapes)"
+        )
+
+
+def _retie(model: nn.Module, tied: dict[str, str], keys: _KeyMap) -> set[str]:
+    """Make every alias parameter the stored one again (assign-loading replaced the stored
+    ones); returns the aliases handled."""
+    done = set()
+    for alias, stored in tied.items():
+        alias_name, stored_name = keys(alias), keys(stored)
+        if alias_name is None or stored_name is None:
+            continue
+        owner, _, attr = alias_name.rpartition(".")
+        try:
+            module = model.get_submodule(owner)
+            parameter = model.get_parameter(stored_name)
+        except AttributeError:
+            continue
+        setattr(module, attr, parameter)
+        done.add(alias_name)
+    return done
+
+
+def _initialize(model: nn.Module, names: Iterable[str]) -> None:
+    """Materialize and initialize the modules owning parameters the backbone lacks (a new task
+    head), with the model's own initializer (transformers' ``_init_weights``) if it has one."""
+    model_init = getattr(model, "_init_weights", None)
+    for owner in sorted({name.rpartition(".")[0] for name in names}):
+        module = model.get_submodule(owner)
+        module.to_empty(device="cpu", recurse=False)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(model_init):
+            model_init(module)
+        elif callable(reset):
+            reset()
+        else:
+            raise BadInputError(f"module {owner!r} is not in the backbone and has no initializer")
+
+
+def load_into(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    is_trainable: bool = False,
+    new_modules_prefix: str | None = None,
+) -> PeftModel:
+    """Load a LoftQ output into a model skeleton and attach its LoRA adapter.
+
+    Linear targets (GPT-2 ``Conv1D`` included) are replaced by :class:`QuantLinear` modules
+    holding the packed Q; convolution targets get their dequantized kernel (they run in full
+    precision); every other tensor is assigned from the backbone, shard by shard. Parameters
+    of ``model`` may live on the meta device: they are replaced, never copied into.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The architecture of the quantized model (e.g. a fresh instance); changed in place.
+    directory : str or Path
+        Output of :func:`leanfit.quantization.quantize_checkpoint` or ``quantize_module``.
+    device, dtype
+        Where the model goes and the dtype of its floating tensors (the packed codes and the
+        float32 quantization statistics keep theirs).
+    is_trainable : bool
+        Passed to ``PeftModel.from_pretrained``: LoRA weights trainable (for fine-tuning).
+    new_modules_prefix : str, optional
+        ``None``: every parameter must come from the backbone. Otherwise parameters missing
+        from the backbone and outside this base-model prefix (a new task head) are
+        initialized by the model's initializer.
+
+    Raises
+    ------
+    BadInputError
+        ``directory`` is not a leanfit LoftQ output.
+    CorruptArtifactError
+        A newer or invalid format, missing shards or tensors, or an adapter whose targets or
+        shapes do not match the backbone.
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, nn.Module):
+        raise bad_value("model", type(model).__name__, "a torch.nn.Module")
+    directory = Path(directory)
+    meta = read_quantization_config(directory)
+    targets = {module: _target(module, entry) for module, entry in meta["targets"].items()}
+    _check_adapter(directory / ADAPTER, targets)
+    keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))
+    _swap_quantized_linears(model, targets, keys, meta)
+    expected = set(model.state_dict())
+    buffers = {name for name, _ in model.named_buffers()}
+    loaded: set[str] = set()
+    dropped: list[str] = []
+    for shard in _shards(directory / BACKBONE):
+        tensors = load_file(shard)
+        _decode_convs(tensors, targets, meta)
+        renamed = {}
+        for name, tensor in tensors.items():
+            new = keys(name)
+            if new is None:
+                dropped.append(name)
+            elif new in expected:
+                renamed[new] = tensor
+            elif new not in buffers:  # e.g. position_ids, a non-persistent buffer today
+                raise CorruptArtifactError(
+                    f"backbone tensor {name!r} ({shard.name}) is not in the model built "
+                    f"({type(model).__name__})"
+                )
+        try:
+            model.load_state_dict(renamed, strict=False, assign=True)
+        except RuntimeError as err:
+            raise CorruptArtifactError(
+                f"backbone shard {shard.name} does not fit the model: {err}"
+            ) from err
+        loaded |= set(renamed)
+        del tensors, renamed
+    if dropped:
+        logger.warning(
+            "%d backbone tensors outside the model are not loaded, e.g. %s",
+            len(dropped),
+            dropped[:3],
+        )
+    missing = expected - loaded - _retie(model, meta["tied"], keys)
+    if new_modules_prefix is not None:
+        head = {n for n in missing if not n.startswith(new_modules_prefix + ".")}
+        _initialize(model, head)
+        missing -= head
+    if missing:
+        raise CorruptArtifactError(
+            f"the backbone lacks {len(missing)} tensors of the model, e.g. {sorted(missing)[:3]}"
+        )
+    on_meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if on_meta:
+        raise CorruptArtifactError(f"parameters {on_meta[:3]} were not loaded from the backbone")
+    model.to(dtype=dtype)
+    peft_model = PeftModel.from_pretrained(
+        model, str(directory / ADAPTER), is_trainable=is_trainable, key_mapping=keys.peft_mapping()
+    )
+    return peft_model.to(device)
+
+
+def _model_class(config: Any, task: str, architecture: str | None) -> Any:
+    import transformers
+
+    autos = {
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "base": transformers.AutoModel,
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+    }
+    if task != "auto":
+        return autos[task]
+    cls = getattr(transformers, architecture or "", None)
+    return cls if cls is not None else transformers.AutoModel
+
+
+def load(
+    directory: str | Path,
+    *,
+    task: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_labels: int | None = None,
+    is_trainable: bool = False,
+) -> PeftModel:
+    """Load a LoftQ output as a PEFT model on a packed low-bit backbone.
+
+    The transformers model is built from ``backbone/config.json`` with its parameters on the
+    meta device (no full-precision weights are allocated), the targets are swapped for
+    :class:`QuantLinear` and every tensor is loaded from the backbone (:func:`load_into`);
+    then ``PeftModel.from_pretrained`` attaches ``adapter/``. Each target then computes
+    ``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b``.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Output of :func:`leanfit.quantization.quantize_checkpoint`.
+    task : {"auto", "causal-lm", "base", "sequence-classification"}
+        ``"auto"``: the saved architecture (``config.architectures[0]``); the others use
+        ``AutoModelForCausalLM``, ``AutoModel`` or ``AutoModelForSequenceClassification``.
+        A head the backbone lacks (the classifier) is freshly initialized.
+    device, dtype
+        Where the model goes and the dtype of its floating tensors.
+    num_labels : int, optional
+        Labels of a sequence-classification head.
+    is_trainable : bool
+        LoRA weights trainable (for fine-tuning).
+
+    Raises
+    ------
+    BadInputError
+        Not a leanfit output, or an invalid argument.
+    CorruptArtifactError
+        No ``config.json``, a newer or invalid format, missing tensors, or an adapter that
+        does not match the backbone.
+    """
+    import transformers
+    from accelerate import init_empty_weights
+
+    if task not in TASKS:
+        raise bad_value("task", task, f"one of {TASKS}")
+    if num_labels is not None and (
+        isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1
+    ):
+        raise bad_value("num_labels", num_labels, "an int >= 1, or None")
+    directory = Path(directory)
+    meta = read_quantization_config(directory)
+    backbone = directory / BACKBONE
+    if not (backbone / "config.json").is_file():
+        raise CorruptArtifactError(
+            f"{str(backbone)!r} has no config.json: it was written from a plain torch module "
+            "(quantize_module); load it with load_into(model, directory)"
+        )
+    config = transformers.AutoConfig.from_pretrained(backbone)
+    if num_labels is not None:
+        config.num_labels = num_labels
+    cls = _model_class(config, task, meta.get("architecture"))
+    with init_empty_weights():
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    prefix = getattr(model, "base_model_prefix", "") or None
+    return load_into(
+        model,
+        directory,
+        device=device,
+        dtype=dtype,
+        is_trainable=is_trainable,
+        new_modules_prefix=prefix if task != "auto" else None,
+    )
+
+
+def _weight_map(backbone: Path) -> dict[str, Path]:
+    """Backbone tensor name → its shard file, from the index (every shard checked to exist)."""
+    index = backbone / INDEX_FILE
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        paths = {name: backbone / file for name, file in weight_map.items()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptArtifactError(f"{str(index)!r} is missing or invalid: {err}") from err
+    missing = sorted({p.name for p in paths.values() if not p.is_file()})
+    if missing:
+        raise CorruptArtifactError(
+            f"backbone shards {missing} listed in {str(index)!r} are missing"
+        )
+    return paths
+
+
+def merge_into(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Set every target weight of a full-precision model to ``Q + (alpha/r)·lora_B·lora_A``.
+
+    The merged LoftQ initialization, computed from the files without PEFT or
+    :class:`QuantLinear`: the reference of what :func:`load` computes, and a way to evaluate
+    the initialization in full precision. Stored layouts are restored (GPT-2 ``Conv1D``
+    transposed, convolution kernels reshaped). Tensors other than the target weights are not
+    touched.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model the output was made from (same architecture), in any float dtype;
+        changed in place.
+    directory : str or Path
+        A LoftQ output directory.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``.
+    """
+    directory = Path(directory)
+    meta = read_quantization_config(directory)
+    targets = {module: _target(module, entry) for module, entry in meta["targets"].items()}
+    _check_adapter(directory / ADAPTER, targets)
+    adapter = load_file(directory / ADAPTER / ADAPTER_WEIGHTS)
+    lora = json.loads((directory / ADAPTER / ADAPTER_CONFIG).read_text())
+    scaling = lora["lora_alpha"] / lora["r"]
+    weight_map = _weight_map(directory / BACKBONE)
+    keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))
+    for module, target in targets.items():
+        quant = meta["targets"][module]["quantized"]
+        tensors = {}
+        for name, path in weight_map.items():
+            if name.rpartition(".")[0] == module and name != module + ".bias":
+                with safe_open(path, framework="pt") as handle:
+                    tensors[name] = handle.get_tensor(name)
+        q = QuantizedTensor.from_state_dict(tensors, module + ".", quant)
+        lora_a = adapter[f"{PEFT_PREFIX}{module}.lora_A.weight"].flatten(1)
+        lora_b = adapter[f"{PEFT_PREFIX}{module}.lora_B.weight"].flatten(1)
+        merged = restore_shape(q.dequantize() + scaling * (lora_b @ lora_a), target)
+        weight = model.get_parameter(keys.of_target(target.name))
+        with torch.no_grad():
+            weight.copy_(merged.to(weight.dtype))
+    return model
