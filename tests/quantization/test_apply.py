@@ -145,6 +145,12 @@ def test_sharded_checkpoint_is_streamed_one_tensor_at_a_time(tmp_path, monkeypat
     # float32, same weights, LoRA applied as a separate path: ~1e-6 relative rounding.
     torch.testing.assert_close(logits(loaded), logits(reference), rtol=0, atol=1e-5)
 
+    base = load(out, task="base").eval()  # LlamaModel: the stored "model." prefix is dropped
+    assert isinstance(base.base_model.model.layers[1].mlp.down_proj.base_layer, QuantLinear)
+    with torch.no_grad():
+        hidden = base(input_ids=TOKENS).last_hidden_state
+        assert torch.equal(hidden, inner.model(input_ids=TOKENS).last_hidden_state)
+
 
 def test_gpt2_conv1d_weights_are_transposed_and_restored(tmp_path):
     torch.manual_seed(0)

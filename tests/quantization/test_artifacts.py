@@ -13,6 +13,7 @@ from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.pretrained import model_path
 from leanfit.quantization import (
     LoftQConfig,
+    QuantizedTensor,
     QuantLinear,
     load,
     load_into,
@@ -104,9 +105,20 @@ def test_adapter_is_exactly_what_peft_saves(minilm_loftq, tmp_path):
 
 
 def test_loaded_model_runs_packed_layers_and_computes_q_plus_scaled_ba(
-    minilm_loftq, minilm_fp32, minilm_batch
+    minilm_loftq, minilm_fp32, minilm_batch, monkeypatch
 ):
+    calls = []
+    dequantize = QuantizedTensor.dequantize
+    monkeypatch.setattr(
+        QuantizedTensor,
+        "dequantize",
+        lambda self, *a, **k: calls.append(1) or dequantize(self, *a, **k),
+    )
     model = load(minilm_loftq).eval()
+    # PEFT reads each base layer's weight ~20 times while wrapping it; one dequantization
+    # per layer is reused (reuse_dequantized_weight), so loading stays cheap.
+    assert len(calls) == TARGETS
+    monkeypatch.undo()
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(layers) == TARGETS
     assert not any(name.endswith("base_layer.weight") for name, _ in model.named_parameters())

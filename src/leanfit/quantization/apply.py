@@ -21,6 +21,9 @@ Output directory (written to a temporary sibling, renamed into place at the end)
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import math
 import threading
@@ -419,6 +422,27 @@ class _PeakMemory:
             self.sample()
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None on other C libraries."""
+    name = ctypes.util.find_library("c")
+    function = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return function
+
+
+def _release_freed_memory() -> None:
+    """Give the memory freed by the last tensor back to the operating system (glibc only).
+
+    glibc serves large blocks from its heap once its mmap threshold has grown, and keeps
+    freed heap pages: walking SmolLM2-135M, resident memory then grew by 420 MB (one
+    tensor's worth after another). ``malloc_trim(0)`` after each tensor keeps the growth to
+    what is really held (the shard being filled and the adapter): 70–90 MB.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _check_rank(targets: list[Target], rank: int) -> None:
     """Refuse a rank that some target cannot take, before anything is read or written."""
     for target in targets:
@@ -527,6 +551,7 @@ def walk(
                 )
                 del matrix, result, lora_a, lora_b
             del tensor
+            _release_freed_memory()
             bar.update()
             memory.sample()
         writer.close()

@@ -36,7 +36,7 @@ from torch import nn
 from leanfit._version import __version__
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import atomic_output
-from leanfit.quantization.nn import QuantLinear
+from leanfit.quantization.nn import QuantLinear, reuse_dequantized_weight
 from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args
 from leanfit.quantization.targets import Target, lora_shapes_for_peft, restore_shape
 
@@ -142,6 +142,13 @@ def _architecture(source: TensorSource) -> str | None:
     return None
 
 
+def _peft_task_type(architecture: str | None) -> str | None:
+    """PEFT's ``task_type`` for a model class name: ``"CAUSAL_LM"`` for causal LMs (so that
+    ``from_pretrained`` returns a ``PeftModelForCausalLM`` with ``generate``), else None."""
+    causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
+    return "CAUSAL_LM" if causal else None
+
+
 def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     values = json.loads(path.read_text())
     edit(values)
@@ -194,12 +201,11 @@ class ArtifactWriter:
         traceback: TracebackType | None,
     ) -> None:
         if exc is None and not self._finished:
-            exc = RuntimeError("ArtifactWriter left without finish()")
-            exc_type, traceback = type(exc), None
-        if exc is None:
-            self._atomic.__exit__(None, None, None)
-        elif not self._atomic.__exit__(exc_type, exc, traceback):
-            raise exc
+            unfinished = RuntimeError("ArtifactWriter left without finish(): output discarded")
+            self._atomic.__exit__(RuntimeError, unfinished, None)
+            raise unfinished
+        # With an exception, the temporary directory is removed and the exception goes on.
+        self._atomic.__exit__(exc_type, exc, traceback)
 
     def add_tensor(self, name: str, tensor: torch.Tensor) -> None:
         """An untouched tensor: stored as read; float16 in the dequantized export."""
@@ -268,14 +274,12 @@ class ArtifactWriter:
     def _write_adapter(self) -> None:
         from peft import LoraConfig
 
-        architecture = self.architecture
         alpha = self.config.alpha
-        causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
         lora = LoraConfig(
             r=self.config.rank,
             lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,  # type: ignore[arg-type]
             target_modules=sorted(self._targets),
-            task_type="CAUSAL_LM" if causal else None,
+            task_type=_peft_task_type(self.architecture),
             lora_dropout=0.0,
             bias="none",
         )
@@ -325,7 +329,7 @@ def write_reports(root: Path, report: LoftQReport) -> None:
         f"{config.method.upper()}{config.bits}"
         + (
             f" (mixed, high {config.high_bits})"
-            if config.avg_bits or config.first_high_layers
+            if config.avg_bits is not None or config.first_high_layers is not None
             else ""
         )
         + f", block {config.block_size}, rank {config.rank}, alpha {config.alpha:g}, "
@@ -592,7 +596,6 @@ def load_into(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     is_trainable: bool = False,
-    new_modules_prefix: str | None = None,
 ) -> PeftModel:
     """Load a LoftQ output into a model skeleton and attach its LoRA adapter.
 
@@ -612,10 +615,6 @@ def load_into(
         float32 quantization statistics keep theirs).
     is_trainable : bool
         Passed to ``PeftModel.from_pretrained``: LoRA weights trainable (for fine-tuning).
-    new_modules_prefix : str, optional
-        ``None``: every parameter must come from the backbone. Otherwise parameters missing
-        from the backbone and outside this base-model prefix (a new task head) are
-        initialized by the model's initializer.
 
     Raises
     ------
@@ -623,13 +622,25 @@ def load_into(
         ``directory`` is not a leanfit LoftQ output.
     CorruptArtifactError
         A newer or invalid format, missing shards or tensors, or an adapter whose targets or
-        shapes do not match the backbone.
+        shapes do not match the backbone, or a parameter of ``model`` the backbone lacks.
     """
-    from peft import PeftModel
+    return _load_into(model, Path(directory), device, dtype, is_trainable, head_prefix=None)
+
+
+def _load_into(
+    model: nn.Module,
+    directory: Path,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    is_trainable: bool,
+    head_prefix: str | None,
+) -> PeftModel:
+    """:func:`load_into`; with ``head_prefix``, parameters missing from the backbone and outside
+    that base-model prefix (a new task head) are initialized instead of refused."""
+    from peft import LoraConfig, PeftModel
 
     if not isinstance(model, nn.Module):
         raise bad_value("model", type(model).__name__, "a torch.nn.Module")
-    directory = Path(directory)
     meta = read_quantization_config(directory)
     targets = {module: _target(module, entry) for module, entry in meta["targets"].items()}
     _check_adapter(directory / ADAPTER, targets)
@@ -669,8 +680,8 @@ def load_into(
             dropped[:3],
         )
     missing = expected - loaded - _retie(model, meta["tied"], keys)
-    if new_modules_prefix is not None:
-        head = {n for n in missing if not n.startswith(new_modules_prefix + ".")}
+    if head_prefix is not None:
+        head = {n for n in missing if not n.startswith(head_prefix + ".")}
         _initialize(model, head)
         missing -= head
     if missing:
@@ -681,9 +692,17 @@ def load_into(
     if on_meta:
         raise CorruptArtifactError(f"parameters {on_meta[:3]} were not loaded from the backbone")
     model.to(dtype=dtype)
-    peft_model = PeftModel.from_pretrained(
-        model, str(directory / ADAPTER), is_trainable=is_trainable, key_mapping=keys.peft_mapping()
-    )
+    lora = LoraConfig.from_pretrained(str(directory / ADAPTER))
+    lora.target_modules = {keys.of_target(module) for module in targets}  # the model's names
+    lora.task_type = _peft_task_type(type(model).__name__)  # the model built, maybe another
+    with reuse_dequantized_weight():  # PEFT reads each layer's weight ~20 times
+        peft_model = PeftModel.from_pretrained(
+            model,
+            str(directory / ADAPTER),
+            is_trainable=is_trainable,
+            config=lora,
+            key_mapping=keys.peft_mapping(),
+        )
     return peft_model.to(device)
 
 
@@ -764,15 +783,8 @@ def load(
     cls = _model_class(config, task, meta.get("architecture"))
     with init_empty_weights():
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    prefix = getattr(model, "base_model_prefix", "") or None
-    return load_into(
-        model,
-        directory,
-        device=device,
-        dtype=dtype,
-        is_trainable=is_trainable,
-        new_modules_prefix=prefix if task != "auto" else None,
-    )
+    head_prefix = (_prefix(model) or None) if task != "auto" else None
+    return _load_into(model, directory, device, dtype, is_trainable, head_prefix)
 
 
 def _weight_map(backbone: Path) -> dict[str, Path]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,6 +27,26 @@ def _mutates(func: Callable[..., Any]) -> bool:
     if name in _INPLACE_DUNDERS:
         return True
     return name.endswith("_") and not name.startswith("_") and name != "requires_grad_"
+
+
+_memo = threading.local()
+
+
+@contextmanager
+def reuse_dequantized_weight() -> Iterator[None]:
+    """Within the block, reading :attr:`QuantLinear.weight` again on the same, unchanged layer
+    returns the copy dequantized last instead of dequantizing again.
+
+    One slot per thread: at most one layer's float32 weight is held. For code that reads
+    ``weight`` many times in a row for its shape, device or dtype — PEFT reads it about 20
+    times per layer while wrapping it. A layer whose buffers changed (another ``data_ptr`` or
+    version counter) is dequantized afresh.
+    """
+    _memo.slot = None
+    try:
+        yield
+    finally:
+        del _memo.slot
 
 
 class DequantizedWeight(torch.Tensor):
@@ -167,9 +189,20 @@ class QuantLinear(nn.Linear):
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
-        """The dequantized weight (out × in), float32, read-only."""
-        dense = self.quantized.dequantize(torch.float32)
-        return dense.as_subclass(DequantizedWeight)
+        """The dequantized weight (out × in), float32, read-only; computed on each access
+        (see :func:`reuse_dequantized_weight`)."""
+        memo = hasattr(_memo, "slot")
+        if memo:
+            key = (
+                id(self),
+                *((b.data_ptr(), b._version) for b in self._buffers.values() if b is not None),
+            )
+            if _memo.slot is not None and _memo.slot[0] == key:
+                return _memo.slot[1]
+        dense = self.quantized.dequantize(torch.float32).as_subclass(DequantizedWeight)
+        if memo:
+            _memo.slot = (key, dense)
+        return dense
 
     def forward(self, x: Tensor) -> Tensor:
         if not x.is_floating_point() or x.shape[-1:] != (self.in_features,):
