@@ -21,9 +21,10 @@ Usage::
 
     python benchmarks/loftq_finetune.py            # about 20 minutes on one busy thread
     python benchmarks/loftq_finetune.py --quick    # a few minutes: fewer methods and steps
+    python benchmarks/loftq_finetune.py --sweep    # MiniLM NF2: QLoRA vs LoftQ over lr, steps
 
 Writes ``benchmarks/results/loftq_finetune.json`` and ``loftq_finetune.md`` (``--quick``:
-``loftq_finetune_quick.*`` in ``--out``).
+``loftq_finetune_quick.*``; ``--sweep``: ``loftq_finetune_sweep.*``, in ``--out``).
 """
 
 from __future__ import annotations
@@ -156,6 +157,13 @@ def markdown(smollm2: list[dict], minilm: list[dict], meta: dict) -> str:
         for r in minilm
     ]
     lm, cls = meta["smollm2"], meta["minilm"]
+    formats = {
+        "accuracy": ".3f",
+        "macro-F1": ".3f",
+        "held-out loss": ".3f",
+        "model MB": ".1f",
+        "quantized / fp16": ".3f",
+    }
     return "\n".join(
         [
             "# LoftQ fine-tuning: held-out quality after a short LoRA run",
@@ -170,14 +178,22 @@ def markdown(smollm2: list[dict], minilm: list[dict], meta: dict) -> str:
             "(per block of 32): the 'full-precision' model is that dequantized grid, and NF4 "
             "re-quantizes it onto another one.",
             "",
-            markdown_table(lm_rows, floatfmt=".3f"),
+            markdown_table(
+                lm_rows,
+                floatfmt={
+                    "held-out ppl at init": ".4g",
+                    "held-out ppl fine-tuned": ".4g",
+                    "model MB": ".1f",
+                    "quantized / fp16": ".3f",
+                },
+            ),
             "",
             f"all-MiniLM-L6-v2 + new classification head on tweets (3 sentiments): "
             f"{cls['steps']} steps, batch {cls['batch_size']}, texts truncated to "
             f"{cls['max_length']} tokens, lr {cls['lr']}, {cls['train']} training rows, "
             f"{cls['held']} held-out rows.",
             "",
-            markdown_table(cls_rows, floatfmt=".3f"),
+            markdown_table(cls_rows, floatfmt=formats),
             "",
             "Model MB: parameters + buffers of the model being fine-tuned (LoRA factors, "
             "embeddings and head included). Quantized layers: packed codes + fp32 block "
@@ -191,14 +207,79 @@ def markdown(smollm2: list[dict], minilm: list[dict], meta: dict) -> str:
     )
 
 
+def rerender(path: Path) -> None:
+    """Rewrite the markdown next to a results JSON (after a change of presentation)."""
+    saved = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(markdown(saved["smollm2"], saved["minilm"], saved["meta"]))
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """MiniLM at NF2: QLoRA vs LoftQ (T = 5) over learning rates and step counts."""
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="loftq-sweep-") as tmp:
+        root = Path(tmp)
+        for lr, steps in [(5e-4, 40), (2e-3, 40), (5e-3, 40), (2e-3, 120)]:
+            config = FinetuneConfig(
+                task="classification",
+                steps=steps,
+                batch_size=16,
+                learning_rate=lr,
+                max_length=64,
+                device="cpu",
+            )
+            for method in ("QLoRA NF2", "LoftQ NF2 T=5"):
+                record = run_method(
+                    model_path("minilm"),
+                    method,
+                    "classification",
+                    DataSpec("tweets", max_examples=512),
+                    config,
+                    root / f"{lr}-{steps}",
+                    None,
+                )
+                rows.append({"lr": lr, "steps": steps, **record})
+    table = markdown_table(
+        [
+            {
+                "lr": r["lr"],
+                "steps": r["steps"],
+                "method": r["method"],
+                "accuracy": r["accuracy"],
+                "macro-F1": r["macro_f1"],
+                "held-out loss": r["loss"],
+                "last train loss": r["train_loss_last"],
+            }
+            for r in rows
+        ],
+        floatfmt={"lr": "g", "accuracy": ".3f", "macro-F1": ".3f", "held-out loss": ".3f"},
+    )
+    text = (
+        "# LoftQ vs QLoRA at NF2 on MiniLM / tweets: learning rate and steps\n\n"
+        "Rank 16, batch 16, texts truncated to 64 tokens, 512 training and 512 held-out rows, "
+        "seed 0; otherwise as in the fine-tuning table.\n\n" + table + "\n"
+    )
+    with atomic_output(args.out / "loftq_finetune_sweep.json", overwrite=True) as path:
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+    with atomic_output(args.out / "loftq_finetune_sweep.md", overwrite=True) as path:
+        path.write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 methods, a few steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--lr", type=float, default=1e-3, help="SmolLM2 learning rate")
-    parser.add_argument("--steps", type=int, default=12, help="SmolLM2 optimizer steps")
+    parser.add_argument("--steps", type=int, default=8, help="SmolLM2 optimizer steps")
+    parser.add_argument(
+        "--sweep", action="store_true", help="only the MiniLM NF2 learning-rate/steps sweep"
+    )
     args = parser.parse_args(argv)
+    if args.sweep:
+        sweep(args)
+        return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     lm = {
@@ -209,15 +290,15 @@ def main(argv: list[str] | None = None) -> None:
         "warmup": 0 if args.quick else 1,
         "window": 256,
         "stride": 128,
-        "tokens": 384 if args.quick else 1024,
+        "tokens": 384 if args.quick else 768,
     }
     cls = {
-        "steps": 3 if args.quick else 60,
+        "steps": 3 if args.quick else 40,
         "batch_size": 16,
         "max_length": 64,
         "lr": 2e-3,
-        "train": 64 if args.quick else 1024,
-        "held": 64 if args.quick else 1024,
+        "train": 64 if args.quick else 512,
+        "held": 64 if args.quick else 512,
     }
     lm_config = FinetuneConfig(
         task="causal-lm",
