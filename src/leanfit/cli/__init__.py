@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from leanfit._version import __version__
-from leanfit.cli import data, experiment, quantize, select
+from leanfit.cli import data, evaluate, experiment, finetune, quantize, select
 from leanfit.exceptions import LeanfitError
 
-SUBCOMMANDS = [data, quantize, select, experiment]
+SUBCOMMANDS = [data, quantize, finetune, evaluate, select, experiment]
 
 
 def build_parser() -> argparse.ArgumentParser:
