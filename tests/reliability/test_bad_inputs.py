@@ -216,6 +216,78 @@ def atomic_exists(tmp: Path) -> None:
         partial.write_text("new")
 
 
+# -- quantize helpers ----------------------------------------------------------------------
+
+
+def st_dir_nan(tmp: Path) -> Path:
+    """The tiny llama with one NaN in ``model.layers.1.mlp.up_proj.weight``."""
+    from safetensors.torch import load_file, save_file
+
+    folder = write_safetensors_dir(tmp / "model")
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    tensors["model.layers.1.mlp.up_proj.weight"][2, 3] = float("nan")
+    save_file(tensors, path, metadata={"format": "pt"})
+    return folder
+
+
+def st_dir_of_type(tmp: Path, model_type: str) -> Path:
+    """The tiny llama's tensors under another (transformers-known) model type."""
+    folder = write_safetensors_dir(tmp / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=model_type, architectures=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def quantize_cli(model: Callable[[Path], Path], *extra: str):
+    def args(tmp: Path) -> list[str]:
+        return [
+            "quantize", str(model(tmp)), "--out", str(tmp / "out"), "--rank", "2",
+            "--iters", "1", "--quiet", *extra,
+        ]  # fmt: skip
+
+    return args
+
+
+def tiny_model(tmp: Path) -> Path:
+    return write_safetensors_dir(tmp / "model")
+
+
+def loftq_output(tmp: Path, damage: Callable[[Path], None]) -> Path:
+    """A LoftQ output of the tiny llama (rank 2), then damaged."""
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    out = tmp / "q"
+    config = LoftQConfig(rank=2, iters=1)
+    quantize_checkpoint(tiny_model(tmp), out, config, progress=False)
+    damage(out)
+    return out
+
+
+def load_damaged(tmp: Path, damage: Callable[[Path], None]) -> object:
+    from leanfit.quantization import load
+
+    return load(loftq_output(tmp, damage))
+
+
+def newer_format(out: Path) -> None:
+    path = out / "backbone" / "quantization_config.json"
+    meta = json.loads(path.read_text())
+    meta["format_version"] += 1
+    path.write_text(json.dumps(meta))
+
+
+def transposed_lora_a(out: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = out / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    name = next(n for n in sorted(tensors) if n.endswith("q_proj.lora_A.weight"))
+    tensors[name] = tensors[name].T.contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
 CASES = [
     # -- quantization: weights and parameters -----------------------------------------
     Case(
@@ -722,6 +794,32 @@ CASES = [
         r"privileged= must be one of \['F', 'M'\]; got 'X'",
         lambda t: load_changed(t, lambda f: f, privileged="X"),
     ),
+    # -- quantization: LoftQ outputs ----------------------------------------------------
+    Case(
+        "q-load-no-config",
+        "quantization",
+        "load() of an output whose backbone/config.json is missing",
+        CorruptArtifactError,
+        r"backbone.* has no config\.json",
+        lambda t: load_damaged(t, lambda o: (o / "backbone" / "config.json").unlink()),
+    ),
+    Case(
+        "q-load-newer-format",
+        "quantization",
+        "load() of an output of a newer format version",
+        CorruptArtifactError,
+        r"quantization_config\.json.* has format_version \d+, newer than",
+        lambda t: load_damaged(t, newer_format),
+    ),
+    Case(
+        "q-load-adapter-shapes",
+        "quantization",
+        "load() of an adapter whose lora_A has the wrong shape",
+        CorruptArtifactError,
+        r"adapter tensor .*q_proj\.lora_A\.weight.* must have shape \(2, 16\) \(r=2\); "
+        r"got \(16, 2\)",
+        lambda t: load_damaged(t, transposed_lora_a),
+    ),
     # -- outputs --------------------------------------------------------------------------
     Case(
         "o-enospc",
@@ -915,6 +1013,54 @@ CLI_CASES = [
         r"writing output .* failed: File exists \[EEXIST\]",
         lambda t: ["data", "--export", "german", "--out", str(_write(t / "f", b"x") / "g.csv")],
     ),
+    CliCase(
+        "cli-quantize-nan-weight",
+        "`leanfit quantize` of a checkpoint with a NaN weight",
+        r"model\.layers\.1\.mlp\.up_proj\.weight must be finite.*row 2, column 3",
+        quantize_cli(st_dir_nan),
+    ),
+    CliCase(
+        "cli-quantize-bits",
+        "--bits 5",
+        r"bits must be one of \(2, 3, 4\) for method='nf'; got 5",
+        quantize_cli(tiny_model, "--bits", "5"),
+    ),
+    CliCase(
+        "cli-quantize-rank",
+        "--rank 16 with 16 × 32 matrices",
+        r"rank must be below min\(n_out, n_in\) of every target; got rank=16",
+        lambda t: [*quantize_cli(tiny_model)(t), "--rank", "16"],
+    ),
+    CliCase(
+        "cli-quantize-block-size",
+        "--block-size 0",
+        r"block_size must be an int >= 1; got 0",
+        quantize_cli(tiny_model, "--block-size", "0"),
+    ),
+    CliCase(
+        "cli-quantize-unknown-type",
+        "a model type with no default targets, no --target",
+        r"model_type must be one of .* got 'olmo'.*--target",
+        quantize_cli(lambda t: st_dir_of_type(t, "olmo")),
+    ),
+    CliCase(
+        "cli-quantize-truncated",
+        "truncated model.safetensors",
+        r"cannot read .*model\.safetensors.*incomplete metadata",
+        quantize_cli(lambda t: st_dir_with(t, truncate_file)),
+    ),
+    CliCase(
+        "cli-quantize-pickle",
+        "a pickle pytorch_model.bin checkpoint",
+        r"pytorch_model\.bin' is a pickle file, which leanfit does not load",
+        quantize_cli(pickle_dir),
+    ),
+    CliCase(
+        "cli-quantize-out-exists",
+        "--out that exists",
+        "exists; pass --overwrite",
+        existing(quantize_cli(tiny_model)),
+    ),
 ]
 
 
@@ -940,7 +1086,8 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"leanfit {args[0]}: error: ")
     assert pytest.importorskip("re").search(case.match, lines[0]), lines[0]
-    assert not (tmp_path / "out").exists() or case.id == "cli-select-out-exists"
+    assert not (tmp_path / "out").exists() or case.id.endswith("-out-exists")
+    assert not list(tmp_path.glob(".out.*"))  # no partial output either
 
 
 # -- the document ------------------------------------------------------------------------
@@ -979,7 +1126,7 @@ def matrix_markdown() -> str:
         )
     lines += [
         "",
-        "## Command line (`leanfit select`, `leanfit data`, run as a subprocess)",
+        "## Command line (`leanfit select`, `leanfit data`, `leanfit quantize`, as a subprocess)",
         "",
         "Exit code 2, one line on stderr, no traceback, and no output directory left behind.",
         "",

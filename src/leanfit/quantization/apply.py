@@ -454,7 +454,9 @@ def _check_rank(targets: list[Target], rank: int) -> None:
             )
 
 
-def _decompose(matrix: torch.Tensor, bits: int, config: LoftQConfig, seed: int) -> LoftQResult:
+def _decompose(
+    matrix: torch.Tensor, bits: int, config: LoftQConfig, seed: int, name: str
+) -> LoftQResult:
     return loftq_decompose(
         matrix,
         bits=bits,
@@ -466,6 +468,7 @@ def _decompose(matrix: torch.Tensor, bits: int, config: LoftQConfig, seed: int) 
         lora_alpha=config.alpha,
         double_quant=config.double_quant,
         seed=seed,
+        name=name,
     )
 
 
@@ -527,7 +530,7 @@ def walk(
             else:
                 index, target = by_name[name]
                 matrix = matrix_view(tensor, target)
-                result = _decompose(matrix, plan[name], config, config.seed + index)
+                result = _decompose(matrix, plan[name], config, config.seed + index, name)
                 lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
                 writer.add_target(target, result.quantized, lora_a, lora_b)
                 report.quantized_params += result.quantized.numel

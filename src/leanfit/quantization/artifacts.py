@@ -155,6 +155,10 @@ def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
+def _sort_target_modules(values: dict[str, Any]) -> None:
+    values["target_modules"] = sorted(values["target_modules"])
+
+
 class ArtifactWriter:
     """Collect what the walker produces and write the output directory atomically.
 
@@ -285,6 +289,8 @@ class ArtifactWriter:
         )
         directory = self.root / ADAPTER
         lora.save_pretrained(str(directory))
+        # PEFT keeps target_modules as a set: its JSON order would follow the hash seed.
+        _edit_json(directory / ADAPTER_CONFIG, _sort_target_modules)
         save_file(self._adapter, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
 
 

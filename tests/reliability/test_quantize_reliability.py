@@ -1,0 +1,140 @@
+"""``leanfit quantize`` is reproducible, survives ``kill -9`` and a full disk.
+
+A tiny llama checkpoint (safetensors, written into ``tmp_path``) is quantized by the real
+command line. Two runs give byte-identical files except ``loftq_report.{json,md}``, which
+hold the run's time, peak memory and output path. A run killed with SIGKILL at random
+moments leaves the checkpoint untouched and no output in place (only hidden ``.partial``
+siblings, removed by the next run). A full disk while the backbone is written gives an
+:class:`OutputWriteError` (exit code 2) and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from leanfit.cli import main
+from leanfit.exceptions import OutputWriteError
+from leanfit.quantization import LoftQConfig, quantize_checkpoint
+from tests.reliability.test_interruptions import digest, kill_at, run_to_end
+
+REPORTS = {"loftq_report.json", "loftq_report.md"}  # time, memory and paths of the run
+
+
+def write_llama(folder: Path, layers: int = 2, hidden: int = 32) -> Path:
+    """A random llama (``layers`` blocks, ``hidden`` wide) saved as safetensors."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def quantize_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "quantize", str(model), "--out", str(out), "--bits", "2", "--rank", "4",
+        "--iters", "2", "--threads", "1", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def without_reports(folder: Path) -> dict[str, str]:
+    return {name: h for name, h in digest(folder).items() if name not in REPORTS}
+
+
+def test_quantize_twice_gives_identical_files(tmp_path):
+    """Two processes (so two hash seeds: set iteration orders differ between them)."""
+    model = write_llama(tmp_path / "model")
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_to_end(quantize_args(model, first))
+    run_to_end(quantize_args(model, second))
+    files = without_reports(first)
+    assert REPORTS <= set(digest(first))
+    assert {"adapter/adapter_model.safetensors", "backbone/quantization_config.json"} <= set(files)
+    assert any(name.startswith("backbone/model-") for name in files)
+    assert files == without_reports(second)  # every file but the two reports
+    assert str(tmp_path) not in (first / "backbone" / "quantization_config.json").read_text()
+
+
+# -- kill -9 -------------------------------------------------------------------------------
+
+
+def check_quantize_kills(tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:
+    """Reference run, then ``n_kills`` runs killed (the first as soon as the partial output
+    appears, the others at random times); after each: the checkpoint is unchanged, the
+    output is absent or complete, only hidden partials are left, and a rerun completes with
+    the reference's bytes."""
+    model = write_llama(tmp_path / "model", layers=6, hidden=96)
+    reference = tmp_path / "reference"
+    duration = run_to_end(quantize_args(model, reference))
+    expected = without_reports(reference)
+    sources = digest(model)
+    times = [-1.0, *np.random.default_rng(seed).uniform(0.1, 1.0, n_kills - 1) * duration]
+    outcomes = []
+    for index, seconds in enumerate(times):
+        runs = tmp_path / f"runs{index}"
+        runs.mkdir()
+        out = runs / "out"
+        killed = kill_at(quantize_args(model, out), seconds, out)
+        assert digest(model) == sources  # the checkpoint is never touched
+        left = sorted(p.name for p in runs.iterdir())
+        assert all(name == "out" or name.startswith(".out.") for name in left), left
+        assert all(name.endswith(".partial") for name in left if name != "out"), left
+        if out.exists():  # finished before the kill: complete
+            assert without_reports(out) == expected
+        partials = [name for name in left if name.endswith(".partial")]
+        if not out.exists():
+            run_to_end(quantize_args(model, out))
+            assert without_reports(out) == expected  # a rerun completes, identical
+            assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partials removed
+        outcomes.append((round(seconds, 2), killed, len(partials), round(duration, 1)))
+    return outcomes
+
+
+def test_kill_9_during_quantize_loses_nothing(tmp_path):
+    outcomes = check_quantize_kills(tmp_path, n_kills=3, seed=0)
+    assert sum(killed for _, killed, *_ in outcomes) >= 2  # most kills hit a running process
+    assert any(partials for _, _, partials, _ in outcomes)  # the partial output was caught
+
+
+@pytest.mark.slow
+def test_kill_9_during_quantize_at_many_moments(tmp_path):
+    outcomes = check_quantize_kills(tmp_path, n_kills=12, seed=1)
+    assert sum(killed for _, killed, *_ in outcomes) >= 9
+
+
+# -- full disk -----------------------------------------------------------------------------
+
+
+def test_full_disk_during_the_backbone_write(tmp_path, monkeypatch, capsys):
+    """``save_file`` of the first backbone shard raises ENOSPC."""
+    import leanfit.quantization.artifacts as artifacts
+
+    def save_file(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    model = write_llama(tmp_path / "model")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(artifacts, "save_file", save_file)
+    with pytest.raises(OutputWriteError, match=r"No space left on device \[ENOSPC\]"):
+        quantize_checkpoint(model, runs / "api", LoftQConfig(rank=4, iters=1), progress=False)
+    assert list(runs.iterdir()) == []  # neither the output nor a partial
+    capsys.readouterr()
+    assert main(quantize_args(model, runs / "cli")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("leanfit quantize: error: writing output")
+    assert "No space left on device [ENOSPC]" in err[0]
+    assert list(runs.iterdir()) == []
