@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from leanfit.quantization.finetune import DEVICES, DTYPES, SCHEDULES, TASKS
+from leanfit.quantization.options import DEVICES, DTYPES, SCHEDULES, TASKS
 
 if TYPE_CHECKING:
     from leanfit.quantization.runs import DataSpec

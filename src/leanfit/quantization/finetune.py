@@ -56,11 +56,8 @@ from leanfit.quantization.evaluate import (
     causal_lm_nll,
     classification_metrics,
 )
+from leanfit.quantization.options import DEVICES, DTYPES, SCHEDULES, TASKS
 
-TASKS = ("causal-lm", "classification")
-SCHEDULES = ("linear", "cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "bfloat16")
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 
 TrainData = torch.Tensor | ClassificationData
