@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import resource
 import statistics
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_results
 from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
@@ -42,7 +42,6 @@ from transformers import (
     AutoTokenizer,
 )
 
-from leanfit.io import atomic_output
 from leanfit.pretrained import model_path
 from leanfit.quantization.data import load_data
 from leanfit.quantization.finetune import FinetuneConfig, finetune
@@ -192,12 +191,14 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    name = "finetune_speed_quick" if args.quick else "finetune_speed"
-    with atomic_output(args.out / f"{name}.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
-    with atomic_output(args.out / f"{name}.md", overwrite=True) as tmp:
-        tmp.write_text(markdown(records, meta))
-    print(f"wrote {args.out / name}.json and .md")
+    write_results(
+        args.out,
+        "finetune_speed",
+        quick=args.quick,
+        meta=meta,
+        records=records,
+        markdown=markdown(records, meta),
+    )
 
 
 if __name__ == "__main__":

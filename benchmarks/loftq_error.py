@@ -21,45 +21,18 @@ Writes ``benchmarks/results/loftq_error.json`` and ``loftq_error.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _common import LOADERS, write_results
 from tqdm import tqdm
 
-from leanfit.io import atomic_output
-from leanfit.pretrained import model_path
 from leanfit.quantization import loftq_decompose
 
 RESULTS = Path(__file__).parent / "results"
-SMOLLM2_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def minilm_weights() -> list[torch.Tensor]:
-    """The weights of every nn.Linear in all-MiniLM-L6-v2 (37 matrices)."""
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(model_path("minilm"))
-    return [m.weight.detach().clone() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-
-
-def smollm2_weights() -> list[torch.Tensor]:
-    """The attention and MLP projections of SmolLM2-135M-Instruct, read from its GGUF file."""
-    from transformers import AutoModelForCausalLM
-
-    path = model_path("smollm2")
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    return [
-        m.weight.detach().float().clone()
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in SMOLLM2_TARGETS
-    ]
-
-
-LOADERS = {"minilm": minilm_weights, "smollm2": smollm2_weights}
 
 
 def run_setting(
@@ -173,12 +146,14 @@ def main(argv: list[str] | None = None) -> None:
                             f"QLoRA {row['qlora_error']:.4f}  LoftQ {row['loftq_error']:.4f}  "
                             f"{row['bits_per_param']:.3f} bits/param  {row['seconds']:.1f} s"
                         )
-    name = "loftq_error_quick" if args.quick else "loftq_error"
-    with atomic_output(args.out / f"{name}.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
-    with atomic_output(args.out / f"{name}.md", overwrite=True) as tmp:
-        tmp.write_text(markdown(records, meta))
-    print(f"wrote {args.out / name}.json and .md")
+    write_results(
+        args.out,
+        "loftq_error",
+        quick=args.quick,
+        meta=meta,
+        records=records,
+        markdown=markdown(records, meta),
+    )
 
 
 if __name__ == "__main__":

@@ -43,16 +43,15 @@ import time
 from pathlib import Path
 
 import torch
+from _common import LOADERS
 from scipy.stats import norm
 from tqdm import tqdm
 
 from leanfit.io import atomic_output
-from leanfit.pretrained import model_path
 from leanfit.quantization import loftq_decompose
 from leanfit.quantization.quantizers import quantize_to_grid
 
 RESULTS = Path(__file__).parent / "results"
-SMOLLM2_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BLOCK = 64
 ITERS = 5
 
@@ -105,27 +104,6 @@ def reference_loftq(w: torch.Tensor, bits: int, rank: int, iters: int):
 # Weights
 # --------------------------------------------------------------------------------------------
 
-
-def minilm_weights() -> list[torch.Tensor]:
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(model_path("minilm"))
-    return [m.weight.detach().clone() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-
-
-def smollm2_weights() -> list[torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    path = model_path("smollm2")
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    return [
-        m.weight.detach().float().clone()
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in SMOLLM2_TARGETS
-    ]
-
-
-LOADERS = {"minilm": minilm_weights, "smollm2": smollm2_weights}
 
 # --------------------------------------------------------------------------------------------
 # Measurements

@@ -19,7 +19,6 @@ Writes ``benchmarks/results/quantlinear_forward.json`` and ``.md`` (``_quick`` i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_results
 from torch import nn
 
-from leanfit.io import atomic_output
 from leanfit.quantization import QuantLinear
 
 RESULTS = Path(__file__).parent / "results"
@@ -114,12 +113,14 @@ def main(argv: list[str] | None = None) -> None:
                     f"{row['linear_ms']:.3f} ms vs {row['quant_ms']:.3f} ms ({row['ratio']:.2f}x)"
                 )
     meta["load_after"] = f"{os.getloadavg()[0]:.1f}"
-    name = "quantlinear_forward_quick" if args.quick else "quantlinear_forward"
-    with atomic_output(args.out / f"{name}.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
-    with atomic_output(args.out / f"{name}.md", overwrite=True) as tmp:
-        tmp.write_text(markdown(records, meta))
-    print(f"wrote {args.out / name}.json and .md")
+    write_results(
+        args.out,
+        "quantlinear_forward",
+        quick=args.quick,
+        meta=meta,
+        records=records,
+        markdown=markdown(records, meta),
+    )
 
 
 if __name__ == "__main__":

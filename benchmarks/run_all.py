@@ -26,7 +26,9 @@ HERE = Path(__file__).parent
 
 
 def scripts() -> list[Path]:
-    return sorted(p for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+    return sorted(
+        p for p in HERE.glob("*.py") if p.name != Path(__file__).name and p.name[0] != "_"
+    )
 
 
 def has_quick(script: Path) -> bool:
