@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="mixed precision: number of first layers at --high-bits",
     )
+    mixed.add_argument(
+        "--bits-budget",
+        type=float,
+        help="bit allocation: each matrix gets --bits to --high-bits so that the stored bits "
+        "per parameter (codes + block scales; NF block 64: 2.5 at 2 bits, 4.5 at 4) stay within "
+        "this and the total LoftQ error is smallest",
+    )
     parser.add_argument(
         "--high-bits", type=int, default=4, help="bits of the first layers (default 4)"
     )
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         avg_bits=args.avg_bits,
         first_high_layers=args.first_high_layers,
         high_bits=args.high_bits,
+        bits_budget=args.bits_budget,
         targets=tuple(args.target) if args.target else None,
         include_conv=args.include_conv,
         seed=args.seed,
@@ -134,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
         f"QLoRA error {totals['qlora_error']:.4f}, {config.init} error "
         f"{totals['loftq_error']:.4f} (relative Frobenius, all targets)"
     )
+    if report.allocation is not None:
+        plan = report.allocation
+        widths = ", ".join(f"{n} at {b} bits" for b, n in plan["matrices_per_width"].items())
+        print(
+            f"bit allocation ({plan['solver']} solver): {widths}; "
+            f"{plan['stored_bits_per_param']:.4f} stored bits/param within {plan['bits_budget']:g}"
+        )
     print(
         f"time {totals['seconds']:.1f} s, peak RSS {totals['peak_rss_mb']:.0f} MB; "
         f"wrote {args.out} (backbone/, adapter/, loftq_report.md)"

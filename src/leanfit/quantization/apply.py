@@ -94,6 +94,12 @@ class LoftQConfig:
         Mixed precision: the number of first blocks at ``high_bits`` (instead of ``avg_bits``).
     high_bits : int
         Bits of the first blocks in a mixed plan (> ``bits``).
+    bits_budget : float, optional
+        Bit allocation instead of a fixed plan: each target gets a width from ``bits`` to
+        ``high_bits`` so that the stored bits per parameter (codes + block statistics, as
+        :attr:`LoftQReport.bits_per_param`) stay within this budget and the total LoftQ error
+        is smallest (:mod:`leanfit.quantization.allocation`; costs one LoftQ run per target
+        and width before the walk). Excludes ``avg_bits`` and ``first_high_layers``.
     targets : tuple of str, optional
         Target patterns (PEFT's ``target_modules`` rule); default: the model type's attention
         and MLP linear layers (:data:`leanfit.quantization.targets.DEFAULT_PATTERNS`).
@@ -117,6 +123,7 @@ class LoftQConfig:
     avg_bits: float | None = None
     first_high_layers: int | None = None
     high_bits: int = 4
+    bits_budget: float | None = None
     targets: tuple[str, ...] | None = None
     include_conv: bool = False
     seed: int = 0
@@ -154,6 +161,8 @@ class LoftQConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
 
     def _check_mixed_plan(self) -> None:
+        if self.bits_budget is not None:
+            self._check_budget()
         if self.avg_bits is None and self.first_high_layers is None:
             return
         if self.avg_bits is not None and self.first_high_layers is not None:
@@ -174,6 +183,21 @@ class LoftQConfig:
             not _is_int(self.first_high_layers) or self.first_high_layers < 0
         ):
             raise bad_value("first_high_layers", self.first_high_layers, "an int >= 0")
+
+    def _check_budget(self) -> None:
+        if self.avg_bits is not None or self.first_high_layers is not None:
+            raise BadInputError(
+                "give bits_budget or a fixed mixed plan (avg_bits, first_high_layers), not both; "
+                f"got bits_budget={self.bits_budget!r}, avg_bits={self.avg_bits!r}, "
+                f"first_high_layers={self.first_high_layers!r}"
+            )
+        check_quantization_args(self.high_bits, self.method, self.block_size)
+        if self.high_bits <= self.bits:
+            raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
+        if not _is_number(self.bits_budget) or self.bits_budget <= 0:
+            raise bad_value(
+                "bits_budget", self.bits_budget, "a number > 0 (stored bits per parameter)"
+            )
 
     @property
     def alpha(self) -> float:
@@ -257,6 +281,7 @@ class LoftQReport:
     other_bytes: int = 0
     adapter_params: int = 0
     seconds: float = 0.0
+    allocation: dict[str, Any] | None = None
     start_rss_bytes: int = 0
     start_anon_bytes: int = 0
     peak_rss_bytes: int = 0
@@ -316,6 +341,7 @@ class LoftQReport:
             "model_type": self.model_type,
             "config": self.config.to_dict(),
             "totals": self.summary(),
+            "allocation": self.allocation,
             "matrices": [asdict(m) for m in self.matrices],
         }
 
@@ -496,16 +522,24 @@ def walk(
     targets = select_targets(
         names, shapes, source.model_type, config.targets, include_conv=config.include_conv
     )
-    plan = plan_bits(
-        targets,
-        config.bits,
-        avg_bits=config.avg_bits,
-        high_bits=config.high_bits,
-        first_high_layers=config.first_high_layers,
-    )
     _check_rank(targets, config.rank)
+    allocation = None
+    if config.bits_budget is None:
+        plan = plan_bits(
+            targets,
+            config.bits,
+            avg_bits=config.avg_bits,
+            high_bits=config.high_bits,
+            first_high_layers=config.first_high_layers,
+        )
+    else:
+        from leanfit.quantization.allocation import allocate_for_config
+
+        chosen, allocation = allocate_for_config(source, targets, config, progress=progress)
+        plan = chosen.bits
     by_name = {t.name: (i, t) for i, t in enumerate(targets)}
     report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
+    report.allocation = allocation
     start = time.perf_counter()
     with (
         _PeakMemory().running() as memory,

@@ -338,6 +338,12 @@ def write_reports(root: Path, report: LoftQReport) -> None:
             if config.avg_bits is not None or config.first_high_layers is not None
             else ""
         )
+        + (
+            f" to {config.high_bits} bits allocated under a budget of {config.bits_budget:g} "
+            "stored bits/param"
+            if config.bits_budget is not None
+            else ""
+        )
         + f", block {config.block_size}, rank {config.rank}, alpha {config.alpha:g}, "
         f"T = {config.iters}, {config.svd} SVD, double quant {config.double_quant}.\n\n"
         "Errors are relative Frobenius errors: QLoRA ‖W − Q‖/‖W‖ with Q = quantize(W), LoftQ "

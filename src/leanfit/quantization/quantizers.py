@@ -243,6 +243,17 @@ def _layout(
     return layout
 
 
+def stored_nbytes(
+    numel: int, bits: int, method: str, block_size: int, double_quant: bool = False
+) -> int:
+    """Bytes a quantized tensor of ``numel`` elements stores (packed codes and statistics),
+    i.e. :attr:`QuantizedTensor.nbytes` without quantizing anything."""
+    check_quantization_args(bits, method, block_size)
+    _check_int("numel", numel, 1)
+    layout = _layout(numel, bits, method, block_size, double_quant)
+    return sum(length * dtype.itemsize for length, dtype in layout.values())
+
+
 def empty_state(
     shape: tuple[int, ...],
     bits: int,
