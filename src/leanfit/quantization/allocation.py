@@ -23,6 +23,7 @@ taken in order of error removed per extra stored bit while they fit). The cost i
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -371,7 +372,9 @@ def allocate_bits(
         raise bad_value("budget", budget, "an int (stored bits)")
     smallest = sum(min(sizes[name].values()) for name in names)
     if budget < smallest:
-        raise bad_value("budget", budget, f"at least {smallest} bits (every matrix at its smallest)")
+        raise bad_value(
+            "budget", budget, f"at least {smallest} bits (every matrix at its smallest width)"
+        )
 
     def objective(choice: dict[str, int]) -> float:
         return math.fsum(errors[name][choice[name]] for name in names)
@@ -454,8 +457,8 @@ def allocate_budget(
     names = [m.name for m in measured]
     if weights is None:
         weights = {}
-    elif set(weights) - set(names):
-        raise BadInputError(f"weights name unknown matrices: {sorted(set(weights) - set(names))[:3]}")
+    elif unknown := sorted(set(weights) - set(names)):
+        raise BadInputError(f"weights name unknown matrices: {unknown[:3]}")
     for name, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf:
             raise bad_value(f"weights[{name!r}]", w, "a finite number >= 0")
@@ -487,31 +490,20 @@ def config_widths(config: LoftQConfig) -> tuple[int, ...]:
     return tuple(b for b in METHODS[config.method] if config.bits <= b <= config.high_bits)
 
 
-def allocate_for_config(
+def measure_targets(
     source: TensorSource,
     targets: Sequence[Target],
     config: LoftQConfig,
     *,
     progress: bool = True,
-) -> tuple[Allocation, dict[str, Any]]:
-    """Measure the targets of a checkpoint and allocate ``config.bits_budget`` among them.
-
-    Errors are measured with the config's own LoftQ settings (T = ``config.iters``, seed
-    ``config.seed + i`` for target i), so the predicted error is the error the run gets.
-
-    Returns
-    -------
-    Allocation, dict
-        The plan, and a JSON summary of it for the report.
-    """
-    import time
-
+) -> list[MatrixErrors]:
+    """:func:`measure_errors` of a checkpoint's targets at :func:`config_widths`, read one at a
+    time, with the config's LoftQ settings and seeds (``config.seed + i`` for target i, as
+    :func:`leanfit.quantization.quantize_checkpoint`): the error measured at a width is the
+    error a run at that width gets."""
     from leanfit.quantization.targets import matrix_view
 
-    if config.bits_budget is None:
-        raise bad_value("config.bits_budget", None, "a number")
-    tic = time.perf_counter()
-    measured = measure_errors(
+    return measure_errors(
         ((t.name, matrix_view(source.read(t.name), t)) for t in targets),
         widths=config_widths(config),
         rank=config.rank,
@@ -524,17 +516,37 @@ def allocate_for_config(
         progress=progress,
         total=len(targets),
     )
+
+
+def allocate_for_config(
+    source: TensorSource,
+    targets: Sequence[Target],
+    config: LoftQConfig,
+    *,
+    progress: bool = True,
+) -> tuple[Allocation, dict[str, Any]]:
+    """Measure the targets of a checkpoint (:func:`measure_targets`) and allocate
+    ``config.bits_budget`` among them (:func:`allocate_budget`).
+
+    Returns
+    -------
+    Allocation, dict
+        The plan, and a JSON summary of it for the report (``predicted_error``: the total
+        relative error the run will report).
+    """
+    if config.bits_budget is None:
+        raise bad_value("config.bits_budget", None, "a number")
+    tic = time.perf_counter()
+    measured = measure_targets(source, targets, config, progress=progress)
     allocation = allocate_budget(measured, config.bits_budget)
-    params = sum(m.numel for m in measured)
+    norms = math.fsum(m.weight_norm**2 for m in measured) or 1.0
     summary = {
         "bits_budget": config.bits_budget,
         "widths": list(config_widths(config)),
         "solver": allocation.solver,
-        "stored_bits_per_param": allocation.size / params,
+        "stored_bits_per_param": stored_bits_per_param(measured, allocation.bits),
         "predicted_error": total_relative_error(measured, allocation.bits),
-        "greedy_predicted_error": math.sqrt(
-            allocation.greedy_error / (math.fsum(m.weight_norm**2 for m in measured) or 1.0)
-        ),
+        "greedy_predicted_error": math.sqrt(allocation.greedy_error / norms),
         "matrices_per_width": {str(b): n for b, n in allocation.counts().items()},
         "measure_seconds": time.perf_counter() - tic,
     }
