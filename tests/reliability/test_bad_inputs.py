@@ -1038,6 +1038,12 @@ CLI_CASES = [
         quantize_cli(tiny_model, "--block-size", "0"),
     ),
     CliCase(
+        "cli-quantize-bits-budget",
+        "--bits-budget 2.4 (below every target at 2 bits: 2.5 stored bits/param)",
+        r"bits_budget must be a number in \[2\.5000, 4\.5000\]: stored bits per parameter",
+        quantize_cli(tiny_model, "--bits-budget", "2.4"),
+    ),
+    CliCase(
         "cli-quantize-unknown-type",
         "a model type with no default targets, no --target",
         r"model_type must be one of .* got 'olmo'.*--target",

@@ -403,6 +403,32 @@ def budget_limits(measured: Sequence[MatrixErrors]) -> tuple[float, float]:
     return low, high
 
 
+def _total_budget(
+    bits_budget: object, nbytes: Sequence[Mapping[int, int]], numels: Sequence[int]
+) -> int:
+    """``⌊bits_budget · Σ n_i⌋`` stored bits, ``bits_budget`` read as the decimal it prints
+    as; refused outside [all narrowest, all widest]."""
+    params = sum(numels)
+    smallest = sum(8 * min(n.values()) for n in nbytes)
+    largest = sum(8 * max(n.values()) for n in nbytes)
+    widths = sorted(nbytes[0])
+    allowed = (
+        f"a number in [{smallest / params:.4f}, {largest / params:.4f}]: stored bits per "
+        f"parameter (codes and block statistics) with every matrix at {widths[0]} bits and at "
+        f"{widths[-1]} bits"
+    )
+    if (
+        isinstance(bits_budget, bool)
+        or not isinstance(bits_budget, int | float)
+        or not math.isfinite(bits_budget)
+    ):
+        raise bad_value("bits_budget", bits_budget, allowed)
+    budget = math.floor(Decimal(repr(float(bits_budget))) * params)
+    if not smallest <= budget <= largest:
+        raise bad_value("bits_budget", bits_budget, allowed)
+    return budget
+
+
 def allocate_budget(
     measured: Sequence[MatrixErrors],
     bits_budget: float,
@@ -439,21 +465,7 @@ def allocate_budget(
     """
     if not measured:
         raise bad_value("measured", list(measured), "a non-empty list of MatrixErrors")
-    low, high = budget_limits(measured)
-    if isinstance(bits_budget, bool) or not isinstance(bits_budget, int | float):
-        raise bad_value("bits_budget", bits_budget, f"a number in [{low:.4f}, {high:.4f}]")
-    params = sum(m.numel for m in measured)
-    budget = math.floor(Decimal(repr(float(bits_budget))) * params)
-    smallest = sum(8 * min(m.nbytes.values()) for m in measured)
-    largest = sum(8 * max(m.nbytes.values()) for m in measured)
-    if not smallest <= budget <= largest:
-        widths = measured[0].widths
-        raise bad_value(
-            "bits_budget",
-            bits_budget,
-            f"a number in [{low:.4f}, {high:.4f}]: stored bits per parameter (codes and block "
-            f"statistics) with every matrix at {widths[0]} bits and at {widths[-1]} bits",
-        )
+    budget = _total_budget(bits_budget, [m.nbytes for m in measured], [m.numel for m in measured])
     names = [m.name for m in measured]
     if weights is None:
         weights = {}
@@ -536,13 +548,23 @@ def allocate_for_config(
     """
     if config.bits_budget is None:
         raise bad_value("config.bits_budget", None, "a number")
+    widths = config_widths(config)
+    numels = [math.prod(t.matrix_shape) for t in targets]
+    nbytes = [
+        {
+            b: stored_nbytes(n, b, config.method, config.block_size, config.double_quant)
+            for b in widths
+        }
+        for n in numels
+    ]
+    _total_budget(config.bits_budget, nbytes, numels)  # refuse a bad budget before measuring
     tic = time.perf_counter()
     measured = measure_targets(source, targets, config, progress=progress)
     allocation = allocate_budget(measured, config.bits_budget)
     norms = math.fsum(m.weight_norm**2 for m in measured) or 1.0
     summary = {
         "bits_budget": config.bits_budget,
-        "widths": list(config_widths(config)),
+        "widths": list(widths),
         "solver": allocation.solver,
         "stored_bits_per_param": stored_bits_per_param(measured, allocation.bits),
         "predicted_error": total_relative_error(measured, allocation.bits),

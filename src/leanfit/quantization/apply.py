@@ -194,7 +194,8 @@ class LoftQConfig:
         check_quantization_args(self.high_bits, self.method, self.block_size)
         if self.high_bits <= self.bits:
             raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
-        if not _is_number(self.bits_budget) or self.bits_budget <= 0:
+        budget = self.bits_budget
+        if budget is None or not _is_number(budget) or budget <= 0:
             raise bad_value(
                 "bits_budget", self.bits_budget, "a number > 0 (stored bits per parameter)"
             )
