@@ -49,6 +49,7 @@ from leanfit.quantization.allocation import (
 )
 from leanfit.quantization.checkpoint import open_checkpoint
 from leanfit.quantization.evaluate import perplexity
+from leanfit.quantization.finetune import FinetuneConfig, finetune
 from leanfit.quantization.runs import DataSpec, build_model, prepare_data, tokenizer_of
 from leanfit.quantization.targets import plan_bits, select_targets
 from leanfit.reports import markdown_table
@@ -57,6 +58,16 @@ RESULTS = Path(__file__).parent / "results"
 RANK = 16
 PROXIES = {"T=1": 1, "QLoRA": 0}
 PPL = {"tokens": 768, "window": 256, "stride": 128, "block": 128}
+# The short LoRA run of benchmarks/loftq_finetune.py (its SmolLM2 defaults).
+FINETUNE = FinetuneConfig(
+    task="causal-lm",
+    steps=8,
+    batch_size=4,
+    learning_rate=1e-3,
+    warmup_steps=1,
+    max_length=PPL["block"],
+    device="cpu",
+)
 
 
 def measure(source: Path, config: LoftQConfig) -> tuple[list[MatrixErrors], list, float]:
@@ -107,6 +118,17 @@ def plan_row(model: str, plan: str, measured: list[MatrixErrors], bits: dict[str
     }
 
 
+def with_excess(rows: list[dict]) -> list[dict]:
+    """``excess_vs_exact``: summed squared error of each plan over the exact allocator's at the
+    same budget, minus 1 (the error column squared, as the norms are common); uniform 2 and 4
+    bits have no allocator row (at those sizes it can only choose them)."""
+    exact = {r["budget"]: r["error"] for r in rows if r["plan"] == "allocator (exact)"}
+    for row in rows:
+        if row["budget"] in exact:
+            row["excess_vs_exact"] = (row["error"] / exact[row["budget"]]) ** 2 - 1
+    return rows
+
+
 def compare(model: str, measured, targets, budgets: list[float]) -> list[dict]:
     """Rule vs allocator (exact, greedy, proxies) at the rule's stored size; uniform widths."""
     rows = []
@@ -132,21 +154,31 @@ def compare(model: str, measured, targets, budgets: list[float]) -> list[dict]:
             rows.append(
                 plan_row(model, f"allocator ({exact.solver})", measured, exact.bits, **label)
             )
-    return rows
+    return with_excess(rows)
 
 
-def held_out_perplexity(directory: Path, init: str) -> float:
+def held_out_perplexity(directory: Path, init: str, tuned: Path | None) -> dict[str, float]:
+    """Held-out perplexity at initialization and, with ``tuned`` (a run directory), after the
+    short LoRA run of :data:`FINETUNE`."""
     tokenizer = tokenizer_of(directory)
-    _, held = prepare_data(
+    train, held = prepare_data(
         DataSpec("pride_and_prejudice"), "causal-lm", tokenizer, max_length=PPL["block"]
     )
     model = build_model(directory, "causal-lm", init=init, seed=0)
     stream = held.reshape(-1)[: PPL["tokens"]]
-    return perplexity(model, stream, max_length=PPL["window"], stride=PPL["stride"])
+    result = {"ppl_init": perplexity(model, stream, max_length=PPL["window"], stride=PPL["stride"])}
+    if tuned is not None:
+        run = finetune(model, train, None, FINETUNE, tuned, progress=False)
+        result["ppl_finetuned"] = perplexity(
+            model, stream, max_length=PPL["window"], stride=PPL["stride"]
+        )
+        result["train_loss_first"], result["train_loss_last"] = run.losses[0], run.losses[-1]
+    return result
 
 
-def perplexity_rows(source: Path, config: LoftQConfig, nominal: float) -> list[dict]:
-    """SmolLM2: both plans written by quantize_checkpoint, perplexity at initialization."""
+def perplexity_rows(source: Path, config: LoftQConfig, nominal: float, tune: bool) -> list[dict]:
+    """SmolLM2: both plans written by quantize_checkpoint; perplexity at initialization and,
+    with ``tune``, after a short fine-tuning run."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bit-allocation-") as tmp:
         rule_dir, alloc_dir = Path(tmp) / "rule", Path(tmp) / "allocator"
@@ -167,7 +199,9 @@ def perplexity_rows(source: Path, config: LoftQConfig, nominal: float) -> list[d
                     "nominal_bits": nominal,
                     "stored_bits_per_param": report.bits_per_param,
                     "error": report.error,
-                    "ppl_init": held_out_perplexity(directory, "loftq"),
+                    **held_out_perplexity(
+                        directory, "loftq", Path(tmp) / f"run-{directory.name}" if tune else None
+                    ),
                     "walk_seconds": report.seconds,
                     "allocation_seconds": (report.allocation or {}).get("measure_seconds"),
                 }
@@ -177,7 +211,9 @@ def perplexity_rows(source: Path, config: LoftQConfig, nominal: float) -> list[d
             {
                 "plan": "original weights (no quantization)",
                 "nominal_bits": 16.0,
-                "ppl_init": held_out_perplexity(rule_dir, "full-precision"),
+                **held_out_perplexity(
+                    rule_dir, "full-precision", Path(tmp) / "run-original" if tune else None
+                ),
             }
         )
     return rows
@@ -206,9 +242,15 @@ def markdown(records: list[dict], extra: dict, meta: dict) -> str:
         "stored_bits_per_param",
         "error",
         "matrices_2_3_4",
+        "excess_vs_exact",
     ]
-    table = [{k: r[k] for k in columns} for r in records]
-    fmt = {"budget": ".5f", "stored_bits_per_param": ".5f", "error": ".4f"}
+    table = [{k: r.get(k) for k in columns} for r in records]
+    fmt = {
+        "budget": ".5f",
+        "stored_bits_per_param": ".5f",
+        "error": ".4f",
+        "excess_vs_exact": ".2e",
+    }
     lines += [markdown_table(table, floatfmt=fmt), ""]
     proxy = [
         {
@@ -230,13 +272,22 @@ def markdown(records: list[dict], extra: dict, meta: dict) -> str:
     if extra.get("perplexity"):
         lines += [
             f"SmolLM2 at a nominal {extra['perplexity'][0]['nominal_bits']:g} bits: both plans "
-            "written by `quantize_checkpoint`; held-out perplexity at initialization (Q + BA, no "
-            f"fine-tuning), Pride and Prejudice, sliding window {PPL['window']} / stride "
-            f"{PPL['stride']}, first {PPL['tokens']} held-out tokens.",
+            "written by `quantize_checkpoint`; held-out perplexity at initialization (Q + BA) "
+            f"and after {FINETUNE.steps} LoRA steps (batch {FINETUNE.batch_size} × "
+            f"{FINETUNE.max_length} tokens, lr {FINETUNE.learning_rate:g}, as "
+            "`benchmarks/loftq_finetune.py`), Pride and Prejudice (last 10 % of chapters held "
+            f"out), sliding window {PPL['window']} / stride {PPL['stride']}, first "
+            f"{PPL['tokens']} held-out tokens. `allocation_seconds`: measuring the 2/3/4-bit "
+            "errors before the walk.",
             "",
             markdown_table(
                 extra["perplexity"],
-                floatfmt={"stored_bits_per_param": ".5f", "error": ".4f", "ppl_init": ".4g"},
+                floatfmt={
+                    "stored_bits_per_param": ".5f",
+                    "error": ".4f",
+                    "ppl_init": ".4g",
+                    "ppl_finetuned": ".4g",
+                },
             ),
             "",
         ]
@@ -248,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="MiniLM, T = 2, 2.5 bits only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--no-finetune", action="store_true", help="SmolLM2 perplexity at initialization only"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -267,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(extra["models"][model], flush=True)
         if model == "smollm2":
-            extra["perplexity"] = perplexity_rows(source, config, 2.5)
+            extra["perplexity"] = perplexity_rows(source, config, 2.5, not args.no_finetune)
     meta = {
         "rank": RANK,
         "iters": iters,
