@@ -24,21 +24,30 @@ import torch
 from torch import Tensor
 
 from leanfit.exceptions import BadInputError, bad_value
-from leanfit.quantization.lowrank import SVD_METHODS, truncated_svd
+from leanfit.quantization.lowrank import (
+    SVD_METHODS,
+    pad_columns,
+    power_step,
+    subspace_svd,
+    truncated_svd,
+)
 from leanfit.quantization.quantizers import (
     GridPoint,
     QuantizedTensor,
+    Workspace,
     check_quantization_args,
     quantize,
     quantize_to_grid,
 )
 
-# Subspace iterations of the randomized SVD: a cold start needs several; a warm start from the
-# previous iteration's right basis (the residuals of consecutive LoftQ steps share most of
-# their leading subspace) needs one to stay within 0.5 % of the exact SVD's LoftQ error
-# (0.2 % at most on MiniLM; benchmarks/loftq_speed.py measures it on MiniLM and SmolLM2).
-COLD_POWER_ITERS = 6
+# Subspace iterations of the randomized SVD. The first LoftQ step starts from a Gaussian sketch
+# and needs several; every later step starts from the previous step's right Ritz basis (the
+# residuals of consecutive steps share most of their leading subspace) and runs a single
+# subspace step (two passes over the residual), so the steps of the LoftQ loop double as power
+# iterations. benchmarks/loftq_speed.py compares the total error with the exact SVD's.
+COLD_POWER_ITERS = 3
 WARM_POWER_ITERS = 1
+OVERSAMPLE = 16  # sketch columns beyond r
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,17 @@ class LoftQResult:
 
 @dataclass(frozen=True)
 class LowRankFit:
-    """``left @ right`` approximates a residual; ``basis`` warm-starts the next fit."""
+    """``left @ right`` approximates a residual; ``basis`` warm-starts the next fit.
+
+    ``captured = ‖left @ right‖_F² = Σ_{i<=r} S_i²``. As ``left @ right`` is the orthogonal
+    projection of the residual onto span(U_r),
+    ``‖residual − left @ right‖_F² = ‖residual‖_F² − captured``.
+    """
 
     left: Tensor  # (out × r)
     right: Tensor  # (r × in)
-    basis: Tensor | None  # (in × r) or None
+    basis: Tensor | None  # (in × ℓ) or None
+    captured: float
 
 
 def fit_low_rank(
@@ -109,12 +124,28 @@ def fit_low_rank(
     ``left = U_r · diag(√S_r)``, ``right = diag(√S_r) · Vh_r``; the error
     ``‖residual − left @ right‖_F`` equals ``sqrt(Σ_{i>r} S_i²)`` for the exact SVD. This is
     the step a calibrated (whitened) variant would replace.
+
+    ``svd="randomized"`` runs ``power_iters + 1`` steps of :func:`subspace_svd` from ``init``
+    (in × k), completed by Gaussian columns to ℓ = min(r + OVERSAMPLE, out, in); ``basis``
+    returns all ℓ right Ritz vectors (the warm start of the next fit).
     """
-    u, s, vh = truncated_svd(
-        residual, rank, svd, init=init, generator=generator, power_iters=power_iters
-    )
+    if svd == "exact":
+        u, s, vh = truncated_svd(residual, rank, "exact")
+        basis = None
+    else:
+        m, n = residual.shape
+        short = min(rank + OVERSAMPLE, m, n) - (0 if init is None else init.shape[1])
+        basis = init if init is not None else residual.new_zeros(n, 0)
+        if short > 0:
+            extra = torch.randn(n, short, generator=generator, device=residual.device)
+            basis = torch.cat([basis, extra], dim=1)
+        for _ in range(power_iters):
+            basis = power_step(residual, basis)
+        u, s, basis = subspace_svd(residual, basis, rank)
+        s, vh = pad_columns(s, rank), pad_columns(basis, rank).T
     root = s.sqrt()
-    return LowRankFit(u * root, root[:, None] * vh, vh.T if svd == "randomized" else None)
+    captured = float(s.double().square().sum())
+    return LowRankFit(u * root, root[:, None] * vh, basis, captured)
 
 
 def _check_weight(weight: object, name: str) -> Tensor:
@@ -229,25 +260,42 @@ def loftq_decompose(
         return LoftQResult(q, lora_a, lora_b, scaling, [], qlora_error, 0)
 
     errors: list[float] = []
-    target = w
+    target, residual = w, torch.empty_like(w)
+    workspace = Workspace(-(-w.numel() // block_size) * block_size, w.device)
+    spare: GridPoint | None = None  # the buffers of an iterate no longer needed
     basis = None
     best: tuple[int, GridPoint, LowRankFit] | None = None
     for step in range(1, iters + 1):
-        grid = quantize_to_grid(target.reshape(-1), bits, method, block_size, double_quant)
-        residual = w - grid.values.view_as(w)
+        grid = quantize_to_grid(
+            target.reshape(-1),
+            bits,
+            method,
+            block_size,
+            double_quant,
+            out=spare,
+            workspace=workspace,
+        )
+        torch.sub(w, grid.values.view_as(w), out=residual)
+        residual_sq = float(torch.linalg.vector_norm(residual)) ** 2
         if step == 1:
-            qlora_error = float(torch.linalg.norm(residual)) / norm
+            qlora_error = math.sqrt(residual_sq) / norm
+            target = torch.empty_like(w)
         power_iters = COLD_POWER_ITERS if basis is None else WARM_POWER_ITERS
         fit = fit_low_rank(
             residual, rank, svd=svd, init=basis, generator=generator, power_iters=power_iters
         )
-        low_rank, basis = fit.left @ fit.right, fit.basis
-        errors.append(float(torch.linalg.norm(residual.sub_(low_rank))) / norm)
+        basis = fit.basis
+        # ‖W − Q − L R‖² = ‖W − Q‖² − ‖L R‖² (L R projects W − Q orthogonally; see LowRankFit)
+        errors.append(math.sqrt(max(residual_sq - fit.captured, 0.0)) / norm)
         if best is None or errors[-1] < errors[best[0] - 1]:
+            spare = None if best is None else best[1]
             best = (step, grid, fit)
         elif errors[-1] > errors[-2]:
             break
-        target = w - low_rank
+        else:
+            spare = grid
+        if step < iters:
+            torch.addmm(w, fit.left, fit.right, alpha=-1, out=target)  # W − L R
     assert best is not None  # iters >= 1, so the loop ran
     best_iter, grid, fit = best
     root = math.sqrt(scaling)
