@@ -43,8 +43,9 @@ def _shifts(count: int, width: int, device: torch.device) -> Tensor:
 
 
 # For k = 2 and 4, the 8/k codes of one output byte are read as one integer word (code j in
-# bits [8j, 8j + 8) on the little-endian hosts PyTorch supports); shifting the word right by 8j − (8 − k(j+1)) moves code j
-# to its big-endian place in the low byte.
+# bits [8j, 8j + 8) on the little-endian hosts PyTorch supports). Code 0 is shifted left by
+# 8 − k and code j right by 8j − (8 − k(j + 1)): each lands at its big-endian place in the
+# low byte.
 _WORD_OF_BYTE = {2: torch.int32, 4: torch.int16}
 
 
