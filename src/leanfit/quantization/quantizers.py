@@ -112,8 +112,9 @@ _LUT_SLACK = 1e-5  # far above the float32 rounding of the bin index, far below 
 
 
 @functools.cache
-def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, float, float]:
-    """Per bin of a 4096-bin grid over [first level, last level]: (codes below, midpoint).
+def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Per bin of a 4096-bin grid over [first level, last level]: (codes below, midpoint),
+    then the bin-index map ``x ↦ shift + per_unit · x`` as (shift, a 0-d tensor; per_unit).
 
     ``below[u]`` counts the midpoints under the bin's widened lower edge ``e_u − slack`` and
     ``window[u]`` is the one midpoint inside the widened bin ``[e_u − slack, e_{u+1} + slack]``
