@@ -11,17 +11,21 @@ bitsandbytes): float32 throughout; at every iteration t = 1 … T
        ``L = U √S``, ``R = √S Vh``.
 
 The last iterate is returned. leanfit's ``loftq_decompose`` (``svd="randomized"``) computes
-the same decomposition with a randomized range finder warm-started from the previous
-iteration's right basis (one subspace iteration after the first step), ``bucketize`` on
-the table's midpoints, no packing inside the loop, and it keeps the best iterate.
+the same decomposition with subspace iteration and Rayleigh–Ritz extraction (Cholesky QR of
+small Gram matrices, no QR or SVD of a tall matrix), started from a Gaussian sketch at the
+first step and from the previous step's right Ritz basis afterwards; the error from
+``‖W − Q‖² − Σ S²``; a lookup-table nearest-code search into reused buffers; no packing
+inside the loop; and it keeps the best iterate.
 
 Both run side by side on the same real weights, one matrix after the other (the reference
 then leanfit on each matrix, so that both see the same machine load), on one torch thread.
 Each repetition covers every matrix of the model; the table gives the medians over
-repetitions of the total times, their ratio, and the total relative error
+repetitions of the total times (wall clock, and the CPU time of the process, which other
+jobs on a shared machine disturb less), their ratio, and the total relative error
 ``sqrt(Σ‖W − Q − LR‖²) / sqrt(Σ‖W‖²)`` of both. Also: leanfit's throughput in parameters
-per second, and the time of one quantization pass against a plain copy of the same tensor
-(the memory-bandwidth yardstick: a copy reads and writes every float32 once).
+per second, and the time of one quantization pass (into reused buffers, as inside LoftQ)
+against a plain copy of the same tensor (the memory-bandwidth yardstick: a copy reads and
+writes every float32 once, the least traffic a pass that restores the values can have).
 
 Usage::
 
@@ -49,7 +53,7 @@ from tqdm import tqdm
 
 from leanfit.io import atomic_output
 from leanfit.quantization import loftq_decompose
-from leanfit.quantization.quantizers import quantize_to_grid
+from leanfit.quantization.quantizers import Workspace, quantize_to_grid
 
 RESULTS = Path(__file__).parent / "results"
 BLOCK = 64
@@ -112,15 +116,17 @@ def reference_loftq(w: torch.Tensor, bits: int, rank: int, iters: int):
 
 def one_repetition(weights, bits: int, rank: int, quiet: bool) -> dict[str, float]:
     """Both implementations on every matrix, interleaved; totals of time and squared error."""
-    seconds = {"reference": 0.0, "leanfit": 0.0}
+    seconds = {"reference": 0.0, "leanfit": 0.0, "reference_cpu": 0.0, "leanfit_cpu": 0.0}
     squared = {"weight": 0.0, "reference": 0.0, "leanfit": 0.0}
     for w in tqdm(weights, desc=f"{bits}-bit r={rank}", leave=False, disable=quiet):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         q, left, right = reference_loftq(w, bits, rank, ITERS)
         seconds["reference"] += time.perf_counter() - start
-        start = time.perf_counter()
+        seconds["reference_cpu"] += time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
         result = loftq_decompose(w, bits=bits, rank=rank, iters=ITERS, block_size=BLOCK)
         seconds["leanfit"] += time.perf_counter() - start
+        seconds["leanfit_cpu"] += time.process_time() - cpu
         norm2 = float(torch.linalg.norm(w)) ** 2
         squared["weight"] += norm2
         squared["reference"] += float(torch.linalg.norm(w - q - left @ right)) ** 2
@@ -128,6 +134,8 @@ def one_repetition(weights, bits: int, rank: int, quiet: bool) -> dict[str, floa
     return {
         "reference_s": seconds["reference"],
         "leanfit_s": seconds["leanfit"],
+        "reference_cpu_s": seconds["reference_cpu"],
+        "leanfit_cpu_s": seconds["leanfit_cpu"],
         "reference_error": math.sqrt(squared["reference"] / squared["weight"]),
         "leanfit_error": math.sqrt(squared["leanfit"] / squared["weight"]),
     }
@@ -143,12 +151,20 @@ def median_time(fn, repeats: int = 7) -> float:
 
 
 def bandwidth(weights, bits: int) -> dict[str, float]:
-    """One quantization pass (codes + restored values) of the largest matrix vs a plain copy."""
+    """One quantization pass (codes + restored values) of the largest matrix vs a plain copy.
+
+    The pass writes into the buffers of an earlier result with a reused workspace, as every
+    LoftQ step after the second does.
+    """
     w = max(weights, key=lambda t: t.numel())
     flat = w.reshape(-1).contiguous()
     out = torch.empty_like(flat)
     copy_s = median_time(lambda: out.copy_(flat))
-    quant_s = median_time(lambda: quantize_to_grid(flat, bits, "nf", BLOCK, False))
+    workspace = Workspace(flat.numel())
+    grid = quantize_to_grid(flat, bits, "nf", BLOCK, False)
+    quant_s = median_time(
+        lambda: quantize_to_grid(flat, bits, "nf", BLOCK, False, out=grid, workspace=workspace)
+    )
     nbytes = 2 * flat.numel() * 4  # read + write of float32
     return {
         "matrix": list(w.shape),
@@ -156,6 +172,7 @@ def bandwidth(weights, bits: int) -> dict[str, float]:
         "quantize_s": quant_s,
         "copy_s": copy_s,
         "quantize_over_copy": quant_s / copy_s,
+        "quantize_Mparams_per_s": flat.numel() / quant_s / 1e6,
     }
 
 
@@ -171,33 +188,40 @@ def markdown(records: list[dict], passes: list[dict], meta: dict) -> str:
         "sqrt(Σ‖W − Q − LR‖²)/sqrt(Σ‖W‖²).",
         "",
         "| model | matrices | params | bits | rank | reference (s) | leanfit (s) | speed-up "
-        "| leanfit Mparams/s | error reference | error leanfit | error ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| speed-up (CPU time) | leanfit Mparams/s | error reference | error leanfit "
+        "| error ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['model']} | {r['matrices']} | {r['params'] / 1e6:.1f}M | {r['bits']} "
             f"| {r['rank']} | {r['reference_s']:.2f} | {r['leanfit_s']:.2f} "
-            f"| **{r['speedup']:.1f}×** | {r['params'] * ITERS / r['leanfit_s'] / 1e6:.1f} "
+            f"| **{r['speedup']:.1f}×** | {r['speedup_cpu']:.1f}× "
+            f"| {r['params'] * ITERS / r['leanfit_s'] / 1e6:.1f} "
             f"| {r['reference_error']:.4f} | {r['leanfit_error']:.4f} "
             f"| {r['leanfit_error'] / r['reference_error']:.4f} |"
         )
     lines += [
         "",
         "Mparams/s counts each of the T iterations (parameters × T / time). Speed-up: median "
-        "reference time / median leanfit time.",
+        "reference time / median leanfit time (wall clock); CPU time: the same with the CPU time "
+        "of the process, which other jobs on the shared machine disturb less.",
         "",
-        "Quantization pass (NF, codes and restored values, no packing) vs a plain float32 copy "
-        "of the same matrix (read + write once, the memory-bandwidth yardstick), median of 7:",
+        "Quantization pass (NF, codes and restored values, no packing, into reused buffers as "
+        "inside LoftQ) vs a plain float32 copy of the same matrix (read + write once, the "
+        "memory-bandwidth yardstick), median of 7. Bandwidth share: copy time / quantize time, "
+        "the fraction of the copy's memory bandwidth the pass reaches for the same bytes moved.",
         "",
-        "| model | matrix | bits | copy (GB/s) | copy (ms) | quantize (ms) | quantize / copy |",
-        "|---|---|---|---|---|---|---|",
+        "| model | matrix | bits | copy (GB/s) | copy (ms) | quantize (ms) | quantize Mparams/s "
+        "| quantize / copy | bandwidth share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in passes:
         lines.append(
             f"| {p['model']} | {p['matrix'][0]}×{p['matrix'][1]} | {p['bits']} "
             f"| {p['copy_GBps']:.1f} | {p['copy_s'] * 1e3:.2f} | {p['quantize_s'] * 1e3:.2f} "
-            f"| {p['quantize_over_copy']:.1f}× |"
+            f"| {p['quantize_Mparams_per_s']:.0f} | {p['quantize_over_copy']:.1f}× "
+            f"| {100 / p['quantize_over_copy']:.0f} % |"
         )
     return "\n".join([*lines, ""])
 
@@ -237,12 +261,14 @@ def main(argv: list[str] | None = None) -> None:
             reps = [one_repetition(weights, bits, rank, args.quiet) for _ in range(repeats)]
             row = {key: statistics.median(r[key] for r in reps) for key in reps[0]}
             row["speedup"] = row["reference_s"] / row["leanfit_s"]
+            row["speedup_cpu"] = row["reference_cpu_s"] / row["leanfit_cpu_s"]
             record = {"model": model, "matrices": len(weights), "params": params}
             record |= {"bits": bits, "rank": rank, "repeats": repeats, **row, "all": reps}
             records.append(record)
             print(
                 f"{model} {bits}-bit r={rank}: reference {row['reference_s']:.2f} s, leanfit "
-                f"{row['leanfit_s']:.2f} s ({row['speedup']:.1f}x); error "
+                f"{row['leanfit_s']:.2f} s ({row['speedup']:.1f}x, CPU time "
+                f"{row['speedup_cpu']:.1f}x); error "
                 f"{row['reference_error']:.4f} vs {row['leanfit_error']:.4f}"
             )
         for bits in sorted({b for b, _ in settings}):

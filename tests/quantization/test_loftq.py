@@ -63,10 +63,10 @@ def test_reported_error_is_the_error_of_the_kept_result():
 def test_best_iterate_is_kept_and_the_loop_stops_when_the_error_rises(monkeypatch):
     calls = []
 
-    def spoiled_third_step(target, *args):
+    def spoiled_third_step(target, *args, **kwargs):
         calls.append(1)
         noise = 0.5 * target.std() * torch.randn_like(target) if len(calls) == 3 else 0
-        return quantize_to_grid(target + noise, *args)
+        return quantize_to_grid(target + noise, *args, **kwargs)
 
     monkeypatch.setattr(loftq, "quantize_to_grid", spoiled_third_step)
     result = loftq_decompose(weight(), bits=4, rank=4, iters=6)

@@ -20,8 +20,98 @@ def _check_matrix(matrix: object) -> Tensor:
     return matrix.detach().float()
 
 
-def _orthonormal(matrix: Tensor) -> Tensor:
-    return torch.linalg.qr(matrix).Q
+# Directions of Y = A·basis (float32) weaker than this fraction of the strongest are rounding
+# noise: Y is orthonormalized by Cholesky only when its factor's diagonal stays above it, and
+# the eigen-decomposition fallback drops the directions below it.
+_WELL_CONDITIONED = 1e-4
+
+
+def _descending_eigh(symmetric: Tensor) -> tuple[Tensor, Tensor]:
+    values, vectors = torch.linalg.eigh(symmetric)
+    return values.flip(0), vectors.flip(1)
+
+
+def power_step(matrix: Tensor, basis: Tensor) -> Tensor:
+    """One subspace (power) iteration: an orthonormal basis of ``Aᵀ A · basis`` (n × ℓ).
+
+    ``W = (A · basis)ᵀ A`` transposed, orthonormalized by Cholesky QR (``WᵀW = L Lᵀ`` in
+    float64, ``W L⁻ᵀ``): two passes over A and no ℓ × ℓ eigen-decomposition. Falls back to the
+    right Ritz vectors of :func:`subspace_svd` when W is too ill-conditioned for that.
+    """
+    w = ((matrix @ basis).T @ matrix).T
+    chol, info = torch.linalg.cholesky_ex((w.T @ w).double())
+    diagonal = chol.diagonal()
+    if int(info) or not bool(diagonal.min() > _WELL_CONDITIONED * diagonal.max()):
+        return subspace_svd(matrix, basis, 1)[2]
+    return torch.linalg.solve_triangular(chol.T.to(w.dtype), w, upper=True, left=False)
+
+
+def subspace_svd(matrix: Tensor, basis: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of subspace iteration with Rayleigh–Ritz extraction.
+
+    With ``Y = A · basis`` (m × ℓ) and ``Q`` an orthonormal basis of its columns, this is the
+    exact SVD of the projection ``Q Qᵀ A = U · diag(S) · Vᵀ``; its leading r triplets
+    approximate those of A, better the closer ``basis`` is to A's leading right subspace,
+    and ``V`` (the right Ritz vectors) is the basis for the next step. Two passes over A
+    (``A · basis`` and ``Yᵀ A``, 2·m·n·ℓ multiply-adds, in float32); Q is never formed: with the
+    Gram matrix ``G = YᵀY = L Lᵀ`` (Cholesky in float64), ``Q = Y L⁻ᵀ`` and
+    ``B = Qᵀ A = L⁻¹ (Yᵀ A)``, whose SVD comes from the eigenvectors of ``B Bᵀ`` (k × k, float64).
+    If Y is rank-deficient (a diagonal entry of L below 1e-4 times the largest),
+    ``G = P Λ Pᵀ`` and ``Q = Y P Λ^(−1/2)`` over the directions with ``λ > 1e-8 · max λ``.
+
+    Because ``U_r diag(S_r) V_rᵀ = U_r U_rᵀ A`` is an orthogonal projection,
+    ``‖A − U_r diag(S_r) V_rᵀ‖_F² = ‖A‖_F² − Σ_{i<=r} S_i²``.
+
+    Parameters
+    ----------
+    matrix : Tensor
+        A, (m × n) float32.
+    basis : Tensor
+        (n × ℓ) float32, full column rank in exact arithmetic (orthonormal is best).
+    rank : int
+        r <= ℓ: how many left singular vectors to form.
+
+    Returns
+    -------
+    U : Tensor
+        (m × r) float32, orthonormal columns (zero columns past the rank of Y).
+    S : Tensor
+        (k,) float32, non-increasing, k <= ℓ the rank of Y.
+    V : Tensor
+        (n × k) float32, orthonormal columns (the right Ritz vectors).
+    """
+    y = matrix @ basis
+    z = (y.T @ matrix).double()
+    gram = (y.T @ y).double()
+    chol, info = torch.linalg.cholesky_ex(gram)
+    diagonal = chol.diagonal()
+    if int(info) == 0 and bool(diagonal.min() > _WELL_CONDITIONED * diagonal.max()):
+        # Y has full column rank, far from float32 rounding: Q = Y L⁻ᵀ with G = L Lᵀ
+        b = torch.linalg.solve_triangular(chol, z, upper=False)
+        mu, ut = _descending_eigh(b @ b.T)
+        to_left = torch.linalg.solve_triangular(chol.T, ut[:, :rank], upper=True)
+    else:  # rank-deficient Y: whiten with the eigenvectors of G, dropping null directions
+        lam, p = torch.linalg.eigh(gram)
+        keep = lam > _WELL_CONDITIONED**2 * lam[-1].clamp(min=torch.finfo(torch.float64).tiny)
+        whiten = p[:, keep] * lam[keep].rsqrt()  # Q = Y · whiten
+        b = whiten.T @ z
+        mu, ut = _descending_eigh(b @ b.T)
+        to_left = whiten @ ut[:, :rank]
+    s = mu.clamp(min=0).sqrt()
+    inverse = torch.where(s > 0, 1 / s.clamp(min=torch.finfo(torch.float64).tiny), 0)
+    v = (b.T.to(y.dtype) @ ut.to(y.dtype)) * inverse.to(y.dtype)
+    u = y @ to_left.to(y.dtype)
+    if u.shape[1] < rank:
+        u = torch.cat([u, u.new_zeros(u.shape[0], rank - u.shape[1])], dim=1)
+    return u, s.to(y.dtype), v
+
+
+def pad_columns(values: Tensor, length: int) -> Tensor:
+    """The first ``length`` entries (or columns) of a tensor, zero-filled past its end."""
+    short = length - values.shape[-1]
+    if short <= 0:
+        return values[..., :length]
+    return torch.cat([values, values.new_zeros(*values.shape[:-1], short)], dim=-1)
 
 
 def _sketch(
@@ -98,9 +188,8 @@ def truncated_svd(
     if method == "exact":
         u, s, vh = torch.linalg.svd(a, full_matrices=False)
         return u[:, :rank], s[:rank], vh[:rank]
-    width = min(rank + oversample, m, n)
-    q = _orthonormal(a @ _sketch(n, width, init, generator, a))
+    basis = _sketch(n, min(rank + oversample, m, n), init, generator, a)
     for _ in range(power_iters):
-        q = _orthonormal(a @ _orthonormal(a.T @ q))
-    u_small, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
-    return (q @ u_small)[:, :rank], s[:rank], vh[:rank]
+        basis = power_step(a, basis)
+    u, s, v = subspace_svd(a, basis, rank)
+    return u, pad_columns(s, rank), pad_columns(v, rank).T

@@ -42,6 +42,26 @@ def _shifts(count: int, width: int, device: torch.device) -> Tensor:
     return width * torch.arange(count - 1, -1, -1, device=device, dtype=torch.int32)
 
 
+# For k = 2 and 4, the 8/k codes of one output byte are read as one integer word (code j in
+# bits [8j, 8j + 8) on the little-endian hosts PyTorch supports). Code 0 is shifted left by
+# 8 − k and code j right by 8j − (8 − k(j + 1)): each lands at its big-endian place in the
+# low byte.
+_WORD_OF_BYTE = {2: torch.int32, 4: torch.int16}
+
+
+def _pack_bytes(codes: Tensor, bits: int) -> Tensor:
+    """:func:`pack` for k in {2, 4}: ``codes`` uint8, 1-D, contiguous, a multiple of 8/k long.
+
+    Only the low byte of each shifted word is kept (the final cast to uint8 wraps).
+    """
+    per_byte = 8 // bits
+    words = codes.view(_WORD_OF_BYTE[bits])
+    out = words << (8 - bits)  # code 0: from bit 0 to bit 8 − k
+    for j in range(1, per_byte):
+        out |= words >> (8 * j - (8 - bits * (j + 1)))
+    return out.to(torch.uint8)
+
+
 def pack(codes: Tensor, bits: int) -> Tensor:
     """Pack unsigned codes of ``bits`` bits each into a 1-D uint8 tensor.
 
@@ -65,6 +85,8 @@ def pack(codes: Tensor, bits: int) -> Tensor:
         raise bad_value("codes", int(flat.max()), f"below 2**bits = {2**bits} (largest code)")
     per_group, group_bytes = _group(bits)
     pad = -flat.numel() % per_group
+    if bits in _WORD_OF_BYTE:
+        return _pack_bytes(torch.cat([flat, flat.new_zeros(pad)]), bits)
     flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, per_group).to(torch.int32)
     words = (flat << _shifts(per_group, bits, flat.device)).sum(dim=1, dtype=torch.int32)
     out = (words[:, None] >> _shifts(group_bytes, 8, flat.device)) & 0xFF

@@ -112,8 +112,9 @@ _LUT_SLACK = 1e-5  # far above the float32 rounding of the bin index, far below 
 
 
 @functools.cache
-def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, float, float]:
-    """Per bin of a 4096-bin grid over [first level, last level]: (codes below, midpoint).
+def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Per bin of a 4096-bin grid over [first level, last level]: (codes below, midpoint),
+    then the bin-index map ``x ↦ shift + per_unit · x`` as (shift, a 0-d tensor; per_unit).
 
     ``below[u]`` counts the midpoints under the bin's widened lower edge ``e_u − slack`` and
     ``window[u]`` is the one midpoint inside the widened bin ``[e_u − slack, e_{u+1} + slack]``
@@ -130,24 +131,58 @@ def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, float, float]
         raise AssertionError("two midpoints in one lookup bin")
     inside = midpoints.float()[below.clamp(max=midpoints.numel() - 1)]
     window = torch.where(upto > below, inside, torch.tensor(math.inf))
-    return below.to(torch.int32), window, low, _LUT_BINS / (high - low)
+    per_unit = _LUT_BINS / (high - low)
+    return below.to(torch.int32), window, torch.tensor(-low * per_unit), per_unit
 
 
-def nearest_codes(normalized: Tensor, bits: int, method: str) -> Tensor:
+def _code_lut(bits: int, method: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor, float]:
+    """:func:`_code_lut_cpu` on ``device``: (below, window, −low · per_unit, per_unit)."""
+    below, window, shift, per_unit = _code_lut_cpu(bits, method)
+    return below.to(device), window.to(device), shift.to(device), per_unit
+
+
+class Workspace:
+    """Scratch buffers for :func:`nearest_codes` and :func:`quantize_to_grid` of ``numel``
+    values (after padding to whole blocks), reused by repeated calls on tensors of one size:
+    fresh allocations of this size cost page faults, often more than the arithmetic.
+
+    A workspace serves one call at a time (not thread-safe).
+    """
+
+    def __init__(self, numel: int, device: torch.device | str | None = None) -> None:
+        self.work = torch.empty(numel, device=device)
+        self.index = torch.empty(numel, dtype=torch.int32, device=device)
+        self.above = torch.empty(numel, dtype=torch.bool, device=device)
+
+    def fits(self, flat: Tensor) -> bool:
+        return self.work.numel() == flat.numel() and self.work.device == flat.device
+
+
+def nearest_codes(
+    normalized: Tensor,
+    bits: int,
+    method: str,
+    *,
+    out: Tensor | None = None,
+    workspace: Workspace | None = None,
+) -> Tensor:
     """Codes (int32, flat) of values already mapped to the level axis (see :func:`_normalize`).
 
     Equal to ``torch.bucketize(normalized, midpoints)`` (ties to the lower level), in a
-    fixed number of passes: bin index, two table lookups, one comparison.
+    fixed number of passes: bin index, two table lookups, one comparison. ``out`` (int32, as
+    many elements) receives the codes; ``workspace`` provides the scratch buffers.
     """
-    below, window, low, per_unit = _code_lut_cpu(bits, method)
-    below, window = below.to(normalized.device), window.to(normalized.device)
     flat = normalized.reshape(-1)
-    # Few large temporaries, reused: fresh allocations of this size cost page faults.
-    work = torch.sub(flat, low).mul_(per_unit).clamp_(0, _LUT_BINS - 1)
-    index = work.to(torch.int32)
+    below, window, shift, per_unit = _code_lut(bits, method, flat.device)
+    if workspace is None or not workspace.fits(flat):
+        workspace = Workspace(flat.numel(), flat.device)
+    # bin index: shift + per_unit · x = (x − low) · per_unit, within the lookup's slack
+    work = torch.add(shift, flat, alpha=per_unit, out=workspace.work).clamp_(0, _LUT_BINS - 1)
+    index = workspace.index.copy_(work)  # truncation toward zero = floor for work >= 0
     nearest_midpoint = torch.index_select(window, 0, index, out=work)
-    codes = below.index_select(0, index)
-    return codes.add_(torch.gt(flat, nearest_midpoint))
+    above = torch.gt(flat, nearest_midpoint, out=workspace.above)
+    codes = torch.index_select(below, 0, index, out=out)
+    return codes.add_(above)
 
 
 _BYTE_ALIGNED = (2, 4, 8)
@@ -459,13 +494,15 @@ def _uniform_stats(blocks: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     return (high - low) / (2**bits - 1), low
 
 
-def _normalize(blocks: Tensor, scales: Tensor, offsets: Tensor | None) -> Tensor:
+def _normalize(
+    blocks: Tensor, scales: Tensor, offsets: Tensor | None, out: Tensor | None = None
+) -> Tensor:
     """Map values to the level axis: x / absmax (NF) or (x − min) / Δ (uniform)."""
     if offsets is None:
         # Multiply by the reciprocal, as bitsandbytes does, so midpoint ties round alike.
-        return blocks * (1.0 / scales.clamp(min=_MIN_ABSMAX))[:, None]
+        return torch.mul(blocks, (1.0 / scales.clamp(min=_MIN_ABSMAX))[:, None], out=out)
     steps = torch.where(scales > 0, scales, torch.ones_like(scales))
-    return (blocks - offsets[:, None]) / steps[:, None]
+    return torch.sub(blocks, offsets[:, None], out=out).div_(steps[:, None])
 
 
 def quantize(
@@ -523,15 +560,21 @@ class GridPoint:
     codes: Tensor  # (n_blocks · block_size,) int32, the last block padded
     scales: Tensor | DoubleQuantized
     offsets: Tensor | DoubleQuantized | None
-    values: Tensor  # (numel,) float32
+    padded_values: Tensor  # (n_blocks · block_size,) float32, the last block padded
+    numel: int
     bits: int
     method: str
     block_size: int
 
+    @property
+    def values(self) -> Tensor:
+        """The restored values, (numel,) float32."""
+        return self.padded_values[: self.numel]
+
     def pack(self, shape: tuple[int, ...]) -> QuantizedTensor:
         """The :class:`QuantizedTensor` of these codes for a tensor of ``shape``."""
         return QuantizedTensor(
-            packed=pack(self.codes.reshape(-1)[: self.values.numel()].to(torch.uint8), self.bits),
+            packed=pack(self.codes[: self.numel].to(torch.uint8), self.bits),
             scales=self.scales,
             offsets=self.offsets,
             shape=shape,
@@ -542,12 +585,24 @@ class GridPoint:
 
 
 def quantize_to_grid(
-    flat: Tensor, bits: int, method: str, block_size: int, double_quant: bool
+    flat: Tensor,
+    bits: int,
+    method: str,
+    block_size: int,
+    double_quant: bool,
+    *,
+    out: GridPoint | None = None,
+    workspace: Workspace | None = None,
 ) -> GridPoint:
     """Quantize a finite 1-D float32 tensor (arguments already checked) without packing.
 
     Same codes and statistics as :func:`quantize`; the restored values come from one
     gather of the level table and one multiply(-add) by the block statistics.
+
+    ``out``: an earlier result for a tensor of the same size whose ``codes`` and ``values``
+    buffers are overwritten (it must not be used afterwards); ``workspace``: scratch buffers
+    (:class:`Workspace` of ``n_blocks · block_size`` values). An iterative caller (LoftQ)
+    passes both and so allocates nothing large per call.
     """
     blocks = _blocks(flat, block_size)
     scales, offsets = _nf_stats(blocks) if method == "nf" else _uniform_stats(blocks, bits)
@@ -559,16 +614,25 @@ def quantize_to_grid(
         if offsets is not None:
             stored_offsets = DoubleQuantized.encode(offsets)
             offsets = stored_offsets.decode()
-    codes = nearest_codes(_normalize(blocks, scales, offsets), bits, method)
+    if out is not None and (out.codes.shape, out.codes.device) != ((blocks.numel(),), flat.device):
+        out = None
+    padded = torch.empty(blocks.numel(), device=flat.device) if out is None else out.padded_values
+    normalized = _normalize(blocks, scales, offsets, out=padded.view_as(blocks))
+    codes = nearest_codes(
+        normalized, bits, method, out=None if out is None else out.codes, workspace=workspace
+    )
     table = levels(bits, method, flat.device)
-    values = table.index_select(0, codes).view_as(blocks).mul_(scales[:, None])
+    # the normalized values are spent: their buffer receives the restored ones
+    values = torch.index_select(table, 0, codes, out=padded.view(-1)).view_as(blocks)
+    values.mul_(scales[:, None])
     if offsets is not None:
         values.add_(offsets[:, None])
     return GridPoint(
         codes,
         stored_scales,
         stored_offsets,
-        values.reshape(-1)[: flat.numel()],
+        padded,
+        flat.numel(),
         bits,
         method,
         block_size,
