@@ -5,7 +5,8 @@ The fuzz tests mutate bytes of small valid files (a GGUF written with the ``gguf
 a safetensors checkpoint directory), the metadata of a quantized tensor, and the JSON files
 of a ``leanfit quantize`` output read by :func:`leanfit.quantization.load` and the
 fine-tuning entry points (``quantization_config.json``, the shard index, the adapter config,
-``loftq_config.json``, ``loftq_report.json``). Each example must either read back or raise a
+``loftq_config.json``, ``loftq_report.json``) and the record and config of a fine-tuning
+run. Each example must either read back or raise a
 :class:`~leanfit.exceptions.LeanfitError`; anything else (a ValueError from gguf-py, a
 struct.error, a KeyError from a missing field, a MemoryError, a hang) fails. The default run
 has ~100 examples per checkpoint reader and ~40 per output file; ``-m slow`` runs thousands.
@@ -453,6 +454,14 @@ def read_loftq_config(directory: Path) -> None:
     LoftQConfig.load(directory / "loftq_config.json")
 
 
+def read_run_record(run_dir: Path) -> None:
+    from leanfit.quantization.finetune import FinetuneConfig
+    from leanfit.quantization.runs import read_run
+
+    read_run(run_dir)
+    FinetuneConfig.load(run_dir / "config.json")
+
+
 # file of the output -> the entry points that read it
 OUTPUT_READERS = {
     "backbone/quantization_config.json": (load_model,),
@@ -461,6 +470,7 @@ OUTPUT_READERS = {
     "loftq_config.json": (read_loftq_config,),
     "loftq_report.json": (read_report,),
 }
+RUN_READERS = {"leanfit_run.json": (read_run_record,), "config.json": (read_run_record,)}
 
 
 @pytest.fixture(scope="module")
@@ -473,12 +483,20 @@ def loftq_dir(tmp_path_factory, safetensors_dir) -> Path:
     return out
 
 
-def fuzz_output_file(directory: Path, name: str, examples: int) -> Counter[str]:
+@pytest.fixture(scope="module")
+def run_record_dir(tmp_path_factory, finetune_reference) -> Path:
+    """The record and config of a ``leanfit finetune`` run directory."""
+    folder = tmp_path_factory.mktemp("fuzz-run")
+    for name in RUN_READERS:
+        shutil.copy(finetune_reference / name, folder / name)
+    return folder
+
+
+def fuzz_output_file(directory: Path, name: str, readers, examples: int) -> Counter[str]:
     """Mutate ``directory/name`` (raw bytes or parsed JSON), run its readers, restore it."""
     path = directory / name
     original = path.read_bytes()
     document = json.loads(original)
-    readers = OUTPUT_READERS[name]
     outcomes: Counter[str] = Counter()
 
     @settings(max_examples=examples, deadline=None, derandomize=examples <= 200, database=None)
@@ -501,27 +519,32 @@ def fuzz_output_file(directory: Path, name: str, examples: int) -> Counter[str]:
     return outcomes
 
 
-def check_output_fuzz(directory: Path, examples: int) -> None:
-    """Every file of :data:`OUTPUT_READERS` fuzzed; same criteria as :func:`check_fuzz`."""
+def check_output_fuzz(directory: Path, files: dict, examples: int) -> None:
+    """Every file of ``files`` (name -> readers) fuzzed; same criteria as :func:`check_fuzz`."""
     before = peak_rss_kb()
-    results = {name: fuzz_output_file(directory, name, examples) for name in OUTPUT_READERS}
+    results = {
+        name: fuzz_output_file(directory, name, readers, examples)
+        for name, readers in files.items()
+    }
     growth = peak_rss_kb() - before
     print({name: dict(outcomes) for name, outcomes in results.items()}, f"{growth} kB")
     for name, outcomes in results.items():
         assert sum(outcomes.values()) == examples, name
         assert outcomes["read"] > 0 and outcomes["refused"] > 0, (name, outcomes)
     assert growth < FUZZ_RSS_GROWTH_KB
-    for reader in {r for readers in OUTPUT_READERS.values() for r in readers}:
+    for reader in {r for readers in files.values() for r in readers}:
         assert load_everything(directory, reader) == "read"  # every file was restored
 
 
-def test_fuzz_quantize_output_only_leanfit_errors(loftq_dir):
-    check_output_fuzz(loftq_dir, examples=40)
+def test_fuzz_quantize_output_only_leanfit_errors(loftq_dir, run_record_dir):
+    check_output_fuzz(loftq_dir, OUTPUT_READERS, examples=40)
+    check_output_fuzz(run_record_dir, RUN_READERS, examples=100)
 
 
 @pytest.mark.slow
-def test_fuzz_quantize_output_thousands(loftq_dir):
-    check_output_fuzz(loftq_dir, examples=1500)
+def test_fuzz_quantize_output_thousands(loftq_dir, run_record_dir):
+    check_output_fuzz(loftq_dir, OUTPUT_READERS, examples=1500)
+    check_output_fuzz(run_record_dir, RUN_READERS, examples=3000)
 
 
 def test_headers_claiming_a_terabyte_are_refused_without_allocating(tmp_path):

@@ -22,7 +22,6 @@ PEFT's ``modules_to_save``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,10 @@ PEFT_TASKS = {"causal-lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
 LOAD_TASKS = {"causal-lm": "causal-lm", "classification": "sequence-classification"}
 
 
+def _int_at_least(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the training and held-out data come from.
@@ -93,6 +96,20 @@ class DataSpec:
     eval_fraction: float = 0.1
     seed: int = 0
     max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("source", "text_column", "label_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise bad_value(name, getattr(self, name), "a non-empty string")
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise bad_value("eval_fraction", fraction, "a number in (0, 1)")
+        if not 0 < fraction < 1:
+            raise bad_value("eval_fraction", fraction, "a number in (0, 1)")
+        if not _int_at_least(self.seed, 0):
+            raise bad_value("seed", self.seed, "an int >= 0")
+        if self.max_examples is not None and not _int_at_least(self.max_examples, 1):
+            raise bad_value("max_examples", self.max_examples, "None or an int >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
@@ -357,6 +374,14 @@ def finetune_directory(
     )
 
 
+def _valid_spec(values: dict[str, Any]) -> bool:
+    try:
+        DataSpec(**values)
+    except (TypeError, BadInputError):
+        return False
+    return True
+
+
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """The record ``leanfit_run.json`` of a run directory, its fields checked.
 
@@ -379,9 +404,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "init": record.get("init") in INITS,
         "base": isinstance(record.get("base"), str | None),
         "task": record.get("task") in PEFT_TASKS,
-        "data": isinstance(data, dict)
-        and isinstance(data.get("source"), str)
-        and set(data) <= {f.name for f in dataclasses.fields(DataSpec)},
+        "data": isinstance(data, dict) and _valid_spec(data),
         "label_names": isinstance(labels, list) and all(isinstance(n, str) for n in labels),
     }
     invalid = [name for name, ok in checks.items() if not ok]
