@@ -424,7 +424,10 @@ def _target(module: str, entry: dict[str, Any]) -> Target:
         if not (layer is None or _count(layer, minimum=0)):
             raise BadInputError(f"layer_index must be null or an int >= 0; got {layer!r}")
         if entry["kind"] not in ("linear", "conv") or not isinstance(entry["transposed"], bool):
-            raise BadInputError(f"kind {entry['kind']!r} or transposed {entry['transposed']!r}")
+            raise BadInputError(
+                "kind must be 'linear' or 'conv' and transposed a bool; "
+                f"got {entry['kind']!r}, {entry['transposed']!r}"
+            )
         target = Target(name, module, tuple(shape), layer, entry["transposed"], entry["kind"])
         quant = entry["quantized"]
         check_quantization_args(quant["bits"], quant["method"], quant["block_size"])
