@@ -403,7 +403,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "quantized": isinstance(record.get("quantized"), str),
         "init": record.get("init") in INITS,
         "base": isinstance(record.get("base"), str | None),
-        "task": record.get("task") in PEFT_TASKS,
+        "task": isinstance(record.get("task"), str) and record["task"] in PEFT_TASKS,
         "data": isinstance(data, dict) and _valid_spec(data),
         "label_names": isinstance(labels, list) and all(isinstance(n, str) for n in labels),
     }
