@@ -1,5 +1,5 @@
 """Small valid inputs that the reliability tests damage (a CSV table, a safetensors
-checkpoint directory and a GGUF file of a tiny llama), and helpers that run ``leanfit`` in a
+checkpoint directory and a GGUF file of a tiny llama), and functions that run ``leanfit`` in a
 subprocess and kill it."""
 
 import hashlib
