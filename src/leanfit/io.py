@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from leanfit.exceptions import BadInputError, LeanfitError, OutputWriteError
+from leanfit.exceptions import BadInputError, CorruptArtifactError, LeanfitError, OutputWriteError
 
 
 def _remove(path: Path) -> None:
@@ -116,3 +118,19 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     finally:
         if tmp is not None and (tmp.exists() or tmp.is_symlink()):
             _remove(tmp)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value stored in the file ``path`` (UTF-8).
+
+    Raises
+    ------
+    CorruptArtifactError
+        The file cannot be read, is not UTF-8, is not valid JSON or nests too deeply (every
+        ``ValueError`` of the decoder: also integers of more than 4,300 digits); the
+        message names the file.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise CorruptArtifactError(f"{str(path)!r} is not valid JSON: {err}") from err

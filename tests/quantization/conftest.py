@@ -128,25 +128,65 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(model_path("minilm"))
 
 
-def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+TINY = {
+    "vocab_size": 64,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+# Wider settings for the checkpoint readers' tests: 4 query heads over 2 KV heads.
+WIDER = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
+
+
+def tiny_decoder(
+    config_class=LlamaConfig, model_class=LlamaForCausalLM, seed: int = 0, **overrides
+):
+    """A randomly initialized two-layer decoder (``TINY`` settings, changed by ``overrides``)
+    in eval mode; the same seed and settings give the same weights."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return model_class(config_class(**{**TINY, **overrides})).eval()
 
 
 @pytest.fixture
 def tiny_llama():
     """Factory ``tiny_llama(seed)`` of randomly initialized two-layer llamas (vocabulary 64,
     width 16) for mechanics tests; the same seed gives the same weights."""
-    return _tiny_llama
+    return lambda seed=0: tiny_decoder(seed=seed)
+
+
+def write_tiny_causal_lm(folder: Path) -> Path:
+    """A tiny random llama with a real tokenizer, saved as a transformers directory.
+
+    The tokenizer is MiniLM's WordPiece (30,522 tokens) with ``[SEP]`` as end of text, so
+    the whole ``quantize`` → ``finetune`` → ``evaluate`` pipeline runs on real text in a few
+    seconds; the model (width 16) predicts near-uniformly.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(model_path("minilm"))
+    tokenizer.eos_token = tokenizer.sep_token
+    special = {"eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
+    model = tiny_decoder(vocab_size=len(tokenizer), bos_token_id=tokenizer.cls_token_id, **special)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def quantize_tiny_causal_lm(folder: Path) -> Path:
+    """``write_tiny_causal_lm`` in ``folder/model``, quantized (NF2, rank 4) to ``folder/loftq``."""
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    out = folder / "loftq"
+    config = LoftQConfig(bits=2, rank=4, iters=2)
+    quantize_checkpoint(write_tiny_causal_lm(folder / "model"), out, config, progress=False)
+    return out
+
+
+@pytest.fixture(scope="package")
+def tiny_causal_loftq(tmp_path_factory) -> Path:
+    """The quantized tiny causal LM of :func:`quantize_tiny_causal_lm` (with its tokenizer)."""
+    return quantize_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal"))
 
 
 @pytest.fixture(scope="package")

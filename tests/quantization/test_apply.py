@@ -15,8 +15,6 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError
@@ -31,6 +29,7 @@ from leanfit.quantization import (
     quantize_module,
 )
 from leanfit.quantization.checkpoint import SafetensorsCheckpoint
+from tests.quantization.conftest import WIDER, tiny_decoder
 
 FAST = LoftQConfig(bits=4, rank=4, iters=2)
 
@@ -89,18 +88,7 @@ def test_config_json_round_trip(tmp_path):
 
 
 def tiny_llama(**overrides):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        **overrides,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_decoder(**{**WIDER, **overrides})
 
 
 TOKENS = torch.tensor([[1, 5, 17, 33, 60, 2, 91, 40]])

@@ -31,6 +31,7 @@ from leanfit.exceptions import (
 )
 from leanfit.pretrained import model_path
 from leanfit.quantization.checkpoint import open_checkpoint, unpermute_rotary
+from tests.quantization.conftest import WIDER, tiny_decoder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,18 +128,7 @@ def test_unpermute_rotary_inverts_llama_cpp(llama_cpp_permute):
 
 
 def tiny_model(config_class, model_class, **overrides):
-    torch.manual_seed(0)
-    config = config_class(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        **overrides,
-    )
-    return model_class(config).eval()
+    return tiny_decoder(config_class, model_class, **{**WIDER, **overrides})
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,12 @@ from leanfit.selection import (
     evaluate,
     trim,
 )
-from tests.reliability.conftest import raw_safetensors, table, write_safetensors_dir
+from tests.reliability.conftest import (
+    raw_safetensors,
+    table,
+    tiny_gguf,
+    write_safetensors_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "bad-inputs.md"
@@ -109,16 +114,6 @@ def read_all(path: Path) -> None:
     with open_checkpoint(path) as checkpoint:
         for name in checkpoint.names():
             checkpoint.read(name)
-
-
-def tiny_gguf(tmp: Path) -> Path:
-    import gguf
-
-    from tests.quantization.conftest import _tiny_llama, write_gguf
-
-    path = tmp / "tiny.gguf"
-    write_gguf(_tiny_llama(0), "llama", path, {"ffn_down": gguf.GGMLQuantizationType.Q8_0})
-    return path
 
 
 def gguf_claiming_huge_tensor(tmp: Path) -> Path:

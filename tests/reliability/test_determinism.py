@@ -1,4 +1,5 @@
-"""Same inputs and seed, same bytes: ``leanfit select`` outputs and ``loftq_decompose``."""
+"""Same inputs and seed, same bytes: ``leanfit select`` and ``leanfit finetune`` outputs, and
+``loftq_decompose``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from leanfit.cli import main
 from leanfit.quantization.loftq import loftq_decompose
-from tests.reliability.test_interruptions import digest, select_args
+from tests.reliability.conftest import digest, finetune_args, run_to_end
+from tests.reliability.test_interruptions import select_args
 
 
 def test_select_twice_gives_identical_files(inputs, tmp_path, capsys):
@@ -34,6 +36,24 @@ def inputs(tmp_path):
     table(300, 0).to_csv(folder / "train.csv", index=False)
     table(150, 1).to_csv(folder / "test.csv", index=False)
     return folder
+
+
+def test_finetune_in_two_processes_gives_identical_files(
+    tiny_causal_loftq, finetune_reference, tmp_path
+):
+    """This process's reference run and a subprocess (another hash seed), both on one CPU
+    thread: every file is equal — adapter, checkpoints with optimizer and RNG states,
+    metrics. (Across thread counts the float32 sums are ordered differently: 1 vs 2
+    threads gave losses differing by up to 1e-6.)"""
+    second = tmp_path / "second"
+    run_to_end(finetune_args(tiny_causal_loftq, second))
+    files = digest(finetune_reference)
+    assert {"adapter/adapter_model.safetensors", "metrics.json"} <= set(files)
+    assert "checkpoints/step-48/optimizer.safetensors" in files
+    assert files == digest(second)
+    adapter = json.loads((second / "adapter" / "adapter_config.json").read_text())
+    modules = adapter["target_modules"]  # PEFT keeps a set: saved sorted, not in hash order
+    assert modules == sorted(modules) and len(modules) == 14
 
 
 @pytest.mark.parametrize("svd", ["randomized", "exact"])

@@ -11,33 +11,18 @@ and leaves nothing behind.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.io import atomic_output, stale_partials
-from tests.reliability.conftest import table
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+from tests.reliability.conftest import check_kills, table
 
 
 @pytest.fixture
@@ -57,75 +42,21 @@ def select_args(inputs: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "leanfit.cli", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-
-
-def run_to_end(args: list[str]) -> float:
-    began = time.monotonic()
-    process = start(args)
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err.decode()
-    return time.monotonic() - began
-
-
-def kill_at(args: list[str], seconds: float, out: Path) -> bool:
-    """Start a run and SIGKILL it after ``seconds`` (or once its partial output appears,
-    if ``seconds`` is negative); True if it was still running when killed."""
-    process = start(args)
-    began = time.monotonic()
-    while process.poll() is None:
-        partial = any(out.parent.glob(f".{out.name}.*.partial"))
-        if (seconds >= 0 and time.monotonic() - began >= seconds) or (seconds < 0 and partial):
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=60)
-            return True
-        time.sleep(0.005)
-    return False
-
-
-def check_kills(inputs: Path, tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:
-    """Reference run, then ``n_kills`` killed runs (one as soon as the partial output
-    appears, the others at random times), each followed by the checks and a rerun."""
-    reference = tmp_path / "reference"
-    duration = run_to_end(select_args(inputs, reference))
-    expected = digest(reference)
-    sources = digest(inputs)
-    times = [-1.0, *np.random.default_rng(seed).uniform(0.1, 1.0, n_kills - 1) * duration]
-    outcomes = []
-    for index, seconds in enumerate(times):
-        runs = tmp_path / f"runs{index}"
-        runs.mkdir()
-        out = runs / "out"
-        killed = kill_at(select_args(inputs, out), seconds, out)
-        assert digest(inputs) == sources  # the input is never touched
-        left = sorted(p.name for p in runs.iterdir())
-        if out.exists():  # finished before the kill: complete, byte for byte
-            assert digest(out) == expected
-        assert all(name == "out" or name.startswith(".out.") for name in left), left
-        assert all(name.endswith(".partial") for name in left if name != "out"), left
-        partials = [name for name in left if name.endswith(".partial")]
-        if not out.exists():
-            run_to_end(select_args(inputs, out))
-            assert digest(out) == expected  # a rerun completes, identical
-            assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partials removed
-        outcomes.append((round(seconds, 2), killed, len(partials)))
-    return outcomes
+def check_select_kills(inputs: Path, tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:
+    return check_kills(
+        lambda out: select_args(inputs, out), inputs, tmp_path, n_kills=n_kills, seed=seed
+    )
 
 
 def test_kill_9_during_select_loses_nothing(inputs, tmp_path):
-    outcomes = check_kills(inputs, tmp_path, n_kills=3, seed=0)
+    outcomes = check_select_kills(inputs, tmp_path, n_kills=3, seed=0)
     assert sum(killed for _, killed, _ in outcomes) >= 2  # most kills hit a running process
     assert any(partials for *_, partials in outcomes)  # the partial output was caught
 
 
 @pytest.mark.slow
 def test_kill_9_at_many_moments(inputs, tmp_path):
-    outcomes = check_kills(inputs, tmp_path, n_kills=12, seed=1)
+    outcomes = check_select_kills(inputs, tmp_path, n_kills=12, seed=1)
     assert sum(killed for _, killed, _ in outcomes) >= 9
 
 

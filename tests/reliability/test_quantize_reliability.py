@@ -14,7 +14,6 @@ import errno
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -22,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
-from tests.reliability.test_interruptions import digest, kill_at, run_to_end
+from tests.reliability.conftest import check_kills, digest, run_to_end
 
 REPORTS = {"loftq_report.json", "loftq_report.md"}  # time, memory and paths of the run
 
@@ -72,41 +71,23 @@ def test_quantize_twice_gives_identical_files(tmp_path):
 
 
 def check_quantize_kills(tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:
-    """Reference run, then ``n_kills`` runs killed (the first as soon as the partial output
-    appears, the others at random times); after each: the checkpoint is unchanged, the
-    output is absent or complete, only hidden partials are left, and a rerun completes with
-    the reference's bytes."""
+    """:func:`~tests.reliability.conftest.check_kills` on a 6-block llama checkpoint,
+    comparing every output file but the two reports."""
     model = write_llama(tmp_path / "model", layers=6, hidden=96)
-    reference = tmp_path / "reference"
-    duration = run_to_end(quantize_args(model, reference))
-    expected = without_reports(reference)
-    sources = digest(model)
-    times = [-1.0, *np.random.default_rng(seed).uniform(0.1, 1.0, n_kills - 1) * duration]
-    outcomes = []
-    for index, seconds in enumerate(times):
-        runs = tmp_path / f"runs{index}"
-        runs.mkdir()
-        out = runs / "out"
-        killed = kill_at(quantize_args(model, out), seconds, out)
-        assert digest(model) == sources  # the checkpoint is never touched
-        left = sorted(p.name for p in runs.iterdir())
-        assert all(name == "out" or name.startswith(".out.") for name in left), left
-        assert all(name.endswith(".partial") for name in left if name != "out"), left
-        if out.exists():  # finished before the kill: complete
-            assert without_reports(out) == expected
-        partials = [name for name in left if name.endswith(".partial")]
-        if not out.exists():
-            run_to_end(quantize_args(model, out))
-            assert without_reports(out) == expected  # a rerun completes, identical
-            assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partials removed
-        outcomes.append((round(seconds, 2), killed, len(partials), round(duration, 1)))
-    return outcomes
+    return check_kills(
+        lambda out: quantize_args(model, out),
+        model,
+        tmp_path,
+        n_kills=n_kills,
+        seed=seed,
+        files=without_reports,
+    )
 
 
 def test_kill_9_during_quantize_loses_nothing(tmp_path):
     outcomes = check_quantize_kills(tmp_path, n_kills=3, seed=0)
     assert sum(killed for _, killed, *_ in outcomes) >= 2  # most kills hit a running process
-    assert any(partials for _, _, partials, _ in outcomes)  # the partial output was caught
+    assert any(partials for *_, partials in outcomes)  # the partial output was caught
 
 
 @pytest.mark.slow

@@ -2,10 +2,14 @@
 raise only LeanfitError with bounded memory.
 
 The fuzz tests mutate bytes of small valid files (a GGUF written with the ``gguf`` package,
-a safetensors checkpoint directory) and the metadata of a quantized tensor. Each example
-must either read back or raise a :class:`~leanfit.exceptions.LeanfitError`; anything else
-(a ValueError from gguf-py, a struct.error, a MemoryError, a hang) fails. The default run
-has ~100 examples per reader; ``-m slow`` runs thousands.
+a safetensors checkpoint directory), the metadata of a quantized tensor, and the JSON files
+of a ``leanfit quantize`` output read by :func:`leanfit.quantization.load` and the
+fine-tuning entry points (``quantization_config.json``, the shard index, the adapter config,
+``loftq_config.json``, ``loftq_report.json``) and the record and config of a fine-tuning
+run. Each example must either read back or raise a
+:class:`~leanfit.exceptions.LeanfitError`; anything else (a ValueError from gguf-py, a
+struct.error, a KeyError from a missing field, a MemoryError, a hang) fails. The default run
+has ~100 examples per checkpoint reader and ~40 per output file; ``-m slow`` runs thousands.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from safetensors.torch import save_file
 from leanfit.exceptions import LeanfitError
 from leanfit.quantization.checkpoint import open_checkpoint
 from leanfit.quantization.quantizers import QuantizedTensor, quantize
-from tests.reliability.test_bad_inputs import remote_code_dir, tiny_gguf, write_safetensors_dir
+from tests.reliability.conftest import tiny_gguf, write_safetensors_dir
+from tests.reliability.test_bad_inputs import remote_code_dir
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 MB = 1024  # ru_maxrss is in kB on Linux
@@ -188,11 +193,6 @@ def gguf_bytes(tmp_path_factory) -> tuple[bytes, int]:
 
     path = tiny_gguf(tmp_path_factory.mktemp("fuzz-gguf"))
     return path.read_bytes(), int(gguf.GGUFReader(path).data_offset)
-
-
-@pytest.fixture(scope="module")
-def safetensors_dir(tmp_path_factory) -> Path:
-    return write_safetensors_dir(tmp_path_factory.mktemp("fuzz-st") / "model")
 
 
 def mutations(header_length: int, total: int):
@@ -363,6 +363,188 @@ def test_fuzz_fast_only_leanfit_errors_and_bounded_memory(gguf_bytes, safetensor
 @pytest.mark.slow
 def test_fuzz_thousands_only_leanfit_errors_and_bounded_memory(gguf_bytes, safetensors_dir):
     check_fuzz(gguf_bytes, safetensors_dir, gguf=3000, safetensors=2000, meta=3000)
+
+
+# -- fuzzing the files of a leanfit quantize output -----------------------------------------
+
+
+def json_values():
+    """Any JSON value, with the integers, strings and lists that the formats use."""
+    leaf = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([0, 1, 2, 3, 4, 8, 16, 64, 2**31, 2**63]),
+        st.floats(),
+        st.text(max_size=6),
+        st.sampled_from(["nf", "uniform", "linear", "conv", "lora", "../../evil", "cuda"]),
+    )
+    return st.recursive(
+        leaf,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=6,
+    )
+
+
+def json_edits():
+    """Edits of a parsed JSON document: ``(path, action, value)``. ``path`` picks a nested
+    value (each integer indexes the sorted keys or the items of a container, modulo its
+    size); the action replaces it, deletes it, or renames its key."""
+    action = st.sampled_from(["replace", "replace", "delete", "rename"])
+    path = st.lists(st.integers(0, 2**16), min_size=1, max_size=5)
+    return st.lists(st.tuples(path, action, json_values()), min_size=1, max_size=4)
+
+
+def edit_json(document: object, edits) -> object:
+    document = json.loads(json.dumps(document))
+    for path, action, value in edits:
+        parent, key = None, None
+        node = document
+        for index in path:
+            if isinstance(node, dict) and node:
+                key = sorted(node)[index % len(node)]
+            elif isinstance(node, list) and node:
+                key = index % len(node)
+            else:
+                break
+            parent, node = node, node[key]
+        if parent is None:
+            document = value
+        elif action == "delete":
+            del parent[key]
+        elif action == "rename" and isinstance(parent, dict):
+            parent[value if isinstance(value, str) else str(value)] = parent.pop(key)
+        else:
+            parent[key] = value
+    return document
+
+
+def load_everything(directory: Path, reader) -> str:
+    """``reader(directory)`` with warnings and logging silenced: "read" or "refused"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            reader(directory)
+        except LeanfitError:
+            return "refused"
+    return "read"
+
+
+def load_model(directory: Path) -> None:
+    from leanfit.quantization import load
+
+    load(directory).eval()(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def build_finetune_model(directory: Path) -> None:
+    from leanfit.quantization.runs import build_model
+
+    build_model(directory, "causal-lm")
+
+
+def read_report(directory: Path) -> None:
+    from leanfit.quantization.runs import source_checkpoint
+
+    source_checkpoint(directory)
+
+
+def read_loftq_config(directory: Path) -> None:
+    from leanfit.quantization import LoftQConfig
+
+    LoftQConfig.load(directory / "loftq_config.json")
+
+
+def read_run_record(run_dir: Path) -> None:
+    from leanfit.quantization.finetune import FinetuneConfig
+    from leanfit.quantization.runs import read_run
+
+    read_run(run_dir)
+    FinetuneConfig.load(run_dir / "config.json")
+
+
+# file of the output -> the entry points that read it
+OUTPUT_READERS = {
+    "backbone/quantization_config.json": (load_model,),
+    "backbone/model.safetensors.index.json": (load_model,),
+    "adapter/adapter_config.json": (load_model, build_finetune_model),
+    "loftq_config.json": (read_loftq_config,),
+    "loftq_report.json": (read_report,),
+}
+RUN_READERS = {"leanfit_run.json": (read_run_record,), "config.json": (read_run_record,)}
+
+
+@pytest.fixture(scope="module")
+def loftq_dir(tmp_path_factory, safetensors_dir) -> Path:
+    """A quantize output of the tiny llama (rank 2), whose source checkpoint exists."""
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("fuzz-loftq") / "loftq"
+    quantize_checkpoint(safetensors_dir, out, LoftQConfig(rank=2, iters=1), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_record_dir(tmp_path_factory, finetune_reference) -> Path:
+    """The record and config of a ``leanfit finetune`` run directory."""
+    folder = tmp_path_factory.mktemp("fuzz-run")
+    for name in RUN_READERS:
+        shutil.copy(finetune_reference / name, folder / name)
+    return folder
+
+
+def fuzz_output_file(directory: Path, name: str, readers, examples: int) -> Counter[str]:
+    """Mutate ``directory/name`` (raw bytes or parsed JSON), run its readers, restore it."""
+    path = directory / name
+    original = path.read_bytes()
+    document = json.loads(original)
+    outcomes: Counter[str] = Counter()
+
+    @settings(max_examples=examples, deadline=None, derandomize=examples <= 200, database=None)
+    @given(
+        st.one_of(
+            json_edits().map(lambda edits: json.dumps(edit_json(document, edits)).encode()),
+            json_edits().map(lambda edits: json.dumps(edit_json(document, edits)).encode()),
+            mutations(len(original), len(original)).map(lambda edits: mutate(original, edits)),
+        ),
+        st.sampled_from(readers),
+    )
+    def check(data, reader):
+        path.write_bytes(data)
+        try:
+            outcomes[load_everything(directory, reader)] += 1
+        finally:
+            path.write_bytes(original)
+
+    check()
+    return outcomes
+
+
+def check_output_fuzz(directory: Path, files: dict, examples: int) -> None:
+    """Every file of ``files`` (name -> readers) fuzzed; same criteria as :func:`check_fuzz`."""
+    before = peak_rss_kb()
+    results = {
+        name: fuzz_output_file(directory, name, readers, examples)
+        for name, readers in files.items()
+    }
+    growth = peak_rss_kb() - before
+    print({name: dict(outcomes) for name, outcomes in results.items()}, f"{growth} kB")
+    for name, outcomes in results.items():
+        assert sum(outcomes.values()) == examples, name
+        assert outcomes["read"] > 0 and outcomes["refused"] > 0, (name, outcomes)
+    assert growth < FUZZ_RSS_GROWTH_KB
+    for reader in {r for readers in files.values() for r in readers}:
+        assert load_everything(directory, reader) == "read"  # every file was restored
+
+
+def test_fuzz_quantize_output_only_leanfit_errors(loftq_dir, run_record_dir):
+    check_output_fuzz(loftq_dir, OUTPUT_READERS, examples=40)
+    check_output_fuzz(run_record_dir, RUN_READERS, examples=100)
+
+
+@pytest.mark.slow
+def test_fuzz_quantize_output_thousands(loftq_dir, run_record_dir):
+    check_output_fuzz(loftq_dir, OUTPUT_READERS, examples=1500)
+    check_output_fuzz(run_record_dir, RUN_READERS, examples=3000)
 
 
 def test_headers_claiming_a_terabyte_are_refused_without_allocating(tmp_path):

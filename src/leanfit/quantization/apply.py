@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.io import read_json
 from leanfit.quantization.loftq import LoftQResult, loftq_decompose
 from leanfit.quantization.lowrank import SVD_METHODS
 from leanfit.quantization.quantizers import check_quantization_args
@@ -239,8 +240,8 @@ class LoftQConfig:
             The file is not valid JSON or holds invalid fields.
         """
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, BadInputError, TypeError) as err:
+            return cls.from_dict(read_json(path))
+        except (CorruptArtifactError, BadInputError, TypeError) as err:
             raise CorruptArtifactError(f"invalid LoftQ config {str(path)!r}: {err}") from err
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch import nn
 
 from leanfit._version import __version__
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
-from leanfit.io import atomic_output
+from leanfit.io import atomic_output, read_json
 from leanfit.quantization.nn import QuantLinear, reuse_dequantized_weight
 from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args
 from leanfit.quantization.targets import Target, lora_shapes_for_peft, restore_shape
@@ -156,7 +157,17 @@ def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
 
 
 def _sort_target_modules(values: dict[str, Any]) -> None:
-    values["target_modules"] = sorted(values["target_modules"])
+    if isinstance(values.get("target_modules"), list):  # a str is a regular expression
+        values["target_modules"] = sorted(values["target_modules"])
+
+
+def sort_adapter_targets(adapter: Path) -> None:
+    """Rewrite ``adapter/adapter_config.json`` with its ``target_modules`` sorted.
+
+    PEFT keeps ``target_modules`` as a set, so the order it writes follows the hash seed of
+    the process; sorted, two runs write the same bytes.
+    """
+    _edit_json(adapter / ADAPTER_CONFIG, _sort_target_modules)
 
 
 class ArtifactWriter:
@@ -289,8 +300,7 @@ class ArtifactWriter:
         )
         directory = self.root / ADAPTER
         lora.save_pretrained(str(directory))
-        # PEFT keeps target_modules as a set: its JSON order would follow the hash seed.
-        _edit_json(directory / ADAPTER_CONFIG, _sort_target_modules)
+        sort_adapter_targets(directory)
         save_file(self._adapter, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
 
 
@@ -385,10 +395,7 @@ def read_quantization_config(directory: str | Path) -> dict[str, Any]:
             f"directory must be a leanfit quantize output (with {BACKBONE}/{QUANTIZATION_CONFIG}); "
             f"got {str(directory)!r} holding {found}"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CorruptArtifactError(f"{str(path)!r} is not valid JSON: {err}") from err
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CorruptArtifactError(f"{str(path)!r} is not a {FORMAT!r} file")
     version = meta.get("format_version")
@@ -399,23 +406,35 @@ def read_quantization_config(directory: str | Path) -> dict[str, Any]:
             f"{str(path)!r} has format_version {version}, newer than the {FORMAT_VERSION} this "
             f"leanfit {__version__} reads; upgrade leanfit"
         )
-    targets = meta.get("targets")
-    if not isinstance(targets, dict) or not targets or not isinstance(meta.get("tied"), dict):
+    targets, tied = meta.get("targets"), meta.get("tied")
+    if not isinstance(targets, dict) or not targets or not isinstance(tied, dict):
         raise CorruptArtifactError(f"{str(path)!r} lists no targets or no tied map")
+    if not all(isinstance(v, str) for v in tied.values()):
+        raise CorruptArtifactError(f"{str(path)!r}: tied must map tensor names to tensor names")
+    if not isinstance(meta.get("architecture"), str | None):
+        raise CorruptArtifactError(
+            f"{str(path)!r}: architecture must be a class name or null; "
+            f"got {meta['architecture']!r}"
+        )
     return meta
 
 
 def _target(module: str, entry: dict[str, Any]) -> Target:
     """The :class:`Target` of a ``quantization_config.json`` entry, its quantizer checked."""
     try:
-        target = Target(
-            entry["name"],
-            module,
-            tuple(entry["shape"]),
-            entry["layer_index"],
-            bool(entry["transposed"]),
-            entry["kind"],
-        )
+        name, shape, layer = entry["name"], entry["shape"], entry["layer_index"]
+        if not isinstance(name, str) or name.rpartition(".")[0] != module:
+            raise BadInputError(f"name must be the module's weight; got {name!r}")
+        if not (isinstance(shape, list) and 2 <= len(shape) <= 5 and all(_count(n) for n in shape)):
+            raise BadInputError(f"shape must be a list of 2 to 5 sizes >= 1; got {shape!r}")
+        if not (layer is None or _count(layer, minimum=0)):
+            raise BadInputError(f"layer_index must be null or an int >= 0; got {layer!r}")
+        if entry["kind"] not in ("linear", "conv") or not isinstance(entry["transposed"], bool):
+            raise BadInputError(
+                "kind must be 'linear' or 'conv' and transposed a bool; "
+                f"got {entry['kind']!r}, {entry['transposed']!r}"
+            )
+        target = Target(name, module, tuple(shape), layer, entry["transposed"], entry["kind"])
         quant = entry["quantized"]
         check_quantization_args(quant["bits"], quant["method"], quant["block_size"])
         if list(quant["shape"]) != list(target.matrix_shape):
@@ -427,6 +446,46 @@ def _target(module: str, entry: dict[str, Any]) -> Target:
     except (KeyError, TypeError, BadInputError) as err:
         raise CorruptArtifactError(f"target {module!r} has invalid metadata: {err!r}") from err
     return target
+
+
+def _count(value: object, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def read_adapter_config(adapter: Path) -> dict[str, Any]:
+    """The LoRA settings leanfit reads from ``adapter/adapter_config.json``, checked.
+
+    Only ``r`` (int >= 1), ``lora_alpha`` (finite number > 0) and ``target_modules`` (a
+    list of module names) are read; the other fields are PEFT's, which leanfit always
+    writes with their defaults and never passes on (a field such as ``megatron_core``
+    would make PEFT import the module it names).
+
+    Raises
+    ------
+    CorruptArtifactError
+        The file is missing, unreadable, or a field is missing or of the wrong type.
+    """
+    path = adapter / ADAPTER_CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise CorruptArtifactError(f"{str(path)!r} is not a LoRA adapter config (a JSON object)")
+    rank, alpha, modules = (config.get(k) for k in ("r", "lora_alpha", "target_modules"))
+    alpha_ok = (
+        isinstance(alpha, int | float)
+        and not isinstance(alpha, bool)
+        and math.isfinite(alpha)
+        and alpha > 0
+    )
+    if not _count(rank) or not alpha_ok:
+        raise CorruptArtifactError(
+            f"{str(path)!r} must hold r (an int >= 1) and lora_alpha (a number > 0); "
+            f"got r={rank!r}, lora_alpha={alpha!r}"
+        )
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise CorruptArtifactError(
+            f"{str(path)!r}: target_modules must be a list of module names; got {modules!r}"
+        )
+    return {"r": rank, "lora_alpha": alpha, "target_modules": modules}
 
 
 class _KeyMap:
@@ -489,6 +548,12 @@ def _swap_quantized_linears(
             continue
         name = keys.of_target(target.module)
         original = model.get_submodule(name)
+        weight = getattr(original, "weight", None)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != target.shape:
+            raise CorruptArtifactError(
+                f"target {module_name!r} has shape {target.shape}; the model built has "
+                f"{None if weight is None else tuple(weight.shape)} there"
+            )
         n_out, n_in = target.matrix_shape
         quant = meta["targets"][module_name]["quantized"]
         layer = QuantLinear(
@@ -529,13 +594,8 @@ def _check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
         raise CorruptArtifactError(
             f"adapter {str(adapter)!r} must hold {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
         )
-    try:
-        config = json.loads(config_path.read_text())
-        rank, modules = config["r"], config["target_modules"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CorruptArtifactError(
-            f"{str(config_path)!r} is not a LoRA adapter config: {err}"
-        ) from err
+    config = read_adapter_config(adapter)
+    rank, modules = config["r"], config["target_modules"]
     if sorted(modules) != sorted(targets):
         raise CorruptArtifactError(
             f"{str(config_path)!r} targets {len(modules)} modules, the backbone {len(targets)}: "
@@ -706,9 +766,15 @@ def _load_into(
     if on_meta:
         raise CorruptArtifactError(f"parameters {on_meta[:3]} were not loaded from the backbone")
     model.to(dtype=dtype)
-    lora = LoraConfig.from_pretrained(str(directory / ADAPTER))
-    lora.target_modules = {keys.of_target(module) for module in targets}  # the model's names
-    lora.task_type = _peft_task_type(type(model).__name__)  # the model built, maybe another
+    saved = read_adapter_config(directory / ADAPTER)
+    lora = LoraConfig(
+        r=saved["r"],
+        lora_alpha=saved["lora_alpha"],
+        target_modules=sorted(keys.of_target(module) for module in targets),  # model's names
+        task_type=_peft_task_type(type(model).__name__),  # the model built, maybe another
+        lora_dropout=0.0,
+        bias="none",
+    )
     # PEFT's key_mapping (recent releases) only for a model class other than the saved one.
     mapping: dict[str, Any] = {"key_mapping": keys.peft_mapping()} if keys.peft_mapping() else {}
     with reuse_dequantized_weight():  # PEFT reads each layer's weight ~20 times
@@ -807,10 +873,16 @@ def _weight_map(backbone: Path) -> dict[str, Path]:
     """Backbone tensor name → its shard file, from the index (every shard checked to exist)."""
     index = backbone / INDEX_FILE
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index)["weight_map"]
         paths = {name: backbone / file for name, file in weight_map.items()}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise CorruptArtifactError(f"{str(index)!r} is missing or invalid: {err}") from err
+    outside = sorted({p.name for p in paths.values()} - set(map(str, weight_map.values())))
+    if outside:
+        raise CorruptArtifactError(
+            f"{str(index)!r} must map tensor names to shard files in {str(backbone)!r}; "
+            f"got paths {outside[:3]}"
+        )
     missing = sorted({p.name for p in paths.values() if not p.is_file()})
     if missing:
         raise CorruptArtifactError(
@@ -846,7 +918,7 @@ def merge_into(model: nn.Module, directory: str | Path) -> nn.Module:
     targets = {module: _target(module, entry) for module, entry in meta["targets"].items()}
     _check_adapter(directory / ADAPTER, targets)
     adapter = load_file(directory / ADAPTER / ADAPTER_WEIGHTS)
-    lora = json.loads((directory / ADAPTER / ADAPTER_CONFIG).read_text())
+    lora = read_adapter_config(directory / ADAPTER)
     scaling = lora["lora_alpha"] / lora["r"]
     weight_map = _weight_map(directory / BACKBONE)
     keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))

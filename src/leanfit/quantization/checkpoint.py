@@ -30,7 +30,6 @@ but is reported in :attr:`Checkpoint.tied` and can still be read under its own n
 from __future__ import annotations
 
 import abc
-import json
 import mmap
 import shutil
 import struct
@@ -52,6 +51,7 @@ from leanfit.exceptions import (
     LeanfitError,
     MissingResourceError,
 )
+from leanfit.io import read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 """File suffixes of pickle-based checkpoints, which are refused."""
@@ -360,10 +360,10 @@ def _safetensors_files(directory: Path) -> tuple[list[Path], set[str] | None]:
     index = directory / INDEX_FILE
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            weight_map = read_json(index)["weight_map"]
+            files = [directory / name for name in sorted(set(weight_map.values()))]
+        except (KeyError, TypeError, AttributeError) as err:
             raise CorruptArtifactError(f"{str(index)!r} has no valid weight_map: {err}") from err
-        files = [directory / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CorruptArtifactError(f"{str(index)!r} lists missing shards {missing}")

@@ -49,7 +49,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
-from leanfit.io import atomic_output
+from leanfit.io import atomic_output, read_json
+from leanfit.quantization.artifacts import sort_adapter_targets
 from leanfit.quantization.data import ClassificationData, fingerprint
 from leanfit.quantization.evaluate import (
     causal_lm_metrics,
@@ -59,6 +60,7 @@ from leanfit.quantization.evaluate import (
 from leanfit.quantization.options import DEVICES, DTYPES, SCHEDULES, TASKS
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
+LAYOUT = ("adapter", "checkpoints", "config.json", "labels.json", "metrics.json", "run.json")
 
 TrainData = torch.Tensor | ClassificationData
 
@@ -176,6 +178,8 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        if not isinstance(values, Mapping):
+            raise bad_value("values", type(values).__name__, "a mapping of FinetuneConfig fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -190,6 +194,14 @@ class FinetuneConfig:
     @classmethod
     def from_json(cls, text: str) -> FinetuneConfig:
         return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FinetuneConfig:
+        """Read a run's ``config.json``; CorruptArtifactError if unreadable or invalid."""
+        try:
+            return cls.from_dict(read_json(path))
+        except BadInputError as err:
+            raise CorruptArtifactError(f"invalid FinetuneConfig {str(path)!r}: {err}") from err
 
 
 @dataclass
@@ -346,13 +358,6 @@ def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CorruptArtifactError(f"cannot read {path}: {err}") from err
-
-
 def _save_adapter(model: PeftModel, directory: Path) -> Path:
     """PEFT ``save_pretrained`` of the active adapter; returns the folder holding it.
 
@@ -361,7 +366,9 @@ def _save_adapter(model: PeftModel, directory: Path) -> Path:
     """
     name = model.active_adapter
     model.save_pretrained(str(directory), selected_adapters=[name], save_embedding_layers=False)
-    return directory if name == "default" else directory / name
+    folder = directory if name == "default" else directory / name
+    sort_adapter_targets(folder)
+    return folder
 
 
 def _save_checkpoint(
@@ -434,7 +441,7 @@ def _load_checkpoint(
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name])
-    meta = _read_json(path / "optimizer.json")
+    meta = read_json(path / "optimizer.json")
     state: dict[int, dict[str, Any]] = {}
     for key, value in [*tensors.items(), *meta["scalars"].items()]:
         index, name = key.split(".", 1)
@@ -444,11 +451,11 @@ def _load_checkpoint(
         for group in meta["param_groups"]
     ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    scheduler.load_state_dict(_read_json(path / "scheduler.json"))
+    scheduler.load_state_dict(read_json(path / "scheduler.json"))
     torch.set_rng_state(rng["cpu"])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
-    return _Progress(**_read_json(path / "state.json"))
+    return _Progress(**read_json(path / "state.json"))
 
 
 def _start_run(
@@ -459,7 +466,7 @@ def _start_run(
     if resume:
         if not (run_dir / "config.json").is_file():
             raise BadInputError(f"resume: no unfinished run at {run_dir}")
-        saved = FinetuneConfig.from_json((run_dir / "config.json").read_text()).to_dict()
+        saved = FinetuneConfig.load(run_dir / "config.json").to_dict()
         differing = sorted(
             key
             for key, value in config.to_dict().items()
@@ -470,7 +477,7 @@ def _start_run(
                 f"resume: config differs from the unfinished run's in {differing}; "
                 f"saved {[saved[k] for k in differing]}"
             )
-        if _read_json(run_dir / "run.json") != run:
+        if read_json(run_dir / "run.json") != run:
             raise BadInputError("resume: train_data differs from the unfinished run's")
         for stale in (run_dir / "checkpoints").glob(".step-*.tmp"):  # interrupted while saving
             shutil.rmtree(stale)
@@ -494,6 +501,7 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    extra_json: Mapping[str, Any] | None = None,
 ) -> FinetuneResult:
     """Train a PEFT model's trainable parameters with AdamW; save the adapter and metrics.
 
@@ -516,6 +524,9 @@ def finetune(
         Replace an existing ``out_dir``.
     progress : bool
         Show a tqdm bar with the loss.
+    extra_json : mapping, optional
+        More files for ``out_dir``, file name -> JSON value, written with the final outputs
+        before the rename, so ``out_dir`` appears complete with them or not at all.
 
     Returns
     -------
@@ -541,6 +552,10 @@ def finetune(
                     f"train_data's {list(train_data.label_names)}; encode eval_data with "
                     "label_names=train_data.label_names"
                 )
+    extra_json = dict(extra_json or {})
+    for name in extra_json:
+        if not isinstance(name, str) or Path(name).name != name or name in LAYOUT:
+            raise bad_value("extra_json", name, f"a plain file name outside the layout {LAYOUT}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BadInputError(f"out_dir {str(out_dir)!r} exists; pass overwrite=True to replace it")
@@ -617,6 +632,8 @@ def finetune(
     _write_json(run_dir / "metrics.json", metrics)
     if isinstance(train_data, ClassificationData):
         _write_json(run_dir / "labels.json", list(train_data.label_names))
+    for name, value in extra_json.items():
+        _write_json(run_dir / name, value)
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
         os.replace(run_dir, tmp)
     return FinetuneResult(

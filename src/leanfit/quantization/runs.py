@@ -22,7 +22,6 @@ PEFT's ``modules_to_save``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,18 @@ from typing import Any
 import pandas as pd
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
-from leanfit.quantization.artifacts import ADAPTER, BACKBONE, load, read_quantization_config
+from leanfit.io import read_json
+from leanfit.quantization.artifacts import (
+    ADAPTER,
+    BACKBONE,
+    load,
+    read_adapter_config,
+    read_quantization_config,
+)
 from leanfit.quantization.data import (
     BUILTIN_DATA,
     ClassificationData,
@@ -57,6 +64,10 @@ INITS = ("loftq", "qlora", "full-precision")
 RUN_FILE = "leanfit_run.json"
 PEFT_TASKS = {"causal-lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
 LOAD_TASKS = {"causal-lm": "causal-lm", "classification": "sequence-classification"}
+
+
+def _int_at_least(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass(frozen=True)
@@ -86,18 +97,25 @@ class DataSpec:
     seed: int = 0
     max_examples: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("source", "text_column", "label_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise bad_value(name, getattr(self, name), "a non-empty string")
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise bad_value("eval_fraction", fraction, "a number in (0, 1)")
+        if not 0 < fraction < 1:
+            raise bad_value("eval_fraction", fraction, "a number in (0, 1)")
+        if not _int_at_least(self.seed, 0):
+            raise bad_value("seed", self.seed, "an int >= 0")
+        if self.max_examples is not None and not _int_at_least(self.max_examples, 1):
+            raise bad_value("max_examples", self.max_examples, "None or an int >= 1")
+
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
         if Path(self.source).exists():
             values["source"] = str(Path(self.source).resolve())
         return values
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CorruptArtifactError(f"{str(path)!r} is unreadable: {err}") from err
 
 
 def tokenizer_of(directory: str | Path) -> Any:
@@ -186,14 +204,14 @@ def source_checkpoint(directory: str | Path) -> Path:
     BadInputError
         The report names no existing checkpoint (pass ``base`` to the callers instead).
     """
-    report = _read_json(Path(directory) / "loftq_report.json")
-    source = Path(str(report.get("source", "")))
-    if not str(report.get("source", "")) or not source.exists():
+    report = read_json(Path(directory) / "loftq_report.json")
+    recorded = report.get("source") if isinstance(report, dict) else None
+    if not isinstance(recorded, str) or not recorded or not Path(recorded).exists():
         raise BadInputError(
-            f"{str(directory)!r} records source {report.get('source')!r}, which is not an "
+            f"{str(directory)!r} records source {recorded!r}, which is not an "
             "existing checkpoint; give the original model with base (--base MODEL)"
         )
-    return source
+    return Path(recorded)
 
 
 def load_original(source: str | Path, task: str, *, num_labels: int | None = None) -> Any:
@@ -218,7 +236,7 @@ def load_original(source: str | Path, task: str, *, num_labels: int | None = Non
 
 
 def _lora_config(directory: Path, task: str) -> LoraConfig:
-    saved = _read_json(directory / ADAPTER / "adapter_config.json")
+    saved = read_adapter_config(directory / ADAPTER)
     return LoraConfig(
         r=saved["r"],
         lora_alpha=saved["lora_alpha"],
@@ -293,10 +311,6 @@ def build_model(
     return model
 
 
-def _write_record(out_dir: Path, record: dict[str, Any]) -> None:
-    (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
-
-
 def finetune_directory(
     directory: str | Path,
     out_dir: str | Path,
@@ -313,8 +327,8 @@ def finetune_directory(
 
     Builds the model with :func:`build_model` (seeded with ``config.seed``), prepares the
     data with :func:`prepare_data` (blocks / truncation of ``config.max_length`` tokens),
-    trains with :func:`~leanfit.quantization.finetune.finetune` and adds ``leanfit_run.json``
-    to ``out_dir``.
+    trains with :func:`~leanfit.quantization.finetune.finetune`, which writes
+    ``leanfit_run.json`` with the other outputs (``out_dir`` appears whole or not at all).
 
     Raises
     ------
@@ -339,29 +353,64 @@ def finetune_directory(
         seed=config.seed,
         base=base,
     )
-    result = finetune(
-        model, train, held, config, out_dir, resume=resume, overwrite=overwrite, progress=progress
+    record = {
+        "quantized": str(directory.resolve()),
+        "init": init,
+        "base": None if base is None else str(Path(base).resolve()),
+        "task": config.task,
+        "data": data.to_dict(),
+        "label_names": list(labels),
+    }
+    return finetune(
+        model,
+        train,
+        held,
+        config,
+        out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        extra_json={RUN_FILE: record},
     )
-    _write_record(
-        Path(out_dir),
-        {
-            "quantized": str(directory.resolve()),
-            "init": init,
-            "base": None if base is None else str(Path(base).resolve()),
-            "task": config.task,
-            "data": data.to_dict(),
-            "label_names": list(labels),
-        },
-    )
-    return result
+
+
+def _valid_spec(values: dict[str, Any]) -> bool:
+    try:
+        DataSpec(**values)
+    except (TypeError, BadInputError):
+        return False
+    return True
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The record ``leanfit_run.json`` of a run directory."""
+    """The record ``leanfit_run.json`` of a run directory, its fields checked.
+
+    Raises
+    ------
+    BadInputError
+        ``run_dir`` has no record.
+    CorruptArtifactError
+        The record is unreadable, or a field is missing or invalid.
+    """
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise BadInputError(f"{str(run_dir)!r} is not a leanfit finetune output (no {RUN_FILE})")
-    return dict(_read_json(path))
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise CorruptArtifactError(f"{str(path)!r} is not a JSON object")
+    data, labels = record.get("data"), record.get("label_names")
+    checks = {
+        "quantized": isinstance(record.get("quantized"), str),
+        "init": record.get("init") in INITS,
+        "base": isinstance(record.get("base"), str | None),
+        "task": isinstance(record.get("task"), str) and record["task"] in PEFT_TASKS,
+        "data": isinstance(data, dict) and _valid_spec(data),
+        "label_names": isinstance(labels, list) and all(isinstance(n, str) for n in labels),
+    }
+    invalid = [name for name, ok in checks.items() if not ok]
+    if invalid:
+        raise CorruptArtifactError(f"{str(path)!r} has missing or invalid fields {invalid}")
+    return record
 
 
 def load_run(run_dir: str | Path) -> PeftModel:
@@ -369,7 +418,7 @@ def load_run(run_dir: str | Path) -> PeftModel:
     with the trained adapter (and classification head) of ``run_dir/adapter``."""
     run_dir = Path(run_dir)
     record = read_run(run_dir)
-    config = FinetuneConfig.from_json((run_dir / "config.json").read_text())
+    config = FinetuneConfig.load(run_dir / "config.json")
     labels = record["label_names"]
     model = build_model(
         record["quantized"],
@@ -379,8 +428,11 @@ def load_run(run_dir: str | Path) -> PeftModel:
         seed=config.seed,
         base=record["base"],
     )
-    weights = load_file(run_dir / ADAPTER / "adapter_model.safetensors")
-    result = set_peft_model_state_dict(model, weights)
+    weights_path = run_dir / ADAPTER / "adapter_model.safetensors"
+    try:
+        result = set_peft_model_state_dict(model, load_file(weights_path))
+    except (OSError, SafetensorError, RuntimeError) as err:
+        raise CorruptArtifactError(f"cannot load the adapter {str(weights_path)!r}: {err}") from err
     missing = [
         key
         for key in [*getattr(result, "unexpected_keys", []), *getattr(result, "missing_keys", [])]
@@ -461,7 +513,7 @@ def evaluate_directory(
     path = Path(path)
     if (path / RUN_FILE).is_file():
         record = read_run(path)
-        config = FinetuneConfig.from_json((path / "config.json").read_text())
+        config = FinetuneConfig.load(path / "config.json")
         quantized, init = Path(record["quantized"]), record["init"]
         task = record["task"]
         spec = data if data is not None else DataSpec(**record["data"])
