@@ -11,12 +11,9 @@ and leaves nothing behind.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +24,7 @@ from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.io import atomic_output, stale_partials
 from tests.reliability.conftest import table
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+from tests.reliability.processes import digest, kill_at, run_to_end
 
 
 @pytest.fixture
@@ -55,37 +42,6 @@ def select_args(inputs: Path, out: Path) -> list[str]:
         "--target", "y", "--sensitive", "g", "--privileged", "M", "--objective", "utility",
         "--seeds", "1", "--out", str(out), "--quiet",
     ]  # fmt: skip
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "leanfit.cli", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-
-
-def run_to_end(args: list[str]) -> float:
-    began = time.monotonic()
-    process = start(args)
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err.decode()
-    return time.monotonic() - began
-
-
-def kill_at(args: list[str], seconds: float, out: Path) -> bool:
-    """Start a run and SIGKILL it after ``seconds`` (or once its partial output appears,
-    if ``seconds`` is negative); True if it was still running when killed."""
-    process = start(args)
-    began = time.monotonic()
-    while process.poll() is None:
-        partial = any(out.parent.glob(f".{out.name}.*.partial"))
-        if (seconds >= 0 and time.monotonic() - began >= seconds) or (seconds < 0 and partial):
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=60)
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def check_kills(inputs: Path, tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:

@@ -43,7 +43,12 @@ from tqdm.auto import tqdm
 from leanfit.exceptions import BadInputError, CorruptArtifactError, MemoryBudgetError, bad_value
 from leanfit.quantization.loftq import LoftQResult, loftq_decompose
 from leanfit.quantization.lowrank import SVD_METHODS
-from leanfit.quantization.memory import check_budget, estimate_memory, format_size
+from leanfit.quantization.memory import (
+    MemoryEstimate,
+    check_budget,
+    estimate_memory,
+    format_size,
+)
 from leanfit.quantization.quantizers import check_quantization_args
 from leanfit.quantization.targets import (
     Target,
@@ -580,9 +585,7 @@ def walk(
             targets,
             shapes,
             plan,
-            rank=config.rank,
-            iters=config.iters,
-            block_size=config.block_size,
+            config,
             max_shard_bytes=max_shard_bytes,
             export_dequantized=export_dequantized,
             baseline=memory.anon,
@@ -657,6 +660,45 @@ def walk(
         report.peak_rss_bytes, report.peak_anon_bytes = memory.rss, memory.anon
         writer.finish(report)
     return report
+
+
+def estimate_checkpoint_memory(
+    source: str | Path,
+    config: LoftQConfig | None = None,
+    *,
+    export_dequantized: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> MemoryEstimate:
+    """The peak-memory estimate :func:`quantize_checkpoint` checks ``max_memory_bytes``
+    against (:mod:`leanfit.quantization.memory`), with this process's current anonymous
+    memory as the baseline."""
+    from leanfit.quantization.checkpoint import open_checkpoint
+
+    config = LoftQConfig() if config is None else config
+    with open_checkpoint(source) as checkpoint:
+        names = checkpoint.names()
+        shapes = {name: checkpoint.shape(name) for name in names}
+        targets = select_targets(
+            names, shapes, checkpoint.model_type, config.targets, include_conv=config.include_conv
+        )
+        plan = plan_bits(
+            targets,
+            config.bits,
+            avg_bits=config.avg_bits,
+            high_bits=config.high_bits,
+            first_high_layers=config.first_high_layers,
+        )
+        memory = _PeakMemory()
+        memory.sample()
+        return estimate_memory(
+            targets,
+            shapes,
+            plan,
+            config,
+            max_shard_bytes=max_shard_bytes,
+            export_dequantized=export_dequantized,
+            baseline=memory.anon,
+        )
 
 
 def quantize_checkpoint(

@@ -1,0 +1,141 @@
+"""Helpers shared by the reliability tests that run ``leanfit`` as a real subprocess, kill it
+with SIGKILL and compare what it wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def start(args: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "leanfit.cli", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd,
+    )  # fmt: skip
+
+
+def run_to_end(args: list[str], cwd: Path | None = None) -> float:
+    """Run to completion (exit code 0 asserted); the wall-clock seconds it took."""
+    began = time.monotonic()
+    process = start(args, cwd)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err.decode()
+    return time.monotonic() - began
+
+
+def kill_when(args: list[str], ready: Callable[[float], bool], cwd: Path | None = None) -> bool:
+    """Start a run and SIGKILL it as soon as ``ready(seconds since start)`` is true; True if
+    it was still running when killed."""
+    process = start(args, cwd)
+    began = time.monotonic()
+    while process.poll() is None:
+        if ready(time.monotonic() - began):
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def kill_at(args: list[str], seconds: float, out: Path, cwd: Path | None = None) -> bool:
+    """Start a run and SIGKILL it after ``seconds`` (or once a partial output of ``out``
+    appears, if ``seconds`` is negative); True if it was still running when killed."""
+    folder = out if cwd is None else cwd / out
+
+    def ready(elapsed: float) -> bool:
+        if seconds >= 0:
+            return elapsed >= seconds
+        return any(folder.parent.glob(f".{folder.name}.*partial"))
+
+    return kill_when(args, ready, cwd)
+
+
+def write_llama(folder: Path, layers: int = 2, hidden: int = 32) -> Path:
+    """A random llama (``layers`` blocks, ``hidden`` wide) saved as safetensors."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def quantize_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "quantize", str(model), "--out", str(out), "--bits", "2", "--rank", "4",
+        "--iters", "2", "--threads", "1", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+# -- comparing LoftQ outputs ---------------------------------------------------------------
+
+RUN_TOTALS = ("seconds", "start_rss_mb", "peak_rss_mb", "start_anon_mb", "peak_anon_mb")
+RUN_COLUMNS = ("time (s)", "RSS start → peak (MB)", "anon start → peak (MB)")
+REPORTS = ("loftq_report.json", "loftq_report.md")
+
+
+def report_json_fields(text: str) -> dict:
+    """``loftq_report.json`` without what depends on the process rather than the inputs:
+    the totals' time and memory (:data:`RUN_TOTALS`) and every matrix's ``seconds``."""
+    values = json.loads(text)
+    for key in RUN_TOTALS:
+        del values["totals"][key]
+    for matrix in values["matrices"]:
+        del matrix["seconds"]
+    return values
+
+
+def report_markdown_fields(text: str) -> list:
+    """``loftq_report.md`` as lines, table rows as cell lists without the columns of
+    :data:`RUN_COLUMNS` (column widths follow the cell texts, so they are dropped too)."""
+    lines, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            lines.append(line)
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        if all(set(cell) <= set("-:") for cell in cells):
+            continue
+        lines.append([c for c, h in zip(cells, header, strict=True) if h not in RUN_COLUMNS])
+    return lines
+
+
+def comparable(folder: Path) -> dict[str, object]:
+    """What must be equal between two runs of the same inputs: the sha256 of every file,
+    except the two reports, which are compared by :func:`report_json_fields` and
+    :func:`report_markdown_fields`."""
+    files: dict[str, object] = {k: v for k, v in digest(folder).items() if k not in REPORTS}
+    files["loftq_report.json"] = report_json_fields((folder / REPORTS[0]).read_text())
+    files["loftq_report.md"] = report_markdown_fields((folder / REPORTS[1]).read_text())
+    return files
