@@ -288,6 +288,50 @@ def transposed_lora_a(out: Path) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
+def interrupted_run(tmp: Path, config=None) -> Path:
+    """The tiny llama's quantization interrupted (Ctrl-C) at its first shard: ``tmp/out``
+    has an unfinished run in ``tmp/.out.partial``. Returns the checkpoint."""
+    from unittest import mock
+
+    import leanfit.quantization.artifacts as artifacts
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    model = tiny_model(tmp)
+    config = config or LoftQConfig(rank=3, iters=1)
+    with mock.patch.object(artifacts, "save_file", side_effect=KeyboardInterrupt):
+        try:
+            quantize_checkpoint(model, tmp / "out", config, progress=False)
+        except KeyboardInterrupt:
+            pass
+    return model
+
+
+def resume_other_source(tmp: Path) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    config = LoftQConfig(rank=3, iters=1)
+    model = interrupted_run(tmp, config)
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    return quantize_checkpoint(model, tmp / "out", config, progress=False, resume=True)
+
+
+def unfinished_no_resume(tmp: Path) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    model = interrupted_run(tmp)
+    return quantize_checkpoint(model, tmp / "out", LoftQConfig(rank=3, iters=1), progress=False)
+
+
+def quantize_with_budget(tmp: Path, budget: object) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    config = LoftQConfig(rank=2, iters=1)
+    return quantize_checkpoint(
+        tiny_model(tmp), tmp / "out", config, progress=False, max_memory_bytes=budget
+    )
+
+
 CASES = [
     # -- quantization: weights and parameters -----------------------------------------
     Case(
@@ -820,6 +864,42 @@ CASES = [
         r"got \(16, 2\)",
         lambda t: load_damaged(t, transposed_lora_a),
     ),
+    # -- quantization: resumed runs and memory budget -----------------------------------
+    Case(
+        "q-unfinished-no-resume",
+        "quantization",
+        "an unfinished (killed) run of the output, neither resume nor overwrite",
+        BadInputError,
+        r"has an unfinished run in .*\.out\.partial.* pass --resume to continue it or "
+        r"--overwrite to discard it",
+        unfinished_no_resume,
+    ),
+    Case(
+        "q-resume-other-source",
+        "quantization",
+        "resume=True after the checkpoint changed (mtime here)",
+        BadInputError,
+        r"--resume: the unfinished run .* other inputs or settings "
+        r"\(source\.model\.safetensors: partial run 'size \d+, mtime_ns \d+",
+        resume_other_source,
+    ),
+    Case(
+        "q-max-memory-type",
+        "quantization",
+        "max_memory_bytes=0",
+        BadInputError,
+        r"max_memory_bytes must be an int >= 1 \(bytes\), or None; got 0",
+        lambda t: quantize_with_budget(t, 0),
+    ),
+    Case(
+        "q-max-memory-estimate",
+        "quantization",
+        "max_memory_bytes below the estimated peak",
+        BadInputError,
+        r"max_memory must cover the estimated peak memory .* \(baseline .* LoftQ working set "
+        r"of .* shard buffer .*\); got 1 MB",
+        lambda t: quantize_with_budget(t, 10**6),
+    ),
     # -- outputs --------------------------------------------------------------------------
     Case(
         "o-enospc",
@@ -1056,6 +1136,36 @@ CLI_CASES = [
         quantize_cli(pickle_dir),
     ),
     CliCase(
+        "cli-quantize-max-memory",
+        "--max-memory 1MB (below the estimated peak)",
+        r"max_memory must cover the estimated peak memory .* got 1 MB",
+        quantize_cli(tiny_model, "--max-memory", "1MB"),
+    ),
+    CliCase(
+        "cli-quantize-max-memory-unit",
+        "--max-memory lots",
+        r"--max-memory must be a size such as 4GB, 500MB, 1\.5GiB or a number of bytes; got 'lots'",
+        quantize_cli(tiny_model, "--max-memory", "lots"),
+    ),
+    CliCase(
+        "cli-quantize-max-shard-size",
+        "--max-shard-size 0",
+        r"--max-shard-size must be a size of at least 1 byte; got '0'",
+        quantize_cli(tiny_model, "--max-shard-size", "0"),
+    ),
+    CliCase(
+        "cli-quantize-unfinished",
+        "an unfinished (killed) run of --out, no --resume",
+        r"has an unfinished run in .* pass --resume to continue it or --overwrite",
+        quantize_cli(interrupted_run),
+    ),
+    CliCase(
+        "cli-quantize-unfinished-other-config",
+        "--resume with another --rank than the unfinished run",
+        r"--resume: the unfinished run .* \(config\.rank: partial run 3, now 2\)",
+        quantize_cli(interrupted_run, "--resume"),
+    ),
+    CliCase(
         "cli-quantize-out-exists",
         "--out that exists",
         "exists; pass --overwrite",
@@ -1087,7 +1197,8 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
     assert lines[0].startswith(f"leanfit {args[0]}: error: ")
     assert pytest.importorskip("re").search(case.match, lines[0]), lines[0]
     assert not (tmp_path / "out").exists() or case.id.endswith("-out-exists")
-    assert not list(tmp_path.glob(".out.*"))  # no partial output either
+    if "-unfinished" not in case.id:  # those cases start from an unfinished run
+        assert not list(tmp_path.glob(".out.*"))  # no partial output either
 
 
 # -- the document ------------------------------------------------------------------------
