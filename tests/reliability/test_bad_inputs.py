@@ -896,8 +896,8 @@ CASES = [
         "quantization",
         "max_memory_bytes below the estimated peak",
         BadInputError,
-        r"max_memory must cover the estimated peak memory .* \(baseline .* LoftQ working set "
-        r"of .* shard buffer .*\); got 1 MB",
+        r"max_memory must cover the estimated peak memory .* \(baseline .* working set of "
+        r".* shard buffer .*\); got 1 MB",
         lambda t: quantize_with_budget(t, 10**6),
     ),
     # -- outputs --------------------------------------------------------------------------
