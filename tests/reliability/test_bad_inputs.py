@@ -33,6 +33,7 @@ from leanfit.exceptions import (
 from leanfit.io import atomic_output
 from leanfit.quantization.checkpoint import open_checkpoint
 from leanfit.quantization.loftq import loftq_decompose
+from leanfit.quantization.memory import parse_size
 from leanfit.quantization.quantizers import QuantizedTensor, quantize
 from leanfit.quantization.targets import plan_bits, select_targets
 from leanfit.selection import (
@@ -892,6 +893,22 @@ CASES = [
         lambda t: quantize_with_budget(t, 0),
     ),
     Case(
+        "q-size-unit",
+        "quantization",
+        "--max-memory lots (parse_size, as the CLI reads --max-memory / --max-shard-size)",
+        BadInputError,
+        r"--max-memory must be a size such as 4GB, 500MB, 1\.5GiB or a number of bytes; got 'lots'",
+        lambda t: parse_size("lots", "--max-memory"),
+    ),
+    Case(
+        "q-size-zero",
+        "quantization",
+        "--max-shard-size 0",
+        BadInputError,
+        r"--max-shard-size must be a size of at least 1 byte; got '0'",
+        lambda t: parse_size("0", "--max-shard-size"),
+    ),
+    Case(
         "q-max-memory-estimate",
         "quantization",
         "max_memory_bytes below the estimated peak",
@@ -1140,18 +1157,6 @@ CLI_CASES = [
         "--max-memory 1MB (below the estimated peak)",
         r"max_memory must cover the estimated peak memory .* got 1 MB",
         quantize_cli(tiny_model, "--max-memory", "1MB"),
-    ),
-    CliCase(
-        "cli-quantize-max-memory-unit",
-        "--max-memory lots",
-        r"--max-memory must be a size such as 4GB, 500MB, 1\.5GiB or a number of bytes; got 'lots'",
-        quantize_cli(tiny_model, "--max-memory", "lots"),
-    ),
-    CliCase(
-        "cli-quantize-max-shard-size",
-        "--max-shard-size 0",
-        r"--max-shard-size must be a size of at least 1 byte; got '0'",
-        quantize_cli(tiny_model, "--max-shard-size", "0"),
     ),
     CliCase(
         "cli-quantize-unfinished",
