@@ -37,6 +37,11 @@ class OutputWriteError(LeanfitError, OSError):
     its place. The message names the output and the operating system's reason."""
 
 
+class MemoryBudgetError(LeanfitError, MemoryError):
+    """A run went over the memory budget it was given and stopped before the operating
+    system would kill it; the message says what was measured and how to continue."""
+
+
 def bad_value(name: str, value: object, allowed: str) -> BadInputError:
     """Build the standard message for a rejected argument.
 

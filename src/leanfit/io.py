@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,52 @@ def _recover(path: Path) -> None:
         _remove(partial)
 
 
-def _write_error(path: Path, err: OSError) -> OutputWriteError:
+def recover_output(path: str | Path) -> None:
+    """What :func:`atomic_output` does first: restore a directory that a killed replacement
+    moved aside, and delete the temporary siblings of processes that no longer run."""
+    _recover(Path(path))
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished ``tmp`` onto ``path``; an existing directory at ``path`` is moved
+    to ``.NAME.old`` for the instant between the two renames, then deleted."""
+    if path.is_dir() and not path.is_symlink():
+        backup = path.with_name(f".{path.name}.old")
+        os.replace(path, backup)
+        os.replace(tmp, path)
+        shutil.rmtree(backup)
+    else:
+        os.replace(tmp, path)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames and new entries of ``directory`` durable (POSIX; a no-op elsewhere)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, write: Callable[[Path], object]) -> None:
+    """Write a file that survives a crash whole or not at all.
+
+    ``write(tmp)`` creates ``path`` + ``.tmp``; that file is fsynced, renamed onto ``path``
+    and the directory fsynced. A process killed at any moment leaves either the previous
+    ``path`` (or none) plus possibly a stray ``.tmp``, or the complete new file.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def write_error(path: Path, err: OSError) -> OutputWriteError:
+    """The :class:`OutputWriteError` for an ``OSError`` met while writing ``path``."""
     reason = err.strerror or str(err)
     code = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
     where = f" ({err.filename})" if err.filename else ""
@@ -104,17 +149,11 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
         os.rmdir(tmp)  # the caller decides whether it is a file or a directory
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            backup = path.with_name(f".{path.name}.old")
-            os.replace(path, backup)
-            os.replace(tmp, path)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, path)
+        move_into_place(tmp, path)
     except OSError as err:
         if isinstance(err, LeanfitError):
             raise
-        raise _write_error(path, err) from err
+        raise write_error(path, err) from err
     finally:
         if tmp is not None and (tmp.exists() or tmp.is_symlink()):
             _remove(tmp)

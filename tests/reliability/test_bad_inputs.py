@@ -33,6 +33,7 @@ from leanfit.exceptions import (
 from leanfit.io import atomic_output
 from leanfit.quantization.checkpoint import open_checkpoint
 from leanfit.quantization.loftq import loftq_decompose
+from leanfit.quantization.memory import parse_size
 from leanfit.quantization.quantizers import QuantizedTensor, quantize
 from leanfit.quantization.targets import plan_bits, select_targets
 from leanfit.selection import (
@@ -281,6 +282,50 @@ def transposed_lora_a(out: Path) -> None:
     name = next(n for n in sorted(tensors) if n.endswith("q_proj.lora_A.weight"))
     tensors[name] = tensors[name].T.contiguous()
     save_file(tensors, path, metadata={"format": "pt"})
+
+
+def interrupted_run(tmp: Path, config=None) -> Path:
+    """The tiny llama's quantization interrupted (Ctrl-C) at its first shard: ``tmp/out``
+    has an unfinished run in ``tmp/.out.partial``. Returns the checkpoint."""
+    from unittest import mock
+
+    import leanfit.quantization.artifacts as artifacts
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    model = tiny_model(tmp)
+    config = config or LoftQConfig(rank=3, iters=1)
+    with mock.patch.object(artifacts, "save_file", side_effect=KeyboardInterrupt):
+        try:
+            quantize_checkpoint(model, tmp / "out", config, progress=False)
+        except KeyboardInterrupt:
+            pass
+    return model
+
+
+def resume_other_source(tmp: Path) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    config = LoftQConfig(rank=3, iters=1)
+    model = interrupted_run(tmp, config)
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    return quantize_checkpoint(model, tmp / "out", config, progress=False, resume=True)
+
+
+def unfinished_no_resume(tmp: Path) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    model = interrupted_run(tmp)
+    return quantize_checkpoint(model, tmp / "out", LoftQConfig(rank=3, iters=1), progress=False)
+
+
+def quantize_with_budget(tmp: Path, budget: object) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    config = LoftQConfig(rank=2, iters=1)
+    return quantize_checkpoint(
+        tiny_model(tmp), tmp / "out", config, progress=False, max_memory_bytes=budget
+    )
 
 
 CASES = [
@@ -815,6 +860,58 @@ CASES = [
         r"got \(16, 2\)",
         lambda t: load_damaged(t, transposed_lora_a),
     ),
+    # -- quantization: resumed runs and memory budget -----------------------------------
+    Case(
+        "q-unfinished-no-resume",
+        "quantization",
+        "an unfinished (killed) run of the output, neither resume nor overwrite",
+        BadInputError,
+        r"has an unfinished run in .*\.out\.partial.* pass --resume to continue it or "
+        r"--overwrite to discard it",
+        unfinished_no_resume,
+    ),
+    Case(
+        "q-resume-other-source",
+        "quantization",
+        "resume=True after the checkpoint changed (mtime here)",
+        BadInputError,
+        r"--resume: the unfinished run .* other inputs or settings "
+        r"\(source\.model\.safetensors: partial run 'size \d+, mtime_ns \d+",
+        resume_other_source,
+    ),
+    Case(
+        "q-max-memory-type",
+        "quantization",
+        "max_memory_bytes=0",
+        BadInputError,
+        r"max_memory_bytes must be an int >= 1 \(bytes\), or None; got 0",
+        lambda t: quantize_with_budget(t, 0),
+    ),
+    Case(
+        "q-size-unit",
+        "quantization",
+        "--max-memory lots (parse_size, as the CLI reads --max-memory / --max-shard-size)",
+        BadInputError,
+        r"--max-memory must be a size such as 4GB, 500MB, 1\.5GiB or a number of bytes; got 'lots'",
+        lambda t: parse_size("lots", "--max-memory"),
+    ),
+    Case(
+        "q-size-zero",
+        "quantization",
+        "--max-shard-size 0",
+        BadInputError,
+        r"--max-shard-size must be a size of at least 1 byte; got '0'",
+        lambda t: parse_size("0", "--max-shard-size"),
+    ),
+    Case(
+        "q-max-memory-estimate",
+        "quantization",
+        "max_memory_bytes below the estimated peak",
+        BadInputError,
+        r"max_memory must cover the estimated peak memory .* \(baseline .* working set of "
+        r".* shard buffer .*\); got 1 MB",
+        lambda t: quantize_with_budget(t, 10**6),
+    ),
     # -- outputs --------------------------------------------------------------------------
     Case(
         "o-enospc",
@@ -1057,6 +1154,24 @@ CLI_CASES = [
         quantize_cli(pickle_dir),
     ),
     CliCase(
+        "cli-quantize-max-memory",
+        "--max-memory 1MB (below the estimated peak)",
+        r"max_memory must cover the estimated peak memory .* got 1 MB",
+        quantize_cli(tiny_model, "--max-memory", "1MB"),
+    ),
+    CliCase(
+        "cli-quantize-unfinished",
+        "an unfinished (killed) run of --out, no --resume",
+        r"has an unfinished run in .* pass --resume to continue it or --overwrite",
+        quantize_cli(interrupted_run),
+    ),
+    CliCase(
+        "cli-quantize-unfinished-other-config",
+        "--resume with another --rank than the unfinished run",
+        r"--resume: the unfinished run .* \(config\.rank: partial run 3, now 2\)",
+        quantize_cli(interrupted_run, "--resume"),
+    ),
+    CliCase(
         "cli-quantize-out-exists",
         "--out that exists",
         "exists; pass --overwrite",
@@ -1088,7 +1203,8 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
     assert lines[0].startswith(f"leanfit {args[0]}: error: ")
     assert pytest.importorskip("re").search(case.match, lines[0]), lines[0]
     assert not (tmp_path / "out").exists() or case.id.endswith("-out-exists")
-    assert not list(tmp_path.glob(".out.*"))  # no partial output either
+    if "-unfinished" not in case.id:  # those cases start from an unfinished run
+        assert not list(tmp_path.glob(".out.*"))  # no partial output either
 
 
 # -- the document ------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 
 from leanfit.cli import main
 from leanfit.quantization.loftq import loftq_decompose
-from tests.reliability.conftest import digest, finetune_args, run_to_end
+from tests.reliability.conftest import finetune_args
+from tests.reliability.processes import digest, run_to_end
 from tests.reliability.test_interruptions import select_args
 
 

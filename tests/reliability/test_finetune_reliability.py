@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.reliability.conftest import (
-    FINETUNE_STEPS,
-    digest,
-    finetune_args,
-    kill_when,
-    run_to_end,
-)
+from tests.reliability.conftest import FINETUNE_STEPS, finetune_args
+from tests.reliability.processes import digest, kill_when, run_to_end
 
 
 def saved_steps(run: Path) -> list[int]:

@@ -22,7 +22,8 @@ import pytest
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.io import atomic_output, stale_partials
-from tests.reliability.conftest import check_kills, table
+from tests.reliability.conftest import table
+from tests.reliability.processes import check_kills
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@
 A tiny llama checkpoint (safetensors, written into ``tmp_path``) is quantized by the real
 command line. Two runs give byte-identical files except ``loftq_report.{json,md}``, which
 hold the run's time, peak memory and output path. A run killed with SIGKILL at random
-moments leaves the checkpoint untouched and no output in place (only hidden ``.partial``
-siblings, removed by the next run). A full disk while the backbone is written gives an
-:class:`OutputWriteError` (exit code 2) and leaves nothing behind.
+moments leaves the checkpoint untouched and no output in place (only the hidden
+``.out.partial`` run), and ``--resume`` completes it with the bytes of an uninterrupted run
+(more resume cases: ``test_quantize_resume.py``). A full disk while the backbone is written
+gives an :class:`OutputWriteError` (exit code 2) and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,39 +15,22 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
-from tests.reliability.conftest import check_kills, digest, run_to_end
+from tests.reliability.processes import (
+    comparable,
+    digest,
+    kill_at,
+    quantize_args,
+    run_to_end,
+    write_llama,
+)
 
 REPORTS = {"loftq_report.json", "loftq_report.md"}  # time, memory and paths of the run
-
-
-def write_llama(folder: Path, layers: int = 2, hidden: int = 32) -> Path:
-    """A random llama (``layers`` blocks, ``hidden`` wide) saved as safetensors."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def quantize_args(model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "quantize", str(model), "--out", str(out), "--bits", "2", "--rank", "4",
-        "--iters", "2", "--threads", "1", "--quiet", *extra,
-    ]  # fmt: skip
 
 
 def without_reports(folder: Path) -> dict[str, str]:
@@ -71,23 +55,42 @@ def test_quantize_twice_gives_identical_files(tmp_path):
 
 
 def check_quantize_kills(tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:
-    """:func:`~tests.reliability.conftest.check_kills` on a 6-block llama checkpoint,
-    comparing every output file but the two reports."""
+    """Reference run, then ``n_kills`` runs killed (the first as soon as the partial output
+    appears, the others at random times); after each: the checkpoint is unchanged, the
+    output is absent or complete, only the hidden partial run is left, and ``--resume``
+    completes it with the reference's bytes (reports: apart from time and memory). Every run
+    writes ``out`` relative to its own folder, so the reports' ``out_dir`` are equal."""
     model = write_llama(tmp_path / "model", layers=6, hidden=96)
-    return check_kills(
-        lambda out: quantize_args(model, out),
-        model,
-        tmp_path,
-        n_kills=n_kills,
-        seed=seed,
-        files=without_reports,
-    )
+    extra = ("--max-shard-size", "20kB")
+    (tmp_path / "reference").mkdir()
+    out = Path("out")
+    duration = run_to_end(quantize_args(model, out, *extra), cwd=tmp_path / "reference")
+    expected = comparable(tmp_path / "reference" / "out")
+    sources = digest(model)
+    times = [-1.0, *np.random.default_rng(seed).uniform(0.1, 1.0, n_kills - 1) * duration]
+    outcomes = []
+    for index, seconds in enumerate(times):
+        runs = tmp_path / f"runs{index}"
+        runs.mkdir()
+        killed = kill_at(quantize_args(model, out, *extra), seconds, out, cwd=runs)
+        assert digest(model) == sources  # the checkpoint is never touched
+        left = sorted(p.name for p in runs.iterdir())
+        assert set(left) <= {"out", ".out.partial"}, left
+        if (runs / "out").exists():  # finished before the kill: complete
+            assert comparable(runs / "out") == expected
+        partial = ".out.partial" in left
+        if not (runs / "out").exists():
+            run_to_end(quantize_args(model, out, *extra, "--resume"), cwd=runs)
+            assert comparable(runs / "out") == expected  # resumed: identical
+            assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partial removed
+        outcomes.append((round(seconds, 2), killed, partial, round(duration, 1)))
+    return outcomes
 
 
 def test_kill_9_during_quantize_loses_nothing(tmp_path):
     outcomes = check_quantize_kills(tmp_path, n_kills=3, seed=0)
     assert sum(killed for _, killed, *_ in outcomes) >= 2  # most kills hit a running process
-    assert any(partials for *_, partials in outcomes)  # the partial output was caught
+    assert any(partials for _, _, partials, _ in outcomes)  # the partial output was caught
 
 
 @pytest.mark.slow

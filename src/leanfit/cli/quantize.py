@@ -82,7 +82,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write dequantized/: a float16 transformers model of Q (use with adapter/)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (without --resume: discard an unfinished run of it)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run of --out (killed, interrupted or over --max-memory) "
+        "from its finished shards; same inputs and options required",
+    )
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget, e.g. 4GB or 500MB: refuse up front if the estimated peak is "
+        "over it, stop (resumable) if the run goes over it",
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        default="64MiB",
+        help="backbone shard size, e.g. 64MiB (default), 10MB; smaller shards use less memory",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -105,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     from leanfit.exceptions import bad_value
     from leanfit.quantization.apply import LoftQConfig, quantize_checkpoint
+    from leanfit.quantization.memory import parse_size
 
     config = LoftQConfig(
         bits=args.bits,
@@ -135,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         export_dequantized=args.export_dequantized,
+        max_shard_bytes=parse_size(args.max_shard_size, "--max-shard-size"),
+        resume=args.resume,
+        max_memory_bytes=None
+        if args.max_memory is None
+        else parse_size(args.max_memory, "--max-memory"),
     )
     totals = report.summary()
     print(

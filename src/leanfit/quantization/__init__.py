@@ -20,6 +20,7 @@ Fine-tuning and evaluation of PEFT models live in :mod:`leanfit.quantization.fin
 from leanfit.quantization.apply import (
     LoftQConfig,
     LoftQReport,
+    estimate_checkpoint_memory,
     quantize_checkpoint,
     quantize_module,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "LowRankFit",
     "QuantLinear",
     "QuantizedTensor",
+    "estimate_checkpoint_memory",
     "fit_low_rank",
     "levels",
     "load",

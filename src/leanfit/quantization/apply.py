@@ -7,7 +7,8 @@ PEFT LoRA factors to the artifact writer (:mod:`leanfit.quantization.artifacts`)
 the tensor go before reading the next one. Peak memory is therefore the working set of the
 largest tensor plus one backbone shard being filled (``max_shard_bytes``), not the model.
 
-Output directory (written to a temporary sibling, renamed into place at the end)::
+Output directory (written into ``.OUT.partial/``, renamed into place at the end; a killed
+run continues with ``resume=True``, see :mod:`leanfit.quantization.resume`)::
 
     OUT/
       backbone/         packed codes + scales of the targets, other tensors untouched (float32),
@@ -39,10 +40,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.exceptions import BadInputError, CorruptArtifactError, MemoryBudgetError, bad_value
 from leanfit.io import read_json
 from leanfit.quantization.loftq import LoftQResult, loftq_decompose
 from leanfit.quantization.lowrank import SVD_METHODS
+from leanfit.quantization.memory import (
+    MemoryEstimate,
+    check_budget,
+    estimate_memory,
+    format_size,
+)
 from leanfit.quantization.quantizers import check_quantization_args
 from leanfit.quantization.targets import (
     Target,
@@ -289,6 +296,21 @@ class LoftQReport:
     peak_rss_bytes: int = 0
     peak_anon_bytes: int = 0
 
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one source tensor from its walker record: a target's ``"matrix"`` (a
+        :class:`MatrixReport` as a dict) and sizes, or an untouched tensor's sizes."""
+        matrix = record.get("matrix")
+        if matrix is None:
+            self.other_params += record["params"]
+            self.other_bytes += record["bytes"]
+            return
+        values = {**matrix, "shape": tuple(matrix["shape"])}
+        values["matrix_shape"] = tuple(matrix["matrix_shape"])
+        self.matrices.append(MatrixReport(**values))
+        self.quantized_params += record["params"]
+        self.quantized_bytes += record["bytes"]
+        self.adapter_params += record["adapter_params"]
+
     def total(self, attribute: str) -> float:
         """Norm-weighted total of a relative error: ``sqrt(Σ e_i²‖W_i‖²) / sqrt(Σ ‖W_i‖²)``,
         i.e. the relative error of all target matrices taken together."""
@@ -422,16 +444,32 @@ class _PeakMemory:
     """Peak RSS and peak anonymous memory (RSS − file-backed shared pages) of this process,
     sampled every 20 ms by a background thread (psutil)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int | None = None) -> None:
         self._process = psutil.Process()
         self.rss = self.anon = self.start_rss = self.start_anon = 0
+        self.budget = budget
+        self.over: int | None = None  # the first anonymous-memory sample above the budget
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
         info = self._process.memory_info()
+        anon = info.rss - getattr(info, "shared", 0)
         self.rss = max(self.rss, info.rss)
-        self.anon = max(self.anon, info.rss - getattr(info, "shared", 0))
+        self.anon = max(self.anon, anon)
+        if self.budget is not None and anon > self.budget and self.over is None:
+            self.over = anon
+
+    def check(self, done: str) -> None:
+        """Raise :class:`MemoryBudgetError` once a sample went over the budget."""
+        if self.over is None or self.budget is None:
+            return
+        raise MemoryBudgetError(
+            f"max_memory: the run used {format_size(self.over)} of anonymous memory, over the "
+            f"budget of {format_size(self.budget)}, and stopped after {done}; the finished "
+            "shards are kept: run again with --resume and a larger --max-memory or a smaller "
+            "--max-shard-size"
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
@@ -500,6 +538,35 @@ def _decompose(
     )
 
 
+def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
+    """The report of a complete output made with ``config`` (``--resume`` after the end)."""
+    from leanfit.quantization.artifacts import LOFTQ_CONFIG, REPORT_JSON
+    from leanfit.quantization.resume import header_differences
+
+    existing = LoftQConfig.load(out_dir / LOFTQ_CONFIG)
+    differences = header_differences(existing.to_dict(), config.to_dict())
+    if differences:
+        raise BadInputError(
+            f"--resume: output {str(out_dir)!r} is complete but was made with another config "
+            f"({'; '.join(differences[:4])}); pass --overwrite without --resume to redo it"
+        )
+    values = json.loads((out_dir / REPORT_JSON).read_text())
+    report = LoftQReport(values["source"], values["out_dir"], values["model_type"], existing)
+    totals = values["totals"]
+    for name in ("quantized_params", "other_params", "adapter_params", "seconds"):
+        setattr(report, name, totals[name])
+    report.quantized_bytes = round(totals["bits_per_param"] * report.quantized_params / 8)
+    stored = totals["backbone_bits_per_param"] * (report.quantized_params + report.other_params)
+    report.other_bytes = round(stored / 8) - report.quantized_bytes
+    for name in ("start_rss", "peak_rss", "start_anon", "peak_anon"):
+        setattr(report, f"{name}_bytes", round(totals[f"{name}_mb"] * 2**20))
+    for matrix in values["matrices"]:
+        values_ = {**matrix, "shape": tuple(matrix["shape"])}
+        values_["matrix_shape"] = tuple(matrix["matrix_shape"])
+        report.matrices.append(MatrixReport(**values_))
+    return report
+
+
 def walk(
     source: TensorSource,
     out_dir: str | Path,
@@ -510,21 +577,28 @@ def walk(
     export_dequantized: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     source_label: str = "",
+    resume: bool = False,
+    max_memory_bytes: int | None = None,
 ) -> LoftQReport:
     """Quantize every target of ``source`` into an artifact directory (the shared walker).
 
     See :func:`quantize_checkpoint` for the parameters and the output.
     """
     from leanfit.quantization.artifacts import ArtifactWriter
+    from leanfit.quantization.resume import source_fingerprint, unfinished_run
 
     if not isinstance(config, LoftQConfig):
         raise bad_value("config", type(config).__name__, "a LoftQConfig")
+    budget = check_budget(max_memory_bytes)
+    out_dir = Path(out_dir)
     names = source.names()
     shapes = {name: source.shape(name) for name in names}
     targets = select_targets(
         names, shapes, source.model_type, config.targets, include_conv=config.include_conv
     )
     _check_rank(targets, config.rank)
+    if resume and out_dir.exists() and not unfinished_run(out_dir):
+        return _completed(out_dir, config)
     allocation = None
     if config.bits_budget is None:
         plan = plan_bits(
@@ -539,12 +613,25 @@ def walk(
 
         chosen, allocation = allocate_for_config(source, targets, config, progress=progress)
         plan = chosen.bits
+    memory = _PeakMemory(budget)
+    if budget is not None:
+        memory.sample()
+        estimate_memory(
+            targets,
+            shapes,
+            plan,
+            config,
+            max_shard_bytes=max_shard_bytes,
+            export_dequantized=export_dequantized,
+            baseline=memory.anon,
+        ).check(budget)
     by_name = {t.name: (i, t) for i, t in enumerate(targets)}
     report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
     report.allocation = allocation
+    identity = {"source": source_fingerprint(source), "tensors": len(names)}
     start = time.perf_counter()
     with (
-        _PeakMemory().running() as memory,
+        memory.running(),
         ArtifactWriter(
             out_dir,
             config,
@@ -552,54 +639,102 @@ def walk(
             overwrite=overwrite,
             export_dequantized=export_dequantized,
             max_shard_bytes=max_shard_bytes,
+            resume=resume,
+            identity=identity,
         ) as writer,
         tqdm(total=len(names), unit="tensor", desc="LoftQ", disable=not progress) as bar,
     ):
-        for name in names:
+        for index, name in enumerate(names):
+            if not writer.needs(index):
+                bar.update()
+                continue
             bar.set_postfix_str(name, refresh=False)
             tic = time.perf_counter()
             tensor = source.read(name)
             if name not in by_name:
-                writer.add_tensor(name, tensor)
-                report.other_params += tensor.numel()
-                report.other_bytes += tensor.numel() * tensor.element_size()
+                size = {"params": tensor.numel(), "bytes": tensor.numel() * tensor.element_size()}
+                writer.add_tensor(index, name, tensor, {"name": name, **size})
             else:
-                index, target = by_name[name]
+                number, target = by_name[name]
                 matrix = matrix_view(tensor, target)
-                result = _decompose(matrix, plan[name], config, config.seed + index, name)
+                result = _decompose(matrix, plan[name], config, config.seed + number, name)
                 lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
-                writer.add_target(target, result.quantized, lora_a, lora_b)
-                report.quantized_params += result.quantized.numel
-                report.quantized_bytes += result.quantized.nbytes
-                report.adapter_params += lora_a.numel() + lora_b.numel()
-                report.matrices.append(
-                    MatrixReport(
-                        name=name,
-                        kind=target.kind + (" (transposed)" if target.transposed else ""),
-                        shape=target.shape,
-                        matrix_shape=target.matrix_shape,
-                        bits=plan[name],
-                        qlora_error=result.qlora_error,
-                        errors=list(result.errors),
-                        best_iter=result.best_iter,
-                        error=result.error,
-                        weight_norm=float(torch.linalg.norm(matrix)),
-                        bits_per_param=result.quantized.bits_per_param,
-                        seconds=time.perf_counter() - tic,
-                    )
+                row = MatrixReport(
+                    name=name,
+                    kind=target.kind + (" (transposed)" if target.transposed else ""),
+                    shape=target.shape,
+                    matrix_shape=target.matrix_shape,
+                    bits=plan[name],
+                    qlora_error=result.qlora_error,
+                    errors=list(result.errors),
+                    best_iter=result.best_iter,
+                    error=result.error,
+                    weight_norm=float(torch.linalg.norm(matrix)),
+                    bits_per_param=result.quantized.bits_per_param,
+                    seconds=time.perf_counter() - tic,
                 )
+                record = {
+                    "name": name,
+                    "params": result.quantized.numel,
+                    "bytes": result.quantized.nbytes,
+                    "adapter_params": lora_a.numel() + lora_b.numel(),
+                    "matrix": asdict(row),
+                }
+                writer.add_target(index, target, result.quantized, lora_a, lora_b, record)
                 del matrix, result, lora_a, lora_b
             del tensor
             _release_freed_memory()
             bar.update()
             memory.sample()
+            memory.check(f"{index + 1} of {len(names)} tensors")
         writer.close()
         memory.sample()
+        for record in writer.records:
+            report.add(record)
         report.seconds = time.perf_counter() - start
         report.start_rss_bytes, report.start_anon_bytes = memory.start_rss, memory.start_anon
         report.peak_rss_bytes, report.peak_anon_bytes = memory.rss, memory.anon
         writer.finish(report)
     return report
+
+
+def estimate_checkpoint_memory(
+    source: str | Path,
+    config: LoftQConfig | None = None,
+    *,
+    export_dequantized: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> MemoryEstimate:
+    """The peak-memory estimate :func:`quantize_checkpoint` checks ``max_memory_bytes``
+    against (:mod:`leanfit.quantization.memory`), with this process's current anonymous
+    memory as the baseline."""
+    from leanfit.quantization.checkpoint import open_checkpoint
+
+    config = LoftQConfig() if config is None else config
+    with open_checkpoint(source) as checkpoint:
+        names = checkpoint.names()
+        shapes = {name: checkpoint.shape(name) for name in names}
+        targets = select_targets(
+            names, shapes, checkpoint.model_type, config.targets, include_conv=config.include_conv
+        )
+        plan = plan_bits(
+            targets,
+            config.bits,
+            avg_bits=config.avg_bits,
+            high_bits=config.high_bits,
+            first_high_layers=config.first_high_layers,
+        )
+        memory = _PeakMemory()
+        memory.sample()
+        return estimate_memory(
+            targets,
+            shapes,
+            plan,
+            config,
+            max_shard_bytes=max_shard_bytes,
+            export_dequantized=export_dequantized,
+            baseline=memory.anon,
+        )
 
 
 def quantize_checkpoint(
@@ -611,6 +746,8 @@ def quantize_checkpoint(
     progress: bool = True,
     export_dequantized: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    resume: bool = False,
+    max_memory_bytes: int | None = None,
 ) -> LoftQReport:
     """Quantize a pretrained checkpoint with LoftQ, streaming it tensor by tensor.
 
@@ -620,8 +757,9 @@ def quantize_checkpoint(
         A transformers directory (safetensors, sharded or not) or a ``.gguf`` file
         (:func:`leanfit.quantization.checkpoint.open_checkpoint`).
     out_dir : str or Path
-        The output directory (see the module docstring); written to a temporary sibling and
-        renamed into place at the end.
+        The output directory (see the module docstring); written into the hidden sibling
+        ``.OUT.partial/`` and renamed into place at the end
+        (:mod:`leanfit.quantization.resume`).
     config : LoftQConfig, optional
         Default ``LoftQConfig()``: NF2, rank 16, T = 5, block 64, randomized SVD.
     overwrite : bool
@@ -633,6 +771,19 @@ def quantize_checkpoint(
         dequantized in float16 (other tensors cast to float16), to be used with the adapter.
     max_shard_bytes : int
         A backbone shard is written once it holds this many bytes (a tensor is never split).
+    resume : bool
+        Continue the unfinished run of ``out_dir`` (killed, interrupted or stopped by the
+        memory budget) from its finished shards; the result is byte-identical to an
+        uninterrupted run. The source, the config, ``max_shard_bytes`` and
+        ``export_dequantized`` must be those of the unfinished run. With no unfinished run it
+        starts afresh; with a complete ``out_dir`` of the same config it returns its report.
+        Without ``resume``, an unfinished run is refused unless ``overwrite`` discards it.
+    max_memory_bytes : int, optional
+        Memory budget (anonymous memory of the process, see
+        :mod:`leanfit.quantization.memory`). A run whose estimated peak is over it is refused
+        before anything is written; a run that goes over it stops after the current tensor
+        with :class:`~leanfit.exceptions.MemoryBudgetError`, keeping its finished shards for
+        ``resume``.
 
     Returns
     -------
@@ -642,8 +793,12 @@ def quantize_checkpoint(
     Raises
     ------
     BadInputError
-        Invalid config, no matching target, a rank too large for a target, or an existing
-        ``out_dir`` without ``overwrite``.
+        Invalid config, no matching target, a rank too large for a target, an existing
+        ``out_dir`` without ``overwrite``, an unfinished run without ``resume`` or
+        ``overwrite``, an unfinished run of other inputs with ``resume``, or an estimated peak
+        memory over ``max_memory_bytes``.
+    MemoryBudgetError
+        The run went over ``max_memory_bytes``.
     """
     from leanfit.quantization.checkpoint import open_checkpoint
 
@@ -658,6 +813,8 @@ def quantize_checkpoint(
             export_dequantized=export_dequantized,
             max_shard_bytes=max_shard_bytes,
             source_label=str(source),
+            resume=resume,
+            max_memory_bytes=max_memory_bytes,
         )
 
 
@@ -670,6 +827,8 @@ def quantize_module(
     progress: bool = True,
     export_dequantized: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    resume: bool = False,
+    max_memory_bytes: int | None = None,
 ) -> LoftQReport:
     """Quantize an in-memory model's Linear (and, with ``include_conv``, Conv) layers.
 
@@ -688,4 +847,6 @@ def quantize_module(
         export_dequantized=export_dequantized,
         max_shard_bytes=max_shard_bytes,
         source_label=type(model).__name__,
+        resume=resume,
+        max_memory_bytes=max_memory_bytes,
     )
