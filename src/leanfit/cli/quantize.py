@@ -81,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="torch CPU threads (default: torch's choice); 1 is often fastest on a busy machine",
     )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="quantize the layers on Dask workers: a scheduler address (tcp://host:8786), or "
+        "'local' for one single-threaded worker process per CPU; same output as without "
+        "(with --threads 1); needs leanfit[distributed]",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -120,14 +127,19 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise bad_value("--threads", args.threads, "an int >= 1")
         torch.set_num_threads(args.threads)
-    report = quantize_checkpoint(
-        resolve_model(args.model),
-        args.out,
-        config,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        export_dequantized=args.export_dequantized,
-    )
+    options = {
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+        "export_dequantized": args.export_dequantized,
+    }
+    if args.scheduler:
+        from leanfit.quantization.distributed import quantize_checkpoint_distributed
+
+        report = quantize_checkpoint_distributed(
+            resolve_model(args.model), args.out, config, client=args.scheduler, **options
+        )
+    else:
+        report = quantize_checkpoint(resolve_model(args.model), args.out, config, **options)
     totals = report.summary()
     print(
         f"{totals['matrices']} matrices, {totals['bits_per_param']:.3f} bits/param stored: "

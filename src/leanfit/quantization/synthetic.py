@@ -104,7 +104,9 @@ class SyntheticLlama:
 
     def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Every tensor in model order: embeddings, the blocks, final norm, LM head."""
-        shapes = [("model.embed_tokens.weight", (self.vocab_size, self.hidden_size))]
+        shapes: list[tuple[str, tuple[int, ...]]] = [
+            ("model.embed_tokens.weight", (self.vocab_size, self.hidden_size))
+        ]
         for index in range(self.num_layers):
             shapes += self.layer_shapes(index)
         shapes += [
