@@ -6,6 +6,8 @@ Scripts run as files (``python benchmarks/NAME.py``), so they import this module
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,3 +57,34 @@ def write_results(out: Path, name: str, *, quick: bool, meta: dict, records: lis
     with atomic_output(out / f"{name}.md", overwrite=True) as tmp:
         tmp.write_text(markdown)
     print(f"wrote {out / name}.json and .md")
+
+
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (e.g. ``RssAnon``, ``VmHWM``); Linux only."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
+class PeakSampler:
+    """Peak of RssAnon (kB) sampled every millisecond in a background thread."""
+
+    def __init__(self) -> None:
+        self.peak = status_kb("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, status_kb("RssAnon"))
+            time.sleep(0.001)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, status_kb("RssAnon"))

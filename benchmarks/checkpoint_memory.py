@@ -26,42 +26,13 @@ import math
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from _common import PeakSampler, status_kb
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 2**20
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
-
-
-class PeakSampler:
-    """Peak of RssAnon (kB) sampled every millisecond in a background thread."""
-
-    def __init__(self) -> None:
-        self.peak = _status_kb("RssAnon")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _status_kb("RssAnon"))
-            time.sleep(0.001)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _status_kb("RssAnon"))
 
 
 def measure(method: str, path: Path) -> dict:
@@ -73,13 +44,13 @@ def measure(method: str, path: Path) -> dict:
 
     from leanfit.quantization.checkpoint import open_checkpoint
 
-    base_anon, base_hwm = _status_kb("RssAnon"), _status_kb("VmHWM")
+    base_anon, base_hwm = status_kb("RssAnon"), status_kb("VmHWM")
     start = time.perf_counter()
     opened = None
     with PeakSampler() as sampler:
         if method == "streaming":
             with open_checkpoint(path) as checkpoint:
-                opened = round((_status_kb("RssAnon") - base_anon) / 1024, 1)
+                opened = round((status_kb("RssAnon") - base_anon) / 1024, 1)
                 for name in checkpoint.names():
                     checkpoint.read(name).sum()  # materialize, use, drop
         else:
@@ -97,7 +68,7 @@ def measure(method: str, path: Path) -> dict:
         "checkpoint": path.name if path.suffix == ".gguf" else "synthetic llama, bf16 shards",
         "open_anon_mb": opened,
         "peak_anon_mb": round((sampler.peak - base_anon) / 1024, 1),
-        "peak_rss_mb": round((_status_kb("VmHWM") - base_hwm) / 1024, 1),
+        "peak_rss_mb": round((status_kb("VmHWM") - base_hwm) / 1024, 1),
         "largest_tensor_mb": round(max(sizes) / MB, 1),
         "model_fp32_mb": round(sum(sizes) / MB, 1),
         "seconds": round(seconds, 1),

@@ -110,6 +110,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="torch CPU threads (default: torch's choice); 1 is often fastest on a busy machine",
     )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="quantize the layers on Dask workers: a scheduler address (tcp://host:8786), or "
+        "'local' for one single-threaded worker process per CPU; same output as without "
+        "(with --threads 1); needs leanfit[distributed]",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -125,7 +132,7 @@ def resolve_model(model: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from leanfit.exceptions import bad_value
+    from leanfit.exceptions import BadInputError, bad_value
     from leanfit.quantization.apply import LoftQConfig, quantize_checkpoint
     from leanfit.quantization.memory import parse_size
 
@@ -151,19 +158,31 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise bad_value("--threads", args.threads, "an int >= 1")
         torch.set_num_threads(args.threads)
-    report = quantize_checkpoint(
-        resolve_model(args.model),
-        args.out,
-        config,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        export_dequantized=args.export_dequantized,
-        max_shard_bytes=parse_size(args.max_shard_size, "--max-shard-size"),
-        resume=args.resume,
-        max_memory_bytes=None
-        if args.max_memory is None
-        else parse_size(args.max_memory, "--max-memory"),
-    )
+    options = {
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+        "export_dequantized": args.export_dequantized,
+        "max_shard_bytes": parse_size(args.max_shard_size, "--max-shard-size"),
+        "resume": args.resume,
+    }
+    if args.scheduler:
+        from leanfit.quantization.distributed import quantize_checkpoint_distributed
+
+        if args.max_memory is not None:
+            raise BadInputError(
+                "--max-memory bounds one process; it cannot be combined with --scheduler "
+                "(give the Dask workers a memory limit instead)"
+            )
+        report = quantize_checkpoint_distributed(
+            resolve_model(args.model), args.out, config, client=args.scheduler, **options
+        )
+    else:
+        max_memory = (
+            None if args.max_memory is None else parse_size(args.max_memory, "--max-memory")
+        )
+        report = quantize_checkpoint(
+            resolve_model(args.model), args.out, config, max_memory_bytes=max_memory, **options
+        )
     totals = report.summary()
     print(
         f"{totals['matrices']} matrices, {totals['bits_per_param']:.3f} bits/param stored: "

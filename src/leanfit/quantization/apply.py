@@ -29,7 +29,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -50,7 +50,7 @@ from leanfit.quantization.memory import (
     estimate_memory,
     format_size,
 )
-from leanfit.quantization.quantizers import check_quantization_args
+from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args
 from leanfit.quantization.targets import (
     Target,
     matrix_view,
@@ -567,6 +567,72 @@ def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
     return report
 
 
+@dataclass(frozen=True)
+class TargetJob:
+    """One target to quantize: its position in the model's target list (it is seeded with
+    ``config.seed + index``, whoever computes it) and its bits."""
+
+    index: int
+    target: Target
+    bits: int
+
+
+@dataclass
+class QuantizedTarget:
+    """What quantizing one target gives: packed Q, PEFT's ``lora_A`` (r × n_in) and
+    ``lora_B`` (n_out × r), and the report line."""
+
+    target: Target
+    quantized: QuantizedTensor
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    report: MatrixReport
+
+
+TargetComputer = Callable[[TensorSource, list[TargetJob], LoftQConfig], Iterator[QuantizedTarget]]
+"""Computes the jobs and yields their results in the jobs' order (:func:`compute_locally`, or
+Dask workers: :mod:`leanfit.quantization.distributed`)."""
+
+
+def quantize_target(
+    tensor: torch.Tensor, job: TargetJob, config: LoftQConfig, started: float | None = None
+) -> QuantizedTarget:
+    """LoftQ of one target tensor (as read), seeded with ``config.seed + job.index``.
+
+    ``started`` is the ``time.perf_counter()`` from which the report's seconds count (default:
+    now).
+    """
+    tic = time.perf_counter() if started is None else started
+    target = job.target
+    matrix = matrix_view(tensor, target)
+    result = _decompose(matrix, job.bits, config, config.seed + job.index, target.name)
+    lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
+    report = MatrixReport(
+        name=target.name,
+        kind=target.kind + (" (transposed)" if target.transposed else ""),
+        shape=target.shape,
+        matrix_shape=target.matrix_shape,
+        bits=job.bits,
+        qlora_error=result.qlora_error,
+        errors=list(result.errors),
+        best_iter=result.best_iter,
+        error=result.error,
+        weight_norm=float(torch.linalg.norm(matrix)),
+        bits_per_param=result.quantized.bits_per_param,
+        seconds=time.perf_counter() - tic,
+    )
+    return QuantizedTarget(target, result.quantized, lora_a, lora_b, report)
+
+
+def compute_locally(
+    source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
+) -> Iterator[QuantizedTarget]:
+    """Read and quantize the targets one at a time, when the walker asks for the next one."""
+    for job in jobs:
+        tic = time.perf_counter()
+        yield quantize_target(source.read(job.target.name), job, config, tic)
+
+
 def walk(
     source: TensorSource,
     out_dir: str | Path,
@@ -579,10 +645,12 @@ def walk(
     source_label: str = "",
     resume: bool = False,
     max_memory_bytes: int | None = None,
+    compute: TargetComputer = compute_locally,
 ) -> LoftQReport:
     """Quantize every target of ``source`` into an artifact directory (the shared walker).
 
-    See :func:`quantize_checkpoint` for the parameters and the output.
+    See :func:`quantize_checkpoint` for the parameters and the output. The tensors are
+    written in ``source.names()`` order; ``compute`` gives the quantized targets in that order.
     """
     from leanfit.quantization.artifacts import ArtifactWriter
     from leanfit.quantization.resume import source_fingerprint, unfinished_run
@@ -625,7 +693,8 @@ def walk(
             export_dequantized=export_dequantized,
             baseline=memory.anon,
         ).check(budget)
-    by_name = {t.name: (i, t) for i, t in enumerate(targets)}
+    jobs = [TargetJob(i, t, plan[t.name]) for i, t in enumerate(targets)]
+    target_names = {t.name for t in targets}
     report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
     report.allocation = allocation
     identity = {"source": source_fingerprint(source), "tensors": len(names)}
@@ -644,45 +713,32 @@ def walk(
         ) as writer,
         tqdm(total=len(names), unit="tensor", desc="LoftQ", disable=not progress) as bar,
     ):
+        position = {name: index for index, name in enumerate(names)}
+        pending = [job for job in jobs if writer.needs(position[job.target.name])]
+        computed = compute(source, pending, config)
         for index, name in enumerate(names):
             if not writer.needs(index):
                 bar.update()
                 continue
             bar.set_postfix_str(name, refresh=False)
-            tic = time.perf_counter()
-            tensor = source.read(name)
-            if name not in by_name:
+            if name not in target_names:
+                tensor = source.read(name)
                 size = {"params": tensor.numel(), "bytes": tensor.numel() * tensor.element_size()}
                 writer.add_tensor(index, name, tensor, {"name": name, **size})
+                del tensor
             else:
-                number, target = by_name[name]
-                matrix = matrix_view(tensor, target)
-                result = _decompose(matrix, plan[name], config, config.seed + number, name)
-                lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
-                row = MatrixReport(
-                    name=name,
-                    kind=target.kind + (" (transposed)" if target.transposed else ""),
-                    shape=target.shape,
-                    matrix_shape=target.matrix_shape,
-                    bits=plan[name],
-                    qlora_error=result.qlora_error,
-                    errors=list(result.errors),
-                    best_iter=result.best_iter,
-                    error=result.error,
-                    weight_norm=float(torch.linalg.norm(matrix)),
-                    bits_per_param=result.quantized.bits_per_param,
-                    seconds=time.perf_counter() - tic,
-                )
+                item = next(computed)
                 record = {
                     "name": name,
-                    "params": result.quantized.numel,
-                    "bytes": result.quantized.nbytes,
-                    "adapter_params": lora_a.numel() + lora_b.numel(),
-                    "matrix": asdict(row),
+                    "params": item.quantized.numel,
+                    "bytes": item.quantized.nbytes,
+                    "adapter_params": item.lora_a.numel() + item.lora_b.numel(),
+                    "matrix": asdict(item.report),
                 }
-                writer.add_target(index, target, result.quantized, lora_a, lora_b, record)
-                del matrix, result, lora_a, lora_b
-            del tensor
+                writer.add_target(
+                    index, item.target, item.quantized, item.lora_a, item.lora_b, record
+                )
+                del item
             _release_freed_memory()
             bar.update()
             memory.sample()

@@ -279,6 +279,7 @@ class SafetensorsCheckpoint(Checkpoint):
         config = _load_config(directory, directory / "config.json")
         super().__init__(directory, config)
         self._handles: dict[str, Any] = {}
+        self._files: dict[str, Path] = {}
         for file in files:
             try:
                 handle = safe_open(file, framework="pt")
@@ -290,6 +291,7 @@ class SafetensorsCheckpoint(Checkpoint):
                         f"tensor {name!r} is stored twice in {str(directory)!r}"
                     )
                 self._handles[name] = handle
+                self._files[name] = file
         if listed is not None and listed != set(self._handles):
             extra, absent = sorted(listed - set(self._handles)), sorted(set(self._handles) - listed)
             raise CorruptArtifactError(
@@ -325,10 +327,12 @@ class SafetensorsCheckpoint(Checkpoint):
         return tuple(self._handles[name].get_slice(name).get_shape())
 
     def _read(self, name: str) -> torch.Tensor:
-        # get_tensor gives a view on the file's copy-on-write map, shared by every read of
-        # the same name: an in-place change would show in the next read. Copy it.
+        # get_tensor gives a view on the file's memory map: copy it (below). The map is opened
+        # for this read and unmapped on return: the pages read through a long-lived map stayed
+        # in the resident set, which then grew to the size of the checkpoint.
         try:
-            tensor = self._handles[name].get_tensor(name)
+            with safe_open(self._files[name], framework="pt") as handle:
+                tensor = handle.get_tensor(name)
         except (SafetensorError, RuntimeError, ValueError, OSError) as err:
             raise CorruptArtifactError(
                 f"tensor {name!r} of {str(self.path)!r} cannot be read: {err}"
