@@ -104,6 +104,17 @@ class LoftQConfig:
     init : {"loftq", "qlora"}
         ``"loftq"``: Q and the factors by LoftQ; ``"qlora"``: Q = quantize(W), ``lora_B = 0``
         and ``lora_A`` PEFT's default random init (LoRA starts exactly from Q).
+    calibration : str, optional
+        Calibrated LoftQ: ``"pride_and_prejudice"`` or a UTF-8 text file. Its text (the part
+        before the held-out 10 %, :func:`leanfit.quantization.calibration.calibration_texts`)
+        runs through the model block by block, and each low-rank step minimizes the error of
+        the layer's outputs on it, ``‖X (W − Q − A Bᵀ)ᵀ‖_F``, instead of the weight error
+        (:mod:`leanfit.quantization.whitening`). Model types:
+        :data:`leanfit.quantization.calibration.SUPPORTED_MODEL_TYPES`; needs ``init="loftq"``.
+    calib_tokens : int
+        Calibration tokens (>= 2), in sequences of up to 256.
+    calib_damp : float
+        Damping of the Gram matrices: ``λ = calib_damp · mean(diag G)`` (> 0).
     """
 
     bits: int = 2
@@ -121,6 +132,9 @@ class LoftQConfig:
     include_conv: bool = False
     seed: int = 0
     init: str = "loftq"
+    calibration: str | None = None
+    calib_tokens: int = 2048
+    calib_damp: float = 0.01
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -144,6 +158,7 @@ class LoftQConfig:
         if not _is_int(self.seed) or self.seed < 0:
             raise bad_value("seed", self.seed, "an int >= 0")
         self._check_mixed_plan()
+        self._check_calibration()
         if self.targets is not None:
             if isinstance(self.targets, str) or not all(
                 isinstance(p, str) and p for p in self.targets
@@ -152,6 +167,24 @@ class LoftQConfig:
             if not self.targets:
                 raise bad_value("targets", self.targets, "a non-empty list of patterns, or None")
             object.__setattr__(self, "targets", tuple(self.targets))
+
+    def _check_calibration(self) -> None:
+        if self.calibration is not None:
+            if not isinstance(self.calibration, str) or not self.calibration:
+                raise bad_value(
+                    "calibration",
+                    self.calibration,
+                    "'pride_and_prejudice', a text file path, or None",
+                )
+            if self.init != "loftq":
+                raise BadInputError(
+                    "calibration fits the LoftQ factors; it needs init='loftq', got "
+                    f"init={self.init!r}"
+                )
+        if not _is_int(self.calib_tokens) or self.calib_tokens < 2:
+            raise bad_value("calib_tokens", self.calib_tokens, "an int >= 2")
+        if not _is_number(self.calib_damp) or self.calib_damp <= 0:
+            raise bad_value("calib_damp", self.calib_damp, "a finite number > 0")
 
     def _check_mixed_plan(self) -> None:
         if self.avg_bits is None and self.first_high_layers is None:
@@ -455,7 +488,12 @@ def _check_rank(targets: list[Target], rank: int) -> None:
 
 
 def _decompose(
-    matrix: torch.Tensor, bits: int, config: LoftQConfig, seed: int, name: str
+    matrix: torch.Tensor,
+    bits: int,
+    config: LoftQConfig,
+    seed: int,
+    name: str,
+    gram: torch.Tensor | None = None,
 ) -> LoftQResult:
     return loftq_decompose(
         matrix,
@@ -469,7 +507,24 @@ def _decompose(
         double_quant=config.double_quant,
         seed=seed,
         name=name,
+        gram=gram,
+        damp=config.calib_damp,
     )
+
+
+def _calibrator(source: TensorSource, targets: list[Target], config: LoftQConfig) -> Any:
+    """A :class:`~leanfit.quantization.calibration.BlockCalibrator`, or None without
+    calibration."""
+    if config.calibration is None:
+        return None
+    from leanfit.quantization import calibration
+
+    calibration.check_calibratable(source.model_type, targets)
+    texts = calibration.calibration_texts(config.calibration)
+    tokens = calibration.calibration_tokens(
+        texts, calibration.source_tokenizer(source), config.calib_tokens
+    )
+    return calibration.BlockCalibrator(source, targets, tokens)
 
 
 def walk(
@@ -504,6 +559,9 @@ def walk(
         first_high_layers=config.first_high_layers,
     )
     _check_rank(targets, config.rank)
+    calibrator = _calibrator(source, targets, config)
+    if calibrator is not None:
+        names = calibrator.order(names)
     by_name = {t.name: (i, t) for i, t in enumerate(targets)}
     report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
     start = time.perf_counter()
@@ -530,7 +588,10 @@ def walk(
             else:
                 index, target = by_name[name]
                 matrix = matrix_view(tensor, target)
-                result = _decompose(matrix, plan[name], config, config.seed + index, name)
+                gram = None if calibrator is None else calibrator.gram(target)
+                result = _decompose(matrix, plan[name], config, config.seed + index, name, gram)
+                if calibrator is not None:
+                    calibrator.record(target, result.effective_weight())
                 lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
                 writer.add_target(target, result.quantized, lora_a, lora_b)
                 report.quantized_params += result.quantized.numel
@@ -552,7 +613,7 @@ def walk(
                         seconds=time.perf_counter() - tic,
                     )
                 )
-                del matrix, result, lora_a, lora_b
+                del matrix, result, lora_a, lora_b, gram
             del tensor
             _release_freed_memory()
             bar.update()
