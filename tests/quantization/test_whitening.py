@@ -93,6 +93,7 @@ def test_a_zero_gram_falls_back_to_the_plain_fit():
         (torch.eye(3), 0.0, "damp must be a finite number > 0; got 0.0"),
         (torch.full((3, 3), float("nan")), 0.01, "gram must be finite"),
         (-torch.eye(3), 0.01, "positive semi-definite"),
+        (torch.tensor([[1.0, 2.0], [2.0, 1.0]]), 0.01, "positive semi-definite.*Cholesky"),
     ],
 )
 def test_bad_grams_are_refused(gram, damp, message):

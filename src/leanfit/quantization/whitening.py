@@ -15,11 +15,11 @@ truncated SVD of ``E S``::
     L = U_r diag(√σ_r),  R = diag(√σ_r) V_rᵀ S⁻¹,
     ‖X (E − L R)ᵀ‖_F = sqrt(Σ_{i>r} σ_i²).
 
-``S`` comes from the eigendecomposition of the damped Gram ``G + λ I = U Λ Uᵀ``,
-``S = U Λ^{1/2}``, ``S⁻¹ = Λ^{-1/2} Uᵀ``, with ``λ = damp · mean(diag G)``: a Gram of fewer
-tokens than inputs is singular, and directions the calibration never excites would get an
-unbounded update; damping adds ``λ ‖E − L R‖_F²`` to the objective, which keeps them small.
-For ``G = c I`` the fit is the plain truncated SVD of E.
+``S`` is the Cholesky factor of the damped Gram, ``G + λ I = S Sᵀ`` (S lower triangular),
+with ``λ = damp · mean(diag G)``: a Gram of fewer tokens than inputs is singular, and
+directions the calibration never excites would get an unbounded update; damping adds
+``λ ‖E − L R‖_F²`` to the objective, which keeps them small. Any factor ``S Q`` (Q orthogonal)
+gives the same ``L R``. For ``G = c I`` the fit is the plain truncated SVD of E.
 """
 
 from __future__ import annotations
@@ -71,8 +71,13 @@ def whiten(gram: Tensor, damp: float = DEFAULT_DAMP, *, name: str = "gram") -> W
     Returns
     -------
     Whitening
-        ``S = U Λ^{1/2}``, ``S⁻¹ = Λ^{-1/2} Uᵀ`` from ``G + λI = U Λ Uᵀ`` (eigenvalues
-        clamped at λ against rounding).
+        S: the Cholesky factor of ``G + λI`` (factorized in float64), and its inverse.
+
+    Raises
+    ------
+    BadInputError
+        G is not square, not finite, or not positive semi-definite (``G + λI`` has no
+        Cholesky factor: G has an eigenvalue below −λ, which no Gram matrix has).
     """
     if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise bad_value(name, getattr(gram, "shape", type(gram)), "a square (in × in) tensor")
@@ -86,10 +91,15 @@ def whiten(gram: Tensor, damp: float = DEFAULT_DAMP, *, name: str = "gram") -> W
     if mean_diag < 0:
         raise BadInputError(f"{name} must be positive semi-definite; its mean diagonal is < 0")
     damping = damp * mean_diag if mean_diag > 0 else float(damp)
-    values, vectors = torch.linalg.eigh(g + damping * torch.eye(len(g), dtype=g.dtype))
-    root_values = values.clamp(min=damping).sqrt()
-    root = vectors * root_values
-    inverse = vectors.T / root_values[:, None]
+    damped = g + damping * torch.eye(len(g), dtype=g.dtype)
+    root, info = torch.linalg.cholesky_ex(damped)
+    if int(info) != 0:
+        raise BadInputError(
+            f"{name} must be positive semi-definite (a Gram matrix XᵀX); G + λI with "
+            f"λ = {damping:.3g} has no Cholesky factor"
+        )
+    identity = torch.eye(len(g), dtype=g.dtype)
+    inverse = torch.linalg.solve_triangular(root, identity, upper=False)
     return Whitening(root.float(), inverse.float(), damping)
 
 
