@@ -189,6 +189,10 @@ def test_calibrated_quantization_end_to_end_on_a_tiny_llama(tmp_path, smollm2_to
     for matrix in report.matrices:  # output errors: each LoftQ iterate improves on Q alone
         assert matrix.error < matrix.qlora_error
     assert LoftQConfig.load(tmp_path / "out" / "loftq_config.json") == config
+    assert (
+        "relative output errors on the calibration"
+        in (tmp_path / "out" / "loftq_report.md").read_text()
+    )
     model = load(tmp_path / "out")
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits

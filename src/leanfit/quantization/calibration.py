@@ -234,10 +234,6 @@ class BlockCalibrator:
         self.built: list[weakref.ref[nn.Module]] = []
         """Weak references to every block built (one live at a time, at most)."""
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self._hidden.shape[0] * self._hidden.shape[1])
-
     def order(self, names: Sequence[str]) -> list[str]:
         """``names`` with the targets moved after the other tensors, block by block."""
         block_of = {t.name: i for i, ts in self._by_block.items() for t in ts}
