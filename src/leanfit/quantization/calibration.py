@@ -44,8 +44,8 @@ BUILTIN_TEXTS = ("pride_and_prejudice",)
 """Built-in calibration texts (:func:`leanfit.datasets.load_text`)."""
 
 SUPPORTED_MODEL_TYPES = ("llama",)
-"""Model types whose blocks :class:`BlockCalibrator` can run one at a time (llama: SmolLM2,
-Llama 2/3 and other ``LlamaForCausalLM`` checkpoints)."""
+"""Model types whose blocks :class:`BlockCalibrator` can run one at a time (transformers'
+``LlamaDecoderLayer``; tested on SmolLM2 and tiny random llamas)."""
 
 SEQUENCE_LENGTH = 256
 """Tokens per calibration sequence (fewer when ``calib_tokens`` is smaller)."""
