@@ -163,8 +163,14 @@ def markdown(records: list[dict], meta: dict) -> str:
             "Error at init: total relative error over the quantized matrices — of the weights "
             "for QLoRA and LoftQ, of the layer outputs on the calibration tokens for calibrated "
             "LoftQ (the quantity each minimizes; the two are not comparable). "
-            "'not run (time)': the configuration was quantized and evaluated at "
-            "initialization but not fine-tuned within the time budget.",
+            + (
+                "'not run (time)': the configuration was quantized and evaluated at "
+                "initialization but not fine-tuned within the time budget. "
+                if any("ppl_finetuned" not in r for r in records)
+                else ""
+            )
+            + "Quantize (s): wall clock on a shared CPU whose load varied during the run (rows "
+            "are not comparable to the second).",
             "",
             *summary,
             "",
@@ -174,6 +180,12 @@ def markdown(records: list[dict], meta: dict) -> str:
             "",
         ]
     )
+
+
+def rerender(path: Path) -> None:
+    """Rewrite the markdown next to a results JSON (after a change of presentation)."""
+    saved = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(markdown(saved["records"], saved["meta"]))
 
 
 def calibration_chapters(tokenizer, n_tokens: int) -> str:
