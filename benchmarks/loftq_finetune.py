@@ -97,7 +97,23 @@ def run_method(
     ppl: dict | None,
 ) -> dict:
     directory = quantized_dir(source, method, root)
-    init = METHODS[method][1]
+    return run_directory(directory, method, METHODS[method][1], task, spec, config, root, ppl)
+
+
+def run_directory(
+    directory: Path,
+    method: str,
+    init: str,
+    task: str,
+    spec: DataSpec,
+    config: FinetuneConfig,
+    root: Path,
+    ppl: dict | None,
+    *,
+    fine_tune: bool = True,
+) -> dict:
+    """Held-out quality of the quantized ``directory`` with ``init``: perplexity at
+    initialization (causal LM), then, with ``fine_tune``, after fine-tuning with ``config``."""
     tokenizer = tokenizer_of(directory)
     train, held = prepare_data(spec, task, tokenizer, max_length=config.max_length)
     labels = getattr(train, "label_names", ())
@@ -109,6 +125,9 @@ def run_method(
         record["ppl_init"] = perplexity(
             model, stream, max_length=ppl["window"], stride=ppl["stride"]
         )
+    if not fine_tune:
+        record["seconds"] = time.perf_counter() - tic
+        return record
     # causal LM: the sliding-window perplexity below is the held-out measure, no eval in the loop
     evaluation = held if ppl is None else None
     result = finetune(
@@ -266,6 +285,33 @@ def sweep(args: argparse.Namespace) -> None:
     print(text)
 
 
+def smollm2_setup(
+    *, quick: bool, steps: int = 8, lr: float = 1e-3
+) -> tuple[dict, FinetuneConfig, dict]:
+    """The SmolLM2 experiment's settings: (as a dict, the fine-tuning config, the perplexity
+    settings ``tokens``, ``window``, ``stride``)."""
+    lm = {
+        "steps": 2 if quick else steps,
+        "batch_size": 4,
+        "block": 128,
+        "lr": lr,
+        "warmup": 0 if quick else 1,
+        "window": 256,
+        "stride": 128,
+        "tokens": 384 if quick else 768,
+    }
+    config = FinetuneConfig(
+        task="causal-lm",
+        steps=lm["steps"],
+        batch_size=lm["batch_size"],
+        learning_rate=lm["lr"],
+        warmup_steps=lm["warmup"],
+        max_length=lm["block"],
+        device="cpu",
+    )
+    return lm, config, {key: lm[key] for key in ("tokens", "window", "stride")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 methods, a few steps")
@@ -282,16 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    lm = {
-        "steps": 2 if args.quick else args.steps,
-        "batch_size": 4,
-        "block": 128,
-        "lr": args.lr,
-        "warmup": 0 if args.quick else 1,
-        "window": 256,
-        "stride": 128,
-        "tokens": 384 if args.quick else 768,
-    }
+    lm, lm_config, ppl = smollm2_setup(quick=args.quick, steps=args.steps, lr=args.lr)
     cls = {
         "steps": 3 if args.quick else 40,
         "batch_size": 16,
@@ -300,15 +337,6 @@ def main(argv: list[str] | None = None) -> None:
         "train": 64 if args.quick else 512,
         "held": 64 if args.quick else 512,
     }
-    lm_config = FinetuneConfig(
-        task="causal-lm",
-        steps=lm["steps"],
-        batch_size=lm["batch_size"],
-        learning_rate=lm["lr"],
-        warmup_steps=lm["warmup"],
-        max_length=lm["block"],
-        device="cpu",
-    )
     cls_config = FinetuneConfig(
         task="classification",
         steps=cls["steps"],
@@ -317,7 +345,6 @@ def main(argv: list[str] | None = None) -> None:
         max_length=cls["max_length"],
         device="cpu",
     )
-    ppl = {key: lm[key] for key in ("tokens", "window", "stride")}
     with tempfile.TemporaryDirectory(prefix="loftq-finetune-") as tmp:
         root = Path(tmp)
         minilm = [

@@ -1136,6 +1136,36 @@ CLI_CASES = [
         quantize_cli(tiny_model, "--bits-budget", "2.4"),
     ),
     CliCase(
+        "cli-quantize-calib-tokens",
+        "--calibration pride_and_prejudice --calib-tokens 0",
+        r"calib_tokens must be an int >= 2; got 0",
+        quantize_cli(tiny_model, "--calibration", "pride_and_prejudice", "--calib-tokens", "0"),
+    ),
+    CliCase(
+        "cli-quantize-calibration-missing",
+        "--calibration naming a file that does not exist",
+        r"calibration must be one of \['pride_and_prejudice'\] or an existing text file",
+        lambda t: [*quantize_cli(tiny_model)(t), "--calibration", str(t / "absent.txt")],
+    ),
+    CliCase(
+        "cli-quantize-calibration-model",
+        "--calibration for a model type not run block by block (qwen2)",
+        r"implemented for model types \['llama'\] \(e\.g\. SmolLM2\); got 'qwen2'",
+        quantize_cli(lambda t: st_dir_of_type(t, "qwen2"), "--calibration", "pride_and_prejudice"),
+    ),
+    CliCase(
+        "cli-quantize-calibration-resume",
+        "--calibration with --resume (later blocks need the whole run's quantized activations)",
+        r"--resume is not supported with calibration",
+        quantize_cli(tiny_model, "--calibration", "pride_and_prejudice", "--resume"),
+    ),
+    CliCase(
+        "cli-quantize-scheduler-memory",
+        "--max-memory with --scheduler (the budget bounds one process)",
+        r"--max-memory bounds one process; it cannot be combined with --scheduler",
+        quantize_cli(tiny_model, "--scheduler", "local", "--max-memory", "4GB"),
+    ),
+    CliCase(
         "cli-quantize-unknown-type",
         "a model type with no default targets, no --target",
         r"model_type must be one of .* got 'olmo'.*--target",

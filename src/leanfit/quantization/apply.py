@@ -118,6 +118,17 @@ class LoftQConfig:
     init : {"loftq", "qlora"}
         ``"loftq"``: Q and the factors by LoftQ; ``"qlora"``: Q = quantize(W), ``lora_B = 0``
         and ``lora_A`` PEFT's default random init (LoRA starts exactly from Q).
+    calibration : str, optional
+        Calibrated LoftQ: ``"pride_and_prejudice"`` or a UTF-8 text file. Its text (the part
+        before the held-out 10 %, :func:`leanfit.quantization.calibration.calibration_texts`)
+        runs through the model block by block, and each low-rank step minimizes the error of
+        the layer's outputs on it, ``‖X (W − Q − A Bᵀ)ᵀ‖_F``, instead of the weight error
+        (:mod:`leanfit.quantization.whitening`). Model types:
+        :data:`leanfit.quantization.calibration.SUPPORTED_MODEL_TYPES`; needs ``init="loftq"``.
+    calib_tokens : int
+        Calibration tokens (>= 2), in sequences of up to 256.
+    calib_damp : float
+        Damping of the Gram matrices: ``λ = calib_damp · mean(diag G)`` (> 0).
     """
 
     bits: int = 2
@@ -136,6 +147,9 @@ class LoftQConfig:
     include_conv: bool = False
     seed: int = 0
     init: str = "loftq"
+    calibration: str | None = None
+    calib_tokens: int = 2048
+    calib_damp: float = 0.01
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -159,6 +173,7 @@ class LoftQConfig:
         if not _is_int(self.seed) or self.seed < 0:
             raise bad_value("seed", self.seed, "an int >= 0")
         self._check_mixed_plan()
+        self._check_calibration()
         if self.targets is not None:
             if isinstance(self.targets, str) or not all(
                 isinstance(p, str) and p for p in self.targets
@@ -167,6 +182,24 @@ class LoftQConfig:
             if not self.targets:
                 raise bad_value("targets", self.targets, "a non-empty list of patterns, or None")
             object.__setattr__(self, "targets", tuple(self.targets))
+
+    def _check_calibration(self) -> None:
+        if self.calibration is not None:
+            if not isinstance(self.calibration, str) or not self.calibration:
+                raise bad_value(
+                    "calibration",
+                    self.calibration,
+                    "'pride_and_prejudice', a text file path, or None",
+                )
+            if self.init != "loftq":
+                raise BadInputError(
+                    "calibration fits the LoftQ factors; it needs init='loftq', got "
+                    f"init={self.init!r}"
+                )
+        if not _is_int(self.calib_tokens) or self.calib_tokens < 2:
+            raise bad_value("calib_tokens", self.calib_tokens, "an int >= 2")
+        if not _is_number(self.calib_damp) or self.calib_damp <= 0:
+            raise bad_value("calib_damp", self.calib_damp, "a finite number > 0")
 
     def _check_mixed_plan(self) -> None:
         if self.bits_budget is not None:
@@ -521,7 +554,12 @@ def _check_rank(targets: list[Target], rank: int) -> None:
 
 
 def _decompose(
-    matrix: torch.Tensor, bits: int, config: LoftQConfig, seed: int, name: str
+    matrix: torch.Tensor,
+    bits: int,
+    config: LoftQConfig,
+    seed: int,
+    name: str,
+    gram: torch.Tensor | None = None,
 ) -> LoftQResult:
     return loftq_decompose(
         matrix,
@@ -535,6 +573,8 @@ def _decompose(
         double_quant=config.double_quant,
         seed=seed,
         name=name,
+        gram=gram,
+        damp=config.calib_damp,
     )
 
 
@@ -602,10 +642,21 @@ def quantize_target(
     ``started`` is the ``time.perf_counter()`` from which the report's seconds count (default:
     now).
     """
+    return _quantize_target(tensor, job, config, started)[0]
+
+
+def _quantize_target(
+    tensor: torch.Tensor,
+    job: TargetJob,
+    config: LoftQConfig,
+    started: float | None = None,
+    gram: torch.Tensor | None = None,
+) -> tuple[QuantizedTarget, LoftQResult]:
+    """:func:`quantize_target`, optionally fitted to a calibration Gram; also the raw result."""
     tic = time.perf_counter() if started is None else started
     target = job.target
     matrix = matrix_view(tensor, target)
-    result = _decompose(matrix, job.bits, config, config.seed + job.index, target.name)
+    result = _decompose(matrix, job.bits, config, config.seed + job.index, target.name, gram)
     lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
     report = MatrixReport(
         name=target.name,
@@ -621,7 +672,7 @@ def quantize_target(
         bits_per_param=result.quantized.bits_per_param,
         seconds=time.perf_counter() - tic,
     )
-    return QuantizedTarget(target, result.quantized, lora_a, lora_b, report)
+    return QuantizedTarget(target, result.quantized, lora_a, lora_b, report), result
 
 
 def compute_locally(
@@ -631,6 +682,42 @@ def compute_locally(
     for job in jobs:
         tic = time.perf_counter()
         yield quantize_target(source.read(job.target.name), job, config, tic)
+
+
+def compute_calibrated(calibrator: Any) -> TargetComputer:
+    """A :data:`TargetComputer` for calibrated LoftQ: the targets in order, block by block,
+    each fitted to its input Gram from ``calibrator``
+    (:class:`~leanfit.quantization.calibration.BlockCalibrator`), which then records its
+    ``Q + s·B·A`` so that the next blocks see the quantized model's activations."""
+
+    def compute(
+        source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
+    ) -> Iterator[QuantizedTarget]:
+        for job in jobs:
+            tic = time.perf_counter()
+            tensor = source.read(job.target.name)
+            gram = calibrator.gram(job.target)
+            item, result = _quantize_target(tensor, job, config, tic, gram)
+            calibrator.record(job.target, result.effective_weight())
+            del tensor, gram, result
+            yield item
+
+    return compute
+
+
+def _calibrator(source: TensorSource, targets: list[Target], config: LoftQConfig) -> Any:
+    """A :class:`~leanfit.quantization.calibration.BlockCalibrator`, or None without
+    calibration."""
+    if config.calibration is None:
+        return None
+    from leanfit.quantization import calibration
+
+    calibration.check_calibratable(source.model_type, targets)
+    texts = calibration.calibration_texts(config.calibration)
+    tokens = calibration.calibration_tokens(
+        texts, calibration.source_tokenizer(source), config.calib_tokens
+    )
+    return calibration.BlockCalibrator(source, targets, tokens)
 
 
 def walk(
@@ -695,6 +782,19 @@ def walk(
         ).check(budget)
     jobs = [TargetJob(i, t, plan[t.name]) for i, t in enumerate(targets)]
     target_names = {t.name for t in targets}
+    if config.calibration is not None and resume:
+        raise BadInputError(
+            "--resume is not supported with calibration (the blocks after the finished "
+            "ones need the quantized activations of the whole run); rerun without --resume"
+        )
+    if config.calibration is not None and compute is not compute_locally:
+        raise BadInputError(
+            "calibration runs block by block in one process; it cannot be distributed"
+        )
+    calibrator = _calibrator(source, targets, config)
+    if calibrator is not None:
+        names = calibrator.order(names)
+        compute = compute_calibrated(calibrator)
     report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
     report.allocation = allocation
     identity = {"source": source_fingerprint(source), "tensors": len(names)}
@@ -714,7 +814,10 @@ def walk(
         tqdm(total=len(names), unit="tensor", desc="LoftQ", disable=not progress) as bar,
     ):
         position = {name: index for index, name in enumerate(names)}
-        pending = [job for job in jobs if writer.needs(position[job.target.name])]
+        pending = sorted(
+            (job for job in jobs if writer.needs(position[job.target.name])),
+            key=lambda job: position[job.target.name],
+        )
         computed = compute(source, pending, config)
         for index, name in enumerate(names):
             if not writer.needs(index):

@@ -538,8 +538,15 @@ def write_reports(root: Path, report: LoftQReport) -> None:
         )
         + f", block {config.block_size}, rank {config.rank}, alpha {config.alpha:g}, "
         f"T = {config.iters}, {config.svd} SVD, double quant {config.double_quant}.\n\n"
-        "Errors are relative Frobenius errors: QLoRA ‖W − Q‖/‖W‖ with Q = quantize(W), LoftQ "
-        "‖W − Q − (alpha/r)·B·A‖/‖W‖ after each iteration; the kept iterate is the best one. "
+        + (
+            f"Calibrated on {config.calibration!r} ({config.calib_tokens} tokens, damping "
+            f"{config.calib_damp:g}). Errors are relative output errors on the calibration "
+            "tokens X: ‖X (W − Q − (alpha/r)·B·A)ᵀ‖/‖X Wᵀ‖ (Gram damped), QLoRA with B = 0. "
+            if config.calibration
+            else "Errors are relative Frobenius errors: QLoRA ‖W − Q‖/‖W‖ with Q = quantize(W), "
+            "LoftQ ‖W − Q − (alpha/r)·B·A‖/‖W‖ after each iteration. "
+        )
+        + "The kept iterate is the best one. "
         "Totals weigh each matrix by ‖W‖² (the relative error of all targets together). "
         "Bits/param count packed codes and scales. Memory: resident set size of the process "
         "(psutil) at the start of the walk and its peak; anon = RSS minus file-backed pages "

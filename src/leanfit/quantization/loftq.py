@@ -39,6 +39,7 @@ from leanfit.quantization.quantizers import (
     quantize,
     quantize_to_grid,
 )
+from leanfit.quantization.whitening import DEFAULT_DAMP, fit_whitened, output_error, whiten
 
 # Subspace (power) iterations of the randomized SVD, (first LoftQ step, later steps). The first
 # step starts from a Gaussian sketch; every later step starts from the previous step's right
@@ -69,9 +70,11 @@ class LoftQResult:
     errors : list of float
         ``‖W − Q_t − L_t R_t‖_F / ‖W‖_F`` after each iteration t that ran (empty for iters=0),
         computed without another pass over the matrix as
-        ``sqrt(‖W − Q_t‖_F² − ‖L_t R_t‖_F²)`` (see :class:`LowRankFit`).
+        ``sqrt(‖W − Q_t‖_F² − ‖L_t R_t‖_F²)`` (see :class:`LowRankFit`); with a calibration
+        Gram, the relative output error instead (see ``gram``).
     qlora_error : float
-        ``‖W − quantize(W)‖_F / ‖W‖_F``: the starting error of QLoRA (B = 0).
+        ``‖W − quantize(W)‖_F / ‖W‖_F``: the starting error of QLoRA (B = 0); with a Gram,
+        relative output error.
     best_iter : int
         The iteration (1-based) whose Q and factors are kept; 0 for iters=0.
     """
@@ -127,7 +130,8 @@ def fit_low_rank(
 
     ``left = U_r · diag(√S_r)``, ``right = diag(√S_r) · Vh_r``; the error
     ``‖residual − left @ right‖_F`` equals ``sqrt(Σ_{i>r} S_i²)`` for the exact SVD. This is
-    the step a calibrated (whitened) variant would replace.
+    the step the calibrated variant replaces
+    (:func:`~leanfit.quantization.whitening.fit_whitened`).
 
     ``svd="randomized"`` runs ``power_iters + 1`` steps of :func:`subspace_svd` from ``init``
     (in × k), completed by Gaussian columns to ℓ = min(r + OVERSAMPLE, out, in); ``basis``
@@ -203,6 +207,8 @@ def loftq_decompose(
     double_quant: bool = False,
     seed: int = 0,
     name: str = "weight",
+    gram: Tensor | None = None,
+    damp: float = DEFAULT_DAMP,
 ) -> LoftQResult:
     """LoftQ decomposition of one weight matrix: ``W ≈ Q + s · lora_B @ lora_A``.
 
@@ -233,6 +239,14 @@ def loftq_decompose(
         Seeds the randomized SVD and the T = 0 ``lora_A``.
     name : str, default "weight"
         What error messages call the weight (e.g. its checkpoint name).
+    gram : Tensor, optional
+        Calibrated LoftQ: the Gram matrix ``G = XᵀX`` (in × in) of the layer's calibration
+        inputs. Each low-rank step then minimizes the output error ``‖X (W − Q − L R)ᵀ‖_F``
+        (:func:`leanfit.quantization.whitening.fit_whitened`) instead of the weight error,
+        and ``errors``, ``qlora_error`` and the choice of the kept iterate use the relative
+        output error ``‖(W − Q − L R) S‖_F / ‖W S‖_F`` with ``S Sᵀ = G + λI``.
+    damp : float
+        With ``gram``: λ = damp · mean(diag G) (:func:`leanfit.quantization.whitening.whiten`).
 
     Returns
     -------
@@ -256,13 +270,25 @@ def loftq_decompose(
     scaling = alpha / rank
     generator = torch.Generator(device=w.device).manual_seed(seed)
     norm = _frobenius_norm(w, name) or 1.0  # an all-zero W has zero error, not 0/0
+    whitening = None
+    if gram is not None:
+        if not isinstance(gram, Tensor) or tuple(gram.shape) != (in_features, in_features):
+            raise bad_value(
+                "gram", getattr(gram, "shape", type(gram)), f"an (in × in) = {in_features}² tensor"
+            )
+        whitening = whiten(gram.to(w.device), damp, name=f"gram of {name}")
+        norm = output_error(w, whitening) or 1.0
+
+    def measure(error: Tensor) -> float:
+        size = torch.linalg.norm(error) if whitening is None else output_error(error, whitening)
+        return float(size) / norm
 
     def quantized(target: Tensor) -> QuantizedTensor:
         return quantize(target, bits, method, block_size, double_quant)
 
     if iters == 0:
         q = quantized(w)
-        qlora_error = float(torch.linalg.norm(w - q.dequantize())) / norm
+        qlora_error = measure(w - q.dequantize())
         lora_a = _lora_a_init(rank, in_features, generator, w)
         lora_b = w.new_zeros(out_features, rank)
         return LoftQResult(q, lora_a, lora_b, scaling, [], qlora_error, 0)
@@ -287,15 +313,28 @@ def loftq_decompose(
         torch.sub(w, grid.values.view_as(w), out=residual)
         residual_sq = float(torch.linalg.vector_norm(residual)) ** 2
         if step == 1:
-            qlora_error = math.sqrt(residual_sq) / norm
+            qlora_error = math.sqrt(residual_sq) / norm if whitening is None else measure(residual)
             target = torch.empty_like(w)
         power_iters = cold_iters if basis is None else warm_iters
-        fit = fit_low_rank(
-            residual, rank, svd=svd, init=basis, generator=generator, power_iters=power_iters
-        )
+        if whitening is None:
+            fit = fit_low_rank(
+                residual, rank, svd=svd, init=basis, generator=generator, power_iters=power_iters
+            )
+            # ‖W − Q − L R‖² = ‖W − Q‖² − ‖L R‖² (L R projects W − Q orthogonally; LowRankFit)
+            errors.append(math.sqrt(max(residual_sq - fit.captured, 0.0)) / norm)
+        else:
+            left, right, whitened_basis = fit_whitened(
+                residual,
+                whitening,
+                rank,
+                svd=svd,
+                init=basis,
+                generator=generator,
+                power_iters=power_iters,
+            )
+            fit = LowRankFit(left, right, whitened_basis, math.nan)  # captured: weight space only
+            errors.append(measure(torch.addmm(residual, left, right, alpha=-1)))
         basis = fit.basis
-        # ‖W − Q − L R‖² = ‖W − Q‖² − ‖L R‖² (L R projects W − Q orthogonally; see LowRankFit)
-        errors.append(math.sqrt(max(residual_sq - fit.captured, 0.0)) / norm)
         if best is None or errors[-1] < errors[best[0] - 1]:
             spare = None if best is None else best[1]
             best = (step, grid, fit)
