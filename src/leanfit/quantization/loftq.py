@@ -50,7 +50,16 @@ from leanfit.quantization.whitening import DEFAULT_DAMP, fit_whitened, output_er
 # more sensitive to the subspace, so every step runs one extra iteration.
 POWER_ITERS = {2: (2, 0)}
 POWER_ITERS_DEFAULT = (3, 1)
-OVERSAMPLE = 16  # sketch columns beyond r
+
+
+def oversample(rank: int) -> int:
+    """Sketch columns beyond r: 16, and 8 from rank 64 on.
+
+    The Ritz basis has ℓ = r + p columns and every step pays for ℓ × ℓ eigen-decompositions
+    and ℓ-wide passes; at r >= 64 the narrower sketch is ~5 % faster on MiniLM and SmolLM2
+    and raises the total LoftQ error by ~0.1 % (T = 5, 2 and 4 bits).
+    """
+    return 16 if rank < 64 else 8
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,7 @@ def fit_low_rank(
     (:func:`~leanfit.quantization.whitening.fit_whitened`).
 
     ``svd="randomized"`` runs ``power_iters + 1`` steps of :func:`subspace_svd` from ``init``
-    (in × k), completed by Gaussian columns to ℓ = min(r + OVERSAMPLE, out, in); ``basis``
+    (in × k), completed by Gaussian columns to ℓ = min(r + oversample(r), out, in); ``basis``
     returns all ℓ right Ritz vectors (the warm start of the next fit).
     """
     if svd == "exact":
@@ -142,7 +151,7 @@ def fit_low_rank(
         basis = None
     else:
         m, n = residual.shape
-        short = min(rank + OVERSAMPLE, m, n) - (0 if init is None else init.shape[1])
+        short = min(rank + oversample(rank), m, n) - (0 if init is None else init.shape[1])
         basis = init if init is not None else residual.new_zeros(n, 0)
         if short > 0:
             extra = torch.randn(n, short, generator=generator, device=residual.device)
@@ -229,7 +238,8 @@ def loftq_decompose(
     svd : {"randomized", "exact"}
         Truncated SVD of each residual. ``"exact"``: :func:`torch.linalg.svd`.
         ``"randomized"``: subspace iteration with Rayleigh–Ritz extraction
-        (:func:`leanfit.quantization.lowrank.subspace_svd`, sketch width r + 16): from a
+        (:func:`leanfit.quantization.lowrank.subspace_svd`, sketch width r + 16, r + 8 from
+        r = 64 on): from a
         Gaussian sketch at the first step, then warm-started from the previous step's right
         Ritz basis (``POWER_ITERS`` gives the iterations per step); the total error stays
         within 0.5 % of the exact SVD's (``benchmarks/loftq_speed.py``).

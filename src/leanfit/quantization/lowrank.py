@@ -53,9 +53,11 @@ def subspace_svd(matrix: Tensor, basis: Tensor, rank: int) -> tuple[Tensor, Tens
     exact SVD of the projection ``Q Qᵀ A = U · diag(S) · Vᵀ``; its leading r triplets
     approximate those of A, better the closer ``basis`` is to A's leading right subspace,
     and ``V`` (the right Ritz vectors) is the basis for the next step. Two passes over A
-    (``A · basis`` and ``Yᵀ A``, 2·m·n·ℓ multiply-adds, in float32); Q is never formed: with the
-    Gram matrix ``G = YᵀY = L Lᵀ`` (Cholesky in float64), ``Q = Y L⁻ᵀ`` and
-    ``B = Qᵀ A = L⁻¹ (Yᵀ A)``, whose SVD comes from the eigenvectors of ``B Bᵀ`` (k × k, float64).
+    (``A · basis`` and ``Z = Yᵀ A``, 2·m·n·ℓ multiply-adds, in float32); Q is never formed: with
+    the Gram matrix ``G = YᵀY = L Lᵀ`` (Cholesky in float64), ``Q = Y L⁻ᵀ`` and
+    ``B = Qᵀ A = L⁻¹ Z``, whose SVD ``B = Ũ S Vᵀ`` comes from the eigen-decomposition
+    ``B Bᵀ = L⁻¹ (Z Zᵀ) L⁻ᵀ = Ũ S² Ũᵀ`` (ℓ × ℓ, float64; B itself is never formed either). With
+    ``X = L⁻ᵀ Ũ``: ``U = Q Ũ = Y X`` and ``V = Bᵀ Ũ S⁻¹ = Zᵀ X S⁻¹``.
     If Y is rank-deficient (a diagonal entry of L below 1e-4 times the largest),
     ``G = P Λ Pᵀ`` and ``Q = Y P Λ^(−1/2)`` over the directions with ``λ > 1e-8 · max λ``.
 
@@ -81,26 +83,28 @@ def subspace_svd(matrix: Tensor, basis: Tensor, rank: int) -> tuple[Tensor, Tens
         (n × k) float32, orthonormal columns (the right Ritz vectors).
     """
     y = matrix @ basis
-    z = (y.T @ matrix).double()
+    z = y.T @ matrix
     gram = (y.T @ y).double()
     chol, info = torch.linalg.cholesky_ex(gram)
     diagonal = chol.diagonal()
     if int(info) == 0 and bool(diagonal.min() > _WELL_CONDITIONED * diagonal.max()):
         # Y has full column rank, far from float32 rounding: Q = Y L⁻ᵀ with G = L Lᵀ
-        b = torch.linalg.solve_triangular(chol, z, upper=False)
-        mu, ut = _descending_eigh(b @ b.T)
-        to_left = torch.linalg.solve_triangular(chol.T, ut[:, :rank], upper=True)
+        zd = z.double()
+        half = torch.linalg.solve_triangular(chol, zd @ zd.T, upper=False)  # L⁻¹ Z Zᵀ
+        mu, ut = _descending_eigh(torch.linalg.solve_triangular(chol, half.T, upper=False))
+        x = torch.linalg.solve_triangular(chol.T, ut, upper=True)  # X = L⁻ᵀ Ũ
     else:  # rank-deficient Y: whiten with the eigenvectors of G, dropping null directions
         lam, p = torch.linalg.eigh(gram)
         keep = lam > _WELL_CONDITIONED**2 * lam[-1].clamp(min=torch.finfo(torch.float64).tiny)
         whiten = p[:, keep] * lam[keep].rsqrt()  # Q = Y · whiten
-        b = whiten.T @ z
+        b = whiten.T @ z.double()
         mu, ut = _descending_eigh(b @ b.T)
-        to_left = whiten @ ut[:, :rank]
+        x = whiten @ ut
     s = mu.clamp(min=0).sqrt()
     inverse = torch.where(s > 0, 1 / s.clamp(min=torch.finfo(torch.float64).tiny), 0)
-    v = (b.T.to(y.dtype) @ ut.to(y.dtype)) * inverse.to(y.dtype)
-    u = y @ to_left.to(y.dtype)
+    x = x.to(y.dtype)
+    v = (z.T @ x) * inverse.to(y.dtype)
+    u = y @ x[:, :rank]
     if u.shape[1] < rank:
         u = torch.cat([u, u.new_zeros(u.shape[0], rank - u.shape[1])], dim=1)
     return u, s.to(y.dtype), v

@@ -182,7 +182,9 @@ def nearest_codes(
     nearest_midpoint = torch.index_select(window, 0, index, out=work)
     above = torch.gt(flat, nearest_midpoint, out=workspace.above)
     codes = torch.index_select(below, 0, index, out=out)
-    return codes.add_(above)
+    # the bin indices are spent: their buffer takes the 0/1 step as int32 (adding the bool
+    # directly would allocate a converted temporary of the full size at every call)
+    return codes.add_(index.copy_(above))
 
 
 _BYTE_ALIGNED = (2, 4, 8)
