@@ -720,6 +720,37 @@ def _calibrator(source: TensorSource, targets: list[Target], config: LoftQConfig
     return calibration.BlockCalibrator(source, targets, tokens)
 
 
+def _rule_plan(targets: list[Target], config: LoftQConfig) -> dict[str, int]:
+    """Each target's bits by the config's fixed rule: uniform, or the first layers wider."""
+    return plan_bits(
+        targets,
+        config.bits,
+        avg_bits=config.avg_bits,
+        high_bits=config.high_bits,
+        first_high_layers=config.first_high_layers,
+    )
+
+
+def _estimate(
+    targets: list[Target],
+    shapes: dict[str, tuple[int, ...]],
+    plan: dict[str, int],
+    config: LoftQConfig,
+    baseline: int,
+    max_shard_bytes: int,
+    export_dequantized: bool,
+) -> MemoryEstimate:
+    return estimate_memory(
+        targets,
+        shapes,
+        plan,
+        config,
+        max_shard_bytes=max_shard_bytes,
+        export_dequantized=export_dequantized,
+        baseline=baseline,
+    )
+
+
 def walk(
     source: TensorSource,
     out_dir: str | Path,
@@ -756,13 +787,7 @@ def walk(
         return _completed(out_dir, config)
     allocation = None
     if config.bits_budget is None:
-        plan = plan_bits(
-            targets,
-            config.bits,
-            avg_bits=config.avg_bits,
-            high_bits=config.high_bits,
-            first_high_layers=config.first_high_layers,
-        )
+        plan = _rule_plan(targets, config)
     else:
         from leanfit.quantization.allocation import allocate_for_config
 
@@ -771,14 +796,8 @@ def walk(
     memory = _PeakMemory(budget)
     if budget is not None:
         memory.sample()
-        estimate_memory(
-            targets,
-            shapes,
-            plan,
-            config,
-            max_shard_bytes=max_shard_bytes,
-            export_dequantized=export_dequantized,
-            baseline=memory.anon,
+        _estimate(
+            targets, shapes, plan, config, memory.anon, max_shard_bytes, export_dequantized
         ).check(budget)
     jobs = [TargetJob(i, t, plan[t.name]) for i, t in enumerate(targets)]
     target_names = {t.name for t in targets}
@@ -876,23 +895,14 @@ def estimate_checkpoint_memory(
         targets = select_targets(
             names, shapes, checkpoint.model_type, config.targets, include_conv=config.include_conv
         )
-        plan = plan_bits(
-            targets,
-            config.bits,
-            avg_bits=config.avg_bits,
-            high_bits=config.high_bits,
-            first_high_layers=config.first_high_layers,
-        )
+        if config.bits_budget is None:
+            plan = _rule_plan(targets, config)
+        else:  # the widths are chosen while measuring: count every target at the widest
+            plan = {target.name: config.high_bits for target in targets}
         memory = _PeakMemory()
         memory.sample()
-        return estimate_memory(
-            targets,
-            shapes,
-            plan,
-            config,
-            max_shard_bytes=max_shard_bytes,
-            export_dequantized=export_dequantized,
-            baseline=memory.anon,
+        return _estimate(
+            targets, shapes, plan, config, memory.anon, max_shard_bytes, export_dequantized
         )
 
 
