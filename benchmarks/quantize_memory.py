@@ -264,10 +264,10 @@ def verdicts(rows: list[dict]) -> list[str]:
         lines.append(
             f"{small['layers']} → {large['layers']} blocks ({small['file_gb']} → "
             f"{large['file_gb']} GB): peak anonymous {small['peak_anon_mb']:.0f} → "
-            f"{large['peak_anon_mb']:.0f} MB (+{growth:.0f} MB, of which the adapter held "
-            f"until the end +{adapter:.0f} MB; the backbone shard being filled adds 0 to "
-            f"{small['shard_buffer_mb']:.0f} MB depending on when the peak falls); peak RSS "
-            f"{small['peak_rss_mb']:.0f} → {large['peak_rss_mb']:.0f} MB"
+            f"{large['peak_anon_mb']:.0f} MB ({growth:+.0f} MB; the adapter, +{adapter:.0f} MB, "
+            f"is written shard by shard and only assembled at the end; the backbone shard being "
+            f"filled adds 0 to {small['shard_buffer_mb']:.0f} MB depending on when the peak "
+            f"falls); peak RSS {small['peak_rss_mb']:.0f} → {large['peak_rss_mb']:.0f} MB"
         )
     return lines
 
@@ -276,8 +276,8 @@ def markdown(rows: list[dict]) -> str:
     methods = {"streaming": "leanfit quantize", "from_pretrained": "from_pretrained + quantize"}
     head = (
         "# Peak memory of `leanfit quantize`\n\n"
-        "LoftQ NF2, rank 16, T = 5, one torch thread (a shared, busy 2-core machine: seconds are "
-        "inflated), each run a fresh process. Memory is the "
+        "LoftQ NF2, rank 16, T = 5, one torch thread on a 2-core machine that may be shared "
+        "(seconds are indicative), each run a fresh process. Memory is the "
         "growth over the process after its imports: peak anonymous memory (RssAnon, sampled "
         "every ms) and peak RSS (VmHWM, which also counts mapped checkpoint pages). Working "
         "set: peak anonymous memory of quantizing the largest target matrix alone and writing "
