@@ -590,7 +590,7 @@ def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
             f"--resume: output {str(out_dir)!r} is complete but was made with another config "
             f"({'; '.join(differences[:4])}); pass --overwrite without --resume to redo it"
         )
-    values = json.loads((out_dir / REPORT_JSON).read_text())
+    values = read_json(out_dir / REPORT_JSON)
     report = LoftQReport(values["source"], values["out_dir"], values["model_type"], existing)
     totals = values["totals"]
     for name in ("quantized_params", "other_params", "adapter_params", "seconds"):
@@ -768,13 +768,23 @@ def walk(
     """Quantize every target of ``source`` into an artifact directory (the shared walker).
 
     See :func:`quantize_checkpoint` for the parameters and the output. The tensors are
-    written in ``source.names()`` order; ``compute`` gives the quantized targets in that order.
+    written in ``source.names()`` order (with calibration: block by block, the other tensors
+    first); ``compute`` gives the quantized targets in that order.
     """
     from leanfit.quantization.artifacts import ArtifactWriter
     from leanfit.quantization.resume import source_fingerprint, unfinished_run
 
     if not isinstance(config, LoftQConfig):
         raise bad_value("config", type(config).__name__, "a LoftQConfig")
+    if config.calibration is not None and resume:
+        raise BadInputError(
+            "--resume is not supported with calibration (the blocks after the finished "
+            "ones need the quantized activations of the whole run); rerun without --resume"
+        )
+    if config.calibration is not None and compute is not compute_locally:
+        raise BadInputError(
+            "calibration runs block by block in one process; it cannot be distributed"
+        )
     budget = check_budget(max_memory_bytes)
     out_dir = Path(out_dir)
     names = source.names()
@@ -801,15 +811,6 @@ def walk(
         ).check(budget)
     jobs = [TargetJob(i, t, plan[t.name]) for i, t in enumerate(targets)]
     target_names = {t.name for t in targets}
-    if config.calibration is not None and resume:
-        raise BadInputError(
-            "--resume is not supported with calibration (the blocks after the finished "
-            "ones need the quantized activations of the whole run); rerun without --resume"
-        )
-    if config.calibration is not None and compute is not compute_locally:
-        raise BadInputError(
-            "calibration runs block by block in one process; it cannot be distributed"
-        )
     calibrator = _calibrator(source, targets, config)
     if calibrator is not None:
         names = calibrator.order(names)

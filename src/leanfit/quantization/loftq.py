@@ -321,7 +321,8 @@ def loftq_decompose(
             workspace=workspace,
         )
         torch.sub(w, grid.values.view_as(w), out=residual)
-        residual_sq = float(torch.linalg.vector_norm(residual)) ** 2
+        if whitening is None:  # ‖W − Q‖²; the weight error then follows from the SVD
+            residual_sq = float(torch.linalg.vector_norm(residual)) ** 2
         if step == 1:
             qlora_error = math.sqrt(residual_sq) / norm if whitening is None else measure(residual)
             target = torch.empty_like(w)
