@@ -17,8 +17,13 @@ first step and from the previous step's right Ritz basis afterwards; the error f
 ``‖W − Q‖² − Σ S²``; a lookup-table nearest-code search into reused buffers; no packing
 inside the loop; and it keeps the best iterate.
 
-Both run side by side on the same real weights, one matrix after the other (the reference
-then leanfit on each matrix, so that both see the same machine load), on one torch thread.
+Two comparisons. ONE THREAD EACH: both run side by side on the same real weights, one matrix
+after the other (the reference then leanfit on each matrix, so that both see the same machine
+load), on one torch thread. WHOLE MACHINE (end to end on all the CPUs): the reference as
+published, one matrix after the other with torch's threads on every CPU, against leanfit
+quantizing as many matrices at a time as there are CPUs, each on one torch thread
+(:mod:`leanfit.quantization.parallel`, what ``leanfit quantize --workers N`` runs); the whole
+model by the reference, then by leanfit, in each repetition.
 Each repetition covers every matrix of the model; the table gives the medians over
 repetitions of the total times (wall clock, and the CPU time of the process, which other
 jobs on a shared machine disturb less), their ratio, and the total relative error
@@ -53,6 +58,7 @@ from tqdm import tqdm
 
 from leanfit.io import atomic_output
 from leanfit.quantization import loftq_decompose
+from leanfit.quantization.parallel import ordered_map
 from leanfit.quantization.quantizers import Workspace, quantize_to_grid
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,6 +147,35 @@ def one_repetition(weights, bits: int, rank: int, quiet: bool) -> dict[str, floa
     }
 
 
+def whole_machine(weights, bits: int, rank: int, cpus: int) -> dict[str, float]:
+    """The whole model by the reference on ``cpus`` torch threads, then by leanfit with
+    ``cpus`` workers of one torch thread each; wall-clock totals and total errors."""
+    squared = {"weight": 0.0, "reference": 0.0, "leanfit": 0.0}
+    torch.set_num_threads(cpus)
+    start = time.perf_counter()
+    for w in weights:
+        q, left, right = reference_loftq(w, bits, rank, ITERS)
+        squared["reference"] += float(torch.linalg.norm(w - q - left @ right)) ** 2
+        squared["weight"] += float(torch.linalg.norm(w)) ** 2
+    reference_s = time.perf_counter() - start
+
+    def decompose(w: torch.Tensor) -> float:
+        return loftq_decompose(w, bits=bits, rank=rank, iters=ITERS, block_size=BLOCK).error
+
+    start = time.perf_counter()
+    errors = list(ordered_map(decompose, weights, workers=cpus))
+    leanfit_s = time.perf_counter() - start
+    torch.set_num_threads(1)
+    for w, error in zip(weights, errors, strict=True):
+        squared["leanfit"] += error**2 * float(torch.linalg.norm(w)) ** 2
+    return {
+        "reference_s": reference_s,
+        "leanfit_s": leanfit_s,
+        "reference_error": math.sqrt(squared["reference"] / squared["weight"]),
+        "leanfit_error": math.sqrt(squared["leanfit"] / squared["weight"]),
+    }
+
+
 def median_time(fn, repeats: int = 7) -> float:
     times = []
     for _ in range(repeats):
@@ -176,9 +211,33 @@ def bandwidth(weights, bits: int) -> dict[str, float]:
     }
 
 
-def markdown(records: list[dict], passes: list[dict], meta: dict) -> str:
+def markdown(records: list[dict], machine: list[dict], passes: list[dict], meta: dict) -> str:
     lines = [
         "# LoftQ speed: leanfit vs the reference algorithm (exact SVD, argmin search)",
+        "",
+        f"## Whole machine ({meta['cpus']} CPUs)",
+        "",
+        f"The reference one matrix after the other on {meta['cpus']} torch threads (torch's "
+        f"default here); leanfit {meta['cpus']} matrices at a time, each on one torch thread "
+        "(`leanfit.quantization.parallel`, as `leanfit quantize --workers "
+        f"{meta['cpus']}`). T = {ITERS}, NF, block {BLOCK}; all matrices of each model; median "
+        f"over {meta['repeats_text']} of the total wall-clock time.",
+        "",
+        "| model | bits | rank | reference (s) | leanfit (s) | speed-up | leanfit Mparams/s "
+        "| error reference | error leanfit | error ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in machine:
+        lines.append(
+            f"| {r['model']} | {r['bits']} | {r['rank']} | {r['reference_s']:.2f} "
+            f"| {r['leanfit_s']:.2f} | **{r['speedup']:.1f}×** "
+            f"| {r['params'] * ITERS / r['leanfit_s'] / 1e6:.1f} "
+            f"| {r['reference_error']:.4f} | {r['leanfit_error']:.4f} "
+            f"| {r['leanfit_error'] / r['reference_error']:.4f} |"
+        )
+    lines += [
+        "",
+        "## One thread each",
         "",
         f"T = {ITERS}, NF quantizer, block {BLOCK}; all matrices of each model, the reference "
         "and leanfit interleaved matrix by matrix; median over "
@@ -236,11 +295,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
+    cpus = os.cpu_count() or 1
     torch.set_num_threads(1)
     models = ["minilm"] if args.quick else ["minilm", "smollm2"]
     settings = [(2, 16)] if args.quick else [(2, 16), (2, 64), (4, 16), (4, 64)]
     meta = {
         "threads": 1,
+        "cpus": cpus,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
         "quick": args.quick,
@@ -252,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.quick
         else f"{args.repeats} repetitions (MiniLM) and {args.repeats_large} (SmolLM2)"
     )
-    records, passes = [], []
+    records, machine, passes = [], [], []
     for model in models:
         weights = LOADERS[model]()
         params = sum(w.numel() for w in weights)
@@ -271,15 +332,30 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['speedup_cpu']:.1f}x); error "
                 f"{row['reference_error']:.4f} vs {row['leanfit_error']:.4f}"
             )
+        for bits, rank in settings:
+            reps = [whole_machine(weights, bits, rank, cpus) for _ in range(repeats)]
+            row = {key: statistics.median(r[key] for r in reps) for key in reps[0]}
+            row["speedup"] = row["reference_s"] / row["leanfit_s"]
+            machine.append({"model": model, "params": params, "bits": bits, "rank": rank, **row})
+            print(
+                f"{model} {bits}-bit r={rank}, whole machine: reference "
+                f"{row['reference_s']:.2f} s, leanfit {row['leanfit_s']:.2f} s "
+                f"({row['speedup']:.1f}x)"
+            )
         for bits in sorted({b for b, _ in settings}):
             passes.append({"model": model, "bits": bits, **bandwidth(weights, bits)})
     meta["load_after"] = f"{os.getloadavg()[0]:.1f}"
     name = "loftq_speed_quick" if args.quick else "loftq_speed"
     with atomic_output(args.out / f"{name}.json", overwrite=True) as tmp:
-        payload = {"meta": meta, "records": records, "quantize_pass": passes}
+        payload = {
+            "meta": meta,
+            "records": records,
+            "whole_machine": machine,
+            "quantize_pass": passes,
+        }
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
     with atomic_output(args.out / f"{name}.md", overwrite=True) as tmp:
-        tmp.write_text(markdown(records, passes, meta))
+        tmp.write_text(markdown(records, machine, passes, meta))
     print(f"wrote {args.out / name}.json and .md")
 
 

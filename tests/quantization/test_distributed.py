@@ -1,7 +1,6 @@
 """LoftQ on Dask: the output equals the single-process output bit for bit, whichever worker
 quantizes which target; the CLI's --scheduler; refusals."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,11 @@ from leanfit.quantization.distributed import (  # noqa: E402
     quantize_checkpoint_distributed,
 )
 from leanfit.quantization.synthetic import SyntheticLlama, write_synthetic_llama  # noqa: E402
+from tests.quantization.outputs import assert_same_output, files  # noqa: E402
 
 SPEC = SyntheticLlama(
     hidden_size=64, intermediate_size=96, num_layers=4, vocab_size=128, num_heads=4, num_kv_heads=2
 )
-REPORTS = {"loftq_report.json", "loftq_report.md"}  # timings and memory differ between runs
 
 
 @pytest.fixture(scope="module")
@@ -42,28 +41,6 @@ def cluster():
 def checkpoint(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("synthetic") / "llama"
     return write_synthetic_llama(directory, SPEC, max_shard_bytes=100_000, progress=False)
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name not in REPORTS
-    }
-
-
-def report_matrices(directory: Path) -> list[dict]:
-    matrices = json.loads((directory / "loftq_report.json").read_text())["matrices"]
-    return [{k: v for k, v in m.items() if k != "seconds"} for m in matrices]
-
-
-def assert_same_output(a: Path, b: Path) -> None:
-    expected, got = files(a), files(b)
-    assert list(got) == list(expected)
-    assert any(name.startswith("backbone/model-00002") for name in got)  # several shards
-    for name, content in expected.items():
-        assert got[name] == content, name  # bytes: every tensor bit for bit
-    assert report_matrices(b) == report_matrices(a)  # errors of every iteration, exactly
 
 
 @pytest.mark.parametrize(

@@ -319,13 +319,22 @@ def unfinished_no_resume(tmp: Path) -> object:
     return quantize_checkpoint(model, tmp / "out", LoftQConfig(rank=3, iters=1), progress=False)
 
 
-def quantize_with_budget(tmp: Path, budget: object) -> object:
+def quantize_with_budget(tmp: Path, budget: object, **options: object) -> object:
     from leanfit.quantization import LoftQConfig, quantize_checkpoint
 
     config = LoftQConfig(rank=2, iters=1)
     return quantize_checkpoint(
-        tiny_model(tmp), tmp / "out", config, progress=False, max_memory_bytes=budget
+        tiny_model(tmp), tmp / "out", config, progress=False, max_memory_bytes=budget, **options
     )
+
+
+def quantize_with_workers(tmp: Path, workers: object, **config: object) -> object:
+    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+
+    return quantize_checkpoint(
+        tiny_model(tmp), tmp / "out", LoftQConfig(rank=2, iters=1, **config), progress=False,
+        workers=workers,
+    )  # fmt: skip
 
 
 CASES = [
@@ -912,6 +921,38 @@ CASES = [
         r".* shard buffer .*\); got 1 MB",
         lambda t: quantize_with_budget(t, 10**6),
     ),
+    Case(
+        "q-max-memory-workers",
+        "quantization",
+        "max_memory_bytes below the estimate of 2 workers",
+        BadInputError,
+        r"max_memory must cover the estimated peak memory .* working set of .* × 2 workers",
+        lambda t: quantize_with_budget(t, 10**6, workers=2),
+    ),
+    Case(
+        "q-workers-zero",
+        "quantization",
+        "workers=0",
+        BadInputError,
+        r"workers must be an int >= 1; got 0",
+        lambda t: quantize_with_workers(t, 0),
+    ),
+    Case(
+        "q-workers-bool",
+        "quantization",
+        "workers=True",
+        BadInputError,
+        r"workers must be an int >= 1; got True",
+        lambda t: quantize_with_workers(t, True),
+    ),
+    Case(
+        "q-workers-calibration",
+        "quantization",
+        "workers=2 with calibration",
+        BadInputError,
+        r"calibration runs block by block, one target after the other; it cannot use workers",
+        lambda t: quantize_with_workers(t, 2, calibration="pride_and_prejudice"),
+    ),
     # -- outputs --------------------------------------------------------------------------
     Case(
         "o-enospc",
@@ -1164,6 +1205,18 @@ CLI_CASES = [
         "--max-memory with --scheduler (the budget bounds one process)",
         r"--max-memory bounds one process; it cannot be combined with --scheduler",
         quantize_cli(tiny_model, "--scheduler", "local", "--max-memory", "4GB"),
+    ),
+    CliCase(
+        "cli-quantize-scheduler-workers",
+        "--workers with --scheduler (the Dask workers quantize the layers)",
+        r"--workers sets the threads of this process; with --scheduler the Dask workers",
+        quantize_cli(tiny_model, "--scheduler", "local", "--workers", "2"),
+    ),
+    CliCase(
+        "cli-quantize-workers-zero",
+        "--workers 0",
+        r"workers must be an int >= 1; got 0",
+        quantize_cli(tiny_model, "--workers", "0"),
     ),
     CliCase(
         "cli-quantize-unknown-type",

@@ -131,6 +131,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch CPU threads (default: torch's choice); 1 is often fastest on a busy machine",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="layers quantized at a time by as many threads, each on one torch thread "
+        "(default 1); same output as --workers 1 --threads 1; holds that many layers in memory",
+    )
+    parser.add_argument(
         "--scheduler",
         metavar="ADDRESS",
         help="quantize the layers on Dask workers: a scheduler address (tcp://host:8786), or "
@@ -196,6 +203,11 @@ def run(args: argparse.Namespace) -> int:
                 "--max-memory bounds one process; it cannot be combined with --scheduler "
                 "(give the Dask workers a memory limit instead)"
             )
+        if args.workers != 1:
+            raise BadInputError(
+                "--workers sets the threads of this process; with --scheduler the Dask "
+                "workers quantize the layers (give the cluster more workers instead)"
+            )
         report = quantize_checkpoint_distributed(
             resolve_model(args.model), args.out, config, client=args.scheduler, **options
         )
@@ -204,7 +216,12 @@ def run(args: argparse.Namespace) -> int:
             None if args.max_memory is None else parse_size(args.max_memory, "--max-memory")
         )
         report = quantize_checkpoint(
-            resolve_model(args.model), args.out, config, max_memory_bytes=max_memory, **options
+            resolve_model(args.model),
+            args.out,
+            config,
+            max_memory_bytes=max_memory,
+            workers=args.workers,
+            **options,
         )
     totals = report.summary()
     measure = (

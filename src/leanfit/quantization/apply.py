@@ -50,6 +50,7 @@ from leanfit.quantization.memory import (
     estimate_memory,
     format_size,
 )
+from leanfit.quantization.parallel import check_workers, ordered_map
 from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args
 from leanfit.quantization.targets import (
     Target,
@@ -684,6 +685,21 @@ def compute_locally(
         yield quantize_target(source.read(job.target.name), job, config, tic)
 
 
+def compute_in_threads(workers: int) -> TargetComputer:
+    """A :data:`TargetComputer` quantizing ``workers`` targets at a time, each on one torch
+    thread (:func:`leanfit.quantization.parallel.ordered_map`); the tensors are read in the
+    walker's thread. The results equal :func:`compute_locally`'s under
+    ``torch.set_num_threads(1)``."""
+
+    def compute(
+        source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
+    ) -> Iterator[QuantizedTarget]:
+        reads = ((source.read(job.target.name), job) for job in jobs)
+        return ordered_map(lambda read: quantize_target(*read, config), reads, workers)
+
+    return compute
+
+
 def compute_calibrated(calibrator: Any) -> TargetComputer:
     """A :data:`TargetComputer` for calibrated LoftQ: the targets in order, block by block,
     each fitted to its input Gram from ``calibrator``
@@ -739,6 +755,7 @@ def _estimate(
     baseline: int,
     max_shard_bytes: int,
     export_dequantized: bool,
+    workers: int,
 ) -> MemoryEstimate:
     return estimate_memory(
         targets,
@@ -748,6 +765,7 @@ def _estimate(
         max_shard_bytes=max_shard_bytes,
         export_dequantized=export_dequantized,
         baseline=baseline,
+        workers=workers,
     )
 
 
@@ -763,19 +781,33 @@ def walk(
     source_label: str = "",
     resume: bool = False,
     max_memory_bytes: int | None = None,
+    workers: int = 1,
     compute: TargetComputer = compute_locally,
 ) -> LoftQReport:
     """Quantize every target of ``source`` into an artifact directory (the shared walker).
 
     See :func:`quantize_checkpoint` for the parameters and the output. The tensors are
     written in ``source.names()`` order (with calibration: block by block, the other tensors
-    first); ``compute`` gives the quantized targets in that order.
+    first); ``compute`` gives the quantized targets in that order (``workers > 1``:
+    :func:`compute_in_threads`).
     """
     from leanfit.quantization.artifacts import ArtifactWriter
     from leanfit.quantization.resume import source_fingerprint, unfinished_run
 
     if not isinstance(config, LoftQConfig):
         raise bad_value("config", type(config).__name__, "a LoftQConfig")
+    if check_workers(workers) > 1:
+        if compute is not compute_locally:
+            raise BadInputError(
+                "workers > 1 quantizes in this process; it cannot be combined "
+                "with another target computer (Dask)"
+            )
+        if config.calibration is not None:
+            raise BadInputError(
+                "calibration runs block by block, one target after the other; it cannot use "
+                "workers > 1"
+            )
+        compute = compute_in_threads(workers)
     if config.calibration is not None and resume:
         raise BadInputError(
             "--resume is not supported with calibration (the blocks after the finished "
@@ -807,7 +839,7 @@ def walk(
     if budget is not None:
         memory.sample()
         _estimate(
-            targets, shapes, plan, config, memory.anon, max_shard_bytes, export_dequantized
+            targets, shapes, plan, config, memory.anon, max_shard_bytes, export_dequantized, workers
         ).check(budget)
     jobs = [TargetJob(i, t, plan[t.name]) for i, t in enumerate(targets)]
     target_names = {t.name for t in targets}
@@ -883,6 +915,7 @@ def estimate_checkpoint_memory(
     *,
     export_dequantized: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int = 1,
 ) -> MemoryEstimate:
     """The peak-memory estimate :func:`quantize_checkpoint` checks ``max_memory_bytes``
     against (:mod:`leanfit.quantization.memory`), with this process's current anonymous
@@ -903,7 +936,14 @@ def estimate_checkpoint_memory(
         memory = _PeakMemory()
         memory.sample()
         return _estimate(
-            targets, shapes, plan, config, memory.anon, max_shard_bytes, export_dequantized
+            targets,
+            shapes,
+            plan,
+            config,
+            memory.anon,
+            max_shard_bytes,
+            export_dequantized,
+            check_workers(workers),
         )
 
 
@@ -918,6 +958,7 @@ def quantize_checkpoint(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     resume: bool = False,
     max_memory_bytes: int | None = None,
+    workers: int = 1,
 ) -> LoftQReport:
     """Quantize a pretrained checkpoint with LoftQ, streaming it tensor by tensor.
 
@@ -954,6 +995,11 @@ def quantize_checkpoint(
         before anything is written; a run that goes over it stops after the current tensor
         with :class:`~leanfit.exceptions.MemoryBudgetError`, keeping its finished shards for
         ``resume``.
+    workers : int
+        Targets quantized at a time, by as many threads each running torch on one thread
+        (:mod:`leanfit.quantization.parallel`); the output equals a ``workers=1`` run under
+        ``torch.set_num_threads(1)`` byte for byte. Up to ``workers`` targets are in memory at
+        once. Not with calibration.
 
     Returns
     -------
@@ -985,6 +1031,7 @@ def quantize_checkpoint(
             source_label=str(source),
             resume=resume,
             max_memory_bytes=max_memory_bytes,
+            workers=workers,
         )
 
 
@@ -999,6 +1046,7 @@ def quantize_module(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     resume: bool = False,
     max_memory_bytes: int | None = None,
+    workers: int = 1,
 ) -> LoftQReport:
     """Quantize an in-memory model's Linear (and, with ``include_conv``, Conv) layers.
 
@@ -1007,6 +1055,7 @@ def quantize_module(
     :func:`leanfit.quantization.load` rebuilds it), and no tokenizer. ``config.targets`` is
     needed unless the model is a transformers model of a known type. The model is not changed.
     Load the result into a fresh instance with :func:`leanfit.quantization.artifacts.load_into`.
+    ``workers`` as in :func:`quantize_checkpoint`.
     """
     return walk(
         ModuleSource(model),
@@ -1019,4 +1068,5 @@ def quantize_module(
         source_label=type(model).__name__,
         resume=resume,
         max_memory_bytes=max_memory_bytes,
+        workers=workers,
     )

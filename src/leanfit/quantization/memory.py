@@ -6,7 +6,7 @@ the adapter is written to disk shard by shard and loaded whole only at the end, 
 shard buffers are empty. The estimate is of *anonymous* memory (resident set minus
 file-backed pages: a memory-mapped checkpoint's pages are page cache the kernel can drop)::
 
-    peak ≈ baseline + max( max_i ws(tensor_i) + buffer(backbone) [+ buffer(dequantized)],
+    peak ≈ baseline + max( w · max_i ws(tensor_i) + buffer(backbone) [+ buffer(dequantized)],
                            adapter bytes )
     ws(target) = k · 4 · n_out · n_in        k = 20 for LoftQ, 10 for QLoRA (iters = 0)
     ws(other)  = 4 · numel                    one transient copy while it is read as float32
@@ -19,7 +19,9 @@ allocator (whole runs measured 0.63–0.87 × the estimated increment; the test 
 0.4–1.0). An untouched tensor is read through one transient copy (SmolLM2's GGUF embedding,
 49152 × 576, is dequantized by numpy and then copied: the whole run measured 219 MB over
 its start for 226 MB estimated). The baseline is the process's anonymous memory when the
-run starts (Python, torch, the opened checkpoint).
+run starts (Python, torch, the opened checkpoint). With ``w`` workers
+(:mod:`leanfit.quantization.parallel`) up to ``w`` targets are in flight, each counted as the
+largest.
 """
 
 from __future__ import annotations
@@ -85,11 +87,17 @@ class MemoryEstimate:
     dequantized_buffer: int
     adapter: int
     min_buffer: int
+    workers: int = 1
+
+    @property
+    def targets_in_flight(self) -> int:
+        """The working sets of ``workers`` targets at once (each counted as the largest)."""
+        return self.workers * self.workspace
 
     @property
     def walk(self) -> int:
-        """Working memory while walking: one target plus the shard buffers."""
-        return self.workspace + self.shard_buffer + self.dequantized_buffer
+        """Working memory while walking: the targets in flight plus the shard buffers."""
+        return self.targets_in_flight + self.shard_buffer + self.dequantized_buffer
 
     @property
     def peak(self) -> int:
@@ -99,7 +107,8 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = [
             f"baseline {format_size(self.baseline)}",
-            f"working set of {self.largest_target!r} {format_size(self.workspace)}",
+            f"working set of {self.largest_target!r} {format_size(self.workspace)}"
+            + (f" × {self.workers} workers" if self.workers > 1 else ""),
             f"shard buffer {format_size(self.shard_buffer)}",
         ]
         if self.dequantized_buffer:
@@ -112,11 +121,13 @@ class MemoryEstimate:
         if self.peak <= budget:
             return
         buffers = 2 if self.dequantized_buffer else 1
-        room = (budget - self.baseline - self.workspace) // buffers
+        room = (budget - self.baseline - self.targets_in_flight) // buffers
         if room >= self.min_buffer and self.adapter + self.baseline <= budget:
             advice = f"a --max-shard-size of at most {format_size(room)} would fit"
         else:
-            need = self.baseline + max(self.workspace + buffers * self.min_buffer, self.adapter)
+            need = self.baseline + max(
+                self.targets_in_flight + buffers * self.min_buffer, self.adapter
+            )
             advice = (
                 f"even with the smallest shards it needs about {format_size(need)}; raise "
                 "--max-memory, or quantize on a machine with more memory"
@@ -136,9 +147,11 @@ def estimate_memory(
     max_shard_bytes: int,
     export_dequantized: bool,
     baseline: int,
+    workers: int = 1,
 ) -> MemoryEstimate:
     """The :class:`MemoryEstimate` of walking tensors ``shapes`` (in order) with these
-    targets and bits; ``baseline`` is the anonymous memory before the walk."""
+    targets and bits, ``workers`` targets at a time; ``baseline`` is the anonymous memory
+    before the walk."""
     factor = LOFTQ_WORKSPACE if config.iters > 0 else QLORA_WORKSPACE
     rank, block_size = config.rank, config.block_size
     by_name = {t.name: t for t in targets}
@@ -174,6 +187,7 @@ def estimate_memory(
         dequantized_buffer=buffer(halves) if export_dequantized else 0,
         adapter=adapter,
         min_buffer=max(groups, default=0),
+        workers=workers,
     )
 
 
