@@ -4,8 +4,9 @@ Most of a LoftQ step on a transformer-sized matrix is small operations (ℓ × �
 decompositions, Cholesky factors, per-block statistics) and element-wise passes that torch's
 intra-op threads split poorly. Running ``workers`` matrices side by side, each on one torch
 thread, keeps every core busy instead: torch releases the GIL inside its operators. On the
-2-core benchmark machine two workers quantize MiniLM's 37 matrices 1.6–1.7× faster than one
-thread (``benchmarks/loftq_speed.py``, "whole machine").
+2-core benchmark machine two workers decompose the matrices of MiniLM and SmolLM2 1.4–1.9×
+faster than one thread (``benchmarks/loftq_speed.py``: its whole-machine and one-thread
+tables).
 
 The results do not depend on ``workers``: each matrix is computed by one thread, with one torch
 thread, exactly as a sequential run with ``torch.set_num_threads(1)`` computes it.
