@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +42,7 @@ from leanfit.quantization.apply import (
     walk,
 )
 from leanfit.quantization.checkpoint import Checkpoint, open_checkpoint
+from leanfit.quantization.parallel import in_order
 
 
 def _distributed() -> Any:
@@ -80,25 +80,10 @@ def dask_computer(client: Any, path: str | Path, max_pending: int) -> TargetComp
     def compute(
         source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
     ) -> Iterator[QuantizedTarget]:
-        waiting = iter(jobs)
-        pending: deque[Any] = deque()
+        def submit(job: TargetJob) -> Any:
+            return client.submit(_quantize_on_worker, path, mtime_ns, job, config, pure=False)
 
-        def submit_next() -> None:
-            job = next(waiting, None)
-            if job is not None:
-                future = client.submit(_quantize_on_worker, path, mtime_ns, job, config, pure=False)
-                pending.append(future)
-
-        try:
-            for _ in range(max_pending):
-                submit_next()
-            while pending:
-                result = pending.popleft().result()
-                submit_next()
-                yield result
-        finally:
-            for future in pending:
-                future.cancel()
+        return in_order(submit, jobs, max_pending)
 
     return compute
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
@@ -32,6 +32,34 @@ def check_workers(workers: object) -> int:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise bad_value("workers", workers, "an int >= 1")
     return workers
+
+
+def in_order(submit: Callable[[Item], Any], items: Iterable[Item], window: int) -> Iterator[Any]:
+    """The results of ``submit(item)`` futures, in the items' order, with at most ``window``
+    submitted and not yet consumed.
+
+    ``submit`` returns a future with ``result()`` and ``cancel()`` (``concurrent.futures`` or
+    Dask). The next item is submitted when a result is taken; the futures still pending when
+    the iterator is closed are cancelled.
+    """
+    waiting = iter(items)
+    pending: deque[Any] = deque()
+
+    def submit_next() -> None:
+        for item in waiting:
+            pending.append(submit(item))
+            return
+
+    try:
+        for _ in range(window):
+            submit_next()
+        while pending:
+            result = pending.popleft().result()
+            submit_next()
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def ordered_map(
@@ -49,27 +77,10 @@ def ordered_map(
     if workers == 1:
         yield from map(function, items)
         return
-    waiting = iter(items)
-    pending: deque[Future[Result]] = deque()
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="leanfit-worker") as pool:
-
-            def submit_next() -> None:
-                for item in waiting:
-                    pending.append(pool.submit(function, item))
-                    return
-
-            try:
-                for _ in range(workers):
-                    submit_next()
-                while pending:
-                    result = pending.popleft().result()
-                    submit_next()
-                    yield result
-            finally:
-                for future in pending:
-                    future.cancel()
+            yield from in_order(lambda item: pool.submit(function, item), items, workers)
     finally:
         torch.set_num_threads(previous)
