@@ -120,6 +120,22 @@ def test_measured_errors_are_those_of_loftq_with_the_walker_seeds():
             assert m.squared_error(bits) == pytest.approx((three.error * float(w.norm())) ** 2)
 
 
+def test_workers_measure_the_same_errors_and_give_the_same_plan(tiny_llama, tmp_path):
+    # the package's autouse fixture runs on one torch thread, as every worker does
+    matrices = [(f"w{i}", torch.randn(48 + 16 * i, 64)) for i in range(5)]
+    one = measure_errors(matrices, rank=4, iters=2, seed=1, progress=False)
+    assert measure_errors(matrices, rank=4, iters=2, seed=1, progress=False, workers=2) == one
+    config = LoftQConfig(rank=2, iters=2, bits_budget=3.2, seed=3)
+    reports = [
+        quantize_module(tiny_llama(0), tmp_path / f"w{w}", config, progress=False, workers=w)
+        for w in (1, 2)
+    ]
+    widths = [[m.bits for m in report.matrices] for report in reports]
+    assert widths[1] == widths[0] and len(set(widths[0])) > 1  # the same mixed plan
+    assert reports[1].allocation["predicted_error"] == reports[0].allocation["predicted_error"]
+    assert reports[1].error == reports[0].error
+
+
 def test_a_weight_moves_bits_to_the_weighted_matrix():
     torch.manual_seed(0)
     matrices = [(f"w{i}", torch.randn(64, 64)) for i in range(4)]

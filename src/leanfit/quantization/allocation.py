@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.quantization.loftq import loftq_decompose
+from leanfit.quantization.parallel import ordered_map
 from leanfit.quantization.quantizers import METHODS, check_quantization_args, stored_nbytes
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ def measure_errors(
     seed: int = 0,
     progress: bool = True,
     total: int | None = None,
+    workers: int = 1,
 ) -> list[MatrixErrors]:
     """LoftQ-decompose every matrix at every width and record the errors (the costly step).
 
@@ -134,6 +136,10 @@ def measure_errors(
         tqdm bar over the matrices.
     total : int, optional
         Number of matrices, for the bar.
+    workers : int
+        Matrices measured at a time, each on one torch thread
+        (:func:`leanfit.quantization.parallel.ordered_map`); the errors do not depend on it
+        (as a run under ``torch.set_num_threads(1)``).
 
     Returns
     -------
@@ -142,9 +148,9 @@ def measure_errors(
     """
     widths = _check_widths(widths, method)
     check_quantization_args(widths[0], method, block_size)
-    measured = []
-    bar = tqdm(matrices, total=total, unit="matrix", desc="bit allocation", disable=not progress)
-    for index, (name, matrix) in enumerate(bar):
+
+    def measure(item: tuple[int, tuple[str, Tensor]]) -> MatrixErrors:
+        index, (name, matrix) = item
         qlora, steps = {}, {}
         for bits in widths:
             result = loftq_decompose(
@@ -164,7 +170,13 @@ def measure_errors(
         numel = matrix.numel()
         nbytes = {b: stored_nbytes(numel, b, method, block_size, double_quant) for b in widths}
         norm = float(matrix.double().norm())
-        measured.append(MatrixErrors(name, numel, norm, nbytes, qlora, steps))
+        return MatrixErrors(name, numel, norm, nbytes, qlora, steps)
+
+    measured = []
+    with tqdm(total=total, unit="matrix", desc="bit allocation", disable=not progress) as bar:
+        for errors in ordered_map(measure, enumerate(matrices), workers):
+            measured.append(errors)
+            bar.update()
     return measured
 
 
@@ -508,6 +520,7 @@ def measure_targets(
     config: LoftQConfig,
     *,
     progress: bool = True,
+    workers: int = 1,
 ) -> list[MatrixErrors]:
     """:func:`measure_errors` of a checkpoint's targets at :func:`config_widths`, read one at a
     time, with the config's LoftQ settings and seeds (``config.seed + i`` for target i, as
@@ -527,6 +540,7 @@ def measure_targets(
         seed=config.seed,
         progress=progress,
         total=len(targets),
+        workers=workers,
     )
 
 
@@ -536,6 +550,7 @@ def allocate_for_config(
     config: LoftQConfig,
     *,
     progress: bool = True,
+    workers: int = 1,
 ) -> tuple[Allocation, dict[str, Any]]:
     """Measure the targets of a checkpoint (:func:`measure_targets`) and allocate
     ``config.bits_budget`` among them (:func:`allocate_budget`).
@@ -559,7 +574,7 @@ def allocate_for_config(
     ]
     _total_budget(config.bits_budget, nbytes, numels)  # refuse a bad budget before measuring
     tic = time.perf_counter()
-    measured = measure_targets(source, targets, config, progress=progress)
+    measured = measure_targets(source, targets, config, progress=progress, workers=workers)
     allocation = allocate_budget(measured, config.bits_budget)
     norms = math.fsum(m.weight_norm**2 for m in measured) or 1.0
     summary = {

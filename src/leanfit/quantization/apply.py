@@ -833,7 +833,9 @@ def walk(
     else:
         from leanfit.quantization.allocation import allocate_for_config
 
-        chosen, allocation = allocate_for_config(source, targets, config, progress=progress)
+        chosen, allocation = allocate_for_config(
+            source, targets, config, progress=progress, workers=workers
+        )
         plan = chosen.bits
     memory = _PeakMemory(budget)
     if budget is not None:
@@ -996,7 +998,8 @@ def quantize_checkpoint(
         with :class:`~leanfit.exceptions.MemoryBudgetError`, keeping its finished shards for
         ``resume``.
     workers : int
-        Targets quantized at a time, by as many threads each running torch on one thread
+        Targets quantized (and, with ``bits_budget``, measured) at a time, by as many
+        threads each running torch on one thread
         (:mod:`leanfit.quantization.parallel`); the output equals a ``workers=1`` run under
         ``torch.set_num_threads(1)`` byte for byte. Up to ``workers`` targets are in memory at
         once. Not with calibration.
