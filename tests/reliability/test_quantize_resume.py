@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import leanfit.quantization.artifacts as artifacts
 from leanfit.exceptions import BadInputError
@@ -174,3 +175,29 @@ def test_resume_when_the_dequantized_export_lags(reference, tmp_path, monkeypatc
     assert done["backbone"] > done["dequantized"] > 0
     quantize_here(model, tmp_path, resume=True)
     assert comparable(tmp_path / "out") == comparable(expected_out)
+
+
+def test_interrupted_run_with_workers_resumes_to_identical_bytes(reference, tmp_path, monkeypatch):
+    """An interruption while two worker threads compute leaves a resumable run (the pool shuts
+    down cleanly); resuming with workers gives the bytes of an uninterrupted workers run."""
+    model, _ = reference
+    quantize_here(model, tmp_path / "full", workers=2)
+    real_save_file = artifacts.save_file
+    calls = []
+
+    def interrupt_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_save_file(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "save_file", interrupt_fifth)
+    threads = torch.get_num_threads()
+    with pytest.raises(KeyboardInterrupt):
+        quantize_here(model, tmp_path / "resumed", workers=2)
+    assert torch.get_num_threads() == threads  # the walker closed the workers' map
+    monkeypatch.setattr(artifacts, "save_file", real_save_file)
+    journal = tmp_path / "resumed" / ".out.partial" / "journal.jsonl"
+    assert backbone_shards(journal) >= 1
+    quantize_here(model, tmp_path / "resumed", resume=True, workers=2)
+    assert comparable(tmp_path / "resumed" / "out") == comparable(tmp_path / "full" / "out")

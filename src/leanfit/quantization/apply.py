@@ -29,8 +29,8 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -630,7 +630,9 @@ class QuantizedTarget:
     report: MatrixReport
 
 
-TargetComputer = Callable[[TensorSource, list[TargetJob], LoftQConfig], Iterator[QuantizedTarget]]
+TargetComputer = Callable[
+    [TensorSource, list[TargetJob], LoftQConfig], Generator[QuantizedTarget, None, None]
+]
 """Computes the jobs and yields their results in the jobs' order (:func:`compute_locally`, or
 Dask workers: :mod:`leanfit.quantization.distributed`)."""
 
@@ -678,7 +680,7 @@ def _quantize_target(
 
 def compute_locally(
     source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
-) -> Iterator[QuantizedTarget]:
+) -> Generator[QuantizedTarget, None, None]:
     """Read and quantize the targets one at a time, when the walker asks for the next one."""
     for job in jobs:
         tic = time.perf_counter()
@@ -693,7 +695,7 @@ def compute_in_threads(workers: int) -> TargetComputer:
 
     def compute(
         source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
-    ) -> Iterator[QuantizedTarget]:
+    ) -> Generator[QuantizedTarget, None, None]:
         reads = ((source.read(job.target.name), job) for job in jobs)
         return ordered_map(lambda read: quantize_target(*read, config), reads, workers)
 
@@ -708,7 +710,7 @@ def compute_calibrated(calibrator: Any) -> TargetComputer:
 
     def compute(
         source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
-    ) -> Iterator[QuantizedTarget]:
+    ) -> Generator[QuantizedTarget, None, None]:
         for job in jobs:
             tic = time.perf_counter()
             tensor = source.read(job.target.name)
@@ -872,34 +874,37 @@ def walk(
             (job for job in jobs if writer.needs(position[job.target.name])),
             key=lambda job: position[job.target.name],
         )
-        computed = compute(source, pending, config)
-        for index, name in enumerate(names):
-            if not writer.needs(index):
+        with closing(compute(source, pending, config)) as computed:
+            for index, name in enumerate(names):
+                if not writer.needs(index):
+                    bar.update()
+                    continue
+                bar.set_postfix_str(name, refresh=False)
+                if name not in target_names:
+                    tensor = source.read(name)
+                    size = {
+                        "params": tensor.numel(),
+                        "bytes": tensor.numel() * tensor.element_size(),
+                    }
+                    writer.add_tensor(index, name, tensor, {"name": name, **size})
+                    del tensor
+                else:
+                    item = next(computed)
+                    record = {
+                        "name": name,
+                        "params": item.quantized.numel,
+                        "bytes": item.quantized.nbytes,
+                        "adapter_params": item.lora_a.numel() + item.lora_b.numel(),
+                        "matrix": asdict(item.report),
+                    }
+                    writer.add_target(
+                        index, item.target, item.quantized, item.lora_a, item.lora_b, record
+                    )
+                    del item
+                _release_freed_memory()
                 bar.update()
-                continue
-            bar.set_postfix_str(name, refresh=False)
-            if name not in target_names:
-                tensor = source.read(name)
-                size = {"params": tensor.numel(), "bytes": tensor.numel() * tensor.element_size()}
-                writer.add_tensor(index, name, tensor, {"name": name, **size})
-                del tensor
-            else:
-                item = next(computed)
-                record = {
-                    "name": name,
-                    "params": item.quantized.numel,
-                    "bytes": item.quantized.nbytes,
-                    "adapter_params": item.lora_a.numel() + item.lora_b.numel(),
-                    "matrix": asdict(item.report),
-                }
-                writer.add_target(
-                    index, item.target, item.quantized, item.lora_a, item.lora_b, record
-                )
-                del item
-            _release_freed_memory()
-            bar.update()
-            memory.sample()
-            memory.check(f"{index + 1} of {len(names)} tensors")
+                memory.sample()
+                memory.check(f"{index + 1} of {len(names)} tensors")
         writer.close()
         memory.sample()
         for record in writer.records:

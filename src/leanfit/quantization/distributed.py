@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ def dask_computer(client: Any, path: str | Path, max_pending: int) -> TargetComp
 
     def compute(
         source: TensorSource, jobs: list[TargetJob], config: LoftQConfig
-    ) -> Iterator[QuantizedTarget]:
+    ) -> Generator[QuantizedTarget, None, None]:
         def submit(job: TargetJob) -> Any:
             return client.submit(_quantize_on_worker, path, mtime_ns, job, config, pure=False)
 

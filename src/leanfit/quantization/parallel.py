@@ -15,7 +15,7 @@ thread, exactly as a sequential run with ``torch.set_num_threads(1)`` computes i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -34,7 +34,9 @@ def check_workers(workers: object) -> int:
     return workers
 
 
-def in_order(submit: Callable[[Item], Any], items: Iterable[Item], window: int) -> Iterator[Any]:
+def in_order(
+    submit: Callable[[Item], Any], items: Iterable[Item], window: int
+) -> Generator[Any, None, None]:
     """The results of ``submit(item)`` futures, in the items' order, with at most ``window``
     submitted and not yet consumed.
 
@@ -64,7 +66,7 @@ def in_order(submit: Callable[[Item], Any], items: Iterable[Item], window: int) 
 
 def ordered_map(
     function: Callable[[Item], Result], items: Iterable[Item], workers: int
-) -> Iterator[Result]:
+) -> Generator[Result, None, None]:
     """``map(function, items)`` computed by ``workers`` threads, each on one torch thread.
 
     Results come in the items' order. At most ``workers`` items are taken from ``items`` ahead
