@@ -45,6 +45,24 @@ def quantize_here(model: Path, folder: Path, config=CONFIG, **options):
         return quantize_checkpoint(model, Path("out"), config, progress=False, **options)
 
 
+def interrupted_at(call: int, model: Path, folder: Path, config=CONFIG, **options) -> None:
+    """:func:`quantize_here`, interrupted (``KeyboardInterrupt``) at its ``call``-th shard
+    write (1-based), before that shard is written."""
+    real_save_file = artifacts.save_file
+    calls = []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real_save_file(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(artifacts, "save_file", interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            quantize_here(model, folder, config, **options)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, Path]:
     """The checkpoint and an uninterrupted run of it."""
@@ -95,22 +113,14 @@ def test_killed_run_resumes_to_identical_bytes(reference, tmp_path):
     assert comparable(tmp_path / "out") == expected
 
 
-def test_resume_with_nothing_done(reference, tmp_path, monkeypatch):
+def test_resume_with_nothing_done(reference, tmp_path):
     """Interrupted before its first shard (only the journal's header exists), and with no
     partial run at all: ``resume`` runs from the start, same bytes."""
     model, expected_out = reference
-    real_save_file = artifacts.save_file
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(artifacts, "save_file", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        quantize_here(model, tmp_path / "a")
+    interrupted_at(1, model, tmp_path / "a")
     journal = tmp_path / "a" / ".out.partial" / "journal.jsonl"
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [line["kind"] for line in lines] == ["run"]  # kept (an interrupt), nothing done
-    monkeypatch.setattr(artifacts, "save_file", real_save_file)
     quantize_here(model, tmp_path / "a", resume=True)
     quantize_here(model, tmp_path / "b", resume=True)
     assert comparable(tmp_path / "a" / "out") == comparable(expected_out)
@@ -130,44 +140,20 @@ def test_resume_after_completion_returns_the_report(reference):
         quantize_here(model, expected_out.parent, LoftQConfig(bits=4, rank=4), resume=True)
 
 
-def test_overwrite_discards_an_unfinished_run(reference, tmp_path, monkeypatch):
+def test_overwrite_discards_an_unfinished_run(reference, tmp_path):
     model, expected_out = reference
-    calls = []
-    real_save_file = artifacts.save_file
-
-    def interrupt_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_save_file(*args, **kwargs)
-
-    monkeypatch.setattr(artifacts, "save_file", interrupt_third)
-    with pytest.raises(KeyboardInterrupt):
-        quantize_here(model, tmp_path, LoftQConfig(bits=2, rank=2, iters=1))
-    monkeypatch.setattr(artifacts, "save_file", real_save_file)
+    interrupted_at(3, model, tmp_path, LoftQConfig(bits=2, rank=2, iters=1))
     assert backbone_shards(tmp_path / ".out.partial" / "journal.jsonl") >= 1
     quantize_here(model, tmp_path, overwrite=True)  # another config: starts afresh
     assert comparable(tmp_path / "out") == comparable(expected_out)
 
 
-def test_resume_when_the_dequantized_export_lags(reference, tmp_path, monkeypatch):
+def test_resume_when_the_dequantized_export_lags(reference, tmp_path):
     """Interrupted at the 30th shard write, the backbone has finished more tensors than the
     dequantized export (the kill test usually stops the other way round): the tensors in
     between are recomputed for the export only, and the bytes are still the same."""
     model, expected_out = reference
-    calls = []
-    real_save_file = artifacts.save_file
-
-    def interrupt_30th(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 30:
-            raise KeyboardInterrupt
-        return real_save_file(*args, **kwargs)
-
-    monkeypatch.setattr(artifacts, "save_file", interrupt_30th)
-    with pytest.raises(KeyboardInterrupt):
-        quantize_here(model, tmp_path)
-    monkeypatch.setattr(artifacts, "save_file", real_save_file)
+    interrupted_at(30, model, tmp_path)
     journal = (tmp_path / ".out.partial" / "journal.jsonl").read_text().splitlines()
     done = {"backbone": 0, "dequantized": 0}
     for line in map(json.loads, journal[1:]):
@@ -177,26 +163,14 @@ def test_resume_when_the_dequantized_export_lags(reference, tmp_path, monkeypatc
     assert comparable(tmp_path / "out") == comparable(expected_out)
 
 
-def test_interrupted_run_with_workers_resumes_to_identical_bytes(reference, tmp_path, monkeypatch):
+def test_interrupted_run_with_workers_resumes_to_identical_bytes(reference, tmp_path):
     """An interruption while two worker threads compute leaves a resumable run (the pool shuts
     down cleanly); resuming with workers gives the bytes of an uninterrupted workers run."""
     model, _ = reference
     quantize_here(model, tmp_path / "full", workers=2)
-    real_save_file = artifacts.save_file
-    calls = []
-
-    def interrupt_fifth(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_save_file(*args, **kwargs)
-
-    monkeypatch.setattr(artifacts, "save_file", interrupt_fifth)
     threads = torch.get_num_threads()
-    with pytest.raises(KeyboardInterrupt):
-        quantize_here(model, tmp_path / "resumed", workers=2)
+    interrupted_at(5, model, tmp_path / "resumed", workers=2)
     assert torch.get_num_threads() == threads  # the walker closed the workers' map
-    monkeypatch.setattr(artifacts, "save_file", real_save_file)
     journal = tmp_path / "resumed" / ".out.partial" / "journal.jsonl"
     assert backbone_shards(journal) >= 1
     quantize_here(model, tmp_path / "resumed", resume=True, workers=2)
