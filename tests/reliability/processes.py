@@ -82,15 +82,20 @@ def check_kills(
     *,
     n_kills: int,
     seed: int,
-    files: Callable[[Path], dict[str, str]] = digest,
+    files: Callable[[Path], dict] = digest,
+    resume: tuple[str, ...] = (),
+    partial_names: set[str] | None = None,
 ) -> list[tuple[float, bool, int]]:
-    """Kill ``leanfit`` runs writing ``OUT`` and check that nothing is lost.
+    """Kill ``leanfit`` runs writing ``out`` and check that nothing is lost.
 
-    A reference run of ``args_for(OUT)``, then ``n_kills`` runs SIGKILLed: the first as soon
-    as its hidden ``.OUT.*.partial`` sibling appears, the others at random moments of the
-    reference's duration. After each: ``sources`` keep their bytes, ``OUT`` is absent or
-    complete (``files(OUT)`` equal to the reference's), only hidden partials are left beside
-    it, and a rerun completes with the reference's files and removes them.
+    Every run is started in its own folder and writes the relative path ``out`` there (so
+    outputs that record their path agree). A reference run of ``args_for(out)``, then
+    ``n_kills`` runs SIGKILLed: the first as soon as its hidden ``.out.*partial`` sibling
+    appears, the others at random moments of the reference's duration. After each:
+    ``sources`` keep their bytes, ``out`` is absent or complete (``files(out)`` equal to the
+    reference's), only hidden ``.out.*.partial`` siblings are left beside it (only
+    ``partial_names``, if given), and a rerun with the extra arguments ``resume`` completes
+    with the reference's files and removes them.
 
     Returns
     -------
@@ -98,27 +103,28 @@ def check_kills(
         The planned moment (-1: at the partial), whether the run was still going when
         killed, and how many partials it left.
     """
+    out = Path("out")
     reference = tmp_path / "reference"
-    duration = run_to_end(args_for(reference))
-    expected = files(reference)
+    reference.mkdir()
+    duration = run_to_end(args_for(out), cwd=reference)
+    expected = files(reference / out)
     before = digest(sources)
     times = [-1.0, *np.random.default_rng(seed).uniform(0.1, 1.0, n_kills - 1) * duration]
     outcomes = []
     for index, seconds in enumerate(times):
         runs = tmp_path / f"runs{index}"
         runs.mkdir()
-        out = runs / "out"
-        killed = kill_at(args_for(out), seconds, out)
+        killed = kill_at(args_for(out), seconds, out, cwd=runs)
         assert digest(sources) == before  # the input is never touched
         left = sorted(p.name for p in runs.iterdir())
-        assert all(name == "out" or name.startswith(".out.") for name in left), left
-        assert all(name.endswith(".partial") for name in left if name != "out"), left
-        if out.exists():  # finished before the kill: complete
-            assert files(out) == expected
-        partials = [name for name in left if name.endswith(".partial")]
-        if not out.exists():
-            run_to_end(args_for(out))
-            assert files(out) == expected  # a rerun completes, identical
+        partials = [name for name in left if name != "out"]
+        assert all(n.startswith(".out.") and n.endswith(".partial") for n in partials), left
+        assert partial_names is None or set(partials) <= partial_names, left
+        if (runs / out).exists():  # finished before the kill: complete
+            assert files(runs / out) == expected
+        else:
+            run_to_end([*args_for(out), *resume], cwd=runs)
+            assert files(runs / out) == expected  # the rerun completes, identical
             assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partials removed
         outcomes.append((round(seconds, 2), killed, len(partials)))
     return outcomes

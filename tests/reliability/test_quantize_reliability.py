@@ -15,16 +15,15 @@ import errno
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
 from tests.reliability.processes import (
+    check_kills,
     comparable,
     digest,
-    kill_at,
     quantize_args,
     run_to_end,
     write_llama,
@@ -55,48 +54,32 @@ def test_quantize_twice_gives_identical_files(tmp_path):
 
 
 def check_quantize_kills(tmp_path: Path, n_kills: int, seed: int) -> list[tuple]:
-    """Reference run, then ``n_kills`` runs killed (the first as soon as the partial output
-    appears, the others at random times); after each: the checkpoint is unchanged, the
-    output is absent or complete, only the hidden partial run is left, and ``--resume``
-    completes it with the reference's bytes (reports: apart from time and memory). Every run
-    writes ``out`` relative to its own folder, so the reports' ``out_dir`` are equal."""
+    """:func:`check_kills` of ``leanfit quantize``: only the hidden partial run is left
+    beside the output, and ``--resume`` completes it with the reference's bytes (reports:
+    apart from time and memory)."""
     model = write_llama(tmp_path / "model", layers=6, hidden=96)
-    extra = ("--max-shard-size", "20kB")
-    (tmp_path / "reference").mkdir()
-    out = Path("out")
-    duration = run_to_end(quantize_args(model, out, *extra), cwd=tmp_path / "reference")
-    expected = comparable(tmp_path / "reference" / "out")
-    sources = digest(model)
-    times = [-1.0, *np.random.default_rng(seed).uniform(0.1, 1.0, n_kills - 1) * duration]
-    outcomes = []
-    for index, seconds in enumerate(times):
-        runs = tmp_path / f"runs{index}"
-        runs.mkdir()
-        killed = kill_at(quantize_args(model, out, *extra), seconds, out, cwd=runs)
-        assert digest(model) == sources  # the checkpoint is never touched
-        left = sorted(p.name for p in runs.iterdir())
-        assert set(left) <= {"out", ".out.partial"}, left
-        if (runs / "out").exists():  # finished before the kill: complete
-            assert comparable(runs / "out") == expected
-        partial = ".out.partial" in left
-        if not (runs / "out").exists():
-            run_to_end(quantize_args(model, out, *extra, "--resume"), cwd=runs)
-            assert comparable(runs / "out") == expected  # resumed: identical
-            assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partial removed
-        outcomes.append((round(seconds, 2), killed, partial, round(duration, 1)))
-    return outcomes
+    return check_kills(
+        lambda out: quantize_args(model, out, "--max-shard-size", "20kB"),
+        model,
+        tmp_path,
+        n_kills=n_kills,
+        seed=seed,
+        files=comparable,
+        resume=("--resume",),
+        partial_names={".out.partial"},
+    )
 
 
 def test_kill_9_during_quantize_loses_nothing(tmp_path):
     outcomes = check_quantize_kills(tmp_path, n_kills=3, seed=0)
-    assert sum(killed for _, killed, *_ in outcomes) >= 2  # most kills hit a running process
-    assert any(partials for _, _, partials, _ in outcomes)  # the partial output was caught
+    assert sum(killed for _, killed, _ in outcomes) >= 2  # most kills hit a running process
+    assert any(partials for *_, partials in outcomes)  # the partial output was caught
 
 
 @pytest.mark.slow
 def test_kill_9_during_quantize_at_many_moments(tmp_path):
     outcomes = check_quantize_kills(tmp_path, n_kills=12, seed=1)
-    assert sum(killed for _, killed, *_ in outcomes) >= 9
+    assert sum(killed for _, killed, _ in outcomes) >= 9
 
 
 # -- full disk -----------------------------------------------------------------------------

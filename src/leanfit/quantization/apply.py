@@ -749,28 +749,6 @@ def _rule_plan(targets: list[Target], config: LoftQConfig) -> dict[str, int]:
     )
 
 
-def _estimate(
-    targets: list[Target],
-    shapes: dict[str, tuple[int, ...]],
-    plan: dict[str, int],
-    config: LoftQConfig,
-    baseline: int,
-    max_shard_bytes: int,
-    export_dequantized: bool,
-    workers: int,
-) -> MemoryEstimate:
-    return estimate_memory(
-        targets,
-        shapes,
-        plan,
-        config,
-        max_shard_bytes=max_shard_bytes,
-        export_dequantized=export_dequantized,
-        baseline=baseline,
-        workers=workers,
-    )
-
-
 def walk(
     source: TensorSource,
     out_dir: str | Path,
@@ -842,8 +820,15 @@ def walk(
     memory = _PeakMemory(budget)
     if budget is not None:
         memory.sample()
-        _estimate(
-            targets, shapes, plan, config, memory.anon, max_shard_bytes, export_dequantized, workers
+        estimate_memory(
+            targets,
+            shapes,
+            plan,
+            config,
+            max_shard_bytes=max_shard_bytes,
+            export_dequantized=export_dequantized,
+            baseline=memory.anon,
+            workers=workers,
         ).check(budget)
     jobs = [TargetJob(i, t, plan[t.name]) for i, t in enumerate(targets)]
     target_names = {t.name for t in targets}
@@ -942,15 +927,15 @@ def estimate_checkpoint_memory(
             plan = {target.name: config.high_bits for target in targets}
         memory = _PeakMemory()
         memory.sample()
-        return _estimate(
+        return estimate_memory(
             targets,
             shapes,
             plan,
             config,
-            memory.anon,
-            max_shard_bytes,
-            export_dequantized,
-            check_workers(workers),
+            max_shard_bytes=max_shard_bytes,
+            export_dequantized=export_dequantized,
+            baseline=memory.anon,
+            workers=check_workers(workers),
         )
 
 
