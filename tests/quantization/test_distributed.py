@@ -108,6 +108,9 @@ def test_refusals(tmp_path, checkpoint, cluster):
         quantize_checkpoint_distributed(checkpoint, tmp_path / "o", config, max_pending=0)
     with pytest.raises(BadInputError, match="client must be a distributed.Client, a scheduler"):
         quantize_checkpoint_distributed(checkpoint, tmp_path / "o", config, client=3)
+    calibrated = LoftQConfig(bits=2, rank=2, iters=1, calibration="pride_and_prejudice")
+    with pytest.raises(BadInputError, match="calibration runs block by block.* cannot be distrib"):
+        quantize_checkpoint_distributed(checkpoint, tmp_path / "o", calibrated, client=cluster)
     assert not (tmp_path / "o").exists()
 
 

@@ -950,7 +950,8 @@ CASES = [
         "quantization",
         "workers=2 with calibration",
         BadInputError,
-        r"calibration runs block by block, one target after the other; it cannot use workers",
+        r"calibration runs block by block, one target after the other in one process; it cannot "
+        r"be distributed or use workers > 1",
         lambda t: quantize_with_workers(t, 2, calibration="pride_and_prejudice"),
     ),
     # -- outputs --------------------------------------------------------------------------

@@ -308,6 +308,12 @@ class MatrixReport:
     bits_per_param: float
     seconds: float
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MatrixReport:
+        """Rebuild from ``dataclasses.asdict`` output (as stored in the run's JSON)."""
+        shapes = {key: tuple(values[key]) for key in ("shape", "matrix_shape")}
+        return cls(**{**values, **shapes})
+
 
 @dataclass
 class LoftQReport:
@@ -338,9 +344,7 @@ class LoftQReport:
             self.other_params += record["params"]
             self.other_bytes += record["bytes"]
             return
-        values = {**matrix, "shape": tuple(matrix["shape"])}
-        values["matrix_shape"] = tuple(matrix["matrix_shape"])
-        self.matrices.append(MatrixReport(**values))
+        self.matrices.append(MatrixReport.from_dict(matrix))
         self.quantized_params += record["params"]
         self.quantized_bytes += record["bytes"]
         self.adapter_params += record["adapter_params"]
@@ -601,10 +605,7 @@ def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
     report.other_bytes = round(stored / 8) - report.quantized_bytes
     for name in ("start_rss", "peak_rss", "start_anon", "peak_anon"):
         setattr(report, f"{name}_bytes", round(totals[f"{name}_mb"] * 2**20))
-    for matrix in values["matrices"]:
-        values_ = {**matrix, "shape": tuple(matrix["shape"])}
-        values_["matrix_shape"] = tuple(matrix["matrix_shape"])
-        report.matrices.append(MatrixReport(**values_))
+    report.matrices.extend(MatrixReport.from_dict(matrix) for matrix in values["matrices"])
     return report
 
 
@@ -782,11 +783,6 @@ def walk(
                 "workers > 1 quantizes in this process; it cannot be combined "
                 "with another target computer (Dask)"
             )
-        if config.calibration is not None:
-            raise BadInputError(
-                "calibration runs block by block, one target after the other; it cannot use "
-                "workers > 1"
-            )
         compute = compute_in_threads(workers)
     if config.calibration is not None and resume:
         raise BadInputError(
@@ -795,7 +791,8 @@ def walk(
         )
     if config.calibration is not None and compute is not compute_locally:
         raise BadInputError(
-            "calibration runs block by block in one process; it cannot be distributed"
+            "calibration runs block by block, one target after the other in one process; it "
+            "cannot be distributed or use workers > 1"
         )
     budget = check_budget(max_memory_bytes)
     out_dir = Path(out_dir)
