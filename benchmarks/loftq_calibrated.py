@@ -21,7 +21,7 @@ lasts; the table says what was not run.
 Usage::
 
     python benchmarks/loftq_calibrated.py                 # about 1 hour on one busy thread
-    python benchmarks/loftq_calibrated.py --quick         # 2 bits, rank 16, 1 step: minutes
+    python benchmarks/loftq_calibrated.py --quick         # 2 bits, rank 16, 2 steps: minutes
     python benchmarks/loftq_calibrated.py --work DIR --resume   # keep/reuse quantized models
 
 Writes ``benchmarks/results/loftq_calibrated.{json,md}`` (``_quick`` with ``--quick``).
@@ -319,7 +319,15 @@ def main(argv: list[str] | None = None) -> None:
             elif step == "fine-tune" and record is not None and "ppl_finetuned" not in record:
                 directory, _ = quantize(plan, rank, method, root, calib_tokens)
                 tuned = run_directory(
-                    directory, method, METHODS[method][1], "causal-lm", spec, lm_config, root, ppl
+                    directory,
+                    method,
+                    METHODS[method][1],
+                    "causal-lm",
+                    spec,
+                    lm_config,
+                    root,
+                    ppl,
+                    measure_init=False,  # measured by measure_init above
                 )
                 keys = ("ppl_finetuned", "train_loss_first", "train_loss_last")
                 record.update({k: tuned[k] for k in keys})

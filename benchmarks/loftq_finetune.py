@@ -111,17 +111,19 @@ def run_directory(
     ppl: dict | None,
     *,
     fine_tune: bool = True,
+    measure_init: bool = True,
 ) -> dict:
     """Held-out quality of the quantized ``directory`` with ``init``: perplexity at
-    initialization (causal LM), then, with ``fine_tune``, after fine-tuning with ``config``."""
+    initialization (causal LM; unless ``measure_init`` is False, for a caller that has it
+    already), then, with ``fine_tune``, after fine-tuning with ``config``."""
     tokenizer = tokenizer_of(directory)
     train, held = prepare_data(spec, task, tokenizer, max_length=config.max_length)
     labels = getattr(train, "label_names", ())
     tic = time.perf_counter()
     model = build_model(directory, task, init=init, num_labels=len(labels) or None, seed=0)
     record: dict = {"method": method, "init": init, **backbone_memory(model)}
-    if ppl is not None:
-        stream = held.reshape(-1)[: ppl["tokens"]]
+    stream = None if ppl is None else held.reshape(-1)[: ppl["tokens"]]
+    if ppl is not None and measure_init:
         record["ppl_init"] = perplexity(
             model, stream, max_length=ppl["window"], stride=ppl["stride"]
         )

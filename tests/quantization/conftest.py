@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from leanfit.pretrained import model_path
 from leanfit.quantization.checkpoint import open_checkpoint
+from leanfit.quantization.synthetic import SyntheticLlama, write_synthetic_llama
 
 
 @pytest.fixture(autouse=True, scope="package")
@@ -220,3 +221,16 @@ def minilm_fp32():
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(model_path("minilm")).eval()
+
+
+SYNTHETIC = SyntheticLlama(
+    hidden_size=64, intermediate_size=96, num_layers=4, vocab_size=128, num_heads=4, num_kv_heads=2
+)
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory) -> Path:
+    """A random llama (:data:`SYNTHETIC`, 28 targets) in shards of 100 kB: the input of the
+    Dask and thread-worker tests, which compare their output with one process's."""
+    directory = tmp_path_factory.mktemp("synthetic") / "llama"
+    return write_synthetic_llama(directory, SYNTHETIC, max_shard_bytes=100_000, progress=False)

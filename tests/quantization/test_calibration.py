@@ -201,9 +201,7 @@ def test_calibrated_quantization_end_to_end_on_a_tiny_llama(tmp_path, smollm2_to
 
 def test_calibration_lowers_the_output_error_of_every_real_smollm2_layer(smollm2):
     """Block 0 of SmolLM2 on 512 tokens of Pride and Prejudice, NF2, rank 16, T = 1."""
-    path = model_path("smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    tokens = calibration_tokens(calibration_texts("pride_and_prejudice"), tokenizer, 512)
+    tokens = calibration_tokens(calibration_texts("pride_and_prejudice"), smollm2.tokenizer(), 512)
     targets = [t for t in targets_of(smollm2) if t.layer_index == 0]
     calibrator = BlockCalibrator(smollm2, targets, tokens)
     for target in targets:
@@ -215,5 +213,6 @@ def test_calibration_lowers_the_output_error_of_every_real_smollm2_layer(smollm2
         plain_error = output_error(w - plain.effective_weight(), whitening)
         calibrated_error = output_error(w - calibrated.effective_weight(), whitening)
         # The same Q (T = 1 quantizes W first), the update fitted to the outputs: lower by a
-        # margin on every layer (the activations are far from isotropic).
+        # margin on every layer (the activations are far from isotropic; measured 0.19× for
+        # o_proj to 0.81× for down_proj, so 0.97× fails only if the whitening stops working).
         assert calibrated_error < 0.97 * plain_error, target.name

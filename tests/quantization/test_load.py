@@ -54,7 +54,7 @@ def test_quantize_100mb_of_300_tensors_within_the_memory_bound(benchmark, tmp_pa
         vocab_size=4096,
         dtype="float32",
     )
-    assert spec.num_layers > 30  # ~320 tensors
+    assert spec.num_layers > 30  # 309 tensors
     check_streaming_bound(benchmark, tmp_path, spec)
 
 
@@ -68,6 +68,8 @@ def test_quantize_3gb_of_1000_tensors_within_the_memory_bound(benchmark, tmp_pat
         num_kv_heads=4,
         vocab_size=32000,
     )
-    assert spec.num_layers > 100  # ~1000 tensors
+    assert spec.num_layers > 100  # 1,236 tensors
     row = check_streaming_bound(benchmark, tmp_path, spec)
+    # 3 GiB asked (3.22 GB) in whole decoder blocks: the file lands within a block of it
+    # (measured 3.0 GB); 2.9 GB rules out a spec that silently shrank.
     assert row["file_gb"] > 2.9

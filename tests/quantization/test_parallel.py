@@ -15,18 +15,8 @@ from leanfit.exceptions import BadInputError
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
 from leanfit.quantization.apply import estimate_checkpoint_memory
 from leanfit.quantization.parallel import ordered_map
-from leanfit.quantization.synthetic import SyntheticLlama, write_synthetic_llama
+from tests.quantization.conftest import SYNTHETIC
 from tests.quantization.outputs import assert_same_output, files
-
-SPEC = SyntheticLlama(
-    hidden_size=64, intermediate_size=96, num_layers=4, vocab_size=128, num_heads=4, num_kv_heads=2
-)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("synthetic") / "llama"
-    return write_synthetic_llama(directory, SPEC, max_shard_bytes=100_000, progress=False)
 
 
 def test_results_come_in_order_with_at_most_workers_items_taken_ahead():
@@ -92,31 +82,47 @@ def test_bad_workers_is_refused():
     ],
     ids=["loftq", "qlora-mixed"],
 )
-def test_workers_give_the_one_thread_output_byte_for_byte(tmp_path, checkpoint, config):
+def test_workers_give_the_one_thread_output_byte_for_byte(tmp_path, synthetic_checkpoint, config):
     # the package's autouse fixture runs this module on one torch thread
     single = tmp_path / "single"
-    quantize_checkpoint(checkpoint, single, config, progress=False, max_shard_bytes=50_000)
+    quantize_checkpoint(
+        synthetic_checkpoint, single, config, progress=False, max_shard_bytes=50_000
+    )
     for workers in (2, 3):
         out = tmp_path / f"workers-{workers}"
         report = quantize_checkpoint(
-            checkpoint, out, config, progress=False, max_shard_bytes=50_000, workers=workers
+            synthetic_checkpoint,
+            out,
+            config,
+            progress=False,
+            max_shard_bytes=50_000,
+            workers=workers,
         )
-        assert len(report.matrices) == 7 * SPEC.num_layers
+        assert len(report.matrices) == 7 * SYNTHETIC.num_layers
         assert_same_output(single, out)
 
 
-def test_cli_workers_gives_the_same_output(tmp_path, checkpoint, capsys):
+def test_cli_workers_gives_the_same_output(tmp_path, synthetic_checkpoint, capsys):
     options = ["--bits", "2", "--rank", "4", "--iters", "2", "--quiet", "--threads", "1"]
-    assert main(["quantize", str(checkpoint), "--out", str(tmp_path / "a"), *options]) == 0
-    command = ["quantize", str(checkpoint), "--out", str(tmp_path / "b"), "--workers", "2"]
+    assert (
+        main(["quantize", str(synthetic_checkpoint), "--out", str(tmp_path / "a"), *options]) == 0
+    )
+    command = [
+        "quantize",
+        str(synthetic_checkpoint),
+        "--out",
+        str(tmp_path / "b"),
+        "--workers",
+        "2",
+    ]
     assert main([*command, *options]) == 0
     assert "28 matrices" in capsys.readouterr().out
     assert files(tmp_path / "b") == files(tmp_path / "a")
 
 
-def test_memory_estimate_counts_the_working_set_of_every_worker(checkpoint):
-    one = estimate_checkpoint_memory(checkpoint, LoftQConfig(rank=4))
-    three = estimate_checkpoint_memory(checkpoint, LoftQConfig(rank=4), workers=3)
+def test_memory_estimate_counts_the_working_set_of_every_worker(synthetic_checkpoint):
+    one = estimate_checkpoint_memory(synthetic_checkpoint, LoftQConfig(rank=4))
+    three = estimate_checkpoint_memory(synthetic_checkpoint, LoftQConfig(rank=4), workers=3)
     assert three.targets_in_flight == 3 * one.workspace
     # same process, same moment: only the in-flight working sets differ (baselines are
     # sampled separately, so they are compared out of the difference)

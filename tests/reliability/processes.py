@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -128,6 +129,17 @@ def check_kills(
             assert sorted(p.name for p in runs.iterdir()) == ["out"]  # partials removed
         outcomes.append((round(seconds, 2), killed, len(partials)))
     return outcomes
+
+
+def quantize_in(folder: Path, model: Path, config, **options):
+    """``quantize_checkpoint`` into ``folder/out``, given as the relative path ``out`` (so the
+    reports' ``out_dir`` agree between folders); ``folder`` is created if needed."""
+    from leanfit.quantization import quantize_checkpoint
+
+    with pytest.MonkeyPatch.context() as patch:
+        folder.mkdir(exist_ok=True)
+        patch.chdir(folder)
+        return quantize_checkpoint(model, Path("out"), config, progress=False, **options)
 
 
 def write_llama(folder: Path, layers: int = 2, hidden: int = 32) -> Path:

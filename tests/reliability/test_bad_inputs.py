@@ -31,6 +31,7 @@ from leanfit.exceptions import (
     OutputWriteError,
 )
 from leanfit.io import atomic_output
+from leanfit.quantization.apply import LoftQConfig
 from leanfit.quantization.checkpoint import open_checkpoint
 from leanfit.quantization.loftq import loftq_decompose
 from leanfit.quantization.memory import parse_size
@@ -319,10 +320,10 @@ def unfinished_no_resume(tmp: Path) -> object:
     return quantize_checkpoint(model, tmp / "out", LoftQConfig(rank=3, iters=1), progress=False)
 
 
-def quantize_with_budget(tmp: Path, budget: object, **options: object) -> object:
+def quantize_with_budget(tmp: Path, budget: object, config=None, **options: object) -> object:
     from leanfit.quantization import LoftQConfig, quantize_checkpoint
 
-    config = LoftQConfig(rank=2, iters=1)
+    config = config or LoftQConfig(rank=2, iters=1)
     return quantize_checkpoint(
         tiny_model(tmp), tmp / "out", config, progress=False, max_memory_bytes=budget, **options
     )
@@ -928,6 +929,16 @@ CASES = [
         BadInputError,
         r"max_memory must cover the estimated peak memory .* working set of .* × 2 workers",
         lambda t: quantize_with_budget(t, 10**6, workers=2),
+    ),
+    Case(
+        "q-max-memory-calibration",
+        "quantization",
+        "max_memory_bytes with calibration",
+        BadInputError,
+        r"max_memory does not count calibration's activations .* run without --max-memory",
+        lambda t: quantize_with_budget(
+            t, 10**9, LoftQConfig(rank=2, iters=1, calibration="pride_and_prejudice")
+        ),
     ),
     Case(
         "q-workers-zero",

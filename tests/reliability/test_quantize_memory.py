@@ -13,9 +13,9 @@ import pytest
 
 import leanfit.quantization.apply as apply
 from leanfit.exceptions import BadInputError, MemoryBudgetError
-from leanfit.quantization import LoftQConfig, estimate_checkpoint_memory, quantize_checkpoint
+from leanfit.quantization import LoftQConfig, estimate_checkpoint_memory
 from leanfit.quantization.memory import MemoryEstimate, parse_size
-from tests.reliability.processes import ROOT, comparable, write_llama
+from tests.reliability.processes import ROOT, comparable, quantize_in, write_llama
 
 CONFIG = LoftQConfig(bits=2, rank=4, iters=2)
 
@@ -26,10 +26,7 @@ def model(tmp_path_factory) -> Path:
 
 
 def quantize_here(model: Path, folder: Path, **options):
-    with pytest.MonkeyPatch.context() as patch:
-        folder.mkdir(exist_ok=True)
-        patch.chdir(folder)
-        return quantize_checkpoint(model, Path("out"), CONFIG, progress=False, **options)
+    return quantize_in(folder, model, CONFIG, **options)
 
 
 @pytest.mark.parametrize(
@@ -75,10 +72,20 @@ def test_refusal_says_what_would_fit():
         estimate.check(400 * mb)
 
 
+def test_the_description_adds_up_to_the_peak_when_the_adapter_dominates():
+    mb = 10**6
+    estimate = MemoryEstimate(300 * mb, 20 * mb, "w", 10 * mb, 0, 900 * mb, 5 * mb)
+    assert estimate.peak == 1200 * mb  # the adapter, loaded whole at the end, is the peak
+    assert estimate.describe() == "1.2 GB (baseline 300 MB + adapter 900 MB)"
+
+
 def test_generous_budget_runs(model, tmp_path):
     estimate = estimate_checkpoint_memory(model, CONFIG)
-    report = quantize_here(model, tmp_path, max_memory_bytes=estimate.peak + 500 * 10**6)
-    assert report.peak_anon_bytes <= estimate.peak + 500 * 10**6
+    # 500 MB above the estimate: a budget the run must accept up front and never hit (the
+    # estimate is an upper bound: real increments measured 0.63–0.87 × it; see memory.py).
+    budget = estimate.peak + 500 * 10**6
+    report = quantize_here(model, tmp_path, max_memory_bytes=budget)
+    assert report.peak_anon_bytes <= budget
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -21,6 +21,7 @@ from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
 from tests.reliability.processes import (
+    REPORTS,
     check_kills,
     comparable,
     digest,
@@ -29,10 +30,9 @@ from tests.reliability.processes import (
     write_llama,
 )
 
-REPORTS = {"loftq_report.json", "loftq_report.md"}  # time, memory and paths of the run
-
 
 def without_reports(folder: Path) -> dict[str, str]:
+    """Every file but the two reports (they hold the run's time, memory and output path)."""
     return {name: h for name, h in digest(folder).items() if name not in REPORTS}
 
 
@@ -43,7 +43,7 @@ def test_quantize_twice_gives_identical_files(tmp_path):
     run_to_end(quantize_args(model, first))
     run_to_end(quantize_args(model, second))
     files = without_reports(first)
-    assert REPORTS <= set(digest(first))
+    assert set(REPORTS) <= set(digest(first))
     assert {"adapter/adapter_model.safetensors", "backbone/quantization_config.json"} <= set(files)
     assert any(name.startswith("backbone/model-") for name in files)
     assert files == without_reports(second)  # every file but the two reports

@@ -8,8 +8,8 @@ field, apart from the time and memory of the process (totals' ``seconds``/``*_mb
 matrix's ``seconds`` and the matching markdown columns), which no two runs share. Every run
 writes ``out`` relative to its own working directory, so the reports' ``out_dir`` agree.
 
-The checkpoint is a tiny llama of 57 tensors cut into 20 kB shards (about 20 backbone and
-20 dequantized shards), so a kill lands between many commits.
+The checkpoint is a tiny llama of 39 tensors cut into 20 kB shards (5 backbone and 21
+dequantized shards), so a kill lands between commits.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import torch
 
 import leanfit.quantization.artifacts as artifacts
 from leanfit.exceptions import BadInputError
-from leanfit.quantization import LoftQConfig, quantize_checkpoint
+from leanfit.quantization import LoftQConfig, LoftQReport
 from tests.reliability.processes import (
     comparable,
     digest,
     kill_when,
     quantize_args,
+    quantize_in,
     write_llama,
 )
 
@@ -39,10 +40,7 @@ EXTRA = ("--export-dequantized", "--max-shard-size", "20kB")
 def quantize_here(model: Path, folder: Path, config=CONFIG, **options):
     """``quantize_checkpoint`` into ``folder/out``, given as the relative path ``out``."""
     options = {"export_dequantized": True, "max_shard_bytes": SHARD, **options}
-    with pytest.MonkeyPatch.context() as patch:
-        folder.mkdir(exist_ok=True)
-        patch.chdir(folder)
-        return quantize_checkpoint(model, Path("out"), config, progress=False, **options)
+    return quantize_in(folder, model, config, **options)
 
 
 def interrupted_at(call: int, model: Path, folder: Path, config=CONFIG, **options) -> None:
@@ -64,12 +62,12 @@ def interrupted_at(call: int, model: Path, folder: Path, config=CONFIG, **option
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, Path]:
-    """The checkpoint and an uninterrupted run of it."""
+def reference(tmp_path_factory) -> tuple[Path, Path, LoftQReport]:
+    """The checkpoint, an uninterrupted run of it and the report that run returned."""
     root = tmp_path_factory.mktemp("resume")
     model = write_llama(root / "model", layers=4, hidden=64)
-    quantize_here(model, root / "reference")
-    return model, root / "reference" / "out"
+    report = quantize_here(model, root / "reference")
+    return model, root / "reference" / "out", report
 
 
 def backbone_shards(journal: Path) -> int:
@@ -79,13 +77,13 @@ def backbone_shards(journal: Path) -> int:
 
 
 def test_killed_run_resumes_to_identical_bytes(reference, tmp_path):
-    model, expected_out = reference
+    model, expected_out, _ = reference
     expected = comparable(expected_out)
     partial = tmp_path / ".out.partial"
     journal = partial / "journal.jsonl"
     args = quantize_args(model, Path("out"), *EXTRA)
     killed = kill_when(args, lambda _: backbone_shards(journal) >= 3, cwd=tmp_path)
-    assert killed  # after 3 of about 20 shards: long before the end
+    assert killed  # after 3 of 5 backbone shards, with dequantized shards and adapter to go
     assert not (tmp_path / "out").exists()
     done = backbone_shards(journal)
     before = digest(partial)
@@ -116,7 +114,7 @@ def test_killed_run_resumes_to_identical_bytes(reference, tmp_path):
 def test_resume_with_nothing_done(reference, tmp_path):
     """Interrupted before its first shard (only the journal's header exists), and with no
     partial run at all: ``resume`` runs from the start, same bytes."""
-    model, expected_out = reference
+    model, expected_out, _ = reference
     interrupted_at(1, model, tmp_path / "a")
     journal = tmp_path / "a" / ".out.partial" / "journal.jsonl"
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
@@ -129,19 +127,20 @@ def test_resume_with_nothing_done(reference, tmp_path):
 
 
 def test_resume_after_completion_returns_the_report(reference):
-    model, expected_out = reference
+    model, expected_out, original = reference
     before = digest(expected_out)
     report = quantize_here(model, expected_out.parent, resume=True)
     assert digest(expected_out) == before  # nothing rewritten
-    written = json.loads((expected_out / "loftq_report.json").read_text())
-    assert [m.name for m in report.matrices] == [m["name"] for m in written["matrices"]]
-    assert report.error == pytest.approx(written["totals"]["loftq_error"], rel=1e-12)  # JSON
+    # Rebuilt from loftq_report.json: what the run itself returned (JSON floats round-trip).
+    assert report.matrices == original.matrices
+    assert (report.error, report.qlora_error) == (original.error, original.qlora_error)
+    assert report.quantized_params == original.quantized_params
     with pytest.raises(BadInputError, match=r"complete but was made with another config"):
         quantize_here(model, expected_out.parent, LoftQConfig(bits=4, rank=4), resume=True)
 
 
 def test_overwrite_discards_an_unfinished_run(reference, tmp_path):
-    model, expected_out = reference
+    model, expected_out, _ = reference
     interrupted_at(3, model, tmp_path, LoftQConfig(bits=2, rank=2, iters=1))
     assert backbone_shards(tmp_path / ".out.partial" / "journal.jsonl") >= 1
     quantize_here(model, tmp_path, overwrite=True)  # another config: starts afresh
@@ -152,7 +151,7 @@ def test_resume_when_the_dequantized_export_lags(reference, tmp_path):
     """Interrupted at the 30th shard write, the backbone has finished more tensors than the
     dequantized export (the kill test usually stops the other way round): the tensors in
     between are recomputed for the export only, and the bytes are still the same."""
-    model, expected_out = reference
+    model, expected_out, _ = reference
     interrupted_at(30, model, tmp_path)
     journal = (tmp_path / ".out.partial" / "journal.jsonl").read_text().splitlines()
     done = {"backbone": 0, "dequantized": 0}
@@ -166,7 +165,7 @@ def test_resume_when_the_dequantized_export_lags(reference, tmp_path):
 def test_interrupted_run_with_workers_resumes_to_identical_bytes(reference, tmp_path):
     """An interruption while two worker threads compute leaves a resumable run (the pool shuts
     down cleanly); resuming with workers gives the bytes of an uninterrupted workers run."""
-    model, _ = reference
+    model, _, _ = reference
     quantize_here(model, tmp_path / "full", workers=2)
     threads = torch.get_num_threads()
     interrupted_at(5, model, tmp_path / "resumed", workers=2)

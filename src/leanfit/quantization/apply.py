@@ -463,6 +463,10 @@ class ModuleSource:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._state[self.tied.get(name, name)].shape)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by name (tied ones once), as the model holds them."""
+        return self._state
+
     def read(self, name: str) -> torch.Tensor:
         tensor = self._state[self.tied.get(name, name)].detach()
         return (tensor.float() if tensor.is_floating_point() else tensor).to("cpu", copy=True)
@@ -788,6 +792,11 @@ def walk(
         raise BadInputError(
             "--resume is not supported with calibration (the blocks after the finished "
             "ones need the quantized activations of the whole run); rerun without --resume"
+        )
+    if config.calibration is not None and max_memory_bytes is not None:
+        raise BadInputError(
+            "max_memory does not count calibration's activations and float64 Gram matrices, "
+            "so it cannot bound a calibrated run; run without --max-memory"
         )
     if config.calibration is not None and compute is not compute_locally:
         raise BadInputError(

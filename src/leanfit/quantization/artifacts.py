@@ -36,9 +36,10 @@ from torch import nn
 
 from leanfit._version import __version__
 from leanfit.exceptions import BadInputError, CorruptArtifactError, LeanfitError, bad_value
-from leanfit.io import read_json, write_durably
+from leanfit.io import read_json, write_durably, write_error
 from leanfit.quantization.nn import QuantLinear, reuse_dequantized_weight
 from leanfit.quantization.quantizers import QuantizedTensor, check_quantization_args
+from leanfit.quantization.resume import PartialRun
 from leanfit.quantization.targets import Target, lora_shapes_for_peft, restore_shape
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class ShardWriter:
         weight_map = {}
         count = len(self._files)
         for i, names in enumerate(self._files, start=1):
-            final = f"model-{i:05d}-of-{count:05d}.safetensors"
+            final = final_shard_file(i, count)
             if (self.directory / shard_file(i)).exists() or not (self.directory / final).exists():
                 os.replace(self.directory / shard_file(i), self.directory / final)
             weight_map.update(dict.fromkeys(names, final))
@@ -143,6 +144,11 @@ class ShardWriter:
 def shard_file(number: int) -> str:
     """The name of shard ``number`` (1-based) before :meth:`ShardWriter.close` renames it."""
     return f"model-{number:05d}.safetensors"
+
+
+def final_shard_file(number: int, count: int) -> str:
+    """The name of shard ``number`` of ``count`` (1-based), as transformers names shards."""
+    return f"model-{number:05d}-of-{count:05d}.safetensors"
 
 
 def _target_meta(target: Target, quantized: QuantizedTensor, rank: int) -> dict[str, Any]:
@@ -227,7 +233,6 @@ class ArtifactWriter:
         resume: bool = False,
         identity: dict[str, Any] | None = None,
     ) -> None:
-        from leanfit.quantization.resume import PartialRun
 
         self.config, self.source = config, source
         header = {
@@ -280,7 +285,6 @@ class ArtifactWriter:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        from leanfit.io import write_error
 
         if exc is None and not self._finished:
             self._run.abandon(None)

@@ -138,27 +138,14 @@ def calibration_tokens(
 
 
 def source_tokenizer(source: Any) -> Any:
-    """The tokenizer of a checkpoint (a transformers directory or a GGUF file)."""
-    from transformers import AutoTokenizer
-
-    from leanfit.quantization.checkpoint import GGUFCheckpoint, SafetensorsCheckpoint
-
-    if isinstance(source, GGUFCheckpoint):
-        return AutoTokenizer.from_pretrained(
-            source.path.parent, gguf_file=source.path.name, trust_remote_code=False
+    """The tokenizer of a checkpoint
+    (:meth:`leanfit.quantization.checkpoint.Checkpoint.tokenizer`)."""
+    if not callable(getattr(source, "tokenizer", None)):
+        raise BadInputError(
+            "calibration needs a checkpoint with a tokenizer (quantize_checkpoint on a "
+            f"transformers directory or a GGUF file); got a {type(source).__name__}"
         )
-    if isinstance(source, SafetensorsCheckpoint):
-        try:
-            return AutoTokenizer.from_pretrained(source.path, trust_remote_code=False)
-        except (OSError, ValueError) as err:
-            raise BadInputError(
-                f"calibration needs the checkpoint's tokenizer; {str(source.path)!r} has none "
-                f"that transformers can load ({' '.join(str(err).split())})"
-            ) from err
-    raise BadInputError(
-        "calibration needs a checkpoint with a tokenizer (quantize_checkpoint on a "
-        f"transformers directory or a GGUF file); got a {type(source).__name__}"
-    )
+    return source.tokenizer()
 
 
 def check_calibratable(model_type: str, targets: Iterable[Target]) -> None:
@@ -289,19 +276,29 @@ class BlockCalibrator:
         self._grams = {}
 
     def _collect(self, index: int) -> dict[str, Tensor]:
-        """Run block ``index`` (full precision) and accumulate its targets' input Grams."""
+        """Run block ``index`` (full precision) and accumulate its targets' input Grams.
+
+        Targets fed the same tensor (q, k, v; gate, up) share one Gram: the first of them
+        to see it in the first batch accumulates it, the others point to it.
+        """
         layer = self._build(index, {})
         grams: dict[str, Tensor] = {}
-        shared: dict[int, tuple[Tensor, Tensor]] = {}  # one product per input tensor (q, k, v)
+        owner: dict[str, str] = {}  # a target -> the target whose Gram it shares
+        seen: dict[int, tuple[Tensor, str]] = {}  # id(input) -> (input, first target), per batch
 
         def hook(name: str) -> Any:
             def accumulate(module: nn.Module, args: tuple[Tensor, ...]) -> None:
                 x = args[0]
-                hit = shared.get(id(x))
-                if hit is None or hit[0] is not x:
-                    flat = x.reshape(-1, x.shape[-1]).double()
-                    hit = shared[id(x)] = (x, flat.T @ flat)
-                grams[name] = grams[name] + hit[1] if name in grams else hit[1].clone()
+                hit = seen.get(id(x))
+                if name in owner or (hit is not None and hit[0] is x):
+                    owner.setdefault(name, hit[1] if hit is not None else name)
+                    return
+                seen[id(x)] = (x, name)
+                flat = x.reshape(-1, x.shape[-1]).double()
+                if name in grams:
+                    grams[name].addmm_(flat.T, flat)
+                else:
+                    grams[name] = flat.T @ flat
 
             return accumulate
 
@@ -310,11 +307,11 @@ class BlockCalibrator:
             for t in self._by_block[index]
         ]
         try:
-            self._run(layer, self._hidden, after_batch=shared.clear)
+            self._run(layer, self._hidden, after_batch=seen.clear)
         finally:
             for handle in handles:
                 handle.remove()
-        return grams
+        return {t.name: grams[owner.get(t.name, t.name)] for t in self._by_block[index]}
 
     def _local(self, name: str) -> str:
         """A name inside its block: ``model.layers.3.mlp.up_proj`` → ``mlp.up_proj``."""

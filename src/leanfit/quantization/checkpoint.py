@@ -178,6 +178,18 @@ class Checkpoint(abc.ABC):
         return tensor.float() if tensor.is_floating_point() else tensor
 
     @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer, loaded by transformers without running its code.
+
+        Raises
+        ------
+        BadInputError
+            The checkpoint holds no tokenizer.
+        CorruptArtifactError
+            It holds one that cannot be read.
+        """
+
+    @abc.abstractmethod
     def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
         """Write ``config.json`` and the tokenizer files into ``out_dir`` (created if missing).
 
@@ -306,6 +318,18 @@ class SafetensorsCheckpoint(Checkpoint):
                 directory, "build the model it describes", _meta_model, model_class, config
             )
             self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._handles)
+
+    def tokenizer(self) -> Any:
+        self._check_open()
+        if not any(p for pattern in TOKENIZER_FILES for p in self.path.glob(pattern)):
+            raise BadInputError(f"checkpoint {str(self.path)!r} holds no tokenizer files")
+        return _guarded(
+            self.path,
+            "read its tokenizer",
+            AutoTokenizer.from_pretrained,
+            self.path,
+            trust_remote_code=False,
+        )
 
     def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
         self._check_open()
@@ -449,7 +473,14 @@ class GGUFCheckpoint(Checkpoint):
                 stacklevel=2,
             )
             return [out_dir / "config.json"]
-        tokenizer = _guarded(
+        saved = self.tokenizer().save_pretrained(out_dir)
+        return sorted({out_dir / "config.json", *(Path(name) for name in saved)})
+
+    def tokenizer(self) -> Any:
+        self._check_open()
+        if not self._has_tokenizer:
+            raise BadInputError(f"GGUF file {str(self.path)!r} holds no tokenizer")
+        return _guarded(
             self.path,
             "read its tokenizer",
             AutoTokenizer.from_pretrained,
@@ -457,8 +488,6 @@ class GGUFCheckpoint(Checkpoint):
             gguf_file=self.path.name,
             trust_remote_code=False,
         )
-        saved = tokenizer.save_pretrained(out_dir)
-        return sorted({out_dir / "config.json", *(Path(name) for name in saved)})
 
     def _stored_names(self) -> dict[str, Any]:
         return self._tensors

@@ -12,7 +12,9 @@ file-backed pages: a memory-mapped checkpoint's pages are page cache the kernel 
     ws(other)  = 4 · numel                    one transient copy while it is read as float32
     buffer     = min(max(max_shard_bytes, largest tensor group), total bytes of the writer)
 
-``k`` was measured: the anonymous-memory peak of :func:`loftq_decompose` above its input is
+``k`` was measured once, by hand, when these constants were chosen (no script in
+``benchmarks/`` reproduces the figures of this paragraph; the test's 0.4–1.0 bound does check
+them on every run): the anonymous-memory peak of :func:`loftq_decompose` above its input is
 13.6 × the float32 matrix for T = 5 and T = 3 (NF2/NF4, 1024 × 4096 and 2048 × 2048), 9.0 for
 T = 1 and 5.9 for QLoRA; one more copy is the tensor as read, and the rest is margin for the
 allocator (whole runs measured 0.63–0.87 × the estimated increment; the test checks
@@ -113,6 +115,8 @@ class MemoryEstimate:
         ]
         if self.dequantized_buffer:
             parts.append(f"dequantized shard buffer {format_size(self.dequantized_buffer)}")
+        if self.adapter > self.walk:  # the peak is the adapter loaded whole at the end
+            parts = [parts[0], f"adapter {format_size(self.adapter)}"]
         return f"{format_size(self.peak)} (" + " + ".join(parts) + ")"
 
     def check(self, budget: int) -> None:

@@ -77,17 +77,24 @@ def file_fingerprint(path: Path) -> str:
 
 def source_fingerprint(source: Any) -> dict[str, str]:
     """What identifies a source: for a checkpoint, :func:`file_fingerprint` of the GGUF file
-    or of every file of the directory; for an in-memory module, the sha256 of its tensors."""
+    or of every file of the directory; for an in-memory module, :func:`tensors_fingerprint`
+    of its stored tensors (``source.tensors()``)."""
     path = getattr(source, "path", None)
     if isinstance(path, Path):
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
         return {p.name: file_fingerprint(p) for p in files}
+    return {"module tensors": tensors_fingerprint(source.tensors())}
+
+
+def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of names, shapes, dtypes and bytes, each tensor hashed as stored (no float32
+    copy; a copy only for a tensor on another device or not contiguous)."""
     digest = hashlib.sha256()
-    for name in source.names():
-        tensor = source.read(name).contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return {"module tensors": f"sha256 {digest.hexdigest()[:16]}"}
+    for name, tensor in tensors.items():
+        stored = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(stored.shape)}:{stored.dtype}".encode())
+        digest.update(stored.view(-1).view(torch.uint8).numpy().data)
+    return f"sha256 {digest.hexdigest()[:16]}"
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

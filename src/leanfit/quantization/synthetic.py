@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from leanfit.exceptions import bad_value
 from leanfit.io import atomic_output
+from leanfit.quantization.artifacts import INDEX_FILE, final_shard_file
 
 DTYPES = {"float32": (4, "F32"), "bfloat16": (2, "BF16")}
 """Storage dtypes: bytes per value and safetensors' name."""
@@ -271,9 +272,9 @@ def write_synthetic_llama(
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(spec.config(), indent=2) + "\n")
         for i, tensors in enumerate(shards, start=1):
-            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            file = final_shard_file(i, len(shards))
             total += _write_shard(tmp / file, tensors, spec, positions, seed, bar)
             weight_map.update(dict.fromkeys((name for name, _ in tensors), file))
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return Path(directory)

@@ -19,7 +19,9 @@ truncated SVD of ``E S``::
 with ``λ = damp · mean(diag G)``: a Gram of fewer tokens than inputs is singular, and
 directions the calibration never excites would get an unbounded update; damping adds
 ``λ ‖E − L R‖_F²`` to the objective, which keeps them small. Any factor ``S Q`` (Q orthogonal)
-gives the same ``L R``. For ``G = c I`` the fit is the plain truncated SVD of E.
+gives the same ``L R``. For ``G = c I`` the fit is the plain truncated SVD of E. The fit
+itself is :func:`leanfit.quantization.loftq.fit_whitened` (the plain low-rank step applied to
+``E S``); this module holds the factor and the error measure.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import torch
 from torch import Tensor
 
 from leanfit.exceptions import BadInputError, bad_value
-from leanfit.quantization.lowrank import truncated_svd
 
 DEFAULT_DAMP = 0.01
 
@@ -91,60 +92,16 @@ def whiten(gram: Tensor, damp: float = DEFAULT_DAMP, *, name: str = "gram") -> W
     if mean_diag < 0:
         raise BadInputError(f"{name} must be positive semi-definite; its mean diagonal is < 0")
     damping = damp * mean_diag if mean_diag > 0 else float(damp)
-    damped = g + damping * torch.eye(len(g), dtype=g.dtype)
-    root, info = torch.linalg.cholesky_ex(damped)
+    g.diagonal().add_(damping)  # G + λI, in the symmetrized copy
+    root, info = torch.linalg.cholesky_ex(g)
     if int(info) != 0:
         raise BadInputError(
             f"{name} must be positive semi-definite (a Gram matrix XᵀX); G + λI with "
             f"λ = {damping:.3g} has no Cholesky factor"
         )
-    identity = torch.eye(len(g), dtype=g.dtype)
+    identity = torch.eye(len(g), dtype=g.dtype, device=g.device)
     inverse = torch.linalg.solve_triangular(root, identity, upper=False)
     return Whitening(root.float(), inverse.float(), damping)
-
-
-def fit_whitened(
-    residual: Tensor,
-    whitening: Whitening,
-    rank: int,
-    *,
-    svd: str = "randomized",
-    init: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    power_iters: int = 6,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The rank-r ``L R`` minimizing ``‖(E − L R) S‖_F`` (the calibrated output error).
-
-    Parameters
-    ----------
-    residual : Tensor
-        E = W − Q, (out × in).
-    whitening : Whitening
-        From :func:`whiten` of the layer's input Gram (in × in).
-    rank : int
-        r, 1 <= r <= min(out, in).
-    svd, init, generator, power_iters
-        The truncated SVD of ``E S`` (:func:`leanfit.quantization.truncated_svd`); ``init``
-        warm-starts it with a basis of the whitened space (the previous ``basis``).
-
-    Returns
-    -------
-    (left, right, basis)
-        ``left = U_r diag(√σ_r)`` (out × r), ``right = diag(√σ_r) V_rᵀ S⁻¹`` (r × in), and
-        ``V_r`` (in × r, randomized SVD only, else None) to warm-start the next fit.
-    """
-    if residual.dim() != 2 or residual.shape[1] != whitening.root.shape[0]:
-        raise BadInputError(
-            f"the Gram matrix must be (in × in) with in = {residual.shape[-1]} (the weight's "
-            f"columns); got {tuple(whitening.root.shape)}"
-        )
-    root = whitening.root.to(residual.device)
-    u, s, vh = truncated_svd(
-        residual @ root, rank, svd, init=init, generator=generator, power_iters=power_iters
-    )
-    scale = s.sqrt()
-    right = (scale[:, None] * vh) @ whitening.inverse.to(residual.device)
-    return u * scale, right, vh.T if svd == "randomized" else None
 
 
 def output_error(matrix: Tensor, whitening: Whitening) -> float:
