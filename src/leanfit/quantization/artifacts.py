@@ -251,7 +251,7 @@ class ArtifactWriter:
         self._parts: list[str] = []
         self._pending_records: dict[int, dict[str, Any]] = {}
         self._pending_adapter: dict[int, dict[str, torch.Tensor]] = {}
-        self._done = {BACKBONE: 0, DEQUANTIZED: 0 if export_dequantized else 2**62}
+        self._done = {BACKBONE: 0, DEQUANTIZED: 0}  # per writer: the tensors finished
         self._finished = False
 
     def __enter__(self) -> ArtifactWriter:
@@ -318,11 +318,7 @@ class ArtifactWriter:
             if writer is None or not _shard_present(writer, entry, self._run.parts):
                 break
             writer.restore(entry["names"], entry["bytes"])
-            self._done[entry["writer"]] = entry["last"] + 1
-            if entry["writer"] == BACKBONE:
-                self.records.extend(entry["records"])
-                if entry["adapter"]:
-                    self._parts.append(entry["adapter"])
+            self._take(entry)
             kept += 1
         self._run.keep_entries(kept)
         keep = {self._run.parts / part for part in self._parts}
@@ -341,7 +337,16 @@ class ArtifactWriter:
     def needs(self, index: int) -> bool:
         """Whether source tensor ``index`` must still be given (it is not in every writer's
         finished shards)."""
-        return index >= min(self._done.values())
+        return index >= min(self._done[kind] for kind in self._writers())
+
+    def _take(self, entry: dict[str, Any]) -> None:
+        """Count a journaled shard as finished: its tensors and, for the backbone, their
+        records and adapter part."""
+        self._done[entry["writer"]] = entry["last"] + 1
+        if entry["writer"] == BACKBONE:
+            self.records.extend(entry["records"])
+            if entry["adapter"]:
+                self._parts.append(entry["adapter"])
 
     def _committer(self, kind: str) -> Callable[[str, list[str], int, list[int]], None]:
         def commit(file: str, names: list[str], nbytes: int, tags: list[int]) -> None:
@@ -367,11 +372,7 @@ class ArtifactWriter:
                     )
                 entry.update(records=records, adapter=part)
             self._run.append(entry)
-            if kind == BACKBONE:
-                self.records.extend(entry["records"])
-                if entry["adapter"]:
-                    self._parts.append(entry["adapter"])
-            self._done[kind] = entry["last"] + 1
+            self._take(entry)
 
         return commit
 
