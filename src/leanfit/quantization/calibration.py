@@ -74,10 +74,9 @@ def calibration_texts(source: str) -> list[str]:
     BadInputError
         The text has no paragraph to calibrate on.
     """
-    import pandas as pd
 
     from leanfit.datasets import load_text
-    from leanfit.quantization.data import split_chapters
+    from leanfit.quantization.data import paragraph_chapters, split_chapters
 
     if not isinstance(source, str):
         raise bad_value("calibration", source, f"one of {BUILTIN_TEXTS} or a text file path")
@@ -90,16 +89,12 @@ def calibration_texts(source: str) -> list[str]:
                 f"calibration must be one of {list(BUILTIN_TEXTS)} or an existing text file; "
                 f"got {source!r}, which is neither"
             )
-        try:
-            paragraphs = [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-        except UnicodeDecodeError as err:
-            raise BadInputError(f"calibration file {source!r} is not UTF-8 text: {err}") from err
-        if len(paragraphs) < 2:
+        frame = paragraph_chapters(path, "calibration file")
+        if len(frame) < 2:
             raise BadInputError(
-                f"calibration file {source!r} has {len(paragraphs)} paragraph(s); it needs at "
+                f"calibration file {source!r} has {len(frame)} paragraph(s); it needs at "
                 "least 2 (blank-line separated), the last 10 % being held out"
             )
-        frame = pd.DataFrame({"chapter": range(len(paragraphs)), "text": paragraphs})
     train, _ = split_chapters(frame, held_out=HELD_OUT)
     return train["text"].tolist()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,18 @@ def causal_lm_blocks(texts: Sequence[str], tokenizer: Any, block_size: int) -> t
     if n_blocks == 0:
         raise BadInputError(f"texts give {len(stream)} tokens, fewer than block_size={block_size}")
     return torch.tensor(stream[: n_blocks * block_size], dtype=torch.long).view(n_blocks, -1)
+
+
+def paragraph_chapters(path: Path, what: str) -> pd.DataFrame:
+    """A UTF-8 text file as a book of one "chapter" per paragraph (blank-line separated,
+    empty ones dropped): columns ``chapter`` and ``text``, as :func:`split_chapters` takes.
+    ``what`` names the file in the error for text that is not UTF-8."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{what} {str(path)!r} is not UTF-8 text: {err}") from err
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    return pd.DataFrame({"chapter": range(len(paragraphs)), "text": paragraphs})
 
 
 def split_chapters(frame: pd.DataFrame, held_out: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -48,6 +48,7 @@ from leanfit.quantization.data import (
     causal_lm_blocks,
     classification_data,
     load_data,
+    paragraph_chapters,
     split_chapters,
     split_rows,
 )
@@ -169,8 +170,7 @@ def prepare_data(
             "data", spec.source, f"a file or a built-in data set ({sorted(BUILTIN_DATA)})"
         )
     if task == "causal-lm":
-        paragraphs = [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-        frame = pd.DataFrame({"chapter": range(len(paragraphs)), "text": paragraphs})
+        frame = paragraph_chapters(path, "data file")
         parts = split_chapters(frame, held_out=spec.eval_fraction)
         blocks = [
             causal_lm_blocks(part["text"].tolist(), tokenizer, max_length)[: spec.max_examples]
