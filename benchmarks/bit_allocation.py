@@ -6,7 +6,7 @@ block 64, float32 scales) is run at 2, 3 and 4 bits with T = 5 and the seeds
 
 - the paper's mixed plan (``avg_bits`` b: the first ⌊L·(b − 2)/2⌋ layers at 4 bits, the rest
   at 2) gives a stored size S (codes + scales, bits per parameter);
-- the allocator (:func:`leanfit.quantization.allocation.allocate_budget`) gets the budget S
+- the allocator (:func:`leanfit.pipeline.allocation.allocate_budget`) gets the budget S
   and minimizes the total T = 5 error; the greedy solver too; and the allocator fed cheaper
   error estimates (T = 1, or the QLoRA error ‖W − quantize(W)‖ with no SVD), its plan then
   scored with the real T = 5 errors;
@@ -38,20 +38,20 @@ import torch
 from _common import write_results
 from scipy.stats import spearmanr
 
-from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, quantize_checkpoint
-from leanfit.quantization.allocation import (
+from leanfit.checkpoints.source import open_checkpoint
+from leanfit.checkpoints.targets import plan_bits, select_targets
+from leanfit.finetune.evaluate import perplexity
+from leanfit.finetune.runs import DataSpec, build_model, prepare_data, tokenizer_of
+from leanfit.finetune.training import FinetuneConfig, finetune
+from leanfit.pipeline.allocation import (
     MatrixErrors,
     allocate_budget,
     measure_targets,
     stored_bits_per_param,
     total_relative_error,
 )
-from leanfit.quantization.checkpoint import open_checkpoint
-from leanfit.quantization.evaluate import perplexity
-from leanfit.quantization.finetune import FinetuneConfig, finetune
-from leanfit.quantization.runs import DataSpec, build_model, prepare_data, tokenizer_of
-from leanfit.quantization.targets import plan_bits, select_targets
+from leanfit.pretrained import model_path
+from leanfit.quantization import LoftQConfig, quantize_checkpoint
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"

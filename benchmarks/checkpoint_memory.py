@@ -42,7 +42,7 @@ def measure(method: str, path: Path) -> dict:
     import transformers.models.llama.modeling_llama  # noqa: F401
     from transformers import AutoModelForCausalLM
 
-    from leanfit.quantization.checkpoint import open_checkpoint
+    from leanfit.checkpoints.source import open_checkpoint
 
     base_anon, base_hwm = status_kb("RssAnon"), status_kb("VmHWM")
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """LoRA fine-tuning throughput on the CPU: float32 against bfloat16 autocast.
 
-Runs :func:`leanfit.quantization.finetune.finetune` for a few optimizer steps on real data and
+Runs :func:`leanfit.finetune.training.finetune` for a few optimizer steps on real data and
 reports wall time per step and training tokens per second:
 
 - SmolLM2-135M-Instruct (causal LM), LoRA rank 4 on q_proj and v_proj, blocks of Pride and
@@ -42,9 +42,9 @@ from transformers import (
     AutoTokenizer,
 )
 
+from leanfit.finetune.data import load_data
+from leanfit.finetune.training import FinetuneConfig, finetune
 from leanfit.pretrained import model_path
-from leanfit.quantization.data import load_data
-from leanfit.quantization.finetune import FinetuneConfig, finetune
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # the sibling scripts, also when
 from _common import write_results
 from loftq_finetune import run_directory, smollm2_setup
 
+from leanfit.finetune.runs import DataSpec
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
-from leanfit.quantization.runs import DataSpec
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -191,7 +191,7 @@ def rerender(path: Path) -> None:
 def calibration_chapters(tokenizer, n_tokens: int) -> str:
     """Which chapters the first ``n_tokens`` calibration tokens come from."""
     from leanfit.datasets import load_text
-    from leanfit.quantization.data import split_chapters
+    from leanfit.datasets.text import split_chapters
 
     train, _ = split_chapters(load_text("pride_and_prejudice"), held_out=0.1)
     total = 0
@@ -219,7 +219,7 @@ def measure_init(
     directory, totals = quantize(plan, rank, method, root, calib_tokens)
     seconds = time.perf_counter() - tic
     if "calib_chapters" not in meta:
-        from leanfit.quantization.runs import tokenizer_of
+        from leanfit.finetune.runs import tokenizer_of
 
         meta["calib_chapters"] = calibration_chapters(tokenizer_of(directory), calib_tokens)
     if "ppl_full_precision" not in meta:

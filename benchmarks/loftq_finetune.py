@@ -38,18 +38,12 @@ from pathlib import Path
 
 import torch
 
+from leanfit.finetune.evaluate import perplexity
+from leanfit.finetune.runs import DataSpec, backbone_memory, build_model, prepare_data, tokenizer_of
+from leanfit.finetune.training import FinetuneConfig, finetune
 from leanfit.io import atomic_output
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
-from leanfit.quantization.evaluate import perplexity
-from leanfit.quantization.finetune import FinetuneConfig, finetune
-from leanfit.quantization.runs import (
-    DataSpec,
-    backbone_memory,
-    build_model,
-    prepare_data,
-    tokenizer_of,
-)
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,7 +22,7 @@ after the other (the reference then leanfit on each matrix, so that both see the
 load), on one torch thread. WHOLE MACHINE (end to end on all the CPUs): the reference as
 published, one matrix after the other with torch's threads on every CPU, against leanfit
 quantizing as many matrices at a time as there are CPUs, each on one torch thread
-(:mod:`leanfit.quantization.parallel`, what ``leanfit quantize --workers N`` runs); the whole
+(:mod:`leanfit.pipeline.parallel`, what ``leanfit quantize --workers N`` runs); the whole
 model by the reference, then by leanfit, in each repetition.
 Each repetition covers every matrix of the model; the table gives the medians over
 repetitions of the total times (wall clock, and the CPU time of the process, which other
@@ -57,8 +57,8 @@ from scipy.stats import norm
 from tqdm import tqdm
 
 from leanfit.io import atomic_output
+from leanfit.pipeline.parallel import ordered_map
 from leanfit.quantization import loftq_decompose
-from leanfit.quantization.parallel import ordered_map
 from leanfit.quantization.quantizers import Workspace, quantize_to_grid
 
 RESULTS = Path(__file__).parent / "results"
@@ -220,7 +220,7 @@ def markdown(records: list[dict], machine: list[dict], passes: list[dict], meta:
         "",
         f"The reference one matrix after the other on {meta['cpus']} torch threads (torch's "
         f"default here); leanfit {meta['cpus']} matrices at a time, each on one torch thread "
-        "(`leanfit.quantization.parallel`, as `leanfit quantize --workers "
+        "(`leanfit.pipeline.parallel`, as `leanfit quantize --workers "
         f"{meta['cpus']}`). T = {ITERS}, NF, block {BLOCK}; all matrices of each model; median "
         f"over {meta['repeats_text']} of the total wall-clock time.",
         "",

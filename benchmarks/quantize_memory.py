@@ -74,10 +74,9 @@ def _imports() -> None:
     import transformers.models.llama.modeling_llama  # noqa: F401
     from transformers import AutoModelForCausalLM  # noqa: F401
 
+    import leanfit.checkpoints
     import leanfit.cli.quantize
-    import leanfit.quantization.apply
-    import leanfit.quantization.artifacts
-    import leanfit.quantization.checkpoint  # noqa: F401
+    import leanfit.pipeline  # noqa: F401
 
 
 def _quantize(method: str, source: Path, out: Path) -> None:
@@ -85,7 +84,8 @@ def _quantize(method: str, source: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from leanfit.cli import main as cli_main
-    from leanfit.quantization.apply import LoftQConfig, quantize_module
+    from leanfit.pipeline.walker import quantize_module
+    from leanfit.quantization.config import LoftQConfig
 
     if method == "streaming":
         options = [f"--{key}={value}" for key, value in LOFTQ.items()]
@@ -150,9 +150,9 @@ def run_child(method: str, source: Path | str, out: Path) -> dict:
 
 def describe(source: Path) -> dict:
     """Sizes of a checkpoint and of what quantizing it keeps in memory (MB)."""
-    from leanfit.quantization.apply import DEFAULT_SHARD_BYTES
-    from leanfit.quantization.checkpoint import open_checkpoint
-    from leanfit.quantization.targets import select_targets
+    from leanfit.checkpoints.source import open_checkpoint
+    from leanfit.checkpoints.targets import select_targets
+    from leanfit.pipeline.walker import DEFAULT_SHARD_BYTES
 
     with open_checkpoint(source) as checkpoint:
         names = checkpoint.names()
@@ -206,8 +206,8 @@ def main() -> None:
         print(json.dumps(child(args.child[0], Path(args.child[1]), Path(args.child[2]))))
         return
 
+    from leanfit.checkpoints.synthetic import SyntheticLlama, write_synthetic_llama
     from leanfit.pretrained import model_path
-    from leanfit.quantization.synthetic import SyntheticLlama, write_synthetic_llama
 
     shape = QUICK_SHAPE if args.quick else FULL_SHAPE
     layers = QUICK_LAYERS if args.quick else FULL_LAYERS

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from leanfit.checkpoints.source import open_checkpoint
+from leanfit.checkpoints.synthetic import SyntheticLlama, write_synthetic_llama
 from leanfit.pretrained import model_path
-from leanfit.quantization.checkpoint import open_checkpoint
-from leanfit.quantization.synthetic import SyntheticLlama, write_synthetic_llama
 
 
 @pytest.fixture(autouse=True, scope="package")

@@ -10,8 +10,7 @@ import torch
 
 from leanfit.cli import main
 from leanfit.exceptions import BadInputError
-from leanfit.quantization import LoftQConfig, loftq_decompose, quantize, quantize_module
-from leanfit.quantization.allocation import (
+from leanfit.pipeline.allocation import (
     allocate_bits,
     allocate_budget,
     budget_limits,
@@ -19,6 +18,7 @@ from leanfit.quantization.allocation import (
     stored_bits_per_param,
     total_relative_error,
 )
+from leanfit.quantization import LoftQConfig, loftq_decompose, quantize, quantize_module
 from leanfit.quantization.quantizers import stored_nbytes
 
 

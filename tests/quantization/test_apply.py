@@ -17,6 +17,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
+from leanfit.checkpoints.source import SafetensorsCheckpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.pretrained import model_path
 from leanfit.quantization import (
@@ -28,7 +29,6 @@ from leanfit.quantization import (
     quantize_checkpoint,
     quantize_module,
 )
-from leanfit.quantization.checkpoint import SafetensorsCheckpoint
 from tests.quantization.conftest import WIDER, tiny_decoder
 
 FAST = LoftQConfig(bits=4, rank=4, iters=2)

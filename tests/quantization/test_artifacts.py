@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, GPT2Config, GPT2Model
 
+from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.pretrained import model_path
 from leanfit.quantization import (
@@ -21,7 +22,6 @@ from leanfit.quantization import (
     merge_into,
     quantize_checkpoint,
 )
-from leanfit.quantization.checkpoint import open_checkpoint
 
 TARGETS = 37  # 6 blocks × 6 linear layers + the pooler
 

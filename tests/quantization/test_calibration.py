@@ -6,19 +6,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from leanfit.checkpoints.source import open_checkpoint
+from leanfit.checkpoints.targets import select_targets
 from leanfit.cli import main
 from leanfit.datasets import load_text
 from leanfit.exceptions import BadInputError
+from leanfit.finetune.data import load_data
+from leanfit.pipeline.calibration import BlockCalibrator, calibration_texts, calibration_tokens
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, load, loftq_decompose, quantize_checkpoint
-from leanfit.quantization.calibration import (
-    BlockCalibrator,
-    calibration_texts,
-    calibration_tokens,
-)
-from leanfit.quantization.checkpoint import open_checkpoint
-from leanfit.quantization.data import load_data
-from leanfit.quantization.targets import select_targets
 from leanfit.quantization.whitening import output_error, whiten
 
 

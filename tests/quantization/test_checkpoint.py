@@ -23,6 +23,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from leanfit.checkpoints.gguf_source import unpermute_rotary
+from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import (
     BadInputError,
     CorruptArtifactError,
@@ -30,7 +32,6 @@ from leanfit.exceptions import (
     MissingResourceError,
 )
 from leanfit.pretrained import model_path
-from leanfit.quantization.checkpoint import open_checkpoint, unpermute_rotary
 from tests.quantization.conftest import WIDER, tiny_decoder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,9 +16,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from leanfit.datasets import load_text, load_tweets
 from leanfit.exceptions import BadInputError
-from leanfit.pretrained import model_path
-from leanfit.quantization.data import classification_data
-from leanfit.quantization.evaluate import (
+from leanfit.finetune.data import classification_data
+from leanfit.finetune.evaluate import (
     causal_lm_metrics,
     classification_logits,
     classification_metrics,
@@ -28,6 +27,7 @@ from leanfit.quantization.evaluate import (
     perplexity,
     sliding_windows,
 )
+from leanfit.pretrained import model_path
 
 
 @pytest.fixture(scope="module")

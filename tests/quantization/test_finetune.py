@@ -12,28 +12,22 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from leanfit.datasets import load_text, load_tweets
+from leanfit.datasets.text import causal_lm_blocks, split_chapters
 from leanfit.exceptions import BadInputError
-from leanfit.pretrained import model_path
-from leanfit.quantization import finetune as finetune_module
-from leanfit.quantization.data import (
+from leanfit.finetune import training as finetune_module
+from leanfit.finetune.data import (
     ClassificationData,
-    causal_lm_blocks,
     classification_data,
     load_data,
-    split_chapters,
     split_rows,
 )
-from leanfit.quantization.evaluate import (
+from leanfit.finetune.evaluate import (
     causal_lm_metrics,
     classification_logits,
     classification_metrics,
 )
-from leanfit.quantization.finetune import (
-    FinetuneConfig,
-    finetune,
-    lr_multiplier,
-    total_steps,
-)
+from leanfit.finetune.training import FinetuneConfig, finetune, lr_multiplier, total_steps
+from leanfit.pretrained import model_path
 
 # ---------------------------------------------------------------- data
 

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from leanfit.cli import main
+from leanfit.finetune.evaluate import classification_metrics
+from leanfit.finetune.runs import DataSpec, build_model, load_run, prepare_data, tokenizer_of
 from leanfit.pretrained import model_path
 from leanfit.quantization import QuantLinear
-from leanfit.quantization.evaluate import classification_metrics
-from leanfit.quantization.runs import DataSpec, build_model, load_run, prepare_data, tokenizer_of
 
 TRAIN = [
     "--task", "classification", "--data", "tweets", "--max-examples", "256",

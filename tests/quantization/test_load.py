@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from leanfit.quantization.synthetic import SyntheticLlama, write_synthetic_llama
+from leanfit.checkpoints.synthetic import SyntheticLlama, write_synthetic_llama
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

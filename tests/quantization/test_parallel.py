@@ -12,9 +12,9 @@ import torch
 
 from leanfit.cli import main
 from leanfit.exceptions import BadInputError
+from leanfit.pipeline.parallel import ordered_map
+from leanfit.pipeline.walker import estimate_checkpoint_memory
 from leanfit.quantization import LoftQConfig, quantize_checkpoint
-from leanfit.quantization.apply import estimate_checkpoint_memory
-from leanfit.quantization.parallel import ordered_map
 from tests.quantization.conftest import SYNTHETIC
 from tests.quantization.outputs import assert_same_output, files
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from leanfit.exceptions import BadInputError
-from leanfit.quantization.checkpoint import open_checkpoint
-from leanfit.quantization.synthetic import (
+from leanfit.checkpoints.source import open_checkpoint
+from leanfit.checkpoints.synthetic import (
     INIT_STD,
     SyntheticLlama,
     to_bfloat16_bits,
     write_synthetic_llama,
 )
+from leanfit.exceptions import BadInputError
 
 SMALL = SyntheticLlama(
     hidden_size=32, intermediate_size=48, num_layers=3, vocab_size=100, num_heads=4, num_kv_heads=2

@@ -25,10 +25,8 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from leanfit.exceptions import BadInputError
-from leanfit.pretrained import model_path
-from leanfit.quantization.checkpoint import open_checkpoint
-from leanfit.quantization.targets import (
+from leanfit.checkpoints.source import open_checkpoint
+from leanfit.checkpoints.targets import (
     DEFAULT_PATTERNS,
     Target,
     default_target_patterns,
@@ -40,6 +38,8 @@ from leanfit.quantization.targets import (
     select_targets,
     to_peft_lora,
 )
+from leanfit.exceptions import BadInputError
+from leanfit.pretrained import model_path
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
 CONFIGS = {

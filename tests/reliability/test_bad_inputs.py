@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
+from leanfit.checkpoints.source import open_checkpoint
+from leanfit.checkpoints.targets import plan_bits, select_targets
 from leanfit.datasets import load_csv
 from leanfit.exceptions import (
     BadInputError,
@@ -31,12 +33,10 @@ from leanfit.exceptions import (
     OutputWriteError,
 )
 from leanfit.io import atomic_output
-from leanfit.quantization.apply import LoftQConfig
-from leanfit.quantization.checkpoint import open_checkpoint
+from leanfit.pipeline.memory import parse_size
+from leanfit.quantization.config import LoftQConfig
 from leanfit.quantization.loftq import loftq_decompose
-from leanfit.quantization.memory import parse_size
 from leanfit.quantization.quantizers import QuantizedTensor, quantize
-from leanfit.quantization.targets import plan_bits, select_targets
 from leanfit.selection import (
     InfluenceSelector,
     InfluenceTree,
@@ -290,12 +290,12 @@ def interrupted_run(tmp: Path, config=None) -> Path:
     has an unfinished run in ``tmp/.out.partial``. Returns the checkpoint."""
     from unittest import mock
 
-    import leanfit.quantization.artifacts as artifacts
+    from leanfit.checkpoints import writer
     from leanfit.quantization import LoftQConfig, quantize_checkpoint
 
     model = tiny_model(tmp)
     config = config or LoftQConfig(rank=3, iters=1)
-    with mock.patch.object(artifacts, "save_file", side_effect=KeyboardInterrupt):
+    with mock.patch.object(writer, "save_file", side_effect=KeyboardInterrupt):
         try:
             quantize_checkpoint(model, tmp / "out", config, progress=False)
         except KeyboardInterrupt:

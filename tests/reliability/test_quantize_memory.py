@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import leanfit.quantization.apply as apply
 from leanfit.exceptions import BadInputError, MemoryBudgetError
+from leanfit.pipeline import walker
+from leanfit.pipeline.memory import MemoryEstimate, parse_size
 from leanfit.quantization import LoftQConfig, estimate_checkpoint_memory
-from leanfit.quantization.memory import MemoryEstimate, parse_size
 from tests.reliability.processes import ROOT, comparable, quantize_in, write_llama
 
 CONFIG = LoftQConfig(bits=2, rank=4, iters=2)
@@ -94,7 +94,7 @@ def test_going_over_the_budget_stops_and_resumes(model, tmp_path, monkeypatch):
     stop it: with a 1-byte budget the first memory sample is over it."""
     quantize_here(model, tmp_path / "reference")
     zero = MemoryEstimate(0, 0, "-", 0, 0, 0, 0)
-    monkeypatch.setattr(apply, "estimate_memory", lambda *args, **kwargs: zero)
+    monkeypatch.setattr(walker, "estimate_memory", lambda *args, **kwargs: zero)
     with pytest.raises(MemoryBudgetError, match=r"over the budget of 1 B.*after 1 of .*--resume"):
         quantize_here(model, tmp_path / "run", max_memory_bytes=1)
     assert (tmp_path / "run" / ".out.partial" / "journal.jsonl").is_file()  # kept to resume

@@ -87,7 +87,7 @@ def test_kill_9_during_quantize_at_many_moments(tmp_path):
 
 def test_full_disk_during_the_backbone_write(tmp_path, monkeypatch, capsys):
     """``save_file`` of the first backbone shard raises ENOSPC."""
-    import leanfit.quantization.artifacts as artifacts
+    from leanfit.checkpoints import writer
 
     def save_file(tensors, path, metadata=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -95,7 +95,7 @@ def test_full_disk_during_the_backbone_write(tmp_path, monkeypatch, capsys):
     model = write_llama(tmp_path / "model")
     runs = tmp_path / "runs"
     runs.mkdir()
-    monkeypatch.setattr(artifacts, "save_file", save_file)
+    monkeypatch.setattr(writer, "save_file", save_file)
     with pytest.raises(OutputWriteError, match=r"No space left on device \[ENOSPC\]"):
         quantize_checkpoint(model, runs / "api", LoftQConfig(rank=4, iters=1), progress=False)
     assert list(runs.iterdir()) == []  # neither the output nor a partial

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import leanfit.quantization.artifacts as artifacts
+from leanfit.checkpoints import writer
 from leanfit.exceptions import BadInputError
 from leanfit.quantization import LoftQConfig, LoftQReport
 from tests.reliability.processes import (
@@ -46,7 +46,7 @@ def quantize_here(model: Path, folder: Path, config=CONFIG, **options):
 def interrupted_at(call: int, model: Path, folder: Path, config=CONFIG, **options) -> None:
     """:func:`quantize_here`, interrupted (``KeyboardInterrupt``) at its ``call``-th shard
     write (1-based), before that shard is written."""
-    real_save_file = artifacts.save_file
+    real_save_file = writer.save_file
     calls = []
 
     def interrupting(*args, **kwargs):
@@ -56,7 +56,7 @@ def interrupted_at(call: int, model: Path, folder: Path, config=CONFIG, **option
         return real_save_file(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(artifacts, "save_file", interrupting)
+        patch.setattr(writer, "save_file", interrupting)
         with pytest.raises(KeyboardInterrupt):
             quantize_here(model, folder, config, **options)
 

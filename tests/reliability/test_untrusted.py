@@ -31,8 +31,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import LeanfitError
-from leanfit.quantization.checkpoint import open_checkpoint
 from leanfit.quantization.quantizers import QuantizedTensor, quantize
 from tests.reliability.conftest import tiny_gguf, write_safetensors_dir
 from tests.reliability.test_bad_inputs import remote_code_dir
@@ -437,13 +437,13 @@ def load_model(directory: Path) -> None:
 
 
 def build_finetune_model(directory: Path) -> None:
-    from leanfit.quantization.runs import build_model
+    from leanfit.finetune.runs import build_model
 
     build_model(directory, "causal-lm")
 
 
 def read_report(directory: Path) -> None:
-    from leanfit.quantization.runs import source_checkpoint
+    from leanfit.finetune.runs import source_checkpoint
 
     source_checkpoint(directory)
 
@@ -455,8 +455,8 @@ def read_loftq_config(directory: Path) -> None:
 
 
 def read_run_record(run_dir: Path) -> None:
-    from leanfit.quantization.finetune import FinetuneConfig
-    from leanfit.quantization.runs import read_run
+    from leanfit.finetune.runs import read_run
+    from leanfit.finetune.training import FinetuneConfig
 
     read_run(run_dir)
     FinetuneConfig.load(run_dir / "config.json")

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from leanfit.quantization.options import DEVICES, DTYPES, SCHEDULES, TASKS
+from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
 
 if TYPE_CHECKING:
-    from leanfit.quantization.runs import DataSpec
+    from leanfit.finetune.runs import DataSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,9 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
-    """The :class:`~leanfit.quantization.runs.DataSpec` of ``--text``/``--data`` and columns."""
+    """The :class:`~leanfit.finetune.runs.DataSpec` of ``--text``/``--data`` and columns."""
     from leanfit.exceptions import BadInputError
-    from leanfit.quantization.runs import DataSpec
+    from leanfit.finetune.runs import DataSpec
 
     wanted, other = ("text", "data") if args.task == "causal-lm" else ("data", "text")
     if getattr(args, other) is not None:
@@ -111,8 +111,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from leanfit.quantization.finetune import FinetuneConfig
-    from leanfit.quantization.runs import finetune_directory
+    from leanfit.finetune.runs import finetune_directory
+    from leanfit.finetune.training import FinetuneConfig
 
     config = FinetuneConfig(
         task=args.task,

@@ -160,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from leanfit.exceptions import BadInputError, bad_value
-    from leanfit.quantization.apply import LoftQConfig, quantize_checkpoint
-    from leanfit.quantization.memory import parse_size
+    from leanfit.pipeline.memory import parse_size
+    from leanfit.pipeline.walker import quantize_checkpoint
+    from leanfit.quantization.config import LoftQConfig
 
     config = LoftQConfig(
         bits=args.bits,
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         "resume": args.resume,
     }
     if args.scheduler:
-        from leanfit.quantization.distributed import quantize_checkpoint_distributed
+        from leanfit.pipeline.distributed import quantize_checkpoint_distributed
 
         if args.max_memory is not None:
             raise BadInputError(

@@ -1,30 +1,29 @@
-"""LoftQ: low-bit quantization with a LoRA initialization fitted to the quantization error.
+"""LoftQ maths: low-bit quantization with a LoRA initialization fitted to the quantization error.
 
-The core is model-agnostic and pure: :func:`quantize` (blockwise NormalFloat-k and
-uniform-k, really packed), :func:`truncated_svd` (exact or randomized) and
-:func:`loftq_decompose` (one weight matrix → Q plus PEFT-convention LoRA factors).
-:class:`QuantLinear` runs a packed weight and can be wrapped by PEFT's LoRA.
+Pure tensor functions, no I/O and no models: :func:`quantize` (blockwise NormalFloat-k and
+uniform-k, really packed by :func:`pack`), :func:`truncated_svd` (exact or randomized) and
+:func:`loftq_decompose` (one weight matrix → Q plus PEFT-convention LoRA factors);
+:class:`QuantLinear` runs a packed weight and can be wrapped by PEFT's LoRA;
+:class:`LoftQConfig` and :class:`LoftQReport` describe a whole-model run.
 
-Checkpoints: :mod:`leanfit.quantization.checkpoint` streams a safetensors or GGUF
-checkpoint tensor by tensor, in Hugging Face names and layout; :mod:`leanfit.quantization.targets`
-says which weights are quantized, with how many bits, and gives their matrix view.
+The rest of the LoftQ workflow builds on this package:
 
-Whole models: :func:`quantize_checkpoint` (``leanfit quantize``) streams a checkpoint through
-LoftQ into a directory holding the packed backbone and a PEFT LoRA adapter;
-:func:`load` rebuilds it as a ``PeftModel`` on :class:`QuantLinear` layers.
+- :mod:`leanfit.checkpoints`: stream a safetensors or GGUF checkpoint tensor by tensor, choose
+  the targets, write and load the output directory (:func:`leanfit.checkpoints.load`);
+- :mod:`leanfit.pipeline`: run LoftQ over a checkpoint
+  (:func:`leanfit.pipeline.quantize_checkpoint`, ``leanfit quantize``);
+- :mod:`leanfit.finetune`: LoRA fine-tuning and evaluation of the result.
 
-Fine-tuning and evaluation of PEFT models live in :mod:`leanfit.quantization.finetune`,
-:mod:`leanfit.quantization.data` and :mod:`leanfit.quantization.evaluate`.
+``from leanfit.quantization import quantize_checkpoint`` (and ``quantize_module``,
+``estimate_checkpoint_memory``, ``load``, ``load_into``, ``merge_into``), and the old module
+paths such as ``leanfit.quantization.apply``, still work for one release with a
+:class:`DeprecationWarning` (:mod:`leanfit._moved`).
 """
 
-from leanfit.quantization.apply import (
-    LoftQConfig,
-    LoftQReport,
-    estimate_checkpoint_memory,
-    quantize_checkpoint,
-    quantize_module,
-)
-from leanfit.quantization.artifacts import load, load_into, merge_into
+from typing import Any
+
+from leanfit import _moved
+from leanfit.quantization.config import LoftQConfig, LoftQReport, MatrixReport
 from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose
 from leanfit.quantization.lowrank import truncated_svd
 from leanfit.quantization.nn import QuantLinear
@@ -37,27 +36,29 @@ from leanfit.quantization.quantizers import (
     quantize,
 )
 
+_moved.install()
+
+
+def __getattr__(name: str) -> Any:
+    return _moved.moved_name(name)
+
+
 __all__ = [
     "DoubleQuantized",
     "LoftQConfig",
     "LoftQReport",
     "LoftQResult",
     "LowRankFit",
+    "MatrixReport",
     "QuantLinear",
     "QuantizedTensor",
-    "estimate_checkpoint_memory",
     "fit_low_rank",
     "levels",
-    "load",
-    "load_into",
     "loftq_decompose",
-    "merge_into",
     "nf_table",
     "pack",
     "packed_length",
     "quantize",
-    "quantize_checkpoint",
-    "quantize_module",
     "truncated_svd",
     "unpack",
 ]

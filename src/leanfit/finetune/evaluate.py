@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from leanfit.exceptions import BadInputError, bad_value
 
 if TYPE_CHECKING:
-    from leanfit.quantization.data import ClassificationData
+    from leanfit.finetune.data import ClassificationData
 
 
 @contextlib.contextmanager
@@ -277,7 +277,7 @@ def next_token_kl(
     ----------
     model, reference : causal LMs with the same vocabulary
     token_ids : torch.LongTensor of shape (n, L)
-        Blocks, e.g. from :func:`leanfit.quantization.data.causal_lm_blocks`.
+        Blocks, e.g. from :func:`leanfit.finetune.data.causal_lm_blocks`.
     batch_size : int
         Blocks per forward pass.
 

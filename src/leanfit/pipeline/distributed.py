@@ -29,20 +29,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from leanfit.checkpoints.base import Checkpoint, TensorSource
+from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, MissingResourceError, bad_value
-from leanfit.quantization.apply import (
-    DEFAULT_SHARD_BYTES,
-    LoftQConfig,
-    LoftQReport,
-    QuantizedTarget,
-    TargetComputer,
-    TargetJob,
-    TensorSource,
-    quantize_target,
-    walk,
-)
-from leanfit.quantization.checkpoint import Checkpoint, open_checkpoint
-from leanfit.quantization.parallel import in_order
+from leanfit.pipeline.computers import QuantizedTarget, TargetComputer, TargetJob, quantize_target
+from leanfit.pipeline.parallel import in_order
+from leanfit.pipeline.walker import DEFAULT_SHARD_BYTES, walk
+from leanfit.quantization.config import LoftQConfig, LoftQReport
 
 
 def _distributed() -> Any:
@@ -50,7 +43,7 @@ def _distributed() -> Any:
         import distributed
     except ImportError as err:  # pragma: no cover - exercised without the extra only
         raise MissingResourceError(
-            'leanfit.quantization.distributed needs Dask: pip install "leanfit[distributed]"'
+            'leanfit.pipeline.distributed needs Dask: pip install "leanfit[distributed]"'
         ) from err
     return distributed
 
@@ -71,7 +64,7 @@ def _quantize_on_worker(
 
 
 def dask_computer(client: Any, path: str | Path, max_pending: int) -> TargetComputer:
-    """A :data:`~leanfit.quantization.apply.TargetComputer` running the jobs on ``client``'s
+    """A :data:`~leanfit.pipeline.computers.TargetComputer` running the jobs on ``client``'s
     workers, each reading its tensor from ``path``; results come back in the jobs' order,
     with at most ``max_pending`` tasks submitted and not yet consumed."""
     path = str(path)

@@ -18,7 +18,7 @@ Grams (float64):
    the inputs of block ``i + 1``. The block is then let go.
 
 Calibration text (:func:`calibration_texts`) never overlaps the held-out text of
-``leanfit finetune`` / ``leanfit evaluate`` (:func:`leanfit.quantization.data.split_chapters`,
+``leanfit finetune`` / ``leanfit evaluate`` (:func:`leanfit.datasets.text.split_chapters`,
 last 10 % of the chapters or paragraphs held out): it is taken from the start of the part
 before them. For the built-in book, chapters 1–55 are that part and 56–61 are held out;
 the default 2,048 tokens come from chapters 1–2.
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from leanfit.checkpoints.targets import Target
 from leanfit.exceptions import BadInputError, MissingResourceError, bad_value
-from leanfit.quantization.targets import Target
 
 BUILTIN_TEXTS = ("pride_and_prejudice",)
 """Built-in calibration texts (:func:`leanfit.datasets.load_text`)."""
@@ -76,7 +76,7 @@ def calibration_texts(source: str) -> list[str]:
     """
 
     from leanfit.datasets import load_text
-    from leanfit.quantization.data import paragraph_chapters, split_chapters
+    from leanfit.datasets.text import paragraph_chapters, split_chapters
 
     if not isinstance(source, str):
         raise bad_value("calibration", source, f"one of {BUILTIN_TEXTS} or a text file path")
@@ -104,7 +104,7 @@ def calibration_tokens(
 ) -> Tensor:
     """The first ``n_tokens`` calibration tokens as sequences: ``(⌊n/L⌋, L)``, L = min(seq_len, n).
 
-    Texts are joined by EOS (:func:`leanfit.quantization.data.causal_lm_blocks`); tokens beyond
+    Texts are joined by EOS (:func:`leanfit.datasets.text.causal_lm_blocks`); tokens beyond
     the last whole sequence are dropped.
 
     Raises
@@ -112,7 +112,7 @@ def calibration_tokens(
     BadInputError
         ``n_tokens`` < 2, or more tokens asked for than the texts hold.
     """
-    from leanfit.quantization.data import causal_lm_blocks
+    from leanfit.datasets.text import causal_lm_blocks
 
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 2:
         raise bad_value("calib_tokens", n_tokens, "an int >= 2")
@@ -134,7 +134,7 @@ def calibration_tokens(
 
 def source_tokenizer(source: Any) -> Any:
     """The tokenizer of a checkpoint
-    (:meth:`leanfit.quantization.checkpoint.Checkpoint.tokenizer`)."""
+    (:meth:`leanfit.checkpoints.base.Checkpoint.tokenizer`)."""
     if not callable(getattr(source, "tokenizer", None)):
         raise BadInputError(
             "calibration needs a checkpoint with a tokenizer (quantize_checkpoint on a "
@@ -165,7 +165,7 @@ class BlockCalibrator:
     Parameters
     ----------
     source : Checkpoint
-        An open checkpoint (:func:`leanfit.quantization.checkpoint.open_checkpoint`) with a
+        An open checkpoint (:func:`leanfit.checkpoints.source.open_checkpoint`) with a
         ``config`` of a :data:`SUPPORTED_MODEL_TYPES` model.
     targets : list of Target
         The weights being quantized; every one inside a block.

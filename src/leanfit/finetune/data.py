@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,13 @@ import pandas as pd
 import torch
 
 from leanfit.datasets import load_text, load_tweets
+from leanfit.datasets.text import (
+    causal_lm_blocks,
+    check_fraction,
+    check_positive_int,
+    require_columns,
+    split_chapters,
+)
 from leanfit.exceptions import BadInputError, bad_value
 
 #: Built-in data sets: name -> (task, loader of a DataFrame, text column, label column).
@@ -35,118 +41,6 @@ BUILTIN_DATA: dict[str, tuple[str, Any, str, str | None]] = {
 }
 
 
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise bad_value(name, value, f"an integer >= {minimum}")
-    return int(value)
-
-
-def _check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise bad_value(name, value, "a number strictly between 0 and 1")
-    return float(value)
-
-
-def _require_columns(frame: object, **columns: str) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame):
-        raise bad_value("frame", type(frame).__name__, "a pandas DataFrame")
-    for argument, column in columns.items():
-        if column not in frame.columns:
-            raise BadInputError(
-                f"{argument} {column!r} is not a column of the data; "
-                f"columns are {list(frame.columns)}"
-            )
-        if frame[column].isna().any():
-            raise BadInputError(f"{argument} {column!r} has missing values")
-    if len(frame) == 0:
-        raise BadInputError("frame is empty; the data needs at least one row")
-    return frame
-
-
-def causal_lm_blocks(texts: Sequence[str], tokenizer: Any, block_size: int) -> torch.Tensor:
-    """Token blocks for causal-LM training: texts joined by EOS and cut into equal lengths.
-
-    Each text is tokenized without special tokens, followed by the tokenizer's EOS token, and
-    the results are concatenated into one stream ``t_0, t_1, ..., t_{N-1}``. Block ``i`` is
-    ``t[i*block_size : (i+1)*block_size]``; the ``N mod block_size`` tokens left at the end
-    are dropped. Inside a block token ``j`` is predicted from tokens ``0..j-1`` of the same
-    block, so ``block_size - 1`` tokens per block are scored.
-
-    Parameters
-    ----------
-    texts : sequence of str
-    tokenizer : transformers tokenizer
-        Must define ``eos_token_id``.
-    block_size : int
-        Tokens per block, at least 2 (one context token and one target).
-
-    Returns
-    -------
-    torch.LongTensor of shape (n_blocks, block_size)
-
-    Raises
-    ------
-    BadInputError
-        ``block_size`` < 2, ``texts`` empty or not strings, no EOS token, or fewer than
-        ``block_size`` tokens in total.
-    """
-    block_size = _check_positive_int("block_size", block_size, minimum=2)
-    if isinstance(texts, str):
-        raise bad_value("texts", texts[:40], "a sequence of strings, not one string")
-    texts = list(texts)
-    if not texts or not all(isinstance(text, str) for text in texts):
-        raise bad_value("texts", texts[:3], "a non-empty sequence of strings")
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise BadInputError("tokenizer has no eos_token_id; causal-LM blocks need one")
-    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    stream = [token for ids in encoded for token in [*ids, eos]]
-    n_blocks = len(stream) // block_size
-    if n_blocks == 0:
-        raise BadInputError(f"texts give {len(stream)} tokens, fewer than block_size={block_size}")
-    return torch.tensor(stream[: n_blocks * block_size], dtype=torch.long).view(n_blocks, -1)
-
-
-def paragraph_chapters(path: Path, what: str) -> pd.DataFrame:
-    """A UTF-8 text file as a book of one "chapter" per paragraph (blank-line separated,
-    empty ones dropped): columns ``chapter`` and ``text``, as :func:`split_chapters` takes.
-    ``what`` names the file in the error for text that is not UTF-8."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise BadInputError(f"{what} {str(path)!r} is not UTF-8 text: {err}") from err
-    paragraphs = [p for p in text.split("\n\n") if p.strip()]
-    return pd.DataFrame({"chapter": range(len(paragraphs)), "text": paragraphs})
-
-
-def split_chapters(frame: pd.DataFrame, held_out: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a book (one row per chapter) into training and held-out chapters.
-
-    The held-out part is the last ``max(1, round(held_out * n_chapters))`` chapters in chapter
-    order, the training part the chapters before them: deterministic, and no passage of the
-    held-out text is seen in training.
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        Columns ``chapter`` and ``text``, as returned by :func:`leanfit.datasets.load_text`.
-    held_out : float in (0, 1)
-
-    Returns
-    -------
-    (train, held_out) : tuple of pandas.DataFrame
-        Both sorted by chapter, index reset.
-    """
-    frame = _require_columns(frame, chapter_column="chapter", text_column="text")
-    held_out = _check_fraction("held_out", held_out)
-    if len(frame) < 2:
-        raise BadInputError(f"frame has {len(frame)} chapter; a split needs at least 2")
-    ordered = frame.sort_values("chapter", kind="stable").reset_index(drop=True)
-    n_held = min(len(ordered) - 1, max(1, round(held_out * len(ordered))))
-    cut = len(ordered) - n_held
-    return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
-
-
 def split_rows(
     frame: pd.DataFrame, eval_fraction: float = 0.1, *, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -159,7 +53,7 @@ def split_rows(
     """
     if not isinstance(frame, pd.DataFrame):
         raise bad_value("frame", type(frame).__name__, "a pandas DataFrame")
-    eval_fraction = _check_fraction("eval_fraction", eval_fraction)
+    eval_fraction = check_fraction("eval_fraction", eval_fraction)
     if len(frame) < 2:
         raise BadInputError(f"frame has {len(frame)} row(s); a split needs at least 2")
     order = np.random.default_rng(seed).permutation(len(frame))
@@ -267,8 +161,8 @@ def classification_data(
         Missing column, empty frame, a single class (without ``label_names``), a label outside
         ``label_names``.
     """
-    frame = _require_columns(frame, text_column=text_column, label_column=label_column)
-    max_length = _check_positive_int("max_length", max_length, minimum=2)
+    frame = require_columns(frame, text_column=text_column, label_column=label_column)
+    max_length = check_positive_int("max_length", max_length, minimum=2)
     labels = frame[label_column].astype(str)
     if label_names is None:
         names = tuple(sorted(labels.unique()))
@@ -352,7 +246,7 @@ def load_data(
     if name not in BUILTIN_DATA:
         raise bad_value("name", name, f"one of {sorted(BUILTIN_DATA)}")
     if max_examples is not None:
-        max_examples = _check_positive_int("max_examples", max_examples)
+        max_examples = check_positive_int("max_examples", max_examples)
     task, loader, text_column, label_column = BUILTIN_DATA[name]
     frame = loader()
     if task == "causal-lm":

@@ -12,7 +12,7 @@ them) and leaves the LoftQ error ``e_i(b) = ‖W_i − Q_i − L_i R_i‖_F²``.
 with per-matrix weights ``w_i`` (1 by default: the weight error; a calibrated, activation-aware
 error can be plugged in through them or through the error table itself). Minimizing the sum
 of squared errors is minimizing the total relative error ``sqrt(Σ e_i) / sqrt(Σ ‖W_i‖²)`` that
-:class:`leanfit.quantization.apply.LoftQReport` reports.
+:class:`leanfit.quantization.config.LoftQReport` reports.
 
 Two solvers: an exact one (a 0/1 integer program, ``scipy.optimize.milp``) and the classic
 greedy for this knapsack (upgrades along each matrix's lower convex hull of (size, error),
@@ -27,20 +27,19 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from leanfit.checkpoints.base import TensorSource
+from leanfit.checkpoints.targets import Target
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.pipeline.parallel import ordered_map
+from leanfit.quantization.config import LoftQConfig
 from leanfit.quantization.loftq import loftq_decompose
-from leanfit.quantization.parallel import ordered_map
 from leanfit.quantization.quantizers import METHODS, check_quantization_args, stored_nbytes
-
-if TYPE_CHECKING:
-    from leanfit.quantization.apply import LoftQConfig, TensorSource
-    from leanfit.quantization.targets import Target
 
 ALLOCATION_BITS = (2, 3, 4)
 """Default candidate widths."""
@@ -138,7 +137,7 @@ def measure_errors(
         Number of matrices, for the bar.
     workers : int
         Matrices measured at a time, each on one torch thread
-        (:func:`leanfit.quantization.parallel.ordered_map`); the errors do not depend on it
+        (:func:`leanfit.pipeline.parallel.ordered_map`); the errors do not depend on it
         (as a run under ``torch.set_num_threads(1)``).
 
     Returns
@@ -526,7 +525,7 @@ def measure_targets(
     time, with the config's LoftQ settings and seeds (``config.seed + i`` for target i, as
     :func:`leanfit.quantization.quantize_checkpoint`): the error measured at a width is the
     error a run at that width gets."""
-    from leanfit.quantization.targets import matrix_view
+    from leanfit.checkpoints.targets import matrix_view
 
     return measure_errors(
         ((t.name, matrix_view(source.read(t.name), t)) for t in targets),

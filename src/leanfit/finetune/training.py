@@ -48,16 +48,12 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from leanfit.checkpoints.layout import sort_adapter_targets
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.finetune.data import ClassificationData, fingerprint
+from leanfit.finetune.evaluate import causal_lm_metrics, causal_lm_nll, classification_metrics
+from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
 from leanfit.io import atomic_output, read_json
-from leanfit.quantization.artifacts import sort_adapter_targets
-from leanfit.quantization.data import ClassificationData, fingerprint
-from leanfit.quantization.evaluate import (
-    causal_lm_metrics,
-    causal_lm_nll,
-    classification_metrics,
-)
-from leanfit.quantization.options import DEVICES, DTYPES, SCHEDULES, TASKS
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 LAYOUT = ("adapter", "checkpoints", "config.json", "labels.json", "metrics.json", "run.json")
@@ -216,8 +212,8 @@ class FinetuneResult:
         Learning rate used by each step.
     evals : list of dict
         One per evaluation: ``{"step": s, **metrics}`` with the metrics of
-        :func:`~leanfit.quantization.evaluate.causal_lm_metrics` or
-        :func:`~leanfit.quantization.evaluate.classification_metrics`, after step ``s``.
+        :func:`~leanfit.finetune.evaluate.causal_lm_metrics` or
+        :func:`~leanfit.finetune.evaluate.classification_metrics`, after step ``s``.
     out_dir : Path
         The run's output directory.
     adapter_path : Path

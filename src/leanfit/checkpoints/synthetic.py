@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from leanfit.checkpoints.layout import INDEX_FILE, final_shard_file
 from leanfit.exceptions import bad_value
 from leanfit.io import atomic_output
-from leanfit.quantization.artifacts import INDEX_FILE, final_shard_file
 
 DTYPES = {"float32": (4, "F32"), "bfloat16": (2, "BF16")}
 """Storage dtypes: bytes per value and safetensors' name."""

@@ -3,7 +3,7 @@
 A *quantized directory* (``DIR``) is written by
 :func:`~leanfit.quantization.quantize_checkpoint`. :func:`finetune_directory` trains a LoRA
 adapter on it and writes a *run directory*: the layout of
-:func:`~leanfit.quantization.finetune.finetune` plus ``leanfit_run.json``, which records
+:func:`~leanfit.finetune.training.finetune` plus ``leanfit_run.json``, which records
 ``DIR``, the initialization and the data, so :func:`load_run` and :func:`evaluate_directory`
 can rebuild the model.
 
@@ -33,32 +33,30 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
-from leanfit.io import read_json
-from leanfit.quantization.artifacts import (
+from leanfit.checkpoints.layout import (
     ADAPTER,
     BACKBONE,
-    load,
     read_adapter_config,
     read_quantization_config,
 )
-from leanfit.quantization.data import (
+from leanfit.checkpoints.loading import load
+from leanfit.datasets.text import causal_lm_blocks, paragraph_chapters, split_chapters
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.finetune.data import (
     BUILTIN_DATA,
     ClassificationData,
-    causal_lm_blocks,
     classification_data,
     load_data,
-    paragraph_chapters,
-    split_chapters,
     split_rows,
 )
-from leanfit.quantization.evaluate import (
+from leanfit.finetune.evaluate import (
     classification_metrics,
     embedding_cosine,
     next_token_kl,
     perplexity,
 )
-from leanfit.quantization.finetune import FinetuneConfig, FinetuneResult, finetune
+from leanfit.finetune.training import FinetuneConfig, FinetuneResult, finetune
+from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
 
 INITS = ("loftq", "qlora", "full-precision")
@@ -139,8 +137,8 @@ def prepare_data(
     -------
     (train, held_out)
         ``LongTensor`` blocks of ``max_length`` tokens (causal LM, see
-        :func:`~leanfit.quantization.data.causal_lm_blocks`) or
-        :class:`~leanfit.quantization.data.ClassificationData` (held-out rows encoded with the
+        :func:`~leanfit.finetune.data.causal_lm_blocks`) or
+        :class:`~leanfit.finetune.data.ClassificationData` (held-out rows encoded with the
         training label names).
 
     Raises
@@ -327,7 +325,7 @@ def finetune_directory(
 
     Builds the model with :func:`build_model` (seeded with ``config.seed``), prepares the
     data with :func:`prepare_data` (blocks / truncation of ``config.max_length`` tokens),
-    trains with :func:`~leanfit.quantization.finetune.finetune`, which writes
+    trains with :func:`~leanfit.finetune.training.finetune`, which writes
     ``leanfit_run.json`` with the other outputs (``out_dir`` appears whole or not at all).
 
     Raises
@@ -494,7 +492,7 @@ def evaluate_directory(
     Metrics
     -------
     causal LM
-        ``perplexity``: sliding-window perplexity (:func:`~leanfit.quantization.evaluate.
+        ``perplexity``: sliding-window perplexity (:func:`~leanfit.finetune.evaluate.
         perplexity`, windows of ``window`` tokens moved by ``stride``, so every scored token
         after the first window has at least ``window - stride`` tokens of context) on the
         first ``max_tokens`` tokens of the held-out text; ``next_token_kl``: mean KL from the

@@ -1,0 +1,188 @@
+"""The LoftQ output directory's format: file names, and readers of its metadata.
+
+Written by :mod:`leanfit.checkpoints.writer`, loaded by :mod:`leanfit.checkpoints.loading`.
+Layout (see :mod:`leanfit.pipeline.walker`)::
+
+    OUT/backbone/model-0000i-of-0000n.safetensors + model.safetensors.index.json
+        a target module ``m`` is stored as ``m.packed``, ``m.scales`` (``m.offsets`` for
+        uniform; ``*_dq_scales``, ``*_dq_mean`` with double quantization), its bias as
+        ``m.bias``; every other tensor under its own name, as read (float32 or integer)
+    OUT/backbone/quantization_config.json   format version and per-target metadata
+    OUT/backbone/config.json, tokenizer files
+    OUT/adapter/adapter_config.json, adapter_model.safetensors   a PEFT LoRA adapter
+    OUT/dequantized/   optional: config, tokenizer, float16 weights with Q dequantized
+    OUT/loftq_config.json, loftq_report.json, loftq_report.md
+
+A reader of these files validates them (:func:`read_quantization_config`,
+:func:`read_adapter_config`): they are untrusted input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from leanfit._version import __version__
+from leanfit.checkpoints.targets import Target
+from leanfit.exceptions import BadInputError, CorruptArtifactError
+from leanfit.io import read_json
+from leanfit.quantization.quantizers import check_quantization_args
+
+FORMAT = "leanfit-loftq"
+FORMAT_VERSION = 1
+BACKBONE, ADAPTER, DEQUANTIZED = "backbone", "adapter", "dequantized"
+QUANTIZATION_CONFIG = "quantization_config.json"
+LOFTQ_CONFIG = "loftq_config.json"
+REPORT_JSON, REPORT_MD = "loftq_report.json", "loftq_report.md"
+INDEX_FILE = "model.safetensors.index.json"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+TASKS = ("auto", "causal-lm", "base", "sequence-classification")
+
+
+def shard_file(number: int) -> str:
+    """The name of shard ``number`` (1-based) before :meth:`ShardWriter.close` renames it."""
+    return f"model-{number:05d}.safetensors"
+
+
+def final_shard_file(number: int, count: int) -> str:
+    """The name of shard ``number`` of ``count`` (1-based), as transformers names shards."""
+    return f"model-{number:05d}-of-{count:05d}.safetensors"
+
+
+def edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    values = json.loads(path.read_text())
+    edit(values)
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def _sort_target_modules(values: dict[str, Any]) -> None:
+    if isinstance(values.get("target_modules"), list):  # a str is a regular expression
+        values["target_modules"] = sorted(values["target_modules"])
+
+
+def sort_adapter_targets(adapter: Path) -> None:
+    """Rewrite ``adapter/adapter_config.json`` with its ``target_modules`` sorted.
+
+    PEFT keeps ``target_modules`` as a set, so the order it writes follows the hash seed of
+    the process; sorted, two runs write the same bytes.
+    """
+    edit_json(adapter / ADAPTER_CONFIG, _sort_target_modules)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def read_quantization_config(directory: str | Path) -> dict[str, Any]:
+    """Validate a LoftQ output directory and return its ``backbone/quantization_config.json``.
+
+    Raises
+    ------
+    BadInputError
+        ``directory`` is not a leanfit LoftQ output (no ``backbone/quantization_config.json``).
+    CorruptArtifactError
+        The file is unreadable, of another format, of a newer format version, or incomplete.
+    """
+    directory = Path(directory)
+    path = directory / BACKBONE / QUANTIZATION_CONFIG
+    if not path.is_file():
+        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "nothing"
+        raise BadInputError(
+            f"directory must be a leanfit quantize output (with {BACKBONE}/{QUANTIZATION_CONFIG}); "
+            f"got {str(directory)!r} holding {found}"
+        )
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CorruptArtifactError(f"{str(path)!r} is not a {FORMAT!r} file")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CorruptArtifactError(f"{str(path)!r} has no valid format_version; got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CorruptArtifactError(
+            f"{str(path)!r} has format_version {version}, newer than the {FORMAT_VERSION} this "
+            f"leanfit {__version__} reads; upgrade leanfit"
+        )
+    targets, tied = meta.get("targets"), meta.get("tied")
+    if not isinstance(targets, dict) or not targets or not isinstance(tied, dict):
+        raise CorruptArtifactError(f"{str(path)!r} lists no targets or no tied map")
+    if not all(isinstance(v, str) for v in tied.values()):
+        raise CorruptArtifactError(f"{str(path)!r}: tied must map tensor names to tensor names")
+    if not isinstance(meta.get("architecture"), str | None):
+        raise CorruptArtifactError(
+            f"{str(path)!r}: architecture must be a class name or null; "
+            f"got {meta['architecture']!r}"
+        )
+    return meta
+
+
+def target_from_meta(module: str, entry: dict[str, Any]) -> Target:
+    """The :class:`Target` of a ``quantization_config.json`` entry, its quantizer checked."""
+    try:
+        name, shape, layer = entry["name"], entry["shape"], entry["layer_index"]
+        if not isinstance(name, str) or name.rpartition(".")[0] != module:
+            raise BadInputError(f"name must be the module's weight; got {name!r}")
+        if not (isinstance(shape, list) and 2 <= len(shape) <= 5 and all(_count(n) for n in shape)):
+            raise BadInputError(f"shape must be a list of 2 to 5 sizes >= 1; got {shape!r}")
+        if not (layer is None or _count(layer, minimum=0)):
+            raise BadInputError(f"layer_index must be null or an int >= 0; got {layer!r}")
+        if entry["kind"] not in ("linear", "conv") or not isinstance(entry["transposed"], bool):
+            raise BadInputError(
+                "kind must be 'linear' or 'conv' and transposed a bool; "
+                f"got {entry['kind']!r}, {entry['transposed']!r}"
+            )
+        target = Target(name, module, tuple(shape), layer, entry["transposed"], entry["kind"])
+        quant = entry["quantized"]
+        check_quantization_args(quant["bits"], quant["method"], quant["block_size"])
+        if list(quant["shape"]) != list(target.matrix_shape):
+            raise BadInputError(
+                f"quantized shape {quant['shape']} is not the matrix shape {target.matrix_shape}"
+            )
+        if not isinstance(quant["double_quant"], bool):
+            raise BadInputError(f"double_quant must be a bool; got {quant['double_quant']!r}")
+    except (KeyError, TypeError, BadInputError) as err:
+        raise CorruptArtifactError(f"target {module!r} has invalid metadata: {err!r}") from err
+    return target
+
+
+def _count(value: object, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def read_adapter_config(adapter: Path) -> dict[str, Any]:
+    """The LoRA settings leanfit reads from ``adapter/adapter_config.json``, checked.
+
+    Only ``r`` (int >= 1), ``lora_alpha`` (finite number > 0) and ``target_modules`` (a
+    list of module names) are read; the other fields are PEFT's, which leanfit always
+    writes with their defaults and never passes on (a field such as ``megatron_core``
+    would make PEFT import the module it names).
+
+    Raises
+    ------
+    CorruptArtifactError
+        The file is missing, unreadable, or a field is missing or of the wrong type.
+    """
+    path = adapter / ADAPTER_CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise CorruptArtifactError(f"{str(path)!r} is not a LoRA adapter config (a JSON object)")
+    rank, alpha, modules = (config.get(k) for k in ("r", "lora_alpha", "target_modules"))
+    alpha_ok = (
+        isinstance(alpha, int | float)
+        and not isinstance(alpha, bool)
+        and math.isfinite(alpha)
+        and alpha > 0
+    )
+    if not _count(rank) or not alpha_ok:
+        raise CorruptArtifactError(
+            f"{str(path)!r} must hold r (an int >= 1) and lora_alpha (a number > 0); "
+            f"got r={rank!r}, lora_alpha={alpha!r}"
+        )
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise CorruptArtifactError(
+            f"{str(path)!r}: target_modules must be a list of module names; got {modules!r}"
+        )
+    return {"r": rank, "lora_alpha": alpha, "target_modules": modules}

@@ -1,0 +1,496 @@
+"""Load a LoftQ output directory back (:mod:`leanfit.checkpoints.layout`).
+
+:func:`load` rebuilds the transformers model with the targets as
+:class:`~leanfit.quantization.QuantLinear` (never materializing their full-precision
+weights) and attaches the adapter with PEFT. The model it returns computes, in every target,
+``x ↦ x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b``. :func:`load_into` fills a model built by the
+caller; :func:`merge_into` writes ``Q + (alpha/r)·B·A`` into a float model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from leanfit.checkpoints.layout import (
+    ADAPTER,
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    BACKBONE,
+    INDEX_FILE,
+    PEFT_PREFIX,
+    TASKS,
+    read_adapter_config,
+    read_quantization_config,
+    target_from_meta,
+)
+from leanfit.checkpoints.targets import Target, lora_shapes_for_peft, restore_shape
+from leanfit.checkpoints.writer import peft_task_type
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
+from leanfit.io import read_json
+from leanfit.quantization.nn import QuantLinear, reuse_dequantized_weight
+from leanfit.quantization.quantizers import QuantizedTensor
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+
+logger = logging.getLogger(__name__)
+
+
+class _KeyMap:
+    """Stored names ↔ the model's state-dict names, which may add or drop the base-model
+    prefix (``bert.``, ``model.``) when the model class differs from the saved one."""
+
+    def __init__(self, stored_targets: Iterable[str], model_keys: set[str], prefix: str) -> None:
+        stored = list(stored_targets)
+        self.add = self.strip = ""
+        if all(name in model_keys for name in stored):
+            return
+        if prefix and all(f"{prefix}.{name}" in model_keys for name in stored):
+            self.add = prefix + "."
+        elif prefix and all(
+            name.startswith(prefix + ".") and name[len(prefix) + 1 :] in model_keys
+            for name in stored
+        ):
+            self.strip = prefix + "."
+        else:
+            absent = [name for name in stored if name not in model_keys][:3]
+            raise CorruptArtifactError(
+                f"the backbone's targets {absent} are not weights of the model built "
+                f"(e.g. {sorted(model_keys)[:3]}); the artifact does not match the model class"
+            )
+
+    def __call__(self, name: str) -> str | None:
+        """The model's name of a stored name; None for a tensor outside the model (a head
+        dropped when loading the base model of a saved task model)."""
+        if self.strip:
+            return name[len(self.strip) :] if name.startswith(self.strip) else None
+        return self.add + name
+
+    def of_target(self, name: str) -> str:
+        """The model's name of a target (always inside the model: checked at construction)."""
+        renamed = self(name)
+        if renamed is None:
+            raise CorruptArtifactError(f"target {name!r} is outside the model built")
+        return renamed
+
+    def peft_mapping(self) -> dict[str, str] | None:
+        """PEFT's ``key_mapping`` (regex → replacement on keys without ``base_model.model.``)."""
+        if self.add:
+            return {"^": self.add}
+        if self.strip:
+            return {"^" + self.strip.replace(".", r"\."): ""}
+        return None
+
+
+def _prefix(model: nn.Module) -> str:
+    """transformers' ``base_model_prefix`` (``bert``, ``model``, ``transformer``), or ``""``."""
+    return str(getattr(model, "base_model_prefix", "") or "")
+
+
+def _swap_quantized_linears(
+    model: nn.Module, targets: dict[str, Target], keys: _KeyMap, meta: dict[str, Any]
+) -> None:
+    """Replace each linear target by an all-zero :class:`QuantLinear` skeleton (no float weight)."""
+    for module_name, target in targets.items():
+        if target.kind != "linear":
+            continue
+        name = keys.of_target(target.module)
+        original = model.get_submodule(name)
+        weight = getattr(original, "weight", None)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != target.shape:
+            raise CorruptArtifactError(
+                f"target {module_name!r} has shape {target.shape}; the model built has "
+                f"{None if weight is None else tuple(weight.shape)} there"
+            )
+        n_out, n_in = target.matrix_shape
+        quant = meta["targets"][module_name]["quantized"]
+        layer = QuantLinear(
+            n_in,
+            n_out,
+            getattr(original, "bias", None) is not None,
+            bits=quant["bits"],
+            method=quant["method"],
+            block_size=quant["block_size"],
+            double_quant=quant["double_quant"],
+        )
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+
+
+def _shards(backbone: Path) -> list[Path]:
+    return sorted(set(_weight_map(backbone).values()))
+
+
+def _decode_convs(
+    tensors: dict[str, torch.Tensor], targets: dict[str, Target], meta: dict[str, Any]
+) -> None:
+    """Replace the packed tensors of convolution targets by their dequantized kernel
+    (convolutions have no quantized module: they run dequantized)."""
+    for module_name, target in targets.items():
+        if target.kind == "conv" and f"{module_name}.packed" in tensors:
+            quant = meta["targets"][module_name]["quantized"]
+            q = QuantizedTensor.from_state_dict(tensors, module_name + ".", quant)
+            for key in q.to_state_dict(module_name + "."):
+                del tensors[key]
+            tensors[target.name] = restore_shape(q.dequantize(), target)
+
+
+def _check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
+    """The adapter holds exactly lora_A/lora_B of every target, in PEFT's shapes."""
+    config_path, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+    if not config_path.is_file() or not weights.is_file():
+        raise CorruptArtifactError(
+            f"adapter {str(adapter)!r} must hold {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        )
+    config = read_adapter_config(adapter)
+    rank, modules = config["r"], config["target_modules"]
+    if sorted(modules) != sorted(targets):
+        raise CorruptArtifactError(
+            f"{str(config_path)!r} targets {len(modules)} modules, the backbone {len(targets)}: "
+            f"e.g. {sorted(set(modules) ^ set(targets))[:3]} differ"
+        )
+    expected = {}
+    for module, target in targets.items():
+        shape_a, shape_b = lora_shapes_for_peft(target, rank)
+        expected[f"{PEFT_PREFIX}{module}.lora_A.weight"] = shape_a
+        expected[f"{PEFT_PREFIX}{module}.lora_B.weight"] = shape_b
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except SafetensorError as err:
+        raise CorruptArtifactError(f"cannot read {str(weights)!r}: {err}") from err
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise CorruptArtifactError(
+            f"{str(weights)!r} must hold lora_A and lora_B of each target; "
+            f"missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    wrong = [(n, stored[n], shape) for n, shape in expected.items() if stored[n] != tuple(shape)]
+    if wrong:
+        name, got, shape = wrong[0]
+        raise CorruptArtifactError(
+            f"adapter tensor {name!r} must have shape {tuple(shape)} (r={rank}); got {got} "
+            f"({len(wrong)} tensors have wrong shapes)"
+        )
+
+
+def _retie(model: nn.Module, tied: dict[str, str], keys: _KeyMap) -> set[str]:
+    """Make every alias parameter the stored one again (assign-loading replaced the stored
+    ones); returns the aliases handled."""
+    done = set()
+    for alias, stored in tied.items():
+        alias_name, stored_name = keys(alias), keys(stored)
+        if alias_name is None or stored_name is None:
+            continue
+        owner, _, attr = alias_name.rpartition(".")
+        try:
+            module = model.get_submodule(owner)
+            parameter = model.get_parameter(stored_name)
+        except AttributeError:
+            continue
+        setattr(module, attr, parameter)
+        done.add(alias_name)
+    return done
+
+
+def _initialize(model: nn.Module, names: Iterable[str]) -> None:
+    """Materialize and initialize the modules owning parameters the backbone lacks (a new task
+    head), with the model's own initializer (transformers' ``_init_weights``) if it has one."""
+    model_init = getattr(model, "_init_weights", None)
+    for owner in sorted({name.rpartition(".")[0] for name in names}):
+        module = model.get_submodule(owner)
+        module.to_empty(device="cpu", recurse=False)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(model_init):
+            model_init(module)
+        elif callable(reset):
+            reset()
+        else:
+            raise BadInputError(f"module {owner!r} is not in the backbone and has no initializer")
+
+
+def load_into(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    is_trainable: bool = False,
+) -> PeftModel:
+    """Load a LoftQ output into a model skeleton and attach its LoRA adapter.
+
+    Linear targets (GPT-2 ``Conv1D`` included) are replaced by :class:`QuantLinear` modules
+    holding the packed Q; convolution targets get their dequantized kernel (they run in full
+    precision); every other tensor is assigned from the backbone, shard by shard. Parameters
+    of ``model`` may live on the meta device: they are replaced, never copied into.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The architecture of the quantized model (e.g. a fresh instance); changed in place.
+    directory : str or Path
+        Output of :func:`leanfit.quantization.quantize_checkpoint` or ``quantize_module``.
+    device, dtype
+        Where the model goes and the dtype of its floating tensors (the packed codes and the
+        float32 quantization statistics keep theirs).
+    is_trainable : bool
+        Passed to ``PeftModel.from_pretrained``: LoRA weights trainable (for fine-tuning).
+
+    Raises
+    ------
+    BadInputError
+        ``directory`` is not a leanfit LoftQ output.
+    CorruptArtifactError
+        A newer or invalid format, missing shards or tensors, or an adapter whose targets or
+        shapes do not match the backbone, or a parameter of ``model`` the backbone lacks.
+    """
+    return _load_into(model, Path(directory), device, dtype, is_trainable, head_prefix=None)
+
+
+def _load_into(
+    model: nn.Module,
+    directory: Path,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    is_trainable: bool,
+    head_prefix: str | None,
+) -> PeftModel:
+    """:func:`load_into`; with ``head_prefix`` (the base model's, e.g. ``"bert."``) for a model
+    class other than the saved one: parameters missing from the backbone and outside that
+    prefix (a new task head) are initialized, and backbone tensors outside it (the saved
+    model's head) are dropped with a warning, instead of both being refused."""
+    from peft import LoraConfig, PeftModel
+
+    if not isinstance(model, nn.Module):
+        raise bad_value("model", type(model).__name__, "a torch.nn.Module")
+    meta = read_quantization_config(directory)
+    targets = {module: target_from_meta(module, entry) for module, entry in meta["targets"].items()}
+    _check_adapter(directory / ADAPTER, targets)
+    keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))
+    _swap_quantized_linears(model, targets, keys, meta)
+    expected = set(model.state_dict())
+    buffers = {name for name, _ in model.named_buffers()}
+    loaded: set[str] = set()
+    dropped: list[str] = []
+    for shard in _shards(directory / BACKBONE):
+        tensors = load_file(shard)
+        _decode_convs(tensors, targets, meta)
+        renamed = {}
+        for name, tensor in tensors.items():
+            new = keys(name)
+            if new in expected:
+                renamed[new] = tensor
+            elif new is None or (head_prefix is not None and not new.startswith(head_prefix)):
+                dropped.append(name)  # a head of the saved model that the model built lacks
+            elif new not in buffers:  # e.g. position_ids, a non-persistent buffer today
+                raise CorruptArtifactError(
+                    f"backbone tensor {name!r} ({shard.name}) is not in the model built "
+                    f"({type(model).__name__})"
+                )
+        try:
+            model.load_state_dict(renamed, strict=False, assign=True)
+        except RuntimeError as err:
+            raise CorruptArtifactError(
+                f"backbone shard {shard.name} does not fit the model: {err}"
+            ) from err
+        loaded |= set(renamed)
+        del tensors, renamed
+    if dropped:
+        logger.warning(
+            "%d backbone tensors outside the model are not loaded, e.g. %s",
+            len(dropped),
+            dropped[:3],
+        )
+    missing = expected - loaded - _retie(model, meta["tied"], keys)
+    if head_prefix is not None:
+        head = {n for n in missing if not n.startswith(head_prefix)}
+        _initialize(model, head)
+        missing -= head
+    if missing:
+        raise CorruptArtifactError(
+            f"the backbone lacks {len(missing)} tensors of the model, e.g. {sorted(missing)[:3]}"
+        )
+    on_meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if on_meta:
+        raise CorruptArtifactError(f"parameters {on_meta[:3]} were not loaded from the backbone")
+    model.to(dtype=dtype)
+    saved = read_adapter_config(directory / ADAPTER)
+    lora = LoraConfig(
+        r=saved["r"],
+        lora_alpha=saved["lora_alpha"],
+        target_modules=sorted(keys.of_target(module) for module in targets),  # model's names
+        task_type=peft_task_type(type(model).__name__),  # the model built, maybe another
+        lora_dropout=0.0,
+        bias="none",
+    )
+    # PEFT's key_mapping (recent releases) only for a model class other than the saved one.
+    mapping: dict[str, Any] = {"key_mapping": keys.peft_mapping()} if keys.peft_mapping() else {}
+    with reuse_dequantized_weight():  # PEFT reads each layer's weight ~20 times
+        peft_model = PeftModel.from_pretrained(
+            model,
+            str(directory / ADAPTER),
+            is_trainable=is_trainable,
+            config=lora,
+            **mapping,
+        )
+    return peft_model.to(device)
+
+
+def _model_class(config: Any, task: str, architecture: str | None) -> Any:
+    import transformers
+
+    autos = {
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "base": transformers.AutoModel,
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+    }
+    if task != "auto":
+        return autos[task]
+    cls = getattr(transformers, architecture or "", None)
+    return cls if cls is not None else transformers.AutoModel
+
+
+def load(
+    directory: str | Path,
+    *,
+    task: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_labels: int | None = None,
+    is_trainable: bool = False,
+) -> PeftModel:
+    """Load a LoftQ output as a PEFT model on a packed low-bit backbone.
+
+    The transformers model is built from ``backbone/config.json`` with its parameters on the
+    meta device (no full-precision weights are allocated), the targets are swapped for
+    :class:`QuantLinear` and every tensor is loaded from the backbone (:func:`load_into`);
+    then ``PeftModel.from_pretrained`` attaches ``adapter/``. Each target then computes
+    ``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b``.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Output of :func:`leanfit.quantization.quantize_checkpoint`.
+    task : {"auto", "causal-lm", "base", "sequence-classification"}
+        ``"auto"``: the saved architecture (``config.architectures[0]``); the others use
+        ``AutoModelForCausalLM``, ``AutoModel`` or ``AutoModelForSequenceClassification``.
+        A head the backbone lacks (the classifier) is freshly initialized.
+    device, dtype
+        Where the model goes and the dtype of its floating tensors.
+    num_labels : int, optional
+        Labels of a sequence-classification head.
+    is_trainable : bool
+        LoRA weights trainable (for fine-tuning).
+
+    Raises
+    ------
+    BadInputError
+        Not a leanfit output, or an invalid argument.
+    CorruptArtifactError
+        No ``config.json``, a newer or invalid format, missing tensors, or an adapter that
+        does not match the backbone.
+    """
+    import transformers
+    from accelerate import init_empty_weights
+
+    if task not in TASKS:
+        raise bad_value("task", task, f"one of {TASKS}")
+    if num_labels is not None and (
+        isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1
+    ):
+        raise bad_value("num_labels", num_labels, "an int >= 1, or None")
+    directory = Path(directory)
+    meta = read_quantization_config(directory)
+    backbone = directory / BACKBONE
+    if not (backbone / "config.json").is_file():
+        raise CorruptArtifactError(
+            f"{str(backbone)!r} has no config.json: it was written from a plain torch module "
+            "(quantize_module); load it with load_into(model, directory)"
+        )
+    config = transformers.AutoConfig.from_pretrained(backbone)
+    if num_labels is not None:
+        config.num_labels = num_labels
+    cls = _model_class(config, task, meta.get("architecture"))
+    with init_empty_weights():
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    head_prefix = _prefix(model) + "." if task != "auto" and _prefix(model) else None
+    return _load_into(model, directory, device, dtype, is_trainable, head_prefix)
+
+
+def _weight_map(backbone: Path) -> dict[str, Path]:
+    """Backbone tensor name → its shard file, from the index (every shard checked to exist)."""
+    index = backbone / INDEX_FILE
+    try:
+        weight_map = read_json(index)["weight_map"]
+        paths = {name: backbone / file for name, file in weight_map.items()}
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CorruptArtifactError(f"{str(index)!r} is missing or invalid: {err}") from err
+    outside = sorted({p.name for p in paths.values()} - set(map(str, weight_map.values())))
+    if outside:
+        raise CorruptArtifactError(
+            f"{str(index)!r} must map tensor names to shard files in {str(backbone)!r}; "
+            f"got paths {outside[:3]}"
+        )
+    missing = sorted({p.name for p in paths.values() if not p.is_file()})
+    if missing:
+        raise CorruptArtifactError(
+            f"backbone shards {missing} listed in {str(index)!r} are missing"
+        )
+    return paths
+
+
+def merge_into(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Set every target weight of a full-precision model to ``Q + (alpha/r)·lora_B·lora_A``.
+
+    The merged LoftQ initialization, computed from the files without PEFT or
+    :class:`QuantLinear`: the reference of what :func:`load` computes, and a way to evaluate
+    the initialization in full precision. Stored layouts are restored (GPT-2 ``Conv1D``
+    transposed, convolution kernels reshaped). Tensors other than the target weights are not
+    touched.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model the output was made from (same architecture), in any float dtype;
+        changed in place.
+    directory : str or Path
+        A LoftQ output directory.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``.
+    """
+    directory = Path(directory)
+    meta = read_quantization_config(directory)
+    targets = {module: target_from_meta(module, entry) for module, entry in meta["targets"].items()}
+    _check_adapter(directory / ADAPTER, targets)
+    adapter = load_file(directory / ADAPTER / ADAPTER_WEIGHTS)
+    lora = read_adapter_config(directory / ADAPTER)
+    scaling = lora["lora_alpha"] / lora["r"]
+    weight_map = _weight_map(directory / BACKBONE)
+    keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))
+    for module, target in targets.items():
+        quant = meta["targets"][module]["quantized"]
+        tensors = {}
+        for name, path in weight_map.items():
+            if name.rpartition(".")[0] == module and name != module + ".bias":
+                with safe_open(path, framework="pt") as handle:
+                    tensors[name] = handle.get_tensor(name)
+        q = QuantizedTensor.from_state_dict(tensors, module + ".", quant)
+        lora_a = adapter[f"{PEFT_PREFIX}{module}.lora_A.weight"].flatten(1)
+        lora_b = adapter[f"{PEFT_PREFIX}{module}.lora_B.weight"].flatten(1)
+        merged = restore_shape(q.dequantize() + scaling * (lora_b @ lora_a), target)
+        weight = model.get_parameter(keys.of_target(target.name))
+        with torch.no_grad():
+            weight.copy_(merged.to(weight.dtype))
+    return model

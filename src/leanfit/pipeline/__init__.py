@@ -1,0 +1,15 @@
+"""Run LoftQ over a whole model: the walker and who computes its targets.
+
+:func:`quantize_checkpoint` (``leanfit quantize``) streams a checkpoint
+(:mod:`leanfit.checkpoints`) tensor by tensor through LoftQ (:mod:`leanfit.quantization`)
+into an output directory; :func:`quantize_module` does the same for an in-memory model.
+The targets are computed here (:mod:`~leanfit.pipeline.computers`), in worker threads
+(:mod:`~leanfit.pipeline.parallel`), on Dask workers (:mod:`~leanfit.pipeline.distributed`)
+or calibrated on text (:mod:`~leanfit.pipeline.calibration`); their widths may be allocated
+under a budget (:mod:`~leanfit.pipeline.allocation`) and the run kept within a memory budget
+(:mod:`~leanfit.pipeline.memory`).
+"""
+
+from leanfit.pipeline.walker import estimate_checkpoint_memory, quantize_checkpoint, quantize_module
+
+__all__ = ["estimate_checkpoint_memory", "quantize_checkpoint", "quantize_module"]
