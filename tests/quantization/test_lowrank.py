@@ -42,7 +42,11 @@ def test_randomized_recovers_a_low_rank_matrix():
     # A clear spectral gap (signal ~10 vs noise 1e-3): the sketch captures the signal
     # subspace, singular values agree to float32 accuracy relative to the largest.
     assert torch.allclose(fast[1], exact[1], rtol=1e-4, atol=1e-4 * float(exact[1][0]))
-    assert residual_norm(a, *fast) <= 1.001 * residual_norm(a, *exact)
+    # The residual is the noise floor (~0.09, against ‖A‖ ~ 245: missing one signal direction
+    # would cost > 10). float32 Cholesky QR resolves the basis only to about √eps·σ₁, so the
+    # noise left over varies with rounding: over seeds 0-19 on 1 and 2 torch threads the
+    # ratio to the exact residual measured 1.000-1.032 (this seed: 1.0000 or 1.0089).
+    assert residual_norm(a, *fast) <= 1.05 * residual_norm(a, *exact)
 
 
 def test_warm_start_with_the_exact_basis_needs_no_power_iterations():
