@@ -25,6 +25,7 @@ at load: each one computes ``x ↦ x·dequantize(Q)ᵀ + b`` in its forward, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,8 @@ from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quantization.quantizers import check_quantization_args
+
+logger = logging.getLogger(__name__)
 
 QUANT_METHOD = "leanfit"
 SETTINGS = ("kind", "transposed", "bits", "method", "block_size", "double_quant")
@@ -190,12 +193,30 @@ class LeanfitHfQuantizer(HfQuantizer):
                 f"targets {conv[:3]} are convolutions, which from_pretrained cannot load packed; "
                 "load this output with leanfit.quantization.load(OUT)"
             )
-        keys = _KeyMap([f"{m}.weight" for m in settings], set(model.state_dict()), _prefix(model))
-        for module, setting in settings.items():
-            name = keys.of_target(module + ".weight").removesuffix(".weight")
-            parent, _, child = name.rpartition(".")
-            original = model.get_submodule(name)
-            setattr(model.get_submodule(parent), child, _skeleton(module, original, setting))
+        modules = {name for name, _ in model.named_modules()}
+        prefix = str(getattr(model, "base_model_prefix", "") or "")
+        names = {module: _model_name(module, modules, prefix) for module in settings}
+        absent = sorted(module for module, name in names.items() if name is None)
+        if len(absent) == len(names):
+            raise CorruptArtifactError(
+                f"the backbone's targets (e.g. {absent[:3]}) are not modules of the "
+                f"{type(model).__name__} built (e.g. {sorted(modules)[1:4]}): the backbone "
+                "does not match the model class"
+            )
+        if absent:
+            logger.warning(
+                "%d targets of the backbone are not modules of %s (a part of the saved model "
+                "this class lacks, e.g. a pooler) and are not loaded: %s",
+                len(absent),
+                type(model).__name__,
+                absent[:3],
+            )
+        for module, name in names.items():
+            if name is not None:
+                parent, _, child = name.rpartition(".")
+                original = model.get_submodule(name)
+                layer = _skeleton(module, original, settings[module])
+                setattr(model.get_submodule(parent), child, layer)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         """Refuse a model whose targets' tensors were not all in the backbone's shards."""
@@ -239,6 +260,15 @@ class LeanfitHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         """LoRA adapters on the packed layers train (the packed weights stay frozen)."""
         return True
+
+
+def _model_name(module: str, modules: set[str], prefix: str) -> str | None:
+    """The model's name of a stored module name: as stored, under the base-model ``prefix``
+    (a base model's checkpoint loaded with a head class) or without it; None if absent."""
+    candidates = (
+        [module, f"{prefix}.{module}", module.removeprefix(f"{prefix}.")] if prefix else [module]
+    )
+    return next((name for name in candidates if name in modules), None)
 
 
 def _skeleton(module: str, original: nn.Module, setting: dict[str, Any]) -> QuantLinear:

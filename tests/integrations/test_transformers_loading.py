@@ -3,6 +3,7 @@ registered quantizer (quant_method "leanfit"), then ``PeftModel.from_pretrained(
 OUT/adapter)``; used with ``generate``, a pipeline, the ``Trainer`` and TRL's ``SFTTrainer``."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoTokenizer,
+    BertConfig,
+    BertModel,
     GPT2Config,
     GPT2LMHeadModel,
     Trainer,
@@ -160,6 +164,43 @@ def test_real_minilm_encoder_loads_through_automodel(tmp_path, minilm_batch):
     with torch.no_grad():
         got = model(**minilm_batch).last_hidden_state
         want = load(out).eval()(**minilm_batch).last_hidden_state
+    assert torch.equal(got, want)
+
+
+def test_a_base_model_checkpoint_loads_under_a_head_class(tmp_path, caplog):
+    """The sentence-transformers layout: BERT keys without ``bert.``, a head class named in
+    config.json. The targets load under the base-model prefix, the pooler (a target the
+    masked-LM class lacks) is left out with a warning, and PEFT's ``key_mapping`` puts the
+    adapter under the same prefix."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        architectures=["BertForMaskedLM"],
+    )
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    edit_json(
+        tmp_path / "bert" / "config.json", lambda v: v.update(architectures=["BertForMaskedLM"])
+    )
+    out = tmp_path / "loftq"
+    quantize_checkpoint(tmp_path / "bert", out, LoftQConfig(bits=4, rank=4), progress=False)
+    with caplog.at_level(logging.WARNING, logger="leanfit.hf_quantizer"):
+        masked = AutoModelForMaskedLM.from_pretrained(out / "backbone")
+    assert "1 targets of the backbone are not modules of BertForMaskedLM" in caplog.text
+    assert "pooler.dense" in caplog.text
+    assert len(quant_layers(masked)) == 12  # 2 blocks × 6 linear layers
+    masked = PeftModel.from_pretrained(masked, out / "adapter", key_mapping={"^": "bert."})
+    stored = load_file(out / "adapter" / "adapter_model.safetensors")
+    query = masked.base_model.model.bert.encoder.layer[0].attention.self.query
+    key = "base_model.model.encoder.layer.0.attention.self.query.lora_B.weight"
+    assert torch.equal(query.lora_B["default"].weight, stored[key])
+    ids = torch.arange(10).reshape(2, 5)
+    with torch.no_grad():
+        got = masked.eval().base_model.model.bert(input_ids=ids).last_hidden_state
+        want = from_pretrained(out, auto=AutoModel).eval()(input_ids=ids).last_hidden_state
     assert torch.equal(got, want)
 
 
@@ -363,9 +404,9 @@ def test_a_plain_checkpoint_cannot_be_quantized_on_load(tmp_path):
             r"bits must be one of \(2, 3, 4\) for method='nf'; got 5",
         ),
         (
-            lambda q: q["groups"][0]["modules"].append("model.layers.9.mlp.up_proj"),
+            lambda q: q["groups"][0].update(modules=["h.0.attn.c_attn", "h.0.mlp.c_fc"]),
             CorruptArtifactError,
-            "not weights of the model built",
+            r"targets \(e.g. \['h.0.attn.c_attn', 'h.0.mlp.c_fc'\]\) are not modules of the Llama",
         ),
         (
             lambda q: q["groups"][0].update(kind="conv"),
