@@ -25,12 +25,14 @@ from transformers import (
     pipeline,
 )
 
-import leanfit.hf_quantizer  # noqa: F401  (registers quant_method "leanfit")
+import leanfit.checkpoints.hf  # noqa: F401  (registers quant_method "leanfit")
+from leanfit.checkpoints import load
+from leanfit.checkpoints.hf import LeanfitConfig
 from leanfit.exceptions import BadInputError, CorruptArtifactError
-from leanfit.hf_quantizer import LeanfitConfig
+from leanfit.finetune.data import load_data
+from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear, load, quantize_checkpoint
-from leanfit.quantization.data import load_data
+from leanfit.quantization import LoftQConfig, QuantLinear
 
 
 def read_json(path: Path) -> dict:
@@ -187,7 +189,7 @@ def test_a_base_model_checkpoint_loads_under_a_head_class(tmp_path, caplog):
     )
     out = tmp_path / "loftq"
     quantize_checkpoint(tmp_path / "bert", out, LoftQConfig(bits=4, rank=4), progress=False)
-    with caplog.at_level(logging.WARNING, logger="leanfit.hf_quantizer"):
+    with caplog.at_level(logging.WARNING, logger="leanfit.checkpoints.hf"):
         masked = AutoModelForMaskedLM.from_pretrained(out / "backbone")
     assert "1 targets of the backbone are not modules of BertForMaskedLM" in caplog.text
     assert "pooler.dense" in caplog.text
@@ -411,7 +413,7 @@ def test_a_plain_checkpoint_cannot_be_quantized_on_load(tmp_path):
         (
             lambda q: q["groups"][0].update(kind="conv"),
             BadInputError,
-            r"are convolutions.*leanfit.quantization.load\(OUT\)",
+            r"are convolutions.*leanfit.checkpoints.load\(OUT\)",
         ),
     ],
 )

@@ -412,8 +412,8 @@ class ArtifactWriter:
     def _write_transformers_config(self, targets: dict[str, dict[str, Any]]) -> None:
         """``quantization_config`` (quant_method ``"leanfit"``) in ``backbone/config.json``, so
         that transformers' ``from_pretrained`` loads the backbone packed (see
-        :mod:`leanfit.hf_quantizer`); a backbone without config.json is left as is."""
-        from leanfit.hf_quantizer import transformers_quantization_config
+        :mod:`leanfit.checkpoints.hf`); a backbone without config.json is left as is."""
+        from leanfit.checkpoints.hf import transformers_quantization_config
 
         config_path = self.root / BACKBONE / "config.json"
         if config_path.is_file():

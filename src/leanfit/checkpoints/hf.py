@@ -12,7 +12,7 @@ one group per quantizer setting, listing the target modules stored with it. Impo
 module registers :class:`LeanfitConfig` and :class:`LeanfitHfQuantizer` with transformers
 under that ``quant_method``; then::
 
-    import leanfit.hf_quantizer  # registers quant_method "leanfit"
+    import leanfit.checkpoints.hf  # registers quant_method "leanfit"
     model = AutoModelForCausalLM.from_pretrained("OUT/backbone")
     model = PeftModel.from_pretrained(model, "OUT/adapter")
 
@@ -20,7 +20,7 @@ builds the model on the meta device, replaces every target by a :class:`QuantLin
 before a weight is read, and lets transformers load the packed codes and float32 statistics
 into its buffers (and every other tensor as usual). No target is dequantized to a float weight
 at load: each one computes ``x ↦ x·dequantize(Q)ᵀ + b`` in its forward, and with the adapter
-``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b`` — what :func:`leanfit.quantization.load` builds.
+``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b`` — what :func:`leanfit.checkpoints.load` builds.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from transformers.quantizers.auto import (
 )
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION
+from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quantization.quantizers import check_quantization_args
 
@@ -191,7 +191,7 @@ class LeanfitHfQuantizer(HfQuantizer):
         if conv:
             raise BadInputError(
                 f"targets {conv[:3]} are convolutions, which from_pretrained cannot load packed; "
-                "load this output with leanfit.quantization.load(OUT)"
+                "load this output with leanfit.checkpoints.load(OUT)"
             )
         modules = {name for name, _ in model.named_modules()}
         prefix = str(getattr(model, "base_model_prefix", "") or "")
