@@ -410,6 +410,17 @@ def test_a_plain_checkpoint_cannot_be_quantized_on_load(tmp_path):
             CorruptArtifactError,
             r"targets \(e.g. \['h.0.attn.c_attn', 'h.0.mlp.c_fc'\]\) are not modules of the Llama",
         ),
+        (lambda q: q.update(bits=2), CorruptArtifactError, r"got also \['bits'\]"),
+        (
+            lambda q: q["groups"][0].update(transposed=True),
+            CorruptArtifactError,
+            "is stored transposed .* the model's module there is an nn.Linear",
+        ),
+        (  # a layout other than the stored one: transformers refuses the sizes
+            lambda q: q["groups"][0].update(block_size=32),
+            RuntimeError,
+            "ignore_mismatched_sizes",
+        ),
         (
             lambda q: q["groups"][0].update(kind="conv"),
             BadInputError,

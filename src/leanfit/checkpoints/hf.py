@@ -130,8 +130,13 @@ class LeanfitConfig(QuantizationConfigMixin):
         format: str = FORMAT,
         format_version: int = FORMAT_VERSION,
         quant_method: str = QUANT_METHOD,
-        **kwargs: Any,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise CorruptArtifactError(
+                f"a leanfit quantization_config holds groups, format, format_version and "
+                f"quant_method; got also {sorted(unknown)}"
+            )
         if format != FORMAT or quant_method != QUANT_METHOD:
             raise CorruptArtifactError(
                 f"a leanfit quantization_config must have format {FORMAT!r} and quant_method "
@@ -280,6 +285,11 @@ def _skeleton(module: str, original: nn.Module, setting: dict[str, Any]) -> Quan
             f"target {module!r} must be a linear layer of the model; got "
             f"{type(original).__name__} with weight "
             f"{None if weight is None else tuple(weight.shape)}"
+        )
+    if setting["transposed"] and isinstance(original, nn.Linear):
+        raise CorruptArtifactError(
+            f"target {module!r} is stored transposed (a GPT-2 Conv1D), but the model's module "
+            "there is an nn.Linear"
         )
     n_out, n_in = weight.shape[::-1] if setting["transposed"] else weight.shape
     return QuantLinear(
