@@ -8,6 +8,8 @@
 - :mod:`~leanfit.checkpoints.layout`, :mod:`~leanfit.checkpoints.writer`,
   :mod:`~leanfit.checkpoints.loading`: the output directory's format, its streaming writer,
   and :func:`load` (a ``PeftModel`` on :class:`~leanfit.quantization.QuantLinear` layers).
+- :mod:`~leanfit.checkpoints.hf`: quant_method ``"leanfit"`` for transformers, so that
+  ``from_pretrained(OUT/backbone)`` loads the backbone packed (imported on demand).
 - :mod:`~leanfit.checkpoints.resume`: the journal that lets a killed run continue.
 - :mod:`~leanfit.checkpoints.synthetic`: large synthetic checkpoints for load tests.
 """

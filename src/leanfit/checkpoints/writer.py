@@ -382,6 +382,7 @@ class ArtifactWriter:
         (self.root / BACKBONE / QUANTIZATION_CONFIG).write_text(
             json.dumps(quantization, indent=2) + "\n"
         )
+        self._write_transformers_config(targets)
         if self.dequantized is not None:
             self.dequantized.close()
         self._write_adapter(sorted(targets))
@@ -407,6 +408,17 @@ class ArtifactWriter:
                     values.pop("torch_dtype", None)
 
             edit_json(config_path, edit)
+
+    def _write_transformers_config(self, targets: dict[str, dict[str, Any]]) -> None:
+        """``quantization_config`` (quant_method ``"leanfit"``) in ``backbone/config.json``, so
+        that transformers' ``from_pretrained`` loads the backbone packed (see
+        :mod:`leanfit.checkpoints.hf`); a backbone without config.json is left as is."""
+        from leanfit.checkpoints.hf import transformers_quantization_config
+
+        config_path = self.root / BACKBONE / "config.json"
+        if config_path.is_file():
+            entry = transformers_quantization_config(targets)
+            edit_json(config_path, lambda values: values.update(quantization_config=entry))
 
     def _write_adapter(self, modules: list[str]) -> None:
         from peft import LoraConfig

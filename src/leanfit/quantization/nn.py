@@ -55,7 +55,12 @@ class DequantizedWeight(torch.Tensor):
     Writing into it could only change a temporary copy, so code that tries (merging a LoRA
     adapter with ``merge_and_unload``, ``weight.data += …``) gets an error instead of a
     silently unchanged model. Operations on it return ordinary tensors.
+
+    transformers' weight initializers skip a tensor whose ``_is_hf_initialized`` is true: a
+    packed weight loaded with ``from_pretrained`` is never to be re-initialized.
     """
+
+    _is_hf_initialized = True
 
     @classmethod
     def __torch_function__(

@@ -1,0 +1,316 @@
+"""Load a leanfit backbone with transformers' ``from_pretrained``: quant_method ``"leanfit"``.
+
+``leanfit quantize`` writes, next to the packed shards, a ``quantization_config`` into
+``OUT/backbone/config.json`` (:func:`transformers_quantization_config`)::
+
+    {"quant_method": "leanfit", "format": "leanfit-loftq", "format_version": 1,
+     "groups": [{"kind": "linear", "transposed": false, "bits": 2, "method": "nf",
+                 "block_size": 64, "double_quant": false,
+                 "modules": ["model.layers.0.mlp.down_proj", ...]}, ...]}
+
+one group per quantizer setting, listing the target modules stored with it. Importing this
+module registers :class:`LeanfitConfig` and :class:`LeanfitHfQuantizer` with transformers
+under that ``quant_method``; then::
+
+    import leanfit.checkpoints.hf  # registers quant_method "leanfit"
+    model = AutoModelForCausalLM.from_pretrained("OUT/backbone")
+    model = PeftModel.from_pretrained(model, "OUT/adapter")
+
+builds the model on the meta device, replaces every target by a :class:`QuantLinear` skeleton
+before a weight is read, and lets transformers load the packed codes and float32 statistics
+into its buffers (and every other tensor as usual). No target is dequantized to a float weight
+at load: each one computes ``x ↦ x·dequantize(Q)ᵀ + b`` in its forward, and with the adapter
+``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b`` — what :func:`leanfit.checkpoints.load` builds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION
+from leanfit.exceptions import BadInputError, CorruptArtifactError
+from leanfit.quantization.nn import QuantLinear
+from leanfit.quantization.quantizers import check_quantization_args
+
+logger = logging.getLogger(__name__)
+
+QUANT_METHOD = "leanfit"
+SETTINGS = ("kind", "transposed", "bits", "method", "block_size", "double_quant")
+"""The keys of a group besides ``modules``: the target kind and its quantizer."""
+
+
+def transformers_quantization_config(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``quantization_config`` of ``backbone/config.json`` for the targets of an output.
+
+    Parameters
+    ----------
+    targets : mapping
+        Module name → its entry of ``backbone/quantization_config.json`` (``kind``,
+        ``transposed`` and the quantizer settings under ``quantized``).
+
+    Returns
+    -------
+    dict
+        ``{"quant_method": "leanfit", "format", "format_version", "groups"}``: the modules
+        grouped by setting, groups and modules sorted (the same targets give the same bytes).
+    """
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for module in sorted(targets):
+        entry, quantized = targets[module], targets[module]["quantized"]
+        key = (entry["kind"], entry["transposed"], *(quantized[k] for k in SETTINGS[2:]))
+        groups.setdefault(key, []).append(module)
+    return {
+        "quant_method": QUANT_METHOD,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "groups": [
+            {**dict(zip(SETTINGS, key, strict=True)), "modules": modules}
+            for key, modules in sorted(groups.items(), key=lambda group: group[1][0])
+        ],
+    }
+
+
+def _check_group(group: object) -> dict[str, Any]:
+    """A group of ``quantization_config``, checked: its settings and a list of module names."""
+    if not isinstance(group, dict) or set(group) != {*SETTINGS, "modules"}:
+        keys = sorted(group) if isinstance(group, dict) else type(group).__name__
+        raise CorruptArtifactError(
+            f"a leanfit quantization_config group must hold {sorted({*SETTINGS, 'modules'})}; "
+            f"got {keys}"
+        )
+    try:
+        check_quantization_args(group["bits"], group["method"], group["block_size"])
+    except BadInputError as err:
+        raise CorruptArtifactError(f"a leanfit quantization_config group: {err}") from err
+    if group["kind"] not in ("linear", "conv") or not all(
+        isinstance(group[k], bool) for k in ("transposed", "double_quant")
+    ):
+        raise CorruptArtifactError(
+            "a leanfit quantization_config group must have kind 'linear' or 'conv' and bools "
+            f"transposed, double_quant; got {[group[k] for k in SETTINGS[:2]]}, "
+            f"{group['double_quant']!r}"
+        )
+    modules = group["modules"]
+    if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
+        raise CorruptArtifactError(
+            f"a leanfit quantization_config group must list module names; got {modules!r}"
+        )
+    return group
+
+
+class LeanfitConfig(QuantizationConfigMixin):
+    """transformers' view of the ``quantization_config`` leanfit writes (quant_method
+    ``"leanfit"``): the target modules of a backbone and how each is stored.
+
+    Only read from a backbone's ``config.json`` (``leanfit quantize`` writes it); a model cannot
+    be quantized on load with it.
+
+    Raises
+    ------
+    CorruptArtifactError
+        Another format, a newer format version, or an invalid group.
+    """
+
+    def __init__(
+        self,
+        groups: list[dict[str, Any]],
+        format: str = FORMAT,
+        format_version: int = FORMAT_VERSION,
+        quant_method: str = QUANT_METHOD,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise CorruptArtifactError(
+                f"a leanfit quantization_config holds groups, format, format_version and "
+                f"quant_method; got also {sorted(unknown)}"
+            )
+        if format != FORMAT or quant_method != QUANT_METHOD:
+            raise CorruptArtifactError(
+                f"a leanfit quantization_config must have format {FORMAT!r} and quant_method "
+                f"{QUANT_METHOD!r}; got {format!r}, {quant_method!r}"
+            )
+        if isinstance(format_version, bool) or not isinstance(format_version, int):
+            raise CorruptArtifactError(f"format_version must be an int; got {format_version!r}")
+        if format_version > FORMAT_VERSION:
+            raise CorruptArtifactError(
+                f"the backbone has format_version {format_version}, newer than the "
+                f"{FORMAT_VERSION} this leanfit reads; upgrade leanfit"
+            )
+        if not isinstance(groups, list) or not groups:
+            raise CorruptArtifactError(f"groups must be a non-empty list; got {groups!r}")
+        self.quant_method = quant_method  # type: ignore[assignment]
+        self.format = format
+        self.format_version = format_version
+        self.groups = [_check_group(group) for group in groups]
+
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """Module name → its group's settings (:data:`SETTINGS`)."""
+        return {
+            module: {k: group[k] for k in SETTINGS}
+            for group in self.groups
+            for module in group["modules"]
+        }
+
+
+class LeanfitHfQuantizer(HfQuantizer):
+    """Loads a backbone written by ``leanfit quantize``: targets as :class:`QuantLinear`.
+
+    Before the weights are read the linear targets (GPT-2 ``Conv1D`` included) are replaced by
+    all-zero :class:`QuantLinear` skeletons whose buffers carry the stored names (``packed``,
+    ``scales``, …); transformers then loads the shards into them. The float32 statistics keep
+    their dtype whatever ``dtype`` the model is loaded in. Saving the model
+    (``save_pretrained``) writes the same packed tensors and this ``quantization_config``, so
+    it loads back the same way. ``model.dequantize()`` replaces every :class:`QuantLinear` by
+    an ``nn.Linear`` holding its dequantized weight.
+    """
+
+    requires_calibration = True  # only a backbone leanfit wrote: no quantization on load
+    quantization_config: LeanfitConfig
+
+    def __init__(self, quantization_config: LeanfitConfig, **kwargs: Any) -> None:
+        if not kwargs.get("pre_quantized", True):
+            raise BadInputError(
+                "quant_method 'leanfit' loads only a backbone written by leanfit quantize (its "
+                "config.json names it); it cannot quantize a model while loading it: run "
+                "`leanfit quantize MODEL OUT`, then from_pretrained('OUT/backbone')"
+            )
+        super().__init__(quantization_config, **kwargs)
+
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+        """Swap every target of the config for a :class:`QuantLinear` skeleton."""
+        settings = self.quantization_config.settings()
+        conv = sorted(m for m, s in settings.items() if s["kind"] == "conv")
+        if conv:
+            raise BadInputError(
+                f"targets {conv[:3]} are convolutions, which from_pretrained cannot load packed; "
+                "load this output with leanfit.checkpoints.load(OUT)"
+            )
+        modules = {name for name, _ in model.named_modules()}
+        prefix = str(getattr(model, "base_model_prefix", "") or "")
+        names = {module: _model_name(module, modules, prefix) for module in settings}
+        absent = sorted(module for module, name in names.items() if name is None)
+        if len(absent) == len(names):
+            raise CorruptArtifactError(
+                f"the backbone's targets (e.g. {absent[:3]}) are not modules of the "
+                f"{type(model).__name__} built (e.g. {sorted(modules)[1:4]}): the backbone "
+                "does not match the model class"
+            )
+        if absent:
+            logger.warning(
+                "%d targets of the backbone are not modules of %s (a part of the saved model "
+                "this class lacks, e.g. a pooler) and are not loaded: %s",
+                len(absent),
+                type(model).__name__,
+                absent[:3],
+            )
+        for module, name in names.items():
+            if name is not None:
+                parent, _, child = name.rpartition(".")
+                original = model.get_submodule(name)
+                layer = _skeleton(module, original, settings[module])
+                setattr(model.get_submodule(parent), child, layer)
+
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        """Refuse a model whose targets' tensors were not all in the backbone's shards."""
+        unloaded = [  # transformers flags each tensor it loads (and allocates the others)
+            f"{name}.{tensor_name}"
+            for name, layer in model.named_modules()
+            if isinstance(layer, QuantLinear)
+            for tensor_name, tensor in layer.state_dict(keep_vars=True).items()
+            if not getattr(tensor, "_is_hf_initialized", False)
+        ]
+        if unloaded:
+            raise CorruptArtifactError(
+                f"the backbone's shards lack {len(unloaded)} tensors of its targets, "
+                f"e.g. {unloaded[:3]}"
+            )
+        return model
+
+    def _dequantize(self, model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+        """Replace every :class:`QuantLinear` by an ``nn.Linear`` with its dequantized weight."""
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+        for name, layer in layers:
+            linear = nn.Linear(
+                layer.in_features,
+                layer.out_features,
+                layer.bias is not None,
+                device=layer.packed.device,
+                dtype=dtype,
+            )
+            with torch.no_grad():
+                linear.weight.copy_(layer.quantized.dequantize())
+                if layer.bias is not None:
+                    linear.bias.copy_(layer.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+        return model
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        """LoRA adapters on the packed layers train (the packed weights stay frozen)."""
+        return True
+
+
+def _model_name(module: str, modules: set[str], prefix: str) -> str | None:
+    """The model's name of a stored module name: as stored, under the base-model ``prefix``
+    (a base model's checkpoint loaded with a head class) or without it; None if absent."""
+    candidates = (
+        [module, f"{prefix}.{module}", module.removeprefix(f"{prefix}.")] if prefix else [module]
+    )
+    return next((name for name in candidates if name in modules), None)
+
+
+def _skeleton(module: str, original: nn.Module, setting: dict[str, Any]) -> QuantLinear:
+    """An all-zero :class:`QuantLinear` in place of the linear module ``original`` (on its
+    device, usually meta); its matrix is ``(out, in)``, the transposed weight for Conv1D."""
+    weight = getattr(original, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise CorruptArtifactError(
+            f"target {module!r} must be a linear layer of the model; got "
+            f"{type(original).__name__} with weight "
+            f"{None if weight is None else tuple(weight.shape)}"
+        )
+    if setting["transposed"] and isinstance(original, nn.Linear):
+        raise CorruptArtifactError(
+            f"target {module!r} is stored transposed (a GPT-2 Conv1D), but the model's module "
+            "there is an nn.Linear"
+        )
+    n_out, n_in = weight.shape[::-1] if setting["transposed"] else weight.shape
+    return QuantLinear(
+        n_in,
+        n_out,
+        getattr(original, "bias", None) is not None,
+        bits=setting["bits"],
+        method=setting["method"],
+        block_size=setting["block_size"],
+        double_quant=setting["double_quant"],
+        device=weight.device,
+    )
+
+
+def register() -> None:
+    """Register :class:`LeanfitConfig` and :class:`LeanfitHfQuantizer` with transformers under
+    quant_method ``"leanfit"`` (done on import; calling it again does nothing)."""
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(LeanfitConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(LeanfitHfQuantizer)
+
+
+register()

@@ -1,0 +1,15 @@
+"""Fixtures of the integration tests: one torch thread, and leanfit outputs to load."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.quantization.conftest import _one_thread, minilm_batch, quantize_tiny_causal_lm
+
+__all__ = ["_one_thread", "minilm_batch"]
+
+
+@pytest.fixture(scope="package")
+def tiny_causal_loftq(tmp_path_factory) -> Path:
+    """A tiny random llama with MiniLM's tokenizer, quantized to NF2 (rank 4)."""
+    return quantize_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal"))
