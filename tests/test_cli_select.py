@@ -160,14 +160,17 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--budget", "1.5"], "--budget must be a fraction in (0, 1) or a whole count >= 1"),
+        (["--budget", "1.5"], "--budget must be auto, a fraction in (0, 1) or a whole count >= 1"),
         (["--budget", "0"], "--budget must be"),
         (["--budget", "five"], "--budget must be"),
-        (["--budget", "600"], "budget must be a count in [1, 599]"),
-        (["--objective", "speed"], "objective must be one of"),
-        (["--seeds", "-1"], "seeds must be an integer >= 0"),
-        (["--l2", "-1"], "l2_reg"),
+        (["--budget", "600"], "--budget must be a count in [1, 599]"),
+        (["--objective", "speed"], "--objective must be one of"),
+        (["--seeds", "-1"], "--seeds must be an integer >= 0"),
+        (["--l2", "-1"], "--l2 must be a number > 0"),
         (["--target", "credit"], "--dataset excludes"),
+        (["--target-dp", "0.05"], "--target-dp choose the budget: use with --budget auto"),
+        (["--budget", "auto", "--max-accuracy-drop", "2"], "--max-accuracy-drop must be a number"),
+        (["--budget", "auto", "--objective", "utility"], "add fairness to --objective"),
     ],
 )
 def test_bad_input_on_a_dataset(args, message, tmp_path, capsys):
@@ -181,11 +184,11 @@ def test_bad_input_on_a_dataset(args, message, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--target", "nope"], "target='nope' is not a column"),
+        (["--target", "nope"], "--target nope is not a column"),
         (["--target", "purpose"], "target column 'purpose' must have exactly two distinct values"),
-        (["--sensitive", "nope"], "sensitive='nope' is not a column"),
-        (["--positive", "great"], "positive= must be one of ['bad', 'good']; got 'great'"),
-        (["--categorical", "nope"], "categorical must be columns of"),
+        (["--sensitive", "nope"], "--sensitive nope is not a column"),
+        (["--positive", "great"], "--positive must be one of ['bad', 'good']; got 'great'"),
+        (["--categorical", "nope"], "--categorical must be columns of"),
     ],
 )
 def test_bad_input_on_csv_files(csv_files, change, message, tmp_path, capsys):
