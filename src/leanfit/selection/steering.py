@@ -184,7 +184,6 @@ def choose_budget(
     *,
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
     target_dp: float | None = None,
-    names: Mapping[str, str] | None = None,
 ) -> BudgetChoice:
     """Pick the count on a validation curve (the rule is in the module docstring).
 
@@ -198,18 +197,13 @@ def choose_budget(
         Largest admissible loss of validation accuracy (``0.01``: one point).
     target_dp : float in [0, 1], optional
         Absolute DP gap to reach.
-    names : mapping, optional
-        How messages call ``max_accuracy_drop`` and ``target_dp`` (``leanfit select``:
-        ``--max-accuracy-drop``, ``--target-dp``).
 
     Returns
     -------
     BudgetChoice
     """
-    called = {"max_accuracy_drop": "max_accuracy_drop", "target_dp": "target_dp"}
-    called |= dict(names or {})
-    limit = check_fraction(max_accuracy_drop, called["max_accuracy_drop"])
-    target = None if target_dp is None else check_fraction(target_dp, called["target_dp"])
+    limit = check_fraction(max_accuracy_drop, "max_accuracy_drop")
+    target = None if target_dp is None else check_fraction(target_dp, "target_dp")
     table = curve.sort_values("n_removed").reset_index(drop=True)
     table = table[["n_removed", "budget", "rows_removed", "accuracy", "dp", "dp_abs"]].copy()
     if table.n_removed.iloc[0] != 0:
@@ -220,19 +214,19 @@ def choose_budget(
     table["admissible"] = (table.n_removed > 0) & (table.accuracy_drop <= limit + 1e-12)
     admissible = table[table.admissible]
     lowest = admissible.sort_values(["dp_abs", "n_removed"]).head(1)
-    drop_text = f"validation accuracy drop at most {limit:.3f} ({called['max_accuracy_drop']})"
+    drop_text = f"validation accuracy drop of at most {limit:.3f}"
     if target is not None and base.dp_abs <= target:
         count, rule = 0, "target"
         reason = (
             f"the untrimmed validation |DP| {base.dp_abs:.4f} is already at most the target "
-            f"{target:.4f} ({called['target_dp']}): nothing is removed."
+            f"{target:.4f}: nothing is removed."
         )
     elif target is not None and (admissible.dp_abs <= target).any():
         point = admissible[admissible.dp_abs <= target].iloc[0]
         count, rule = int(point.n_removed), "target"
         reason = (
             f"the smallest budget on the grid whose validation |DP| ({point.dp_abs:.4f}) is at "
-            f"most the target {target:.4f} ({called['target_dp']}) with a {drop_text}: "
+            f"most the target {target:.4f} with a {drop_text}: "
             f"{count:,} rows, validation accuracy {point.accuracy:.4f} "
             f"({-point.accuracy_drop:+.4f})."
         )
