@@ -205,3 +205,56 @@ def test_data_arguments_are_required(csv_files, tmp_path, capsys):
     missing_file = ["--train", str(tmp_path / "none.csv"), "--test", str(csv_files["test"])]
     code, _, stderr = run([*missing_file, "--target", "credit", "--sensitive", "sex"], capsys)
     assert code == 2 and "no such file" in stderr
+
+
+def test_auto_budget_and_strategy_without_positive_or_privileged(csv_files, tmp_path, capsys):
+    """German credit's good / bad and male / female need no --positive / --privileged: the
+    run assumes them, says so, and chooses the budget on the validation file."""
+    out = tmp_path / "auto"
+    args = [*csv_args(csv_files), "--objective", "fairness", "--budget", "auto"]
+    args += ["--strategy", "pareto", "--max-accuracy-drop", "0.02", "--target-dp", "0.05"]
+    code, stdout, stderr = run([*args, "--seeds", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, stderr
+    assert "assumed: target `credit`: good taken as the favourable outcome" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["data"]["positive"], config["data"]["privileged"]) == ("good", "male")
+    assert config["budget"] == "auto" and config["strategy"] == "pareto"
+    assert (config["max_accuracy_drop"], config["target_dp"]) == (0.02, 0.05)
+    assert config["budget_choice"]["n_removed"] == config["n_removed"]
+    text = (out / "report.md").read_text()
+    assert "Assumed (no option given): target `credit`: good taken as the favourable" in text
+    assert "sensitive `sex`: male taken as the privileged group" in text
+    assert "## Budget chosen on the validation set" in text
+    models = pd.read_csv(out / "metrics.csv").model.tolist()
+    assert models == [
+        "untrimmed",
+        "fairness influence (pareto)",
+        "fairness influence (plain)",
+        "random",
+    ]
+
+
+def test_constants_mirror_the_library():
+    from leanfit.cli import select as cli
+    from leanfit.datasets import TABULAR
+    from leanfit.selection import influence, protocols, steering, workflow
+
+    assert cli.DATASETS == tuple(sorted(TABULAR))
+    assert cli.OBJECTIVES == workflow.OBJECTIVES and cli.STRATEGIES == steering.STRATEGIES
+    assert cli.DEFAULT_SEED == protocols.DEFAULT_SEED
+    assert cli.MAX_CATEGORIES == influence.MAX_CATEGORIES
+    assert cli.DEFAULT_MAX_ACCURACY_DROP == steering.DEFAULT_MAX_ACCURACY_DROP
+
+
+def test_the_module_imports_no_heavy_library_at_top_level():
+    import ast
+    from pathlib import Path
+
+    from leanfit.cli import select as cli
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    top = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    modules = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    heavy = ("numpy", "pandas", "sklearn", "torch", "leanfit.selection", "leanfit.datasets")
+    assert modules and not [m for m in modules if m.startswith(heavy)], modules

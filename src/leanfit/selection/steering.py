@@ -117,13 +117,16 @@ def masks_curve(
     DataFrame
         One row per mask: ``method``, ``seed`` (NA), ``budget`` (requested fraction),
         ``n_removed`` (requested count), ``rows_removed`` (rows the selection removed; fewer
-        for ``"constrained"`` when candidates run out) and the metrics of
-        :func:`leanfit.selection.evaluate`.
+        for ``"constrained"`` when candidates run out), the metrics of
+        :func:`leanfit.selection.evaluate` and ``dp_se``, the standard error of the DP gap on
+        these rows (:func:`gap_standard_error`).
     """
     n = selector.train_index_.shape[0]
+    Z, groups = selector.transform(X), np.asarray(s)
     rows = []
     for count, keep in tqdm(masks.items(), desc=method, disable=not progress):
         metrics = retrain_and_evaluate(selector, keep, X, y, sensitive_features=s)
+        predicted = selector.retrain(keep).model_.predict(Z)
         rows.append(
             {
                 "method": method,
@@ -132,11 +135,32 @@ def masks_curve(
                 "n_removed": count,
                 "rows_removed": metrics.pop("n_removed"),
                 **metrics,
+                "dp_se": gap_standard_error(predicted, groups),
             }
         )
     frame = pd.DataFrame(rows)
     frame["seed"] = frame["seed"].astype("Int64")
     return frame
+
+
+def gap_standard_error(predicted: np.ndarray, groups: np.ndarray) -> float:
+    """Standard error of a demographic-parity gap measured on a sample.
+
+    ``sqrt(r₁(1 − r₁)/n₁ + r₀(1 − r₀)/n₀)`` with ``r_g`` the rate of predicted 1 among the
+    ``n_g`` rows of group ``g`` (independent binomial proportions); differences of gaps
+    smaller than this are within the sampling noise of the evaluation rows.
+
+    Parameters
+    ----------
+    predicted, groups : ndarray of 0/1, shape (n,)
+        Hard predictions and group membership (1 = privileged); both groups present.
+    """
+    terms = []
+    for group in (0, 1):
+        chosen = predicted[groups == group]
+        rate = float(np.mean(chosen))
+        terms.append(rate * (1.0 - rate) / chosen.size)
+    return float(np.sqrt(sum(terms)))
 
 
 @dataclass(frozen=True)
@@ -191,8 +215,8 @@ def choose_budget(
     ----------
     curve : DataFrame
         Validation metrics per requested count, one row per count, ``0`` included: columns
-        ``n_removed``, ``budget``, ``rows_removed``, ``accuracy``, ``dp``, ``dp_abs`` (as
-        :func:`masks_curve` returns them).
+        ``n_removed``, ``budget``, ``rows_removed``, ``accuracy``, ``dp``, ``dp_abs`` and
+        optionally ``dp_se``, quoted in the reason (as :func:`masks_curve` returns them).
     max_accuracy_drop : float in [0, 1]
         Largest admissible loss of validation accuracy (``0.01``: one point).
     target_dp : float in [0, 1], optional
@@ -205,7 +229,8 @@ def choose_budget(
     limit = check_fraction(max_accuracy_drop, "max_accuracy_drop")
     target = None if target_dp is None else check_fraction(target_dp, "target_dp")
     table = curve.sort_values("n_removed").reset_index(drop=True)
-    table = table[["n_removed", "budget", "rows_removed", "accuracy", "dp", "dp_abs"]].copy()
+    columns = ["n_removed", "budget", "rows_removed", "accuracy", "dp", "dp_abs", "dp_se"]
+    table = table[[c for c in columns if c in table.columns]].copy()
     if table.n_removed.iloc[0] != 0:
         raise bad_value("curve", list(table.n_removed), "counts starting at 0 (untrimmed)")
     base = table.iloc[0]
@@ -245,6 +270,12 @@ def choose_budget(
             f"{drop_text}: {count:,} rows, |DP| {base.dp_abs:.4f} → {point.dp_abs:.4f}, "
             f"accuracy {base.accuracy:.4f} → {point.accuracy:.4f}."
         )
+        if "dp_se" in table.columns:
+            reason += (
+                f" Differences of validation |DP| below its standard error ({point.dp_se:.4f} "
+                "here) are within sampling noise: a target gap stops at the first budget "
+                "reaching it."
+            )
     else:
         count, rule = 0, "none"
         reason = (

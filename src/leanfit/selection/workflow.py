@@ -525,7 +525,7 @@ def _budget_section(choice: BudgetChoice, figure: Path) -> tuple[str, list]:
             "val accuracy": f"{row.accuracy:.4f}",
             "drop": f"{row.accuracy_drop:+.4f}",
             "val DP": f"{row.dp:+.4f}",
-            "val abs DP": f"{row.dp_abs:.4f}",
+            "val abs DP": f"{row.dp_abs:.4f} ± {row.dp_se:.4f}",
             "within limit": "yes" if row.admissible else ("–" if row.n_removed == 0 else "no"),
             "chosen": "**←**" if row.chosen else "",
         }
@@ -535,7 +535,8 @@ def _budget_section(choice: BudgetChoice, figure: Path) -> tuple[str, list]:
     text = (
         "The budget is chosen on the validation set only: the fairness selection is "
         "retrained at every budget of the grid and evaluated on the validation rows. "
-        f"Accuracy drop allowed: {choice.max_accuracy_drop:.4f}; target |DP|: {target}. "
+        f"Accuracy drop allowed: {choice.max_accuracy_drop:.4f}; target |DP|: {target}; ± is "
+        "the standard error of the validation gap. "
         f"**Chosen: {choice.n_removed:,} rows** ({choice.rule}): {choice.reason}"
     )
     return (
@@ -841,7 +842,7 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         selector=selector,
         trees=trees,
         config=config,
-        notes=tuple(_overshoots(curve, names, count)),
+        notes=tuple(_overshoots(curve, [n for n in names if n not in steered], count)),
         strategy=strategy,
         budget_choice=choice,
     )
