@@ -258,3 +258,19 @@ def test_the_module_imports_no_heavy_library_at_top_level():
     modules += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     heavy = ("numpy", "pandas", "sklearn", "torch", "leanfit.selection", "leanfit.datasets")
     assert modules and not [m for m in modules if m.startswith(heavy)], modules
+
+
+def test_every_option_is_documented_with_an_example():
+    from pathlib import Path
+
+    from leanfit.cli import build_parser
+
+    parser = build_parser()
+    select = parser._subparsers._group_actions[0].choices["select"]
+    options = [s for a in select._actions for s in a.option_strings if s.startswith("--")]
+    options.remove("--help")
+    text = (Path(__file__).parents[1] / "docs" / "selection.md").read_text(encoding="utf-8")
+    examples = [line for line in text.splitlines() if line.startswith("leanfit select")]
+    for option in options:
+        assert f"`{option}" in text, option  # a heading or a mention in backquotes
+        assert any(option in line.split() for line in examples), option  # and an example
