@@ -194,19 +194,24 @@ def split_csv(
     paths = {"train": Path(train), "test": Path(test)}
     if val is not None:
         paths["val"] = Path(val)
-    columns = {"target": target, "sensitive": sensitive}
     first = load_csv(
         paths["train"],
+        target=target,
+        sensitive=sensitive,
         positive=positive,
         privileged=privileged,
         assume_conventions=assume_conventions,
         names=names,
-        **columns,
     )
     parts = {"train": first}
     for part, path in list(paths.items())[1:]:
         ds = load_csv(
-            path, positive=first.positive, privileged=first.privileged, names=names, **columns
+            path,
+            target=target,
+            sensitive=sensitive,
+            positive=first.positive,
+            privileged=first.privileged,
+            names=names,
         )
         if list(ds.frame.columns) != list(first.frame.columns):
             raise BadInputError(
