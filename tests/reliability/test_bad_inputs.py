@@ -1186,6 +1186,17 @@ CLI_CASES = [
         select_csv(lambda f: f, "--l2", "0"),
     ),
     CliCase(
+        "cli-select-test-too-small",
+        "--test of 3 rows without --val (split into validation and test)",
+        r"--test must be at least 4 rows to split; got 'a table of 3 rows'",
+        lambda t: [
+            *select_csv()(t)[:3],
+            "--test",
+            str(csv_with(t, lambda f: f.groupby(["y", "g"]).head(1).head(3), "small.csv")),
+            *select_csv()(t)[5:],
+        ],
+    ),
+    CliCase(
         "cli-select-million-categories",
         "1,000,000-value categorical column",
         r"categorical column 'user' of train has 1,000,000 distinct values.*--max-categories",

@@ -30,8 +30,10 @@ DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: Options of the CSV input only.
 CSV_ONLY = ("target", "sensitive", "positive", "privileged", "categorical", "val")
 #: How library messages must call the arguments the CLI passes on.
-OPTION_NAMES = {name: f"--{name}" for name in ("target", "sensitive", "positive", "privileged")}
-OPTION_NAMES["categorical"] = "--categorical"
+OPTION_NAMES = {
+    name: f"--{name}"
+    for name in ("target", "sensitive", "positive", "privileged", "categorical", "test")
+}
 
 
 def parse_budget(text: str) -> int | float | str:

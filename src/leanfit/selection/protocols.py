@@ -53,14 +53,17 @@ def _part(ds: TabularDataset, frame: pd.DataFrame, name: str) -> TabularDataset:
     return replace(ds, frame=frame, name=name)
 
 
-def split_halves(frame: pd.DataFrame, random_state: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_halves(
+    frame: pd.DataFrame, random_state: int, name: str = "test"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's 50/50 split of a held-out file: ``(test, validation)``, shuffled.
 
     As in the authors' code: ``train_test_split(frame, test_size=0.5, shuffle=True)``, the
     first part is the test set, the second the validation set. Rows keep their index.
+    ``name`` is how a message calls the file (``leanfit select``: ``--test``).
     """
     if len(frame) < 4:
-        raise bad_value("test", f"a table of {len(frame)} rows", "at least 4 rows to split")
+        raise bad_value(name, f"a table of {len(frame)} rows", "at least 4 rows to split")
     test, val = train_test_split(frame, test_size=0.5, random_state=random_state, shuffle=True)
     return test, val
 
@@ -183,8 +186,9 @@ def split_csv(
         Without ``positive`` / ``privileged``, choose them by convention on the training file
         (:func:`leanfit.datasets.load_csv`); the choices are in ``train.assumptions``.
     names : dict, optional
-        How error messages call ``target``, ``sensitive``, ``positive``, ``privileged`` and
-        ``categorical`` (``leanfit select`` passes its options, e.g. ``"--positive"``).
+        How error messages call ``target``, ``sensitive``, ``positive``, ``privileged``,
+        ``categorical`` and ``test`` (``leanfit select`` passes its options, e.g.
+        ``"--positive"``).
 
     Returns
     -------
@@ -220,7 +224,8 @@ def split_csv(
             )
         parts[part] = ds
     if val is None:
-        test_frame, val_frame = split_halves(parts["test"].frame, random_state)
+        test_name = (names or {}).get("test", "test")
+        test_frame, val_frame = split_halves(parts["test"].frame, random_state, test_name)
         parts["val"] = replace(parts["test"], frame=val_frame)
         parts["test"] = replace(parts["test"], frame=test_frame)
         how = f"validation and test = the halves of {paths['test'].name} (seed {random_state})"
