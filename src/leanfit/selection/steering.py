@@ -270,7 +270,7 @@ def choose_budget(
             f"{drop_text}: {count:,} rows, |DP| {base.dp_abs:.4f} → {point.dp_abs:.4f}, "
             f"accuracy {base.accuracy:.4f} → {point.accuracy:.4f}."
         )
-        if "dp_se" in table.columns:
+        if "dp_se" in table.columns and target is None:
             reason += (
                 f" Differences of validation |DP| below its standard error ({point.dp_se:.4f} "
                 "here) are within sampling noise: a target gap stops at the first budget "

@@ -346,7 +346,8 @@ def metrics_markdown(metrics: pd.DataFrame, precision: int = 4) -> str:
     for _, row in metrics.iterrows():
         label = row["model"]
         if label == "random":
-            label = f"random ({int(row['n_seeds'])} seeds)"
+            seeds = int(row["n_seeds"])
+            label = f"random ({seeds} seed{'s' if seeds != 1 else ''})"
         records.append(
             {"model": label, "removed": f"{int(row['n_removed']):,}"}
             | {header: cell(row, metric) for metric, header in METRICS.items()}
