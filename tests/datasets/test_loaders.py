@@ -8,6 +8,7 @@ import pytest
 
 from leanfit.datasets import (
     load_adult,
+    load_arrests,
     load_bank,
     load_compas,
     load_csv,
@@ -31,6 +32,8 @@ from leanfit.exceptions import BadInputError, CorruptArtifactError, MissingResou
         (load_german, 1_000, "credit", "sex", 0.700, 0.690),
         (load_compas, 6_172, "two_year_recid", "race", 0.545, 0.341),
         (load_bank, 4_521, "y", "age_group", 0.115, 0.985),
+        # carData's Arrests: 5,226 rows, 4,334 released with a summons, 3,938 White.
+        (load_arrests, 5_226, "released", "colour", 0.829, 0.754),
     ],
 )
 def test_tabular_shapes_and_rates(loader, rows, target, sensitive, positive_rate, privileged_rate):

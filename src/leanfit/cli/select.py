@@ -2,6 +2,10 @@
 
 Data: a vendored table (``--dataset``) or the user's CSV files (``--train``/``--test``,
 optionally ``--val``). Everything else is :func:`leanfit.selection.run_selection`.
+
+Imports of numpy, pandas, scikit-learn and :mod:`leanfit.selection` happen inside
+:func:`run`, so that ``leanfit --help`` stays quick; the constants below mirror the library's
+(a test keeps them equal). Every option is checked here, and every error names the option.
 """
 
 from __future__ import annotations
@@ -9,18 +13,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from leanfit.datasets import TABULAR
 from leanfit.exceptions import BadInputError, bad_value
-from leanfit.selection.influence import MAX_CATEGORIES
-from leanfit.selection.protocols import DEFAULT_SEED, split_csv, split_dataset
-from leanfit.selection.workflow import OBJECTIVES, run_selection
 
+#: The vendored tables (``leanfit.datasets.TABULAR``).
+DATASETS = ("adult", "arrests", "bank", "compas", "german")
+#: ``leanfit.selection.workflow.OBJECTIVES``.
+OBJECTIVES = ("utility", "fairness", "eop", "robustness")
+#: ``leanfit.selection.steering.STRATEGIES``.
+STRATEGIES = ("plain", "constrained", "pareto")
+#: ``leanfit.selection.protocols.DEFAULT_SEED``.
+DEFAULT_SEED = 42000
+#: ``leanfit.selection.influence.MAX_CATEGORIES``.
+MAX_CATEGORIES = 1000
+#: ``leanfit.selection.steering.DEFAULT_MAX_ACCURACY_DROP``.
+DEFAULT_MAX_ACCURACY_DROP = 0.01
+#: Options of the CSV input only.
 CSV_ONLY = ("target", "sensitive", "positive", "privileged", "categorical", "val")
+#: How library messages must call the arguments the CLI passes on.
+OPTION_NAMES = {
+    name: f"--{name}"
+    for name in ("target", "sensitive", "positive", "privileged", "categorical", "test")
+}
 
 
-def parse_budget(text: str) -> int | float:
-    """``--budget``: a fraction in (0, 1) or a whole count ≥ 1 (its range is checked later,
-    against the number of training rows)."""
+def parse_budget(text: str) -> int | float | str:
+    """``--budget``: ``auto``, a fraction in (0, 1) or a whole count ≥ 1 (its range is checked
+    later, against the number of training rows)."""
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         value = float(text)
     except ValueError:
@@ -29,7 +49,20 @@ def parse_budget(text: str) -> int | float:
         return value
     if value >= 1 and value.is_integer():
         return int(value)
-    raise bad_value("--budget", text, "a fraction in (0, 1) or a whole count >= 1")
+    raise bad_value("--budget", text, "auto, a fraction in (0, 1) or a whole count >= 1")
+
+
+def parse_fraction(text: str | None, option: str) -> float | None:
+    """A number in [0, 1] given as text (``None`` when the option is absent)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise bad_value(option, text, "a number in [0, 1]")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,19 +74,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "remove the most harmful rows, retrain, compare with random removal on the test set, "
         "and explain the influence with rules. Writes a report with tables and figures.",
         epilog="--dataset adult follows the paper's protocol (λ = 2.2622, no intercept, "
-        "adult.test split 50/50 into validation and test); bank, german and compas are split "
-        "60/20/20, stratified by label × sensitive group. Without --val, the --test file is "
-        "split 50/50 into validation and test.",
+        "adult.test split 50/50 into validation and test); arrests, bank, german and compas "
+        "are split 60/20/20, stratified by label × sensitive group. Without --val, the --test "
+        "file is split 50/50 into validation and test. --budget auto chooses the budget on the "
+        "validation set only; the test set is never used for a choice.",
     )
     data = parser.add_argument_group("data (either --dataset or --train/--test)")
-    data.add_argument("--dataset", choices=sorted(TABULAR), help="a vendored data set")
+    data.add_argument("--dataset", choices=DATASETS, help="a vendored data set")
     data.add_argument("--train", type=Path, help="training CSV file (header row)")
     data.add_argument("--val", type=Path, help="validation CSV (default: half of --test)")
     data.add_argument("--test", type=Path, help="test CSV file")
     data.add_argument("--target", help="target column (binary)")
     data.add_argument("--sensitive", help="sensitive attribute column (binary)")
-    data.add_argument("--positive", help="target value of the favourable outcome")
-    data.add_argument("--privileged", help="sensitive value of the privileged group")
+    data.add_argument(
+        "--positive",
+        help="target value of the favourable outcome (default: 1, True, yes, Y, >50K, good "
+        "… when the other value is their opposite; the report states the choice)",
+    )
+    data.add_argument(
+        "--privileged",
+        help="sensitive value of the privileged group (default: 1 for 0/1, else the group "
+        "with the higher favourable rate in --train; the report states the choice)",
+    )
     data.add_argument(
         "--categorical",
         action="append",
@@ -77,7 +119,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument(
         "--budget",
         default="0.05",
-        help="rows to remove per objective: fraction in (0, 1) or count >= 1 (default 0.05)",
+        help="rows to remove per objective: fraction in (0, 1), count >= 1, or auto (chosen "
+        "on the validation fairness curve; see --max-accuracy-drop, --target-dp) "
+        "(default 0.05)",
+    )
+    method.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="plain",
+        help="how fairness, eop and robustness pick rows: plain (most harmful), constrained "
+        "(most harmful among rows whose removal costs no utility), pareto (largest gain with "
+        "no predicted utility loss in total) (default plain)",
+    )
+    method.add_argument(
+        "--max-accuracy-drop",
+        metavar="X",
+        help="with --budget auto: largest validation accuracy loss allowed, in [0, 1] "
+        f"(default {DEFAULT_MAX_ACCURACY_DROP})",
+    )
+    method.add_argument(
+        "--target-dp",
+        metavar="X",
+        help="with --budget auto: the smallest budget whose validation |DP| is at most X "
+        "(default: the lowest |DP| within --max-accuracy-drop)",
     )
     method.add_argument("--l2", type=float, help="L2 penalty λ (default: 2.2622 on adult, else 1)")
     method.add_argument(
@@ -108,6 +172,8 @@ def _split_list(values: list[str] | None) -> list[str]:
 
 
 def _load(args: argparse.Namespace):
+    from leanfit.selection.protocols import split_csv, split_dataset
+
     if args.dataset is not None:
         given = [f"--{name}" for name in CSV_ONLY if getattr(args, name) is not None]
         if args.train is not None or args.test is not None or given:
@@ -132,27 +198,74 @@ def _load(args: argparse.Namespace):
         privileged=args.privileged,
         categorical=_split_list(args.categorical),
         random_state=args.seed,
+        assume_conventions=True,
+        names=OPTION_NAMES,
     )
 
 
+def _objectives(values: list[str] | None) -> list[str]:
+    names = _split_list(values) or ["all"]
+    for name in names:
+        if name not in (*OBJECTIVES, "all"):
+            raise bad_value("--objective", name, f"one of {[*OBJECTIVES, 'all']}")
+    return names
+
+
+def _check_options(args: argparse.Namespace) -> dict:
+    """The method options, checked before any data is read; errors name the options."""
+    budget = parse_budget(args.budget)
+    objectives = _objectives(args.objective)
+    steering = {
+        "max_accuracy_drop": parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop"),
+        "target_dp": parse_fraction(args.target_dp, "--target-dp"),
+    }
+    given = [f"--{k.replace('_', '-')}" for k, v in steering.items() if v is not None]
+    if budget != "auto" and given:
+        raise BadInputError(
+            f"{' and '.join(given)} choose the budget: use with --budget auto; got --budget "
+            f"{args.budget}"
+        )
+    if budget == "auto" and not {"fairness", "all"} & set(objectives):
+        raise BadInputError(
+            "--budget auto chooses the budget on the validation demographic-parity gap: add "
+            f"fairness to --objective; got --objective {','.join(objectives)}"
+        )
+    if args.seeds < 0:
+        raise bad_value("--seeds", args.seeds, "an integer >= 0")
+    if args.max_categories < 0:
+        raise bad_value("--max-categories", args.max_categories, "an integer >= 0 (0: no limit)")
+    if args.l2 is not None and not args.l2 > 0:
+        raise bad_value("--l2", args.l2, "a number > 0")
+    return {"budget": budget, "objectives": objectives, **steering}
+
+
 def run(args: argparse.Namespace) -> int:
+    from leanfit.selection.influence import check_cardinality
+    from leanfit.selection.trimming import resolve_budget
+    from leanfit.selection.workflow import run_selection
+
+    options = _check_options(args)
     split = _load(args)
+    if options["budget"] != "auto":
+        resolve_budget(options["budget"], len(split.train), "--budget")
+    max_categories = args.max_categories or None
+    check_cardinality(split.train.X, max_categories, name="train", option="--max-categories")
     name = args.dataset or args.train.stem
     result = run_selection(
         split.train,
         split.val,
         split.test,
         out_dir=args.out or Path(f"selection-{name}"),
-        objectives=_split_list(args.objective) or "all",
-        budget=parse_budget(args.budget),
+        strategy=args.strategy,
         l2_reg=split.l2_reg if args.l2 is None else args.l2,
         fit_intercept=split.fit_intercept if args.intercept is None else args.intercept,
         seeds=args.seeds,
         seed=args.seed,
-        max_categories=args.max_categories or None,
+        max_categories=max_categories,
         overwrite=args.overwrite,
         progress=not args.quiet,
         description=split.description,
+        **options,
     )
     print(result.summary())
     return 0

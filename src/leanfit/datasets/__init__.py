@@ -3,6 +3,7 @@
 from leanfit.datasets.tabular import (
     TabularDataset,
     load_adult,
+    load_arrests,
     load_bank,
     load_compas,
     load_csv,
@@ -10,12 +11,19 @@ from leanfit.datasets.tabular import (
 )
 from leanfit.datasets.text import load_text, load_tweets
 
-TABULAR = {"adult": load_adult, "bank": load_bank, "german": load_german, "compas": load_compas}
+TABULAR = {
+    "adult": load_adult,
+    "bank": load_bank,
+    "german": load_german,
+    "compas": load_compas,
+    "arrests": load_arrests,
+}
 
 __all__ = [
     "TABULAR",
     "TabularDataset",
     "load_adult",
+    "load_arrests",
     "load_bank",
     "load_compas",
     "load_csv",

@@ -33,6 +33,9 @@ class TabularDataset:
         The sensitive value of the privileged group (group 1).
     name : str
         Short name of the data set.
+    assumptions : tuple of str
+        Choices made for the user while loading (e.g. which target value counts as
+        favourable), one sentence each; reports quote them.
     """
 
     frame: pd.DataFrame
@@ -41,6 +44,7 @@ class TabularDataset:
     sensitive: str
     privileged: object
     name: str = "table"
+    assumptions: tuple[str, ...] = ()
 
     @property
     def X(self) -> pd.DataFrame:
@@ -166,6 +170,20 @@ def load_bank() -> TabularDataset:
     return TabularDataset(frame, "y", "yes", "age_group", "25 or older", name="bank")
 
 
+def load_arrests() -> TabularDataset:
+    """Toronto arrests for simple possession of marijuana, 1997–2002 (``carData::Arrests``).
+
+    5,226 rows from a Toronto Star investigation of police treatment by skin colour: predict
+    whether the arrestee was ``released`` with a summons (positive ``"Yes"``, the favourable
+    outcome) rather than held for a bail hearing; sensitive attribute ``colour``, privileged
+    ``"White"`` (the other value is ``"Black"``). Features: ``year``, ``age``, ``sex``,
+    ``employed``, ``citizen`` and ``checks`` (number of police databases the arrestee's name
+    appeared in, 0–6).
+    """
+    frame = _read_table("arrests.csv")
+    return TabularDataset(frame, "released", "Yes", "colour", "White", name="arrests")
+
+
 def _match_text(value: object, distinct) -> object:
     """The column value that ``value`` names: itself, or the one whose text it is.
 
@@ -186,26 +204,115 @@ def _match_text(value: object, distinct) -> object:
     return value
 
 
-def _binary_value(column: pd.Series, value: object, argument: str, role: str) -> object:
-    """Check that ``column`` has exactly two values and return the one that counts as 1."""
+#: Target values favourable by convention, and their unfavourable counterparts (compared in
+#: lower case). A target whose two values are one of each is read without ``positive``.
+FAVOURABLE_WORDS = ("1", "true", "t", "yes", "y", ">50k", "good", "approved", "positive")
+UNFAVOURABLE_WORDS = ("0", "false", "f", "no", "n", "<=50k", "bad", "denied", "negative")
+#: How error messages call the arguments of :func:`load_csv` (``leanfit select`` passes its
+#: command-line options instead, e.g. ``{"positive": "--positive"}``).
+PYTHON_NAMES = {
+    "target": "target",
+    "sensitive": "sensitive",
+    "positive": "positive",
+    "privileged": "privileged",
+}
+
+
+def _quote(option: str, value: object) -> str:
+    """An argument with its value as the user writes it: ``--positive Y`` on a command line,
+    ``positive='Y'`` in Python."""
+    if option.startswith("--"):
+        return f"{option} {value}"
+    return f"{option}={value!r}"
+
+
+def _label(option: str) -> str:
+    """An argument's name in a message: ``--positive`` or ``positive=``."""
+    return option if option.startswith("--") else f"{option}="
+
+
+def conventional_favourable(values) -> object | None:
+    """The value of a two-valued target that is favourable by convention, or None.
+
+    ``1`` of ``{0, 1}`` and ``True`` of ``{False, True}``; for text, the value among
+    :data:`FAVOURABLE_WORDS` when the other is among :data:`UNFAVOURABLE_WORDS` (``"Y"`` of
+    ``{"Y", "N"}``, ``"yes"``, ``">50K"``, ``"good"``), case-insensitive.
+    """
+    distinct = list(values)
+    if len(distinct) != 2:
+        return None
+    if set(distinct) <= {0, 1}:  # also matches True / False
+        return next(v for v in distinct if v == 1)
+    words = [str(v).strip().lower() for v in distinct]
+    for first, second in ((0, 1), (1, 0)):
+        if words[first] in FAVOURABLE_WORDS and words[second] in UNFAVOURABLE_WORDS:
+            return distinct[first]
+    return None
+
+
+def _two_values(column: pd.Series, role: str) -> np.ndarray:
     distinct = column.dropna().unique()
     if len(distinct) != 2:
         raise BadInputError(
             f"{role} column {column.name!r} must have exactly two "
             f"distinct values; got {len(distinct)}: {sorted(map(str, distinct))[:5]}"
         )
-    if value is not None:
-        value = _match_text(value, distinct)
-        if value not in set(distinct):
-            raise BadInputError(
-                f"{argument} must be one of {sorted(map(str, distinct))}; got {value!r}"
-            )
-        return value
+    return distinct
+
+
+def _given_value(distinct, value: object, option: str) -> object:
+    """The value of ``distinct`` that ``value`` names, or an error naming ``option``."""
+    value = _match_text(value, distinct)
+    if value not in set(distinct):
+        raise BadInputError(
+            f"{_label(option)} must be one of {sorted(map(str, distinct))}; got {value!r}"
+        )
+    return value
+
+
+def _favourable(column: pd.Series, option: str, assume: bool) -> tuple[object, str | None]:
+    """The target value counted as 1 when ``positive`` is not given, and the assumption."""
+    distinct = _two_values(column, "target")
     if set(distinct) <= {0, 1}:
-        return 1
-    raise BadInputError(
-        f"column {column.name!r} has values {sorted(map(str, distinct))}; pass {argument} to say "
-        "which one counts as 1"
+        return 1, None
+    values = sorted(map(str, distinct))
+    if not assume:
+        raise BadInputError(
+            f"column {column.name!r} has values {values}; pass {_label(option)} to say which "
+            "one counts as 1"
+        )
+    choice = conventional_favourable(distinct)
+    if choice is None:
+        raise BadInputError(
+            f"target column {column.name!r} has values {values} and neither is favourable by "
+            f"convention; say which one counts as 1, e.g. {_quote(option, values[-1])}"
+        )
+    other = next(v for v in distinct if v != choice)
+    return choice, (
+        f"target `{column.name}`: {choice!s} taken as the favourable outcome (label 1) and "
+        f"{other!s} as the unfavourable one, by convention; give {option} to choose"
+    )
+
+
+def _privileged(
+    frame: pd.DataFrame, sensitive: str, y: pd.Series, option: str, assume: bool
+) -> tuple[object, str | None]:
+    """The privileged group when ``privileged`` is not given, and the assumption."""
+    distinct = _two_values(frame[sensitive], "sensitive")
+    if set(distinct) <= {0, 1}:
+        return 1, None
+    if not assume:
+        raise BadInputError(
+            f"column {sensitive!r} has values {sorted(map(str, distinct))}; pass "
+            f"{_label(option)} to say which one counts as 1"
+        )
+    rates = y.groupby(frame[sensitive]).mean()
+    ordered = sorted(distinct, key=lambda v: (-rates.get(v, 0.0), str(v)))
+    choice, other = ordered
+    return choice, (
+        f"sensitive `{sensitive}`: {choice!s} taken as the privileged group, the group with "
+        f"the higher rate of the favourable outcome in this file ({rates[choice]:.3f} vs "
+        f"{rates[other]:.3f} for {other!s}); give {option} to choose"
     )
 
 
@@ -216,6 +323,8 @@ def load_csv(
     sensitive: str,
     positive: object = None,
     privileged: object = None,
+    assume_conventions: bool = False,
+    names: dict[str, str] | None = None,
 ) -> TabularDataset:
     """Load a user's own table.
 
@@ -227,8 +336,18 @@ def load_csv(
         Names of the target and sensitive columns; each must have exactly two values.
     positive, privileged : optional
         The target value counted as favourable and the sensitive value of the privileged
-        group. Needed unless the column holds 0/1. A string also names a numeric value with
-        that text (``"1"`` for ``1``), as typed on a command line.
+        group. Needed unless the column holds 0/1 (then 1) or ``assume_conventions``. A
+        string also names a numeric value with that text (``"1"`` for ``1``), as typed on a
+        command line.
+    assume_conventions : bool, default False
+        When ``positive`` is not given, take the conventionally favourable value
+        (:func:`conventional_favourable`: ``"Y"`` of Y/N, ``"yes"``, ``">50K"``, ``"good"``
+        …; an error if neither value is); when ``privileged`` is not given, take the group
+        with the higher rate of the favourable outcome in this file. Each choice is stated
+        in ``TabularDataset.assumptions``.
+    names : dict, optional
+        How error messages and assumptions call ``target``, ``sensitive``, ``positive`` and
+        ``privileged`` (default: these Python names; ``leanfit select`` passes its options).
 
     Raises
     ------
@@ -237,6 +356,7 @@ def load_csv(
     BadInputError
         The file is not a readable CSV, a column is missing, or a column is not binary.
     """
+    options = PYTHON_NAMES | (names or {})
     path = Path(path)
     if not path.is_file():
         raise MissingResourceError(f"path: no such file {str(path)!r}")
@@ -248,8 +368,25 @@ def load_csv(
     for argument, column in (("target", target), ("sensitive", sensitive)):
         if column not in frame.columns:
             raise BadInputError(
-                f"{argument}={column!r} is not a column of {path}; columns: {list(frame.columns)}"
+                f"{_quote(options[argument], column)} is not a column of {path}; columns: "
+                f"{list(frame.columns)}"
             )
-    positive = _binary_value(frame[target], positive, "positive=", "target")
-    privileged = _binary_value(frame[sensitive], privileged, "privileged=", "sensitive")
-    return TabularDataset(frame, target, positive, sensitive, privileged, name=path.stem)
+    assumptions = []
+    if positive is None:
+        positive, note = _favourable(frame[target], options["positive"], assume_conventions)
+        assumptions.append(note)
+    else:
+        positive = _given_value(_two_values(frame[target], "target"), positive, options["positive"])
+    if privileged is None:
+        y = (frame[target] == positive).astype(float)
+        privileged, note = _privileged(
+            frame, sensitive, y, options["privileged"], assume_conventions
+        )
+        assumptions.append(note)
+    else:
+        distinct = _two_values(frame[sensitive], "sensitive")
+        privileged = _given_value(distinct, privileged, options["privileged"])
+    stated = tuple(note for note in assumptions if note is not None)
+    return TabularDataset(
+        frame, target, positive, sensitive, privileged, name=path.stem, assumptions=stated
+    )

@@ -19,6 +19,13 @@ or, end to end with a report (what ``leanfit select`` runs)::
     split = adult_protocol()
     result = run_selection(split.train, split.val, split.test, out_dir="selection-adult",
                            l2_reg=split.l2_reg, fit_intercept=split.fit_intercept)
+
+and, choosing the budget on the validation set and protecting accuracy
+(:mod:`leanfit.selection.steering`)::
+
+    result = run_selection(split.train, split.val, split.test, out_dir="selection-auto",
+                           objectives=["fairness"], budget="auto", strategy="constrained",
+                           max_accuracy_drop=0.01)
 """
 
 from leanfit.selection.attacks import overshoot_attack, worst_case_margins
@@ -55,6 +62,13 @@ from leanfit.selection.protocols import (
     split_csv,
     split_dataset,
 )
+from leanfit.selection.steering import (
+    BudgetChoice,
+    auto_counts,
+    choose_budget,
+    masks_curve,
+    strategy_keep,
+)
 from leanfit.selection.trimming import (
     iterative_trim,
     random_trim,
@@ -68,6 +82,7 @@ from leanfit.selection.workflow import SelectionResult, run_selection
 
 __all__ = [
     "ADULT_L2_REG",
+    "BudgetChoice",
     "DemographicParity",
     "EqualOpportunity",
     "InfluenceSelector",
@@ -81,12 +96,15 @@ __all__ = [
     "WorstCaseRobustness",
     "accuracy",
     "adult_protocol",
+    "auto_counts",
+    "choose_budget",
     "constrained_trim",
     "demographic_parity_difference",
     "equal_opportunity_difference",
     "evaluate",
     "iterative_trim",
     "make_preprocessor",
+    "masks_curve",
     "overshoot_attack",
     "pareto_trim",
     "predicted_change",
@@ -100,6 +118,7 @@ __all__ = [
     "shrunk_node_values",
     "split_csv",
     "split_dataset",
+    "strategy_keep",
     "summarize_curve",
     "tradeoff_front",
     "trim",

@@ -40,13 +40,16 @@ MAX_CATEGORIES = 1000
 """Default limit on the distinct values of a categorical column (see :func:`check_cardinality`)."""
 
 
-def check_cardinality(X: pd.DataFrame, max_categories: int | None, name: str = "X") -> None:
+def check_cardinality(
+    X: pd.DataFrame, max_categories: int | None, name: str = "X", option: str = "max_categories"
+) -> None:
     """Refuse a categorical (non-numeric) column of ``X`` with more than ``max_categories``
     distinct values; ``None`` means no limit.
 
     One-hot encoding gives one feature per value: an identifier-like column (a user id, a
     free-text field) with a million values would make a million features, a Hessian of
-    10¹² entries and a model that merely memorizes rows.
+    10¹² entries and a model that merely memorizes rows. ``option`` is how messages call the
+    limit (``leanfit select`` passes ``"--max-categories"``).
 
     Raises
     ------
@@ -56,9 +59,14 @@ def check_cardinality(X: pd.DataFrame, max_categories: int | None, name: str = "
     if max_categories is None:
         return
     if isinstance(max_categories, bool) or not isinstance(max_categories, int | np.integer):
-        raise bad_value("max_categories", max_categories, "a positive integer or None")
+        raise bad_value(option, max_categories, "a positive integer or None")
     if max_categories < 1:
-        raise bad_value("max_categories", max_categories, "a positive integer or None")
+        raise bad_value(option, max_categories, "a positive integer or None")
+    if option.startswith("--"):
+        limit, way_out = f"{option} {max_categories:,}", f"{option} N; 0 for no limit"
+    else:
+        limit = f"{option}={max_categories:,}"
+        way_out = f"{option}=, --max-categories; None / 0 for no limit"
     for column in X.columns:
         if pd.api.types.is_numeric_dtype(X[column]):
             continue
@@ -66,10 +74,9 @@ def check_cardinality(X: pd.DataFrame, max_categories: int | None, name: str = "
         if distinct > max_categories:
             raise BadInputError(
                 f"categorical column {column!r} of {name} has {distinct:,} distinct values, "
-                f"more than max_categories={max_categories:,} (one-hot encoding would make "
-                f"{distinct:,} features); drop the column, group its values into fewer "
-                "categories, or raise the limit (max_categories=, --max-categories; "
-                "None / 0 for no limit)"
+                f"more than {limit} (one-hot encoding would make {distinct:,} features); drop "
+                f"the column, group its values into fewer categories, or raise the limit "
+                f"({way_out})"
             )
 
 

@@ -53,14 +53,17 @@ def _part(ds: TabularDataset, frame: pd.DataFrame, name: str) -> TabularDataset:
     return replace(ds, frame=frame, name=name)
 
 
-def split_halves(frame: pd.DataFrame, random_state: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_halves(
+    frame: pd.DataFrame, random_state: int, name: str = "test"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's 50/50 split of a held-out file: ``(test, validation)``, shuffled.
 
     As in the authors' code: ``train_test_split(frame, test_size=0.5, shuffle=True)``, the
     first part is the test set, the second the validation set. Rows keep their index.
+    ``name`` is how a message calls the file (``leanfit select``: ``--test``).
     """
     if len(frame) < 4:
-        raise bad_value("test", f"a table of {len(frame)} rows", "at least 4 rows to split")
+        raise bad_value(name, f"a table of {len(frame)} rows", "at least 4 rows to split")
     test, val = train_test_split(frame, test_size=0.5, random_state=random_state, shuffle=True)
     return test, val
 
@@ -134,13 +137,15 @@ def split_dataset(name: str, *, random_state: int = DEFAULT_SEED) -> ProtocolSpl
     )
 
 
-def _as_categorical(ds: TabularDataset, columns: Sequence[str], path: Path) -> TabularDataset:
+def _as_categorical(
+    ds: TabularDataset, columns: Sequence[str], path: Path, option: str = "categorical"
+) -> TabularDataset:
     """``ds`` with ``columns`` turned into text (missing values stay missing)."""
     unknown = [c for c in columns if c not in ds.frame.columns]
     if unknown:
-        raise bad_value("categorical", unknown, f"columns of {path}")
+        raise bad_value(option, unknown, f"columns of {path}")
     if ds.target in columns:
-        raise bad_value("categorical", ds.target, "feature columns (not the target)")
+        raise bad_value(option, ds.target, "feature columns (not the target)")
     frame = ds.frame.copy()
     for column in columns:
         frame[column] = frame[column].astype("string")
@@ -159,6 +164,8 @@ def split_csv(
     privileged: object = None,
     categorical: Sequence[str] = (),
     random_state: int = DEFAULT_SEED,
+    assume_conventions: bool = False,
+    names: dict[str, str] | None = None,
 ) -> ProtocolSplit:
     """A user's CSV files as train / validation / test.
 
@@ -175,6 +182,13 @@ def split_csv(
         "column = value" in rules). Columns of strings are categorical anyway.
     random_state : int
         Seed of the validation / test split.
+    assume_conventions : bool, default False
+        Without ``positive`` / ``privileged``, choose them by convention on the training file
+        (:func:`leanfit.datasets.load_csv`); the choices are in ``train.assumptions``.
+    names : dict, optional
+        How error messages call ``target``, ``sensitive``, ``positive``, ``privileged``,
+        ``categorical`` and ``test`` (``leanfit select`` passes its options, e.g.
+        ``"--positive"``).
 
     Returns
     -------
@@ -184,11 +198,25 @@ def split_csv(
     paths = {"train": Path(train), "test": Path(test)}
     if val is not None:
         paths["val"] = Path(val)
-    columns = {"target": target, "sensitive": sensitive}
-    first = load_csv(paths["train"], positive=positive, privileged=privileged, **columns)
+    first = load_csv(
+        paths["train"],
+        target=target,
+        sensitive=sensitive,
+        positive=positive,
+        privileged=privileged,
+        assume_conventions=assume_conventions,
+        names=names,
+    )
     parts = {"train": first}
     for part, path in list(paths.items())[1:]:
-        ds = load_csv(path, positive=first.positive, privileged=first.privileged, **columns)
+        ds = load_csv(
+            path,
+            target=target,
+            sensitive=sensitive,
+            positive=first.positive,
+            privileged=first.privileged,
+            names=names,
+        )
         if list(ds.frame.columns) != list(first.frame.columns):
             raise BadInputError(
                 f"{part} file {str(path)!r} must have the columns of the train file "
@@ -196,13 +224,17 @@ def split_csv(
             )
         parts[part] = ds
     if val is None:
-        test_frame, val_frame = split_halves(parts["test"].frame, random_state)
+        test_name = (names or {}).get("test", "test")
+        test_frame, val_frame = split_halves(parts["test"].frame, random_state, test_name)
         parts["val"] = replace(parts["test"], frame=val_frame)
         parts["test"] = replace(parts["test"], frame=test_frame)
         how = f"validation and test = the halves of {paths['test'].name} (seed {random_state})"
     else:
         how = f"validation = {paths['val'].name}, test = {paths['test'].name}"
-    parts = {k: _as_categorical(v, list(categorical), paths["train"]) for k, v in parts.items()}
+    option = (names or {}).get("categorical", "categorical")
+    parts = {
+        k: _as_categorical(v, list(categorical), paths["train"], option) for k, v in parts.items()
+    }
     return ProtocolSplit(
         train=_part(parts["train"], parts["train"].frame, f"{first.name}-train"),
         val=_part(parts["val"], parts["val"].frame, f"{first.name}-val"),

@@ -8,8 +8,10 @@
    features) on the training table;
 2. computes the influence of every training row on each validation objective
    (positive = beneficial, negative = harmful);
-3. for each objective, removes the ``budget`` most harmful rows, retrains (preprocessing
-   held fixed) and evaluates on the test table;
+3. for each objective, removes the ``budget`` most harmful rows (or the rows a
+   utility-protecting ``strategy`` picks, :mod:`leanfit.selection.steering`), retrains
+   (preprocessing held fixed) and evaluates on the test table; ``budget="auto"`` first
+   chooses the count on the *validation* table from the fairness trimming curve;
 4. traces test metrics over a grid of budgets up to twice ``budget``, against removing
    rows at random (mean ± standard deviation over ``seeds`` random orders);
 5. explains each objective's influence by an :class:`InfluenceTree` fitted on the original,
@@ -30,8 +32,11 @@ Output files (``<objective>`` is ``utility``, ``fairness``, ``eop`` or ``robustn
                                same columns as the input (usable as a new training file)
 ``rules_<obj>.csv`` / ``.md``  the tree's leaves as rules, most harmful first
 ``*.png``                      influence by sensitive group, trimming curves, one tree per
-                               objective
-``config.json``                every parameter, the data description, the leanfit version
+                               objective; ``budget_choice.png`` with ``budget="auto"``
+``config.json``                every parameter, the data description, the assumptions made
+                               for the user, the leanfit version; with ``budget="auto"``,
+                               ``budget_choice``: the validation curve, the chosen count and
+                               the rule that chose it
 =============================  ===============================================================
 
 Fairness is demographic parity (DP): the influence objective is the absolute gap of mean
@@ -80,10 +85,19 @@ from leanfit.selection.objectives import (
     Objective,
     resolve_objectives,
 )
+from leanfit.selection.steering import (
+    DEFAULT_MAX_ACCURACY_DROP,
+    BudgetChoice,
+    auto_counts,
+    check_fraction,
+    check_strategy,
+    choose_budget,
+    masks_curve,
+    strategy_keep,
+)
 from leanfit.selection.trimming import (
     resolve_budget,
     summarize_curve,
-    trim,
     trimming_curve,
 )
 
@@ -114,6 +128,18 @@ COLORS = {
     "eop": "tab:purple",
     "robustness": "tab:green",
     "random": "tab:gray",
+}
+#: Line colour of the utility-protecting strategies' curves.
+STRATEGY_COLORS = {"constrained": "tab:orange", "pareto": "tab:olive"}
+#: How each strategy picks the rows, for the report.
+STRATEGY_TEXT = {
+    "plain": "the rows with the most negative influence.",
+    "constrained": "the rows most harmful to the objective among those whose removal is not "
+    "predicted to cost utility (utility influence ≤ 0); utility itself is trimmed plainly, and "
+    "the table also shows plain trimming for comparison.",
+    "pareto": "the largest predicted objective gain whose summed utility influence is at most "
+    "zero (Lagrangian selection); utility itself is trimmed plainly, and the table also shows "
+    "plain trimming for comparison.",
 }
 RULE_FORMATS = {"shrunk_mean": ".3g", "raw_mean": ".3g"}
 DESCRIPTIONS = {
@@ -177,18 +203,23 @@ class SelectionResult:
     objectives : tuple of str
         The objectives, in report order.
     n_removed : int
-        Training rows removed by each objective (the budget as a count).
+        Training rows each objective's trimming may remove (the budget as a count; with
+        ``budget="auto"`` the count chosen on the validation set, possibly 0).
     influence : DataFrame, shape (n_train, n_objectives)
         Influence of each training row (index: the training table's) on each objective.
     keep : dict of str to ndarray of bool, shape (n_train,)
-        Per objective, ``True`` for the training rows kept.
+        Per objective, ``True`` for the training rows kept (selected by ``strategy``; utility
+        is always trimmed plainly).
     metrics : DataFrame
         The before / after table on the test set: one row per model (``model``: "untrimmed",
-        "<objective> influence", "random"), ``n_removed``, the metrics of
-        :func:`leanfit.selection.evaluate` and, for the random row, ``<metric>_std`` over
-        seeds.
+        "<objective> influence", "<objective> influence (<strategy>)" and "<objective>
+        influence (plain)" when the strategy is not plain, "random"), ``n_removed`` (rows
+        actually removed), the metrics of :func:`leanfit.selection.evaluate` and, for the
+        random row, ``<metric>_std`` over seeds.
     curve : DataFrame
-        The trimming curves (:func:`leanfit.selection.trimming_curve`, tidy).
+        The trimming curves (:func:`leanfit.selection.trimming_curve`, tidy), plus the rows
+        of the strategy (``method`` "<strategy>:<objective>",
+        :func:`leanfit.selection.steering.masks_curve`) when it is not plain.
     rules : dict of str to DataFrame
         Per objective, :meth:`InfluenceTree.rules` (most harmful first).
     selector : InfluenceSelector
@@ -200,6 +231,10 @@ class SelectionResult:
         Warnings about the run, also logged and written in the report: each objective whose
         validation cost *rose* after trimming ``n_removed`` rows (the budget overshoots what
         first-order influence predicts; a smaller budget helps).
+    strategy : str
+        ``"plain"``, ``"constrained"`` or ``"pareto"`` (:mod:`leanfit.selection.steering`).
+    budget_choice : BudgetChoice or None
+        With ``budget="auto"``: the validation curve and the rule that chose ``n_removed``.
     """
 
     out_dir: Path
@@ -214,6 +249,8 @@ class SelectionResult:
     trees: dict[str, InfluenceTree]
     config: dict[str, Any]
     notes: tuple[str, ...] = ()
+    strategy: str = "plain"
+    budget_choice: BudgetChoice | None = None
 
     @property
     def report(self) -> Path:
@@ -224,10 +261,12 @@ class SelectionResult:
         """A few lines for a terminal: the before / after table and where the report is."""
         n = self.influence.shape[0]
         table = metrics_markdown(self.metrics, precision=3)
+        how = "" if self.budget_choice is None else " (budget chosen on validation)"
+        assumed = "".join(f"assumed: {note}\n" for note in self.config["assumptions"])
         return (
             f"{self.config['data']['name']}: {n:,} training rows; each objective removes "
-            f"{self.n_removed:,} ({self.n_removed / n:.1%}); test-set metrics:\n\n"
-            f"{table}\nreport: {self.report}"
+            f"up to {self.n_removed:,} ({self.n_removed / n:.1%}){how}, strategy "
+            f"{self.strategy}; test-set metrics:\n\n{table}\n{assumed}report: {self.report}"
         )
 
 
@@ -255,22 +294,39 @@ def _check_int(name: str, value: object, low: int) -> int:
     return int(value)
 
 
-def _metrics_table(curve: pd.DataFrame, count: int) -> pd.DataFrame:
+def table_methods(names: Sequence[str], strategy: str) -> list[tuple[str, str]]:
+    """(row label, curve method) of each objective's rows in the before / after table: the
+    strategy's selection, then plain trimming for comparison, when the strategy is not plain
+    (utility is always trimmed plainly)."""
+    rows = []
+    for name in names:
+        if strategy == "plain" or name == "utility":
+            rows.append((f"{name} influence", f"influence:{name}"))
+        else:
+            rows.append((f"{name} influence ({strategy})", f"{strategy}:{name}"))
+            rows.append((f"{name} influence (plain)", f"influence:{name}"))
+    return rows
+
+
+def _metrics_table(
+    curve: pd.DataFrame, count: int, names: Sequence[str], strategy: str
+) -> pd.DataFrame:
     """The before / after table, read off the curves: untrimmed, each objective's trimming
-    at ``count`` (the same rows as :func:`trim`), random at ``count`` (mean ± std)."""
+    at ``count`` (the same rows as ``keep``), random at ``count`` (mean ± std)."""
     summary = summarize_curve(curve)
 
     def row(model: str, method: str, n_removed: int) -> dict:
         point = summary[(summary.method == method) & (summary.n_removed == n_removed)].iloc[0]
         values = {m: point[f"{m}_mean"] for m in METRICS}
+        removed = point.get("rows_removed_mean", np.nan)
+        actual = n_removed if pd.isna(removed) else int(removed)
         if method != "random":
-            return {"model": model, "n_removed": n_removed, **values}
+            return {"model": model, "n_removed": actual, **values}
         stds = {f"{m}_std": point[f"{m}_std"] for m in METRICS}
-        return {"model": model, "n_removed": n_removed, "n_seeds": point["n_seeds"]} | values | stds
+        return {"model": model, "n_removed": actual, "n_seeds": point["n_seeds"]} | values | stds
 
-    methods = [m for m in pd.unique(curve.method) if m != "random"]
-    rows = [row("untrimmed", methods[0], 0)]
-    rows += [row(f"{m.removeprefix('influence:')} influence", m, count) for m in methods]
+    rows = [row("untrimmed", f"influence:{names[0]}", 0)]
+    rows += [row(label, method, count) for label, method in table_methods(names, strategy)]
     if (curve.method == "random").any():
         rows.append(row("random", "random", count))
     table = pd.DataFrame(rows)
@@ -290,7 +346,8 @@ def metrics_markdown(metrics: pd.DataFrame, precision: int = 4) -> str:
     for _, row in metrics.iterrows():
         label = row["model"]
         if label == "random":
-            label = f"random ({int(row['n_seeds'])} seeds)"
+            seeds = int(row["n_seeds"])
+            label = f"random ({seeds} seed{'s' if seeds != 1 else ''})"
         records.append(
             {"model": label, "removed": f"{int(row['n_removed']):,}"}
             | {header: cell(row, metric) for metric, header in METRICS.items()}
@@ -337,19 +394,36 @@ def _histogram_figure(influence: pd.DataFrame, groups: np.ndarray, sensitive: st
     return fig
 
 
-def _curve_figure(curve: pd.DataFrame, objectives: list[str], count: int, n: int) -> Figure:
+def _method_color(method: str) -> str:
+    """Line colour of a curve method ("influence: fairness", "constrained: fairness", …)."""
+    kind, _, name = method.partition(": ")
+    if kind == "influence":
+        return COLORS[name]
+    return STRATEGY_COLORS.get(kind, COLORS["random"])
+
+
+def _curve_figure(
+    curve: pd.DataFrame, objectives: list[str], count: int, n: int, strategy: str
+) -> Figure:
     frame = curve.copy()
     frame["seed"] = frame["seed"].fillna(0)
-    frame["method"] = frame["method"].str.replace("influence:", "influence: ", regex=False)
+    frame["method"] = frame["method"].str.replace(":", ": ", regex=False)
     fig, axes = _panels(len(objectives) + 1)
     panels = [
-        ([name], *TARGET_METRIC[name], f"trimming by {name} influence") for name in objectives
+        (
+            [m.replace(":", ": ") for _, m in table_methods([name], strategy)],
+            *TARGET_METRIC[name],
+            f"trimming by {name} influence",
+        )
+        for name in objectives
     ]
-    panels.append((objectives, "accuracy", "test accuracy", "accuracy, every objective"))
-    for ax, (names, metric, label, title) in zip(axes, panels, strict=True):
-        methods = [f"influence: {name}" for name in names] + ["random"]
-        ax.set_prop_cycle(color=[COLORS[m.removeprefix("influence: ")] for m in methods])
-        part = frame[frame.method.isin(methods)]
+    # Accuracy of each objective's own selection (the strategy's when it is not plain).
+    accuracy_methods = [methods[0] for methods, *_ in panels]
+    panels.append((accuracy_methods, "accuracy", "test accuracy", "accuracy, every objective"))
+    for ax, (methods, metric, label, title) in zip(axes, panels, strict=True):
+        methods = [*methods, "random"]
+        ax.set_prop_cycle(color=[_method_color(m) for m in methods])
+        part = pd.concat([frame[frame.method == method] for method in methods])
         trimming_curves(part, y=metric, ylabel=label, title=title, ax=ax)
         ax.axvline(count / n, color="grey", linestyle=":", linewidth=1)
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
@@ -357,6 +431,32 @@ def _curve_figure(curve: pd.DataFrame, objectives: list[str], count: int, n: int
         handles, labels = ax.get_legend_handles_labels()
         # One influence order per objective: the "(1 seed)" of the generic label says nothing.
         ax.legend(handles, [t.removesuffix(" (1 seed)") for t in labels], fontsize=8)
+    return fig
+
+
+def _budget_figure(choice: BudgetChoice, strategy: str) -> Figure:
+    """Validation accuracy and |DP| over the grid, the limits, and the chosen point."""
+    table = choice.curve
+    fig, axes = _panels(2)
+    base = table.iloc[0]
+    point = table[table.chosen].iloc[0]
+    lines = [
+        ("accuracy", "validation accuracy", base.accuracy - choice.max_accuracy_drop, "limit"),
+        ("dp_abs", "validation |DP|", choice.target_dp, "target"),
+    ]
+    for ax, (column, label, level, name) in zip(axes, lines, strict=True):
+        ax.plot(table.budget, table[column], marker="o", color=STRATEGY_COLORS.get(strategy, "C3"))
+        if level is not None:
+            ax.axhline(level, color="grey", linestyle="--", linewidth=1, label=name)
+        ax.plot(
+            [point.budget], [point[column]], marker="*", markersize=16, color="black",
+            linestyle="none", label=f"chosen: {int(point.n_removed):,} rows",
+        )  # fmt: skip
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.set_xlabel("training rows removed (requested)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label}, {strategy} fairness trimming")
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -417,6 +517,35 @@ def _write_rules(tmp: Path, name: str, tree: InfluenceTree, rules: pd.DataFrame)
     (tmp / f"rules_{name}.md").write_text(text, encoding="utf-8")
 
 
+def _budget_section(choice: BudgetChoice, figure: Path) -> tuple[str, list]:
+    """Report section: the validation curve of the automatic budget and the chosen point."""
+    rows = [
+        {
+            "requested": f"{row.budget:.2%} ({int(row.n_removed):,})",
+            "removed": f"{int(row.rows_removed):,}",
+            "val accuracy": f"{row.accuracy:.4f}",
+            "drop": f"{row.accuracy_drop:+.4f}",
+            "val DP": f"{row.dp:+.4f}",
+            "val abs DP": f"{row.dp_abs:.4f} ± {row.dp_se:.4f}",
+            "within limit": "yes" if row.admissible else ("–" if row.n_removed == 0 else "no"),
+            "chosen": "**←**" if row.chosen else "",
+        }
+        for row in choice.curve.itertuples()
+    ]
+    target = "none" if choice.target_dp is None else f"{choice.target_dp:.4f}"
+    text = (
+        "The budget is chosen on the validation set only: the fairness selection is "
+        "retrained at every budget of the grid and evaluated on the validation rows. "
+        f"Accuracy drop allowed: {choice.max_accuracy_drop:.4f}; target |DP|: {target}; ± is "
+        "the standard error of the validation gap. "
+        f"**Chosen: {choice.n_removed:,} rows** ({choice.rule}): {choice.reason}"
+    )
+    return (
+        "Budget chosen on the validation set",
+        [text, markdown_table(rows), Image(figure, "budget chosen on validation")],
+    )
+
+
 def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
     config = result.config
     n = result.influence.shape[0]
@@ -435,9 +564,14 @@ def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
         "influence marks a beneficial row, a negative one a harmful row. Objectives: "
         + "; ".join(f"**{name}**: {DESCRIPTIONS[name]}" for name in result.objectives)
         + ".\n\n"
-        f"Trimming removes the {result.n_removed:,} most harmful rows ({result.n_removed / n:.1%})"
-        " for each objective, retrains (preprocessing fixed) and evaluates on the test set."
+        f"Trimming removes up to {result.n_removed:,} rows ({result.n_removed / n:.1%}) for "
+        f"each objective{' (chosen on the validation set, below)' if result.budget_choice else ''}"
+        f", selected by the **{result.strategy}** strategy: {STRATEGY_TEXT[result.strategy]} "
+        "It retrains (preprocessing fixed) and evaluates on the test set, which plays no part "
+        "in any choice."
     )
+    if config["assumptions"]:
+        setting += "\n\nAssumed (no option given): " + "; ".join(config["assumptions"]) + "."
     before_after = (
         "DP and EOP: difference of selection rate and of true positive rate, privileged minus "
         "unprivileged (signed), and fairlearn's absolute difference. Robust accuracy: "
@@ -445,8 +579,10 @@ def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
         "paper's overshoot attack, factor 1.3). Random: the same number of rows removed at "
         "random, mean ± standard deviation over seeds."
     )
-    sections: list = [
-        ("Setting", setting),
+    sections: list = [("Setting", setting)]
+    if result.budget_choice is not None:
+        sections.append(_budget_section(result.budget_choice, figures["budget"]))
+    sections += [
         (
             "Before and after trimming (test set)",
             [metrics_markdown(result.metrics), before_after]
@@ -463,9 +599,10 @@ def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
         (
             "Trimming curves",
             [
-                "Test metrics after removing the most harmful rows of each objective, and the "
-                "same number at random (band: ± one standard deviation over seeds). The dotted "
-                "line marks the budget.",
+                "Test metrics after removing the most harmful rows of each objective (plain, "
+                "and by the strategy when it is not plain), and the same number at random "
+                "(band: ± one standard deviation over seeds). The dotted line marks the "
+                "budget.",
                 Image(figures["curves"], "trimming curves"),
             ],
         ),
@@ -493,7 +630,10 @@ def run_selection(
     *,
     out_dir: str | Path,
     objectives: str | Sequence[str] = "all",
-    budget: int | float = 0.05,
+    budget: int | float | str = 0.05,
+    strategy: str = "plain",
+    max_accuracy_drop: float | None = None,
+    target_dp: float | None = None,
     l2_reg: float = 1.0,
     fit_intercept: bool = True,
     seeds: int = 3,
@@ -518,9 +658,18 @@ def run_selection(
     objectives : str or sequence of str, default "all"
         Among ``"utility"``, ``"fairness"`` (demographic parity), ``"eop"`` (equal
         opportunity), ``"robustness"``; ``"all"`` is all four.
-    budget : int or float, default 0.05
+    budget : int, float or "auto", default 0.05
         Rows each objective removes: a count ``≥ 1`` or a fraction in ``(0, 1)`` of the
-        training rows.
+        training rows; ``"auto"``: the count chosen on the validation set for the fairness
+        objective (:func:`leanfit.selection.steering.choose_budget`; ``objectives`` must
+        include ``"fairness"``), used by every objective.
+    strategy : {"plain", "constrained", "pareto"}, default "plain"
+        How the fairness, eop and robustness objectives pick their rows
+        (:mod:`leanfit.selection.steering`); not plain: the report also shows plain trimming.
+    max_accuracy_drop : float in [0, 1], optional
+        With ``budget="auto"``: the largest validation accuracy loss allowed (default 0.01).
+    target_dp : float in [0, 1], optional
+        With ``budget="auto"``: the validation absolute DP gap to reach with the fewest rows.
     l2_reg, fit_intercept
         The model (:class:`InfluenceSelector`); the paper's Adult model is λ = 2.2622
         without intercept.
@@ -556,7 +705,9 @@ def run_selection(
     _check_parts(train, val, test)
     names = resolve_objective_names(objectives)
     n = len(train)
-    count = resolve_budget(budget, n)
+    strategy = check_strategy(strategy)
+    auto = _check_auto(budget, names, max_accuracy_drop, target_dp)
+    count = 0 if auto else resolve_budget(budget, n)
     seeds = _check_int("seeds", seeds, 0)
     curve_points = _check_int("curve_points", curve_points, 1)
     max_rules = _check_int("max_rules", max_rules, 2)
@@ -570,11 +721,19 @@ def run_selection(
         "objectives": names,
         "budget": budget,
         "n_removed": count,
+        "strategy": strategy,
+        "max_accuracy_drop": (
+            (DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
+            if auto
+            else None
+        ),
+        "target_dp": target_dp,
+        "assumptions": list(train.assumptions),
         "l2_reg": l2_reg,
         "fit_intercept": fit_intercept,
         "seeds": seeds,
         "seed": seed,
-        "curve_budgets": curve_budgets(count, n, curve_points),
+        "curve_budgets": auto_counts(n) if auto else curve_budgets(count, n, curve_points),
         "max_rules": max_rules,
         "max_categories": max_categories,
         "min_rule_rows": min_rule_rows(n),
@@ -586,19 +745,52 @@ def run_selection(
     return result
 
 
+def _check_auto(budget, names: list[str], max_accuracy_drop, target_dp) -> bool:
+    """Whether ``budget`` is ``"auto"``; its options are checked (and refused without it)."""
+    if isinstance(budget, str):
+        if budget != "auto":
+            raise bad_value("budget", budget, "a count >= 1, a fraction in (0, 1) or 'auto'")
+        if "fairness" not in names:
+            raise bad_value(
+                "objectives",
+                names,
+                "a list with 'fairness' when budget='auto' (the budget is "
+                "chosen on the validation demographic-parity gap)",
+            )
+        if max_accuracy_drop is not None:
+            check_fraction(max_accuracy_drop, "max_accuracy_drop")
+        if target_dp is not None:
+            check_fraction(target_dp, "target_dp")
+        return True
+    if max_accuracy_drop is not None or target_dp is not None:
+        raise BadInputError(
+            "max_accuracy_drop and target_dp choose the budget: use them with budget='auto'; "
+            f"got budget={budget!r}"
+        )
+    return False
+
+
 def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> SelectionResult:
     """The computations of :func:`run_selection` (parameters already checked, in ``config``)."""
-    names, count = config["objectives"], config["n_removed"]
+    names, strategy = config["objectives"], config["strategy"]
     selector = InfluenceSelector(
         config["l2_reg"],
         fit_intercept=config["fit_intercept"],
         max_categories=config["max_categories"],
         random_state=config["seed"],
     ).fit(train.X, train.y)
-    objectives = [objective_of(name) for name in names]
+    # The strategies protect utility: its influence is needed even if not an objective.
+    scored = [*names, "utility"] if strategy != "plain" and "utility" not in names else names
+    objectives = [objective_of(name) for name in scored]
     scores = selector.influence(
         val.X, val.y, objective=objectives, sensitive_features=val.s.to_numpy()
     )
+    choice = None
+    if config["budget"] == "auto":
+        choice = _choose_budget(selector, scores.set_axis(scored, axis=1), val, config, progress)
+        config["n_removed"] = choice.n_removed
+        config["budget_choice"] = choice.as_dict()
+    count = config["n_removed"]
     curve = trimming_curve(
         selector,
         val.X,
@@ -606,7 +798,7 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         test.X,
         test.y,
         budgets=config["curve_budgets"],
-        objective=objectives,
+        objective=objectives[: len(names)],
         sensitive_features_val=val.s.to_numpy(),
         sensitive_features_test=test.s.to_numpy(),
         n_random=config["seeds"],
@@ -614,11 +806,18 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         progress=progress,
     )
     # Columns and methods named by the workflow's names ("fairness", not "fairness_abs").
-    influence = scores.set_axis(names, axis=1)
+    scores = scores.set_axis(scored, axis=1)
+    influence = scores[names]
     renamed = {
-        f"influence:{o.name}": f"influence:{n}" for o, n in zip(objectives, names, strict=True)
+        f"influence:{o.name}": f"influence:{n}" for o, n in zip(objectives, names, strict=False)
     }
     curve["method"] = curve["method"].replace(renamed)
+    steered = [name for name in names if name != "utility"] if strategy != "plain" else []
+    if steered:
+        curve = pd.concat(
+            [curve, *(_strategy_curve(selector, scores, name, test, config) for name in steered)],
+            ignore_index=True,
+        )
     trees = {
         name: InfluenceTree(
             max_leaf_nodes=config["max_rules"],
@@ -628,20 +827,47 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
         for name in names
     }
     config["tree_lambdas"] = {name: tree.lambda_ for name, tree in trees.items()}
+    keep = {
+        name: strategy_keep(scores, name, count, strategy if name in steered else "plain")
+        for name in names
+    }
     return SelectionResult(
         out_dir=out_dir,
         objectives=tuple(names),
         n_removed=count,
         influence=influence,
-        keep={name: trim(influence[name], count) for name in names},
-        metrics=_metrics_table(curve, count),
+        keep=keep,
+        metrics=_metrics_table(curve, count, names, strategy),
         curve=curve,
         rules={name: tree.rules() for name, tree in trees.items()},
         selector=selector,
         trees=trees,
         config=config,
-        notes=tuple(_overshoots(curve, names, count)),
+        notes=tuple(_overshoots(curve, [n for n in names if n not in steered], count)),
+        strategy=strategy,
+        budget_choice=choice,
     )
+
+
+def _choose_budget(selector, scores: pd.DataFrame, val, config: dict, progress) -> BudgetChoice:
+    """The automatic budget: the strategy's fairness selections evaluated on validation."""
+    strategy = config["strategy"]
+    masks = {
+        k: strategy_keep(scores, "fairness", k, strategy) for k in [0, *config["curve_budgets"]]
+    }
+    curve = masks_curve(
+        selector, masks, val.X, val.y, val.s.to_numpy(), f"{strategy}:fairness", progress
+    )
+    return choose_budget(
+        curve, max_accuracy_drop=config["max_accuracy_drop"], target_dp=config["target_dp"]
+    )
+
+
+def _strategy_curve(selector, scores: pd.DataFrame, name: str, test, config: dict):
+    """Test metrics of the strategy's selections for ``name`` at 0 and every curve budget."""
+    strategy = config["strategy"]
+    masks = {k: strategy_keep(scores, name, k, strategy) for k in [0, *config["curve_budgets"]]}
+    return masks_curve(selector, masks, test.X, test.y, test.s.to_numpy(), f"{strategy}:{name}")
 
 
 def _overshoots(curve: pd.DataFrame, names: list[str], count: int) -> list[str]:
@@ -671,10 +897,16 @@ def _write_outputs(tmp: Path, result: SelectionResult, train: TabularDataset) ->
             tmp / "influence_by_group.png",
         ),
         "curves": save_figure(
-            _curve_figure(result.curve, list(result.objectives), result.n_removed, n),
+            _curve_figure(
+                result.curve, list(result.objectives), result.n_removed, n, result.strategy
+            ),
             tmp / "trimming_curves.png",
         ),
     }
+    if result.budget_choice is not None:
+        figures["budget"] = save_figure(
+            _budget_figure(result.budget_choice, result.strategy), tmp / "budget_choice.png"
+        )
     for name, tree in result.trees.items():
         figures[f"tree_{name}"] = save_figure(_tree_figure(tree, name), tmp / f"tree_{name}.png")
     title = f"Influence-based data selection: {result.config['data']['name']}"

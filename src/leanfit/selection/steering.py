@@ -1,0 +1,287 @@
+"""Steering fairness trimming: which rows a strategy removes, and a budget chosen on validation.
+
+Strategies (for an objective column ``I_f`` and the utility column ``I_u`` of an influence
+table, both "positive = beneficial"; see :mod:`leanfit.selection.pareto`):
+
+* ``"plain"`` — the ``k`` rows with the most negative ``I_f`` (:func:`leanfit.selection.trim`);
+* ``"constrained"`` — the same among rows whose removal is not predicted to cost utility,
+  ``I_u ≤ 0`` (:func:`leanfit.selection.constrained_trim`, τ = 0); may remove fewer than ``k``;
+* ``"pareto"`` — the largest predicted objective gain whose summed utility influence is at most
+  zero, ``Σ I_u ≤ 0`` (:func:`leanfit.selection.pareto_trim`, B = 0).
+
+Budget chosen on the validation set (:func:`choose_budget`): the strategy's selection is
+retrained at every count of a grid (:func:`auto_counts`) and evaluated on the *validation*
+rows. With ``a(k)`` the validation accuracy and ``d(k)`` the absolute demographic-parity gap
+after removing ``k`` rows (``k = 0``: untrimmed), a count is *admissible* when
+``a(0) − a(k) ≤ max_accuracy_drop``. The chosen count is
+
+* with a target gap ``t``: the smallest admissible ``k`` with ``d(k) ≤ t`` (``0`` if the
+  untrimmed gap already is); if none reaches it, the admissible ``k`` with the lowest ``d(k)``;
+* without a target: the admissible ``k`` with the lowest ``d(k)`` (ties: the smallest ``k``);
+
+and ``0`` (nothing removed) when no admissible count lowers the gap. The test set plays no
+part in the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from leanfit.exceptions import bad_value
+from leanfit.selection.pareto import constrained_trim, pareto_trim
+from leanfit.selection.trimming import retrain_and_evaluate, trim
+
+#: Trimming strategies, in report order.
+STRATEGIES = ("plain", "constrained", "pareto")
+#: Fractions of the training rows tried by the automatic budget.
+AUTO_FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2)
+#: Default largest validation accuracy loss of the automatic budget (one point).
+DEFAULT_MAX_ACCURACY_DROP = 0.01
+
+
+def check_strategy(strategy: object, name: str = "strategy") -> str:
+    """Return ``strategy`` if it is one of :data:`STRATEGIES`, else raise naming ``name``."""
+    if strategy not in STRATEGIES:
+        raise bad_value(name, strategy, f"one of {list(STRATEGIES)}")
+    return str(strategy)
+
+
+def check_fraction(value: object, name: str) -> float:
+    """A number in ``[0, 1]`` (an accuracy drop or a gap), else an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise bad_value(name, value, "a number in [0, 1]")
+    if not 0.0 <= float(value) <= 1.0:
+        raise bad_value(name, value, "a number in [0, 1]")
+    return float(value)
+
+
+def strategy_keep(
+    influence: pd.DataFrame, objective: str, count: int, strategy: str, utility: str = "utility"
+) -> np.ndarray:
+    """Keep-mask of ``strategy`` removing at most ``count`` rows for ``objective``.
+
+    Parameters
+    ----------
+    influence : DataFrame, n rows
+        Influence table with the column ``objective`` (and ``utility`` unless ``"plain"``).
+    objective : str
+        The column to improve.
+    count : int
+        Rows to remove, ``0 ≤ count ≤ n − 1`` (``0`` keeps every row).
+    strategy : {"plain", "constrained", "pareto"}
+    utility : str
+        The utility column protected by ``"constrained"`` and ``"pareto"``.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        ``True`` for the rows kept.
+    """
+    strategy = check_strategy(strategy)
+    if count == 0:
+        return np.ones(len(influence), dtype=bool)
+    if strategy == "plain":
+        return trim(influence[objective], count)
+    if strategy == "constrained":
+        return constrained_trim(influence, count, objective=objective, utility=utility)
+    return pareto_trim(influence, count, objective=objective, utility=utility)
+
+
+def auto_counts(n: int, fractions=AUTO_FRACTIONS) -> list[int]:
+    """The counts ``max(1, round(f·n))`` of the automatic budget, below ``n``, sorted."""
+    return sorted({min(n - 1, max(1, round(f * n))) for f in fractions})
+
+
+def masks_curve(
+    selector, masks: Mapping[int, np.ndarray], X, y, s, method: str, progress: bool = False
+) -> pd.DataFrame:
+    """Metrics of the model retrained on each keep-mask (preprocessing fixed).
+
+    Parameters
+    ----------
+    selector : fitted InfluenceSelector
+    masks : mapping of int to ndarray of bool, shape (n_train,)
+        The requested count of each selection and its keep-mask.
+    X, y, s
+        The rows to evaluate on (features, 0/1 labels, 0/1 groups).
+    method : str
+        Value of the ``method`` column.
+
+    Returns
+    -------
+    DataFrame
+        One row per mask: ``method``, ``seed`` (NA), ``budget`` (requested fraction),
+        ``n_removed`` (requested count), ``rows_removed`` (rows the selection removed; fewer
+        for ``"constrained"`` when candidates run out), the metrics of
+        :func:`leanfit.selection.evaluate` and ``dp_se``, the standard error of the DP gap on
+        these rows (:func:`gap_standard_error`).
+    """
+    n = selector.train_index_.shape[0]
+    Z, groups = selector.transform(X), np.asarray(s)
+    rows = []
+    for count, keep in tqdm(masks.items(), desc=method, disable=not progress):
+        metrics = retrain_and_evaluate(selector, keep, X, y, sensitive_features=s)
+        predicted = selector.retrain(keep).model_.predict(Z)
+        rows.append(
+            {
+                "method": method,
+                "seed": pd.NA,
+                "budget": count / n,
+                "n_removed": count,
+                "rows_removed": metrics.pop("n_removed"),
+                **metrics,
+                "dp_se": gap_standard_error(predicted, groups),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame
+
+
+def gap_standard_error(predicted: np.ndarray, groups: np.ndarray) -> float:
+    """Standard error of a demographic-parity gap measured on a sample.
+
+    ``sqrt(r₁(1 − r₁)/n₁ + r₀(1 − r₀)/n₀)`` with ``r_g`` the rate of predicted 1 among the
+    ``n_g`` rows of group ``g`` (independent binomial proportions); differences of gaps
+    smaller than this are within the sampling noise of the evaluation rows.
+
+    Parameters
+    ----------
+    predicted, groups : ndarray of 0/1, shape (n,)
+        Hard predictions and group membership (1 = privileged); both groups present.
+    """
+    terms = []
+    for group in (0, 1):
+        chosen = predicted[groups == group]
+        rate = float(np.mean(chosen))
+        terms.append(rate * (1.0 - rate) / chosen.size)
+    return float(np.sqrt(sum(terms)))
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The budget :func:`choose_budget` picked on the validation curve, and why.
+
+    Attributes
+    ----------
+    n_removed : int
+        The chosen count (``0``: nothing removed).
+    rule : str
+        ``"target"`` (smallest count reaching the target gap), ``"target-missed"`` (the target
+        is out of reach within the accuracy limit: lowest gap), ``"lowest-gap"`` (no target) or
+        ``"none"`` (no admissible count lowers the gap).
+    reason : str
+        One or two sentences for the report.
+    curve : DataFrame
+        The validation curve: ``n_removed``, ``budget``, ``rows_removed``, ``accuracy``,
+        ``accuracy_drop``, ``dp``, ``dp_abs``, ``admissible``, ``chosen``.
+    max_accuracy_drop : float
+    target_dp : float or None
+    """
+
+    n_removed: int
+    rule: str
+    reason: str
+    curve: pd.DataFrame
+    max_accuracy_drop: float
+    target_dp: float | None
+
+    def as_dict(self) -> dict:
+        """JSON-ready: the choice, the rule, the reason and the validation curve."""
+        return {
+            "n_removed": self.n_removed,
+            "rule": self.rule,
+            "reason": self.reason,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "target_dp": self.target_dp,
+            "validation_curve": self.curve.to_dict(orient="records"),
+        }
+
+
+def choose_budget(
+    curve: pd.DataFrame,
+    *,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    target_dp: float | None = None,
+) -> BudgetChoice:
+    """Pick the count on a validation curve (the rule is in the module docstring).
+
+    Parameters
+    ----------
+    curve : DataFrame
+        Validation metrics per requested count, one row per count, ``0`` included: columns
+        ``n_removed``, ``budget``, ``rows_removed``, ``accuracy``, ``dp``, ``dp_abs`` and
+        optionally ``dp_se``, quoted in the reason (as :func:`masks_curve` returns them).
+    max_accuracy_drop : float in [0, 1]
+        Largest admissible loss of validation accuracy (``0.01``: one point).
+    target_dp : float in [0, 1], optional
+        Absolute DP gap to reach.
+
+    Returns
+    -------
+    BudgetChoice
+    """
+    limit = check_fraction(max_accuracy_drop, "max_accuracy_drop")
+    target = None if target_dp is None else check_fraction(target_dp, "target_dp")
+    table = curve.sort_values("n_removed").reset_index(drop=True)
+    columns = ["n_removed", "budget", "rows_removed", "accuracy", "dp", "dp_abs", "dp_se"]
+    table = table[[c for c in columns if c in table.columns]].copy()
+    if table.n_removed.iloc[0] != 0:
+        raise bad_value("curve", list(table.n_removed), "counts starting at 0 (untrimmed)")
+    base = table.iloc[0]
+    table["accuracy_drop"] = base.accuracy - table.accuracy
+    # 1e-12: accuracies are ratios of counts; a drop equal to the limit is admissible.
+    table["admissible"] = (table.n_removed > 0) & (table.accuracy_drop <= limit + 1e-12)
+    admissible = table[table.admissible]
+    lowest = admissible.sort_values(["dp_abs", "n_removed"]).head(1)
+    drop_text = f"validation accuracy drop of at most {limit:.3f}"
+    if target is not None and base.dp_abs <= target:
+        count, rule = 0, "target"
+        reason = (
+            f"the untrimmed validation |DP| {base.dp_abs:.4f} is already at most the target "
+            f"{target:.4f}: nothing is removed."
+        )
+    elif target is not None and (admissible.dp_abs <= target).any():
+        point = admissible[admissible.dp_abs <= target].iloc[0]
+        count, rule = int(point.n_removed), "target"
+        reason = (
+            f"the smallest budget on the grid whose validation |DP| ({point.dp_abs:.4f}) is at "
+            f"most the target {target:.4f} with a {drop_text}: "
+            f"{count:,} rows, validation accuracy {point.accuracy:.4f} "
+            f"({-point.accuracy_drop:+.4f})."
+        )
+    elif len(lowest) and lowest.dp_abs.iloc[0] < base.dp_abs:
+        point = lowest.iloc[0]
+        count = int(point.n_removed)
+        rule = "lowest-gap" if target is None else "target-missed"
+        missed = (
+            ""
+            if target is None
+            else f"no budget on the grid reaches the target |DP| {target:.4f} within the "
+            "accuracy limit; "
+        )
+        reason = (
+            f"{missed}the budget with the lowest validation |DP| among those with a "
+            f"{drop_text}: {count:,} rows, |DP| {base.dp_abs:.4f} → {point.dp_abs:.4f}, "
+            f"accuracy {base.accuracy:.4f} → {point.accuracy:.4f}."
+        )
+        if "dp_se" in table.columns and target is None:
+            reason += (
+                f" Differences of validation |DP| below its standard error ({point.dp_se:.4f} "
+                "here) are within sampling noise: a target gap stops at the first budget "
+                "reaching it."
+            )
+    else:
+        count, rule = 0, "none"
+        reason = (
+            f"no budget on the grid lowers the validation |DP| ({base.dp_abs:.4f}) with a "
+            f"{drop_text}: nothing is removed; allow a larger drop to trade accuracy for "
+            "fairness."
+        )
+    table["chosen"] = table.n_removed == count
+    return BudgetChoice(count, rule, reason, table, limit, target)
