@@ -248,8 +248,8 @@ def test_convolutions_through_the_module_api(tmp_path):
         assert not torch.allclose(reference(x), model(x), atol=1e-3)  # 4 bits changed it
 
 
-def test_a_module_needs_target_patterns(tmp_path):
-    with pytest.raises(BadInputError, match="model_type must be one of .* got 'module'"):
+def test_a_module_without_blocks_needs_target_patterns(tmp_path):
+    with pytest.raises(BadInputError, match="no weight matched all linear layers of the blocks"):
         quantize_module(SmallCNN(), tmp_path / "out", LoftQConfig(), progress=False)
     assert list(tmp_path.iterdir()) == []
 

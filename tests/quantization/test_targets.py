@@ -1,6 +1,7 @@
 """Target selection, bit plans, matrix views and PEFT's LoRA layout for convolutions."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -12,30 +13,40 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     DebertaV2Config,
+    FalconConfig,
+    FalconForCausalLM,
     GPT2Config,
     GPT2Model,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MPNetConfig,
+    OpenAIGPTConfig,
+    OpenAIGPTLMHeadModel,
     Qwen2Config,
     Qwen3Config,
     RobertaConfig,
     T5Config,
+    ViTConfig,
+    ViTForImageClassification,
 )
 from transformers.pytorch_utils import Conv1D
 
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.checkpoints.targets import (
+    ALL_LINEAR,
     DEFAULT_PATTERNS,
+    GIVEN,
     Target,
     default_target_patterns,
     layer_index,
+    linear_layers,
     lora_shapes_for_peft,
     matrix_view,
     plan_bits,
     restore_shape,
     select_targets,
+    target_rule,
     to_peft_lora,
 )
 from leanfit.exceptions import BadInputError
@@ -150,11 +161,42 @@ def test_user_patterns_follow_peft_rules():
         select_targets(names, shapes, "llama", patterns="q_proj")
 
 
-def test_unknown_model_type_asks_for_target_patterns():
-    with pytest.raises(BadInputError, match=r"'bert', 'deberta-v2'.*got 'vit'.*--target"):
+def test_a_type_without_table_gets_the_linear_layers_of_the_model_built():
+    with pytest.raises(BadInputError, match=r"'bert', 'deberta-v2'.*table; got 'vit'.*all linear"):
         default_target_patterns("vit")
-    with pytest.raises(BadInputError, match="--target"):
-        select_targets(["a.weight"], {"a.weight": (2, 2)}, "vit")
+    assert target_rule("vit") == ALL_LINEAR and target_rule("llama") == "table for llama"
+    assert target_rule("llama", ["q_proj"]) == GIVEN
+    with pytest.raises(BadInputError, match="model_type 'vit'.*builds none here.*--target"):
+        select_targets(["a.weight"], {"a.weight": (2, 2)}, "vit")  # no model layers given
+
+
+ALL_LINEAR_MODELS = {
+    "openai-gpt": lambda: OpenAIGPTLMHeadModel(
+        OpenAIGPTConfig(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=16)
+    ),
+    "vit": lambda: ViTForImageClassification(
+        ViTConfig(**SMALL, intermediate_size=64, image_size=16, patch_size=8, num_labels=3)
+    ),
+    "falcon": lambda: FalconForCausalLM(FalconConfig(**SMALL, vocab_size=50)),
+    "bert": lambda: BertForSequenceClassification(CONFIGS["bert"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LINEAR_MODELS))
+def test_all_linear_rule_takes_the_linear_layers_of_the_blocks_only(name):
+    with torch.device("meta"):
+        model = ALL_LINEAR_MODELS[name]()
+    layers = {f"{module}.weight": layer for module, layer in linear_layers(model).items()}
+    targets = select_targets(*names_and_shapes(model), "no-table-type", layers=layers)
+    in_blocks = {
+        module: isinstance(m, Conv1D)
+        for module, m in model.named_modules()
+        if isinstance(m, nn.Linear | Conv1D) and re.search(r"\.\d+\.", module)
+    }
+    assert {t.module: t.transposed for t in targets} == in_blocks  # Conv1D is in × out
+    assert len(targets) == 2 * {"openai-gpt": 4, "vit": 6, "falcon": 4, "bert": 6}[name]
+    outside = ("lm_head", "classifier", "pooler", "patch_embeddings", "embed")
+    assert not any(word in t.name for t in targets for word in outside)
 
 
 def test_layer_index_parsing():

@@ -229,11 +229,12 @@ def st_dir_nan(tmp: Path) -> Path:
     return folder
 
 
-def st_dir_of_type(tmp: Path, model_type: str) -> Path:
-    """The tiny llama's tensors under another (transformers-known) model type."""
+def st_dir_of_type(tmp: Path, model_type: str, architecture: str | None = None) -> Path:
+    """The tiny llama's tensors under another (transformers-known) model type, saved as the
+    class ``architecture`` (none by default)."""
     folder = write_safetensors_dir(tmp / "model")
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type=model_type, architectures=None)
+    config.update(model_type=model_type, architectures=architecture and [architecture])
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -472,9 +473,9 @@ CASES = [
     Case(
         "q-unknown-arch",
         "quantization",
-        "model_type 'mamba', no patterns",
+        "model_type 'mamba' with no table, no patterns, no model layers",
         BadInputError,
-        "model_type must be one of .*got 'mamba'.*--target",
+        "default targets of model_type 'mamba' .*builds none here.*--target",
         lambda t: select_targets(list(LLAMA_NAMES), LLAMA_NAMES, "mamba"),
     ),
     Case(
@@ -1294,9 +1295,9 @@ CLI_CASES = [
     ),
     CliCase(
         "cli-quantize-unknown-type",
-        "a model type with no default targets, no --target",
-        r"model_type must be one of .* got 'olmo'.*--target",
-        quantize_cli(lambda t: st_dir_of_type(t, "olmo")),
+        "a class transformers lacks (own code), no table, no --target",
+        r"default targets of model_type 'olmo' .*builds none here.*--target",
+        quantize_cli(lambda t: st_dir_of_type(t, "olmo", "CustomOlmoForCausalLM")),
     ),
     CliCase(
         "cli-quantize-truncated",

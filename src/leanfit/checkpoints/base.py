@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
+from leanfit.checkpoints.keys import ModelKeys
+from leanfit.checkpoints.targets import LinearLayer, linear_layers
 from leanfit.exceptions import (
     BadInputError,
     CorruptArtifactError,
@@ -39,12 +41,15 @@ class Checkpoint(abc.ABC):
         themselves, ``alias -> stored name`` (e.g. ``{"lm_head.weight":
         "model.embed_tokens.weight"}`` with tied embeddings). ``names() ∪ tied`` are the
         state-dict keys of the model built by ``from_pretrained``; ``read`` accepts aliases.
+    layers : dict of str to LinearLayer, or None
+        See :meth:`linear_layers`.
     """
 
     def __init__(self, path: Path, config: PretrainedConfig) -> None:
         self.path = path
         self.config = config
         self.tied: dict[str, str] = {}
+        self.layers: dict[str, LinearLayer] | None = None
         self._closed = False
 
     @property
@@ -56,6 +61,12 @@ class Checkpoint(abc.ABC):
         """Names of the stored tensors, in file order (shard by shard for sharded files)."""
         self._check_open()
         return list(self._stored_names())
+
+    def linear_layers(self) -> dict[str, LinearLayer] | None:
+        """The linear layers of the model transformers builds from the config, by stored weight
+        name (``….weight``; see :func:`stored_linear_layers`); None when transformers builds
+        no model for it (a class it does not provide)."""
+        return self.layers
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of a tensor in Hugging Face layout (a Linear weight is out × in)."""
@@ -148,6 +159,22 @@ def meta_model(build: Any, config: PretrainedConfig) -> torch.nn.Module:
         return build(config)
 
 
+def stored_linear_layers(model: nn.Module, stored: Iterable[str]) -> dict[str, LinearLayer]:
+    """The linear layers of ``model`` (:func:`~leanfit.checkpoints.targets.linear_layers`) by
+    the stored name of their weight, stored names matched to the model's as transformers
+    matches them when loading (:class:`~leanfit.checkpoints.keys.ModelKeys`: its renamings,
+    the base-model prefix)."""
+    keys = ModelKeys(model)
+    layers = linear_layers(model)
+    found = {}
+    for name in stored:
+        model_name = keys(name) if name.endswith(".weight") else None
+        layer = None if model_name is None else layers.get(model_name.removesuffix(".weight"))
+        if layer is not None:
+            found[name] = layer
+    return found
+
+
 def tied_aliases(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]], stored: Iterable[str]
 ) -> dict[str, str]:
@@ -233,6 +260,8 @@ class TensorSource(Protocol):
 
     def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]: ...
 
+    def linear_layers(self) -> dict[str, LinearLayer] | None: ...
+
 
 class ModuleSource:
     """An in-memory :class:`torch.nn.Module` seen as a checkpoint: its state-dict tensors.
@@ -267,6 +296,11 @@ class ModuleSource:
 
     def names(self) -> list[str]:
         return list(self._state)
+
+    def linear_layers(self) -> dict[str, LinearLayer]:
+        """The module's linear layers (:func:`~leanfit.checkpoints.targets.linear_layers`)
+        by weight name."""
+        return {f"{name}.weight": layer for name, layer in linear_layers(self.model).items()}
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._state[self.tied.get(name, name)].shape)

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from leanfit.checkpoints.base import Checkpoint, guarded, load_config, meta_model, tied_aliases
+from leanfit.checkpoints.base import (
+    Checkpoint,
+    guarded,
+    load_config,
+    meta_model,
+    stored_linear_layers,
+    tied_aliases,
+)
 from leanfit.exceptions import (
     BadInputError,
     CorruptArtifactError,
@@ -98,6 +105,7 @@ class GGUFCheckpoint(Checkpoint):
                 stacklevel=3,
             )
         self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._tensors)
+        self.layers = stored_linear_layers(model, self._tensors)
 
     def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
         self._check_open()

@@ -9,7 +9,9 @@ caller; :func:`merge_into` writes ``Q + (alpha/r)·B·A`` into a float model.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from leanfit.checkpoints.keys import ModelKeys
 from leanfit.checkpoints.layout import (
     ADAPTER,
     ADAPTER_CONFIG,
@@ -45,65 +48,47 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class _KeyMap:
-    """Stored names ↔ the model's state-dict names, which may add or drop the base-model
-    prefix (``bert.``, ``model.``) when the model class differs from the saved one."""
+def _placed_targets(targets: dict[str, Target], keys: ModelKeys, strict: bool) -> dict[str, str]:
+    """The model's module name of each target the model built has, ``stored -> model``.
 
-    def __init__(self, stored_targets: Iterable[str], model_keys: set[str], prefix: str) -> None:
-        stored = list(stored_targets)
-        self.add = self.strip = ""
-        if all(name in model_keys for name in stored):
-            return
-        if prefix and all(f"{prefix}.{name}" in model_keys for name in stored):
-            self.add = prefix + "."
-        elif prefix and all(
-            name.startswith(prefix + ".") and name[len(prefix) + 1 :] in model_keys
-            for name in stored
-        ):
-            self.strip = prefix + "."
-        else:
-            absent = [name for name in stored if name not in model_keys][:3]
-            raise CorruptArtifactError(
-                f"the backbone's targets {absent} are not weights of the model built "
-                f"(e.g. {sorted(model_keys)[:3]}); the artifact does not match the model class"
-            )
-
-    def __call__(self, name: str) -> str | None:
-        """The model's name of a stored name; None for a tensor outside the model (a head
-        dropped when loading the base model of a saved task model)."""
-        if self.strip:
-            return name[len(self.strip) :] if name.startswith(self.strip) else None
-        return self.add + name
-
-    def of_target(self, name: str) -> str:
-        """The model's name of a target (always inside the model: checked at construction)."""
-        renamed = self(name)
-        if renamed is None:
-            raise CorruptArtifactError(f"target {name!r} is outside the model built")
-        return renamed
-
-    def peft_mapping(self) -> dict[str, str] | None:
-        """PEFT's ``key_mapping`` (regex → replacement on keys without ``base_model.model.``)."""
-        if self.add:
-            return {"^": self.add}
-        if self.strip:
-            return {"^" + self.strip.replace(".", r"\."): ""}
-        return None
-
-
-def _prefix(model: nn.Module) -> str:
-    """transformers' ``base_model_prefix`` (``bert``, ``model``, ``transformer``), or ``""``."""
-    return str(getattr(model, "base_model_prefix", "") or "")
+    Raises
+    ------
+    CorruptArtifactError
+        No target is in the model (the artifact is of another model), a target is fused by
+        transformers into another tensor, or — when ``strict`` (the model's layout is the
+        saved one) — a target is missing from it.
+    """
+    placed = {module: keys.module(module) for module in targets}
+    fused = [module for module in targets if keys.fused(module + ".weight")]
+    if fused:
+        raise CorruptArtifactError(
+            f"targets {fused[:3]} are merged by transformers into another parameter when "
+            "loaded (e.g. the experts of a mixture-of-experts layer), which a packed layer "
+            "cannot be; quantize the other layers (--target)"
+        )
+    absent = sorted(module for module, name in placed.items() if name is None)
+    if len(absent) == len(targets) or (strict and absent):
+        raise CorruptArtifactError(
+            f"the backbone's targets {absent[:3]} are not weights of the model built "
+            f"(e.g. {sorted(keys.keys)[:3]}); the artifact does not match the model class"
+        )
+    if absent:
+        logger.warning(
+            "%d quantized layers are not part of the model built and are not loaded, e.g. %s",
+            len(absent),
+            absent[:3],
+        )
+    return {module: name for module, name in placed.items() if name is not None}
 
 
 def _swap_quantized_linears(
-    model: nn.Module, targets: dict[str, Target], keys: _KeyMap, meta: dict[str, Any]
+    model: nn.Module, targets: dict[str, Target], placed: dict[str, str], meta: dict[str, Any]
 ) -> None:
     """Replace each linear target by an all-zero :class:`QuantLinear` skeleton (no float weight)."""
-    for module_name, target in targets.items():
+    for module_name, name in placed.items():
+        target = targets[module_name]
         if target.kind != "linear":
             continue
-        name = keys.of_target(target.module)
         original = model.get_submodule(name)
         weight = getattr(original, "weight", None)
         if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != target.shape:
@@ -183,9 +168,9 @@ def _check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
         )
 
 
-def _retie(model: nn.Module, tied: dict[str, str], keys: _KeyMap) -> set[str]:
-    """Make every alias parameter the stored one again (assign-loading replaced the stored
-    ones); returns the aliases handled."""
+def _retie(model: nn.Module, tied: dict[str, str], keys: ModelKeys) -> set[str]:
+    """Make every alias the source listed (``tied``, stored names) share the stored parameter
+    again (assign-loading replaced the stored ones); returns the aliases handled."""
     done = set()
     for alias, stored in tied.items():
         alias_name, stored_name = keys(alias), keys(stored)
@@ -202,13 +187,32 @@ def _retie(model: nn.Module, tied: dict[str, str], keys: _KeyMap) -> set[str]:
     return done
 
 
+def _tie_weights(model: nn.Module, missing: set[str]) -> None:
+    """transformers' own ties of the model built, as ``from_pretrained`` makes them after
+    loading (``tie_weights``; from transformers 5 told which tensors the checkpoint lacked, so
+    that a missing tensor is tied to the present one): e.g. the output embeddings of a
+    masked-LM head built on a checkpoint of its base model."""
+    tie_weights = getattr(model, "tie_weights", None)
+    if not callable(tie_weights):
+        return
+    if "missing_keys" in inspect.signature(tie_weights).parameters:
+        tie_weights(missing_keys=missing)
+    else:
+        tie_weights()
+
+
 def _initialize(model: nn.Module, names: Iterable[str]) -> None:
-    """Materialize and initialize the modules owning parameters the backbone lacks (a new task
-    head), with the model's own initializer (transformers' ``_init_weights``) if it has one."""
+    """Materialize and initialize the parameters the backbone lacks (a new task head), with
+    the model's own initializer (transformers' ``_init_weights``) on each module owning one,
+    else the module's ``reset_parameters``. Only parameters still on the meta device are
+    replaced (by new tensors: never written in place, so nothing they might share is)."""
     model_init = getattr(model, "_init_weights", None)
     for owner in sorted({name.rpartition(".")[0] for name in names}):
         module = model.get_submodule(owner)
-        module.to_empty(device="cpu", recurse=False)
+        for attr, tensor in list(module.named_parameters(recurse=False)):
+            if tensor.is_meta:
+                fresh = torch.empty_like(tensor, device="cpu")
+                setattr(module, attr, nn.Parameter(fresh, requires_grad=tensor.requires_grad))
         reset = getattr(module, "reset_parameters", None)
         if callable(model_init):
             model_init(module)
@@ -231,7 +235,9 @@ def load_into(
     Linear targets (GPT-2 ``Conv1D`` included) are replaced by :class:`QuantLinear` modules
     holding the packed Q; convolution targets get their dequantized kernel (they run in full
     precision); every other tensor is assigned from the backbone, shard by shard. Parameters
-    of ``model`` may live on the meta device: they are replaced, never copied into.
+    of ``model`` may live on the meta device: they are replaced, never copied into. Stored
+    names are matched to the model's as transformers matches them (:mod:`leanfit.checkpoints.keys`:
+    its renamings, and the base-model prefix added or stripped).
 
     Parameters
     ----------
@@ -253,7 +259,7 @@ def load_into(
         A newer or invalid format, missing shards or tensors, or an adapter whose targets or
         shapes do not match the backbone, or a parameter of ``model`` the backbone lacks.
     """
-    return _load_into(model, Path(directory), device, dtype, is_trainable, head_prefix=None)
+    return _load_into(model, Path(directory), device, dtype, is_trainable, same_class=True)
 
 
 def _load_into(
@@ -262,12 +268,14 @@ def _load_into(
     device: torch.device | str,
     dtype: torch.dtype,
     is_trainable: bool,
-    head_prefix: str | None,
+    same_class: bool,
 ) -> PeftModel:
-    """:func:`load_into`; with ``head_prefix`` (the base model's, e.g. ``"bert."``) for a model
-    class other than the saved one: parameters missing from the backbone and outside that
-    prefix (a new task head) are initialized, and backbone tensors outside it (the saved
-    model's head) are dropped with a warning, instead of both being refused."""
+    """:func:`load_into`. When the model's layout differs from the backbone's (``same_class``
+    false: another task than the saved one; or the base-model prefix added or stripped: a
+    checkpoint of a base model saved under a head class), tensors are handled as transformers
+    handles them: backbone tensors the model lacks (the saved model's head, a pooler) are
+    dropped with a warning, and parameters outside the base model that the backbone lacks (a
+    new task head) are initialized. Otherwise both are refused as a damaged artifact."""
     from peft import LoraConfig, PeftModel
 
     if not isinstance(model, nn.Module):
@@ -275,10 +283,14 @@ def _load_into(
     meta = read_quantization_config(directory)
     targets = {module: target_from_meta(module, entry) for module, entry in meta["targets"].items()}
     _check_adapter(directory / ADAPTER, targets)
-    keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))
-    _swap_quantized_linears(model, targets, keys, meta)
+    keys = ModelKeys(model)
+    relayout = any(keys(t.name) not in (None, keys.renamed(t.name)) for t in targets.values())
+    strict = same_class and not relayout
+    placed = _placed_targets(targets, keys, strict)
+    _swap_quantized_linears(model, targets, placed, meta)
     expected = set(model.state_dict())
     buffers = {name for name, _ in model.named_buffers()}
+    keys = ModelKeys(model, expected | buffers)  # now with the packed layers' tensors
     loaded: set[str] = set()
     dropped: list[str] = []
     for shard in _shards(directory / BACKBONE):
@@ -289,7 +301,7 @@ def _load_into(
             new = keys(name)
             if new in expected:
                 renamed[new] = tensor
-            elif new is None or (head_prefix is not None and not new.startswith(head_prefix)):
+            elif new is None and not strict:
                 dropped.append(name)  # a head of the saved model that the model built lacks
             elif new not in buffers:  # e.g. position_ids, a non-persistent buffer today
                 raise CorruptArtifactError(
@@ -306,18 +318,29 @@ def _load_into(
         del tensors, renamed
     if dropped:
         logger.warning(
-            "%d backbone tensors outside the model are not loaded, e.g. %s",
+            "%d backbone tensors are not part of %s and are not loaded, e.g. %s",
             len(dropped),
+            type(model).__name__,
             dropped[:3],
         )
     missing = expected - loaded - _retie(model, meta["tied"], keys)
-    if head_prefix is not None:
-        head = {n for n in missing if not n.startswith(head_prefix)}
-        _initialize(model, head)
-        missing -= head
-    if missing:
+    head = set() if strict else {name for name in missing if not keys.in_base_model(name)}
+    _initialize(model, head)
+    _tie_weights(model, missing - head)
+    parameters = model.named_parameters(remove_duplicate=False)
+    present = {id(parameter) for name, parameter in parameters if name in loaded}
+    fresh = sorted(name for name in head if id(model.get_parameter(name)) not in present)
+    if fresh:
+        logger.warning(
+            "%d parameters of %s are not in the backbone and are newly initialized, e.g. %s",
+            len(fresh),
+            type(model).__name__,
+            fresh[:3],
+        )
+    lacking = {name for name in missing - head if name in buffers or _on_meta(model, name)}
+    if lacking:
         raise CorruptArtifactError(
-            f"the backbone lacks {len(missing)} tensors of the model, e.g. {sorted(missing)[:3]}"
+            f"the backbone lacks {len(lacking)} tensors of the model, e.g. {sorted(lacking)[:3]}"
         )
     on_meta = [name for name, p in model.named_parameters() if p.is_meta]
     if on_meta:
@@ -327,36 +350,76 @@ def _load_into(
     lora = LoraConfig(
         r=saved["r"],
         lora_alpha=saved["lora_alpha"],
-        target_modules=sorted(keys.of_target(module) for module in targets),  # model's names
+        target_modules=sorted(placed.values()),  # the model's names
         task_type=peft_task_type(type(model).__name__),  # the model built, maybe another
         lora_dropout=0.0,
         bias="none",
     )
-    # PEFT's key_mapping (recent releases) only for a model class other than the saved one.
-    mapping: dict[str, Any] = {"key_mapping": keys.peft_mapping()} if keys.peft_mapping() else {}
     with reuse_dequantized_weight():  # PEFT reads each layer's weight ~20 times
         peft_model = PeftModel.from_pretrained(
             model,
             str(directory / ADAPTER),
             is_trainable=is_trainable,
             config=lora,
-            **mapping,
+            **_adapter_key_mapping(placed),
         )
     return peft_model.to(device)
 
 
-def _model_class(config: Any, task: str, architecture: str | None) -> Any:
+def _on_meta(model: nn.Module, name: str) -> bool:
+    owner, _, attr = name.rpartition(".")
+    tensor = getattr(model.get_submodule(owner), attr, None)
+    return not isinstance(tensor, torch.Tensor) or tensor.is_meta
+
+
+def _adapter_key_mapping(placed: dict[str, str]) -> dict[str, Any]:
+    """PEFT's ``key_mapping`` argument (regex → replacement on the adapter's keys without
+    ``base_model.model.``) renaming each stored target to the model's name; none when the
+    names agree. The adapter tensors of targets the model lacks match no pattern and stay
+    unused."""
+    renamed = {stored: name for stored, name in placed.items() if stored != name}
+    if not renamed:
+        return {}
+    return {
+        "key_mapping": {
+            "^" + re.escape(stored) + r"(?=\.lora_)": name for stored, name in renamed.items()
+        }
+    }
+
+
+def model_class(architecture: str | None) -> Any:
+    """The transformers class a checkpoint was saved as: ``architecture`` (its
+    ``config.architectures[0]``), or ``AutoModel`` when it names none.
+
+    Raises
+    ------
+    BadInputError
+        transformers has no class of that name (e.g. a model with its own code, which
+        leanfit never runs): the message names it and suggests ``task``.
+    """
     import transformers
 
-    autos = {
+    if not architecture:
+        return transformers.AutoModel
+    cls = getattr(transformers, architecture, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise BadInputError(
+            f"the backbone was saved as {architecture!r}, a class transformers "
+            f"{transformers.__version__} does not provide (leanfit never runs code shipped with "
+            "a checkpoint); load it with task='base' (or another task), or build the model "
+            "yourself and call load_into(model, directory)"
+        )
+    return cls
+
+
+def _task_class(task: str) -> Any:
+    import transformers
+
+    return {
         "causal-lm": transformers.AutoModelForCausalLM,
         "base": transformers.AutoModel,
         "sequence-classification": transformers.AutoModelForSequenceClassification,
-    }
-    if task != "auto":
-        return autos[task]
-    cls = getattr(transformers, architecture or "", None)
-    return cls if cls is not None else transformers.AutoModel
+    }[task]
 
 
 def load(
@@ -381,9 +444,13 @@ def load(
     directory : str or Path
         Output of :func:`leanfit.quantization.quantize_checkpoint`.
     task : {"auto", "causal-lm", "base", "sequence-classification"}
-        ``"auto"``: the saved architecture (``config.architectures[0]``); the others use
-        ``AutoModelForCausalLM``, ``AutoModel`` or ``AutoModelForSequenceClassification``.
-        A head the backbone lacks (the classifier) is freshly initialized.
+        ``"auto"``: the class the source was saved as (``config.architectures[0]``: a causal
+        or masked LM, a sequence, token or image classifier, a seq2seq or speech model...),
+        as transformers' ``from_pretrained`` builds it — also from a checkpoint holding only
+        its base model (the sentence-transformers layout), whose head is then initialized.
+        The others use ``AutoModelForCausalLM``, ``AutoModel`` or
+        ``AutoModelForSequenceClassification``; a head the backbone lacks (the classifier)
+        is freshly initialized.
     device, dtype
         Where the model goes and the dtype of its floating tensors.
     num_labels : int, optional
@@ -394,7 +461,8 @@ def load(
     Raises
     ------
     BadInputError
-        Not a leanfit output, or an invalid argument.
+        Not a leanfit output, an invalid argument, or (``task="auto"``) a class transformers
+        does not provide or cannot build from the config: the message names it.
     CorruptArtifactError
         No ``config.json``, a newer or invalid format, missing tensors, or an adapter that
         does not match the backbone.
@@ -419,11 +487,16 @@ def load(
     config = transformers.AutoConfig.from_pretrained(backbone)
     if num_labels is not None:
         config.num_labels = num_labels
-    cls = _model_class(config, task, meta.get("architecture"))
-    with init_empty_weights():
-        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    head_prefix = _prefix(model) + "." if task != "auto" and _prefix(model) else None
-    return _load_into(model, directory, device, dtype, is_trainable, head_prefix)
+    cls = model_class(meta.get("architecture")) if task == "auto" else _task_class(task)
+    try:
+        with init_empty_weights():
+            model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError, RuntimeError) as err:
+        raise BadInputError(
+            f"transformers cannot build {getattr(cls, '__name__', cls)} from "
+            f"{str(backbone / 'config.json')!r}: {err}"
+        ) from err
+    return _load_into(model, directory, device, dtype, is_trainable, same_class=task == "auto")
 
 
 def _weight_map(backbone: Path) -> dict[str, Path]:
@@ -478,8 +551,9 @@ def merge_into(model: nn.Module, directory: str | Path) -> nn.Module:
     lora = read_adapter_config(directory / ADAPTER)
     scaling = lora["lora_alpha"] / lora["r"]
     weight_map = _weight_map(directory / BACKBONE)
-    keys = _KeyMap([t.name for t in targets.values()], set(model.state_dict()), _prefix(model))
-    for module, target in targets.items():
+    placed = _placed_targets(targets, ModelKeys(model), strict=False)
+    for module, model_module in placed.items():
+        target = targets[module]
         quant = meta["targets"][module]["quantized"]
         tensors = {}
         for name, path in weight_map.items():
@@ -490,7 +564,7 @@ def merge_into(model: nn.Module, directory: str | Path) -> nn.Module:
         lora_a = adapter[f"{PEFT_PREFIX}{module}.lora_A.weight"].flatten(1)
         lora_b = adapter[f"{PEFT_PREFIX}{module}.lora_B.weight"].flatten(1)
         merged = restore_shape(q.dequantize() + scaling * (lora_b @ lora_a), target)
-        weight = model.get_parameter(keys.of_target(target.name))
+        weight = model.get_parameter(model_module + ".weight")
         with torch.no_grad():
             weight.copy_(merged.to(weight.dtype))
     return model

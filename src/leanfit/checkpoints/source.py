@@ -35,7 +35,14 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
-from leanfit.checkpoints.base import Checkpoint, guarded, load_config, meta_model, tied_aliases
+from leanfit.checkpoints.base import (
+    Checkpoint,
+    guarded,
+    load_config,
+    meta_model,
+    stored_linear_layers,
+    tied_aliases,
+)
 from leanfit.checkpoints.gguf_source import GGUFCheckpoint
 from leanfit.exceptions import (
     BadInputError,
@@ -133,12 +140,16 @@ class SafetensorsCheckpoint(Checkpoint):
             )
         architectures = getattr(config, "architectures", None) or []
         name = architectures[0] if isinstance(architectures, list) and architectures else None
-        model_class = getattr(transformers, name, None) if isinstance(name, str) else None
-        if isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel):
-            model = guarded(
-                directory, "build the model it describes", meta_model, model_class, config
-            )
+        build = (
+            getattr(transformers, name, None)
+            if isinstance(name, str)
+            else transformers.AutoModel.from_config
+        )
+        buildable = not isinstance(build, type) or issubclass(build, transformers.PreTrainedModel)
+        if callable(build) and buildable:  # never a class transformers lacks (its own code)
+            model = guarded(directory, "build the model it describes", meta_model, build, config)
             self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._handles)
+            self.layers = stored_linear_layers(model, self._handles)
 
     def tokenizer(self) -> Any:
         self._check_open()

@@ -1,8 +1,12 @@
 """Which weights are quantized, with how many bits, and how each is seen as a matrix.
 
 LoftQ treats the linear layers of the attention and MLP blocks; embeddings, norms and the
-output head (``lm_head``) stay in full precision. A weight is handled as a matrix of shape
-``n_out × n_in``:
+output head (``lm_head``) stay in full precision. By default (:func:`target_rule`) the targets
+of a model type with a table (:data:`DEFAULT_PATTERNS`) are its table's; every other model gets
+all linear layers of its repeated blocks, found by module type in the model transformers
+builds from the checkpoint's config (:func:`linear_layers`; PEFT's ``all-linear`` idea): never
+the output head, a classifier or a pooler, never an embedding or a patch-embedding
+convolution. A weight is handled as a matrix of shape ``n_out × n_in``:
 
 - ``torch.nn.Linear``: the stored ``(out, in)`` weight itself;
 - GPT-2's ``Conv1D`` (a linear layer despite its name) stores ``(in, out)``: it is
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from leanfit.exceptions import BadInputError, bad_value
 
@@ -85,7 +90,13 @@ selects it too. Task heads added on top (``classifier``, ``lm_head``) are never 
 """
 
 TRANSPOSED_MODEL_TYPES = frozenset({"gpt2"})
-"""Model types whose linear layers are ``Conv1D`` modules storing the weight as in × out."""
+"""Model types whose linear layers are ``Conv1D`` modules storing the weight as in × out (used
+when the model's modules are not known, see :class:`LinearLayer`)."""
+
+ALL_LINEAR = "all linear layers of the blocks"
+"""The default rule of a model type without a table."""
+GIVEN = "the patterns given (--target)"
+"""The rule when target patterns are given."""
 
 _NEVER = re.compile(
     r"(?:^|.*\.)(?:lm_head(?:\..*)?|embed_\w*|\w*embeddings?|wte|wpe|shared|relative_attention_bias)"
@@ -134,19 +145,69 @@ class Target:
         return self.shape[0], self.shape[1]
 
 
+@dataclass(frozen=True)
+class LinearLayer:
+    """A linear layer of a model, as its module type says.
+
+    Attributes
+    ----------
+    transposed : bool
+        A transformers ``Conv1D`` (GPT-2 and others), which stores its weight as in × out.
+    in_block : bool
+        Inside a repeated block: the module's name runs through a numbered child of a
+        ``ModuleList`` (``model.layers.3.mlp.up_proj``, ``h.0.attn.c_attn``).
+    """
+
+    transposed: bool
+    in_block: bool
+
+
+def linear_layers(model: nn.Module) -> dict[str, LinearLayer]:
+    """Every ``torch.nn.Linear`` and transformers ``Conv1D`` of ``model`` by module name, but
+    the output embeddings (``model.get_output_embeddings()``, e.g. ``lm_head``).
+
+    The model may be on the meta device: only module types and names are read.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    lists = {name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)}
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    layers = {}
+    for name, module in model.named_modules():
+        if module is output or not isinstance(module, nn.Linear | Conv1D):
+            continue
+        parts = name.split(".")
+        in_block = any(
+            part.isdigit() and ".".join(parts[:i]) in lists for i, part in enumerate(parts)
+        )
+        layers[name] = LinearLayer(transposed=isinstance(module, Conv1D), in_block=in_block)
+    return layers
+
+
+def target_rule(model_type: str, patterns: Sequence[str] | None = None) -> str:
+    """Which rule chooses the targets: :data:`GIVEN` with ``patterns``, else
+    ``"table for <model_type>"`` for a type of :data:`DEFAULT_PATTERNS`, else
+    :data:`ALL_LINEAR`."""
+    if patterns is not None:
+        return GIVEN
+    if model_type in DEFAULT_PATTERNS:
+        return f"table for {model_type}"
+    return ALL_LINEAR
+
+
 def default_target_patterns(model_type: str) -> tuple[str, ...]:
-    """The default target patterns of a model type (see :data:`DEFAULT_PATTERNS`).
+    """The target table of a model type (see :data:`DEFAULT_PATTERNS`).
 
     Raises
     ------
     BadInputError
-        Unknown model type; the message lists the supported ones and suggests ``--target``.
+        A model type without a table; the message lists those with one.
     """
     if model_type not in DEFAULT_PATTERNS:
         raise BadInputError(
-            f"model_type must be one of {sorted(DEFAULT_PATTERNS)} to choose target layers "
-            f"automatically; got {model_type!r}. Pass the layers to quantize with --target "
-            "(Python: patterns=[...]), e.g. --target q_proj --target v_proj"
+            f"model_type must be one of {sorted(DEFAULT_PATTERNS)} to have a target table; "
+            f"got {model_type!r} (its default targets are {ALL_LINEAR}, found in the model)"
         )
     return DEFAULT_PATTERNS[model_type]
 
@@ -176,13 +237,16 @@ def select_targets(
     model_type: str,
     patterns: Sequence[str] | None = None,
     include_conv: bool = False,
+    layers: Mapping[str, LinearLayer] | None = None,
 ) -> list[Target]:
-    """Choose the weights to quantize.
+    """Choose the weights to quantize, by the rule :func:`target_rule` names.
 
-    A tensor is a target when its name ends with ``.weight``, its module matches a pattern
-    (:func:`matches`), it is not an embedding or output head, and it is 2-D — or 3-D to 5-D
-    with ``include_conv`` (a convolution kernel). Matched convolutions without
-    ``include_conv`` are skipped with a warning.
+    With patterns (given, or the model type's table), a tensor is a target when its name ends
+    with ``.weight``, its module matches a pattern (:func:`matches`), it is not an embedding
+    or output head, and it is 2-D — or 3-D to 5-D with ``include_conv`` (a convolution
+    kernel). Matched convolutions without ``include_conv`` are skipped with a warning. Without
+    patterns nor table, the targets are the 2-D weights of the linear layers in blocks
+    (``layers``).
 
     Parameters
     ----------
@@ -191,23 +255,35 @@ def select_targets(
     shapes : mapping of str to sequence of int
         Stored shape of each name.
     model_type : str
-        ``config.model_type``; chooses the default patterns and whether weights are
-        transposed (:data:`TRANSPOSED_MODEL_TYPES`).
+        ``config.model_type``; chooses the table, and whether weights are transposed when
+        ``layers`` does not say (:data:`TRANSPOSED_MODEL_TYPES`).
     patterns : sequence of str, optional
-        Target patterns replacing :func:`default_target_patterns`.
+        Target patterns replacing the default rule.
     include_conv : bool
         Also quantize convolution kernels, as ``out × (in·prod(kernel))`` matrices.
+    layers : mapping of str to LinearLayer, optional
+        The linear layers of the model by stored weight name (``….weight``), e.g.
+        :meth:`leanfit.checkpoints.base.Checkpoint.linear_layers`.
 
     Raises
     ------
     BadInputError
-        No default patterns for ``model_type`` and none given, an empty or invalid pattern,
+        No rule applies (no table, no patterns, no ``layers``), an empty or invalid pattern,
         no tensor matched, or a matched matrix with a dimension below 2 (e.g. zero-size).
     """
-    if patterns is None:
+    rule = target_rule(model_type, patterns)
+    if rule == ALL_LINEAR and layers is None:
+        raise BadInputError(
+            f"the default targets of model_type {model_type!r} ({ALL_LINEAR}) are found in the "
+            "model transformers builds from the checkpoint's config, and it builds none here; "
+            "pass the layers to quantize with --target (Python: patterns=[...]), "
+            "e.g. --target q_proj --target v_proj"
+        )
+    if patterns is None and rule != ALL_LINEAR:
         patterns = default_target_patterns(model_type)
-    elif isinstance(patterns, str) or not patterns:
+    elif patterns is not None and (isinstance(patterns, str) or not patterns):
         raise bad_value("patterns", patterns, "a non-empty list of module names or regexes")
+    layers = layers or {}
     targets: list[Target] = []
     skipped_conv: list[str] = []
     not_matrices: list[str] = []
@@ -215,7 +291,11 @@ def select_targets(
         module, _, suffix = name.rpartition(".")
         if suffix != "weight" or _NEVER.fullmatch(module):
             continue
-        if not any(matches(module, pattern) for pattern in patterns):
+        if patterns is None:
+            layer = layers.get(name)
+            if layer is None or not layer.in_block:
+                continue
+        elif not any(matches(module, pattern) for pattern in patterns):
             continue
         shape = tuple(int(n) for n in shapes[name])
         if len(shape) == 2:
@@ -225,7 +305,10 @@ def select_targets(
         else:
             (skipped_conv if 3 <= len(shape) <= 5 else not_matrices).append(name)
             continue
-        transposed = kind == "linear" and model_type in TRANSPOSED_MODEL_TYPES
+        layer = layers.get(name)
+        transposed = kind == "linear" and (
+            layer.transposed if layer is not None else model_type in TRANSPOSED_MODEL_TYPES
+        )
         target = Target(name, module, shape, layer_index(name), transposed, kind)
         if min(target.matrix_shape) < 2:
             raise BadInputError(
@@ -246,8 +329,9 @@ def select_targets(
             if not_matrices
             else ""
         )
+        chosen = ALL_LINEAR if patterns is None else f"the target patterns {list(patterns)}"
         raise BadInputError(
-            f"no weight matched the target patterns {list(patterns)} among "
+            f"no weight matched {chosen} among "
             f"{len(checkpoint_names)} tensors (e.g. {list(checkpoint_names)[:3]}){matrices}; "
             "pass patterns naming 2-D weights (--target)"
         )

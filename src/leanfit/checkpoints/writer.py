@@ -491,7 +491,8 @@ def write_reports(root: Path, report: LoftQReport) -> None:
         }
     ]
     settings = (
-        f"Source `{report.source}` ({report.model_type}); init {config.init}, "
+        f"Source `{report.source}` ({report.model_type}); targets: {report.target_rule}; "
+        f"init {config.init}, "
         f"{config.method.upper()}{config.bits}"
         + (
             f" (mixed, high {config.high_bits})"

@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         else "relative Frobenius"
     )
     print(
-        f"{totals['matrices']} matrices, {totals['bits_per_param']:.3f} bits/param stored: "
+        f"{totals['matrices']} matrices ({report.target_rule}), "
+        f"{totals['bits_per_param']:.3f} bits/param stored: "
         f"QLoRA error {totals['qlora_error']:.4f}, {config.init} error "
         f"{totals['loftq_error']:.4f} ({measure}, all targets)"
     )

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leanfit.checkpoints.base import ModuleSource, TensorSource
-from leanfit.checkpoints.targets import Target, plan_bits, select_targets
+from leanfit.checkpoints.targets import Target, plan_bits, select_targets, target_rule
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import read_json
 from leanfit.pipeline.computers import (
@@ -80,6 +80,7 @@ def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
         )
     values = read_json(out_dir / REPORT_JSON)
     report = LoftQReport(values["source"], values["out_dir"], values["model_type"], existing)
+    report.target_rule = values.get("target_rule", "")
     totals = values["totals"]
     for name in ("quantized_params", "other_params", "adapter_params", "seconds"):
         setattr(report, name, totals[name])
@@ -157,7 +158,12 @@ def walk(
     names = source.names()
     shapes = {name: source.shape(name) for name in names}
     targets = select_targets(
-        names, shapes, source.model_type, config.targets, include_conv=config.include_conv
+        names,
+        shapes,
+        source.model_type,
+        config.targets,
+        include_conv=config.include_conv,
+        layers=source.linear_layers(),
     )
     _check_rank(targets, config.rank)
     if resume and out_dir.exists() and not unfinished_run(out_dir):
@@ -192,6 +198,7 @@ def walk(
         names = calibrator.order(names)
         compute = compute_calibrated(calibrator)
     report = LoftQReport(str(source_label), str(out_dir), source.model_type, config)
+    report.target_rule = target_rule(source.model_type, config.targets)
     report.allocation = allocation
     identity = {"source": source_fingerprint(source), "tensors": len(names)}
     start = time.perf_counter()
@@ -274,7 +281,12 @@ def estimate_checkpoint_memory(
         names = checkpoint.names()
         shapes = {name: checkpoint.shape(name) for name in names}
         targets = select_targets(
-            names, shapes, checkpoint.model_type, config.targets, include_conv=config.include_conv
+            names,
+            shapes,
+            checkpoint.model_type,
+            config.targets,
+            include_conv=config.include_conv,
+            layers=checkpoint.linear_layers(),
         )
         if config.bits_budget is None:
             plan = _rule_plan(targets, config)

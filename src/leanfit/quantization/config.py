@@ -276,6 +276,8 @@ class LoftQReport:
     model_type: str
     config: LoftQConfig
     matrices: list[MatrixReport] = field(default_factory=list)
+    target_rule: str = ""
+    """Which rule chose the targets (:func:`leanfit.checkpoints.targets.target_rule`)."""
     quantized_params: int = 0
     quantized_bytes: int = 0
     other_params: int = 0
@@ -353,6 +355,7 @@ class LoftQReport:
             "source": self.source,
             "out_dir": self.out_dir,
             "model_type": self.model_type,
+            "target_rule": self.target_rule,
             "config": self.config.to_dict(),
             "totals": self.summary(),
             "allocation": self.allocation,
