@@ -31,9 +31,12 @@ import transformers
 
 from leanfit.checkpoints import load, merge_into
 from leanfit.cli import main
+from leanfit.exceptions import BadInputError
 from leanfit.quantization import QuantLinear
 from tests.conformance.models import (
     ARCHITECTURES,
+    DECODER,
+    SLOW_ARCHITECTURES,
     Architecture,
     example_inputs,
     save_checkpoint,
@@ -71,7 +74,13 @@ def quantize(source: Path, out: Path, *options: str) -> str:
     return printed.getvalue()
 
 
-@pytest.fixture(scope="module", params=ARCHITECTURES, ids=lambda a: a.id)
+PARAMS = [
+    *(pytest.param(a, id=a.id) for a in ARCHITECTURES),
+    *(pytest.param(a, id=a.id, marks=pytest.mark.slow) for a in SLOW_ARCHITECTURES),
+]
+
+
+@pytest.fixture(scope="module", params=PARAMS)
 def quantized(request, tmp_path_factory) -> Quantized:
     architecture = request.param
     root = tmp_path_factory.mktemp(architecture.id)
@@ -111,6 +120,11 @@ def test_loads_as_the_class_it_was_saved_as_with_packed_targets(quantized):
     kept = [t for t in targets_of(quantized.loftq).values() if t["name"] not in unused]
     assert len(packed) == len(kept) > 0
     assert not any(p.is_meta for p in model.parameters())
+    if quantized.architecture.layout == "sentence-transformers":  # as its base model: all
+        base = load(quantized.loftq, task="base").get_base_model()
+        assert type(base).__name__ == type(inner.base_model).__name__
+        packed = [m for m in base.modules() if isinstance(m, QuantLinear)]
+        assert len(packed) == len(targets_of(quantized.loftq))  # the pooler too
 
 
 def test_report_names_the_rule_that_chose_the_targets(quantized):
@@ -189,3 +203,38 @@ def test_the_installed_command_quantizes_a_vision_transformer(tmp_path):
     model = load(tmp_path / "out")
     assert type(model.get_base_model()).__name__ == "ViTForImageClassification"
     assert len(targets_of(tmp_path / "out")) == 2 * 6  # q, k, v, o, fc1, fc2 of two blocks
+
+
+def edit_json(path: Path, **values) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def test_a_class_transformers_cannot_build_is_named(tmp_path):
+    (bert,) = [a for a in ARCHITECTURES if a.id == "bert"]
+    save_checkpoint(bert, tmp_path / "source")
+    quantize(tmp_path / "source", tmp_path / "out", "--iters", "1")
+    backbone = tmp_path / "out" / "backbone"
+    edit_json(backbone / "quantization_config.json", architecture="MyBertForRanking")
+    edit_json(backbone / "config.json", architectures=["MyBertForRanking"])
+    with pytest.raises(BadInputError, match="saved as 'MyBertForRanking', a class transformers"):
+        load(tmp_path / "out")
+    assert type(load(tmp_path / "out", task="base").get_base_model()).__name__ == "BertModel"
+    edit_json(backbone / "config.json", num_attention_heads=3)  # 32 is not a multiple of 3
+    unbuildable = r"cannot build AutoModel \(model_type 'bert'\) .*attention heads"
+    with pytest.raises(BadInputError, match=unbuildable):
+        load(tmp_path / "out", task="base")
+
+
+def test_experts_that_transformers_fuses_are_named(tmp_path):
+    """Not supported: transformers 5 merges Mixtral's per-expert weights into one parameter
+    when loading; ``load`` says so instead of failing on a missing tensor."""
+    mixtral = Architecture(
+        "mixtral",
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {**DECODER, "num_local_experts": 2, "num_experts_per_tok": 1},
+    )
+    save_checkpoint(mixtral, tmp_path / "source")
+    quantize(tmp_path / "source", tmp_path / "out", "--iters", "1")
+    with pytest.raises(BadInputError, match=r"merges backbone tensor .*experts\.0\.w1"):
+        load(tmp_path / "out")

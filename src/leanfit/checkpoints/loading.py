@@ -301,6 +301,12 @@ def _load_into(
             new = keys(name)
             if new in expected:
                 renamed[new] = tensor
+            elif new is None and keys.fused(name):
+                raise BadInputError(
+                    f"transformers merges backbone tensor {name!r} with others into one "
+                    f"parameter of {type(model).__name__} when loading (e.g. the experts of a "
+                    "mixture-of-experts layer); leanfit's load does not make that merge"
+                )
             elif new is None and not strict:
                 dropped.append(name)  # a head of the saved model that the model built lacks
             elif new not in buffers:  # e.g. position_ids, a non-persistent buffer today
@@ -493,8 +499,8 @@ def load(
             model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except (ValueError, TypeError, KeyError, AttributeError, ImportError, RuntimeError) as err:
         raise BadInputError(
-            f"transformers cannot build {getattr(cls, '__name__', cls)} from "
-            f"{str(backbone / 'config.json')!r}: {err}"
+            f"transformers cannot build {getattr(cls, '__name__', cls)} (model_type "
+            f"{config.model_type!r}) from {str(backbone / 'config.json')!r}: {err}"
         ) from err
     return _load_into(model, directory, device, dtype, is_trainable, same_class=task == "auto")
 
