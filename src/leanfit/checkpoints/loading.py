@@ -534,7 +534,9 @@ def merge_into(model: nn.Module, directory: str | Path) -> nn.Module:
     :class:`QuantLinear`: the reference of what :func:`load` computes, and a way to evaluate
     the initialization in full precision. Stored layouts are restored (GPT-2 ``Conv1D``
     transposed, convolution kernels reshaped). Tensors other than the target weights are not
-    touched.
+    touched; targets the model lacks (the pooler of a base-model checkpoint built as a masked
+    LM) are left out with a warning. Stored names are matched to the model's as :func:`load`
+    matches them.
 
     Parameters
     ----------

@@ -64,8 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--target",
         action="append",
         metavar="PATTERN",
-        help="module name or regex to quantize (repeatable; default: the model type's "
-        "attention and MLP layers)",
+        help="module name or regex to quantize (repeatable; default: the model type's table "
+        "of attention and MLP layers, else all linear layers of its blocks)",
     )
     parser.add_argument(
         "--include-conv", action="store_true", help="also quantize matched convolutions"

@@ -62,8 +62,9 @@ class LoftQConfig:
         is smallest (:mod:`leanfit.pipeline.allocation`; costs one LoftQ run per target
         and width before the walk). Excludes ``avg_bits`` and ``first_high_layers``.
     targets : tuple of str, optional
-        Target patterns (PEFT's ``target_modules`` rule); default: the model type's attention
-        and MLP linear layers (:data:`leanfit.checkpoints.targets.DEFAULT_PATTERNS`).
+        Target patterns (PEFT's ``target_modules`` rule); default: the model type's table
+        (:data:`leanfit.checkpoints.targets.DEFAULT_PATTERNS`), else all linear layers of its
+        blocks (:func:`leanfit.checkpoints.targets.target_rule`).
     include_conv : bool
         Also quantize matched convolution kernels (as ``out × in·prod(kernel)`` matrices).
     seed : int
