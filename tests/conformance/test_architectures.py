@@ -107,6 +107,12 @@ def outputs(model: torch.nn.Module, inputs: dict) -> dict[str, torch.Tensor]:
     return {"first": result[0], "hidden": hidden[-1]}
 
 
+def tied(model: torch.nn.Module) -> bool:
+    """Whether the output embeddings are the input embeddings' parameter."""
+    output = model.get_output_embeddings()
+    return output is not None and output.weight is model.get_input_embeddings().weight
+
+
 def targets_of(out: Path) -> dict:
     return json.loads((out / "backbone" / "quantization_config.json").read_text())["targets"]
 
@@ -116,7 +122,8 @@ def test_loads_as_the_class_it_was_saved_as_with_packed_targets(quantized):
     inner = model.get_base_model()
     assert type(inner).__name__ == quantized.architecture.model_class
     packed = [m for m in inner.modules() if isinstance(m, QuantLinear)]
-    _, unused = reference_model(quantized)
+    reference, unused = reference_model(quantized)
+    assert tied(inner) == tied(reference)  # the output embeddings shared as transformers does
     kept = [t for t in targets_of(quantized.loftq).values() if t["name"] not in unused]
     assert len(packed) == len(kept) > 0
     assert not any(p.is_meta for p in model.parameters())

@@ -327,6 +327,29 @@ def test_a_backbone_lacking_a_tensor_or_for_another_model_is_refused(artifact):
         load_into(gpt2, artifact)
 
 
+def test_a_sentence_transformers_checkpoint_loads_as_its_head_class(
+    artifact, minilm_loftq, minilm_batch
+):
+    """MiniLM as sentence-transformers models such as all-mpnet-base-v2 are saved: the base
+    model's tensors (no ``bert.`` prefix) while config.json names a head class."""
+    backbone = artifact / "backbone"
+    edit_json(backbone / "config.json", lambda v: v.update(architectures=["BertForMaskedLM"]))
+    edit_json(
+        backbone / "quantization_config.json", lambda v: v.update(architecture="BertForMaskedLM")
+    )
+    model = load(artifact).eval()
+    masked_lm = model.get_base_model()
+    assert type(masked_lm).__name__ == "BertForMaskedLM"
+    # BertForMaskedLM has no pooler: that quantized layer is left out, as transformers does.
+    assert sum(isinstance(m, QuantLinear) for m in masked_lm.modules()) == TARGETS - 1
+    embeddings = masked_lm.bert.embeddings.word_embeddings.weight
+    assert masked_lm.cls.predictions.decoder.weight is embeddings  # tied, as transformers ties
+    with torch.no_grad():
+        hidden = model(**minilm_batch, output_hidden_states=True).hidden_states[-1]
+        expected = load(minilm_loftq).eval()(**minilm_batch).last_hidden_state
+    assert torch.equal(hidden, expected)  # the same packed layers and tensors: bitwise equal
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

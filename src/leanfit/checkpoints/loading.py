@@ -189,9 +189,9 @@ def _retie(model: nn.Module, tied: dict[str, str], keys: ModelKeys) -> set[str]:
 
 def _tie_weights(model: nn.Module, missing: set[str]) -> None:
     """transformers' own ties of the model built, as ``from_pretrained`` makes them after
-    loading (``tie_weights``; from transformers 5 told which tensors the checkpoint lacked, so
-    that a missing tensor is tied to the present one): e.g. the output embeddings of a
-    masked-LM head built on a checkpoint of its base model."""
+    loading (``tie_weights``; from transformers 5 told which tensors the backbone lacked, so
+    that a missing tensor — even one just initialized — is tied to the present one): e.g. the
+    output embeddings of a masked-LM head built on a checkpoint of its base model."""
     tie_weights = getattr(model, "tie_weights", None)
     if not callable(tie_weights):
         return
@@ -332,7 +332,7 @@ def _load_into(
     missing = expected - loaded - _retie(model, meta["tied"], keys)
     head = set() if strict else {name for name in missing if not keys.in_base_model(name)}
     _initialize(model, head)
-    _tie_weights(model, missing - head)
+    _tie_weights(model, missing)
     parameters = model.named_parameters(remove_duplicate=False)
     present = {id(parameter) for name, parameter in parameters if name in loaded}
     fresh = sorted(name for name in head if id(model.get_parameter(name)) not in present)
