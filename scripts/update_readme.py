@@ -1,31 +1,101 @@
-"""Copy every benchmark result table (``benchmarks/results/NAME.md``) into README.md.
+"""Write the generated parts of README.md and docs/*.md (``--check``: only say if stale).
 
-README.md marks where each result goes with a pair of comment lines::
+A generated part sits between a pair of comment lines, ``<!-- KIND:NAME -->`` and
+``<!-- /KIND:NAME -->``; everything outside the pairs is written by hand. Three kinds:
 
-    <!-- results:NAME -->
-    (replaced by the content of benchmarks/results/NAME.md)
-    <!-- /results:NAME -->
+``results:NAME`` (docs/benchmarks.md, one pair for every ``benchmarks/results/NAME.md``)
+    The result copied verbatim, its headings two levels down (``#`` becomes ``###``) so that
+    they nest under the page's sections, and a line saying which script produced it.
+``summary:quantization``, ``summary:selection`` (README.md)
+    One table of headline figures per half of leanfit, built from ``benchmarks/results/*.json``;
+    each row links to the full table in docs/benchmarks.md.
+``options:COMMAND`` (any docs/*.md)
+    The options of ``leanfit COMMAND``, read from the CLI's argparse parser.
 
-The content is copied verbatim except that its headings go two levels down (``#`` becomes
-``###``) so that they nest under the README's sections, followed by a line saying which script
-produced it. Run from anywhere: ``python scripts/update_readme.py`` rewrites README.md;
-``--check`` only reports whether it is in sync (exit code 1 if not).
+Run from anywhere with the project's Python: ``python scripts/update_readme.py`` rewrites the
+files that are out of date; ``--check`` exits with 1 if any is. A results file without its
+markers (or markers without a results file) is an error naming the file and the markers to add.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+BENCHMARKS_DOC = DOCS / "benchmarks.md"
 RESULTS = ROOT / "benchmarks" / "results"
 
+Loader = Callable[[str], Any]
 
-def block(name: str, markdown: str) -> str:
-    """The text between the markers of ``name``: the result, headings demoted, and its origin."""
+
+# ---------------------------------------------------------------------------------------------
+# Markers
+
+
+def marker_pattern(kind: str, name: str = r"[\w-]+") -> re.Pattern[str]:
+    """Matches one generated part: group 1 the opening line, 2 the name, 3 the closing line."""
+    return re.compile(f"(<!-- {kind}:({name}) -->).*?(<!-- /{kind}:\\2 -->)", re.DOTALL)
+
+
+def marker_names(text: str, kind: str) -> list[str]:
+    """The names of the generated parts of ``kind`` in ``text``, in order (repeats kept)."""
+    return [match[2] for match in marker_pattern(kind).finditer(text)]
+
+
+def replace_blocks(text: str, kind: str, blocks: dict[str, str], where: str) -> str:
+    """``text`` with the part between each pair of ``kind`` markers replaced by ``blocks[name]``.
+
+    Raises
+    ------
+    ValueError
+        Listing every name of ``blocks`` without exactly one pair of markers in ``text`` and
+        every pair of markers whose name is not in ``blocks``; ``where`` names the file.
+    """
+    found = marker_names(text, kind)
+    problems = [
+        f"{where} must have one pair of markers <!-- {kind}:{name} --> … "
+        f"<!-- /{kind}:{name} -->; found {found.count(name)}"
+        for name in sorted(blocks)
+        if found.count(name) != 1
+    ]
+    problems += [
+        f"{where} has markers <!-- {kind}:{name} --> but nothing generates {kind}:{name}"
+        for name in sorted(set(found) - set(blocks))
+    ]
+    if problems:
+        raise ValueError("\n".join(problems))
+    for name, content in blocks.items():
+        body = f"\n{content.strip()}\n"
+        text = marker_pattern(kind, re.escape(name)).sub(
+            lambda m, body=body: m[1] + body + m[3], text
+        )
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# results: the benchmark tables, verbatim
+
+
+def read_results(folder: Path | None = None) -> dict[str, str]:
+    """Every ``NAME.md`` of ``folder`` (default RESULTS), by NAME (``*_quick.md`` from quick
+    runs excluded)."""
+    folder = RESULTS if folder is None else folder
+    paths = [path for path in sorted(folder.glob("*.md")) if not path.stem.endswith("_quick")]
+    return {path.stem: path.read_text(encoding="utf-8") for path in paths}
+
+
+def results_block(name: str, markdown: str) -> str:
+    """A result with its headings demoted by two levels, followed by where it comes from."""
     lines = [f"##{line}" if line.startswith("#") else line for line in markdown.strip().split("\n")]
     origin = (
         f"<sub>Produced by `benchmarks/{name}.py` into `benchmarks/results/{name}.md`, "
@@ -34,50 +104,344 @@ def block(name: str, markdown: str) -> str:
     return "\n".join([*lines, "", origin])
 
 
-def splice(readme: str, results: dict[str, str]) -> str:
-    """``readme`` with the text between each pair of markers replaced by its result.
-
-    Raises
-    ------
-    ValueError
-        A result has no markers (or more than one pair) in ``readme``.
-    """
-    for name, markdown in sorted(results.items()):
-        start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
-        pattern = re.compile(f"({re.escape(start)}).*?({re.escape(end)})", re.DOTALL)
-        found = len(pattern.findall(readme))
-        if found != 1:
-            raise ValueError(f"README must have one pair of markers {start} … {end}; found {found}")
-        text = f"\n{block(name, markdown)}\n"
-        readme = pattern.sub(lambda m, text=text: m[1] + text + m[2], readme)
-    return readme
+def splice(text: str, results: dict[str, str], where: str = "docs/benchmarks.md") -> str:
+    """``text`` (docs/benchmarks.md) with every result between its markers."""
+    blocks = {name: results_block(name, markdown) for name, markdown in results.items()}
+    return replace_blocks(text, "results", blocks, where)
 
 
-def read_results(folder: Path = RESULTS) -> dict[str, str]:
-    """Every ``NAME.md`` of ``folder``, by NAME (``*_quick.md`` from quick runs excluded)."""
-    paths = [path for path in sorted(folder.glob("*.md")) if not path.stem.endswith("_quick")]
-    return {path.stem: path.read_text(encoding="utf-8") for path in paths}
+# ---------------------------------------------------------------------------------------------
+# summary: headline tables of the README, from the JSON results
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces -> -."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def result_link(name: str, results: dict[str, str]) -> str:
+    """A link to result ``name`` in docs/benchmarks.md (the anchor of its first heading)."""
+    title = next(line for line in results[name].splitlines() if line.startswith("# "))
+    return f"[{name}](docs/benchmarks.md#{slug(title[2:])})"
+
+
+def num(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals; from 10⁴ on as ``1.6e9`` (two significant digits)."""
+    if abs(value) >= 1e4:
+        exponent = math.floor(math.log10(abs(value)))
+        return f"{value / 10**exponent:.1f}e{exponent}"
+    return f"{value:.{digits}f}"
+
+
+def ppl(value: float) -> str:
+    """A perplexity: four significant digits below 10⁴ (21.05, 454.1, 1121), else ``7.6e4``."""
+    return num(value) if value >= 1e4 else f"{value:.4g}"
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    lines = ["| what | result | full table |", "|---|---|---|"]
+    lines += [f"| {what} | {result} | {link} |" for what, result, link in rows]
+    return "\n".join(lines)
+
+
+def quantization_summary(load: Loader, results: dict[str, str]) -> str:
+    """Headline figures of the quantization half (weight error, perplexity, speed, memory)."""
+    pipeline = {(r["model"], r["bits"]): r for r in load("loftq_pipeline")["records"]}
+    calibrated = load("loftq_calibrated")
+    by_method = {
+        (r["plan"], r["rank"], r["method"]): r for r in calibrated["records"] if r["rank"] == 16
+    }
+    full_lora = next(r for r in load("loftq_finetune")["smollm2"] if r["init"] == "full-precision")
+    speed = load("loftq_speed")["whole_machine"]
+    memory = load("quantize_memory")["records"]
+    largest = max(r["file_gb"] for r in memory)
+    peaks = {r["method"]: r for r in memory if r["file_gb"] == largest}
+
+    def errors(model: str) -> str:
+        row = pipeline[(model, 2)]
+        return f"{model}: QLoRA {num(row['QLoRA error'])} → LoftQ {num(row['LoftQ error'])}"
+
+    def perplexities(plan: str, key: str) -> str:
+        methods = ("QLoRA", "LoftQ", "calibrated LoftQ")
+        return " · ".join(f"{m} {ppl(by_method[(plan, 16, m)][key])}" for m in methods)
+
+    smol = pipeline[("smollm2", 2)]
+    fp32_mb = next(r["model_fp32_mb"] for r in memory if r["checkpoint"].startswith("SmolLM2"))
+    ratios = [r["leanfit_error"] / r["reference_error"] - 1 for r in speed]
+    speedups = [r["speedup"] for r in speed]
+    link = functools.partial(result_link, results=results)
+    rows = [
+        (
+            "Weight error at 2 bits, rank 16 (relative Frobenius, all targets)",
+            f"{errors('minilm')}; {errors('smollm2')}",
+            link("loftq_pipeline"),
+        ),
+        (
+            "SmolLM2-135M held-out perplexity, 2 bits, rank 16, at initialization "
+            f"(full precision {ppl(calibrated['meta']['ppl_full_precision'])})",
+            perplexities("2 bits", "ppl_init"),
+            link("loftq_calibrated"),
+        ),
+        (
+            f"… after 8 LoRA steps (full-precision LoRA: {ppl(full_lora['ppl_finetuned'])})",
+            perplexities("2 bits", "ppl_finetuned"),
+            link("loftq_calibrated"),
+        ),
+        (
+            "… 4 bits, rank 16, after 8 LoRA steps",
+            perplexities("4 bits", "ppl_finetuned"),
+            link("loftq_calibrated"),
+        ),
+        (
+            "SmolLM2-135M stored at 2 bits (embeddings kept in float)",
+            f"backbone {smol['backbone (MB)']:.0f} MB + adapter {smol['adapter (MB)']:.0f} MB "
+            f"(float32: {fp32_mb:.0f} MB)",
+            link("loftq_pipeline"),
+        ),
+        (
+            "LoftQ speed against the published algorithm (exact SVD every step), "
+            f"{len(speed)} model/bits/rank settings, whole machine",
+            f"{min(speedups):.1f}–{max(speedups):.1f}× faster; error at most "
+            f"{100 * max(ratios):.1f} % above the reference's",
+            link("loftq_speed"),
+        ),
+        (
+            f"Peak memory of `leanfit quantize` on a {largest:g} GB checkpoint",
+            f"{peaks['streaming']['peak_rss_mb']:.0f} MB streamed vs "
+            f"{peaks['from_pretrained']['peak_rss_mb']:.0f} MB loading it first",
+            link("quantize_memory"),
+        ),
+    ]
+    return table(rows)
+
+
+def selection_summary(load: Loader, results: dict[str, str]) -> str:
+    """Headline figures of the selection half (Adult, accuracy of influence, utility, scale)."""
+    adult = load("selection_adult")
+    rows_by_name = adult["table"]
+    before = rows_by_name["untrimmed"]
+    dp = rows_by_name["DP influence, 5 %"]
+    robust = rows_by_name["robustness influence, 5 %"]
+    random = next(row for name, row in rows_by_name.items() if name.startswith("random"))
+    utility_name = next(name for name in rows_by_name if name.startswith("utility influence"))
+    utility = rows_by_name[utility_name]
+    pearson = adult["loo"]["pearson"]
+    verdicts = load("protect_utility")["verdicts"]
+    scale = load("selection_scale")
+    big = load("selection_load")
+    stream = max(scale["streaming"], key=lambda r: r["n"])
+    link = functools.partial(result_link, results=results)
+
+    def answers(method: str) -> str:
+        return ", ".join(f"{data} *{v[method]['answer']}*" for data, v in verdicts.items())
+
+    rows = [
+        (
+            "Adult (paper protocol), remove the 5 % of rows most harmful to fairness",
+            f"test \\|DP\\| {num(before['dp_abs'])} → {num(dp['dp_abs'])}, accuracy "
+            f"{num(before['accuracy'])} → {num(dp['accuracy'])} (random 5 %: "
+            f"{num(random['dp_abs'])}, {num(random['accuracy'])})",
+            link("selection_adult"),
+        ),
+        (
+            "… 5 % most harmful to robustness (overshoot attack)",
+            f"robust accuracy {num(before['robust_acc'])} → {num(robust['robust_acc'])}, "
+            f"accuracy {num(robust['accuracy'])}",
+            link("selection_adult"),
+        ),
+        (
+            f"… most harmful to utility, best budget ({100 * utility['budget']:.1f} %)",
+            f"accuracy {num(before['accuracy'])} → {num(utility['accuracy'])}",
+            link("selection_adult"),
+        ),
+        (
+            f"Influence against leave-one-out retraining ({adult['loo']['n_points']} rows), "
+            "Pearson r",
+            f"utility {pearson['utility']:.4f}, fairness {pearson['fairness']:.4f}, "
+            f"robustness {pearson['robustness']:.4f}",
+            link("selection_adult"),
+        ),
+        (
+            "Fairness trimming that protects utility reaches plain trimming's lowest \\|DP\\| "
+            "with more accuracy?",
+            f"constrained: {answers('constrained')}; Pareto: {answers('pareto')}",
+            link("protect_utility"),
+        ),
+        (
+            f"Influence of {scale['adult']['n_train']:,} Adult rows against a direct "
+            "reference implementation",
+            f"{scale['adult']['speedup']:.1f}× faster, max relative difference "
+            f"{scale['adult']['max_rel_diff']:.1e}",
+            link("selection_scale"),
+        ),
+        (
+            f"{big['rows']:,} rows × {big['features']} features (fit, influence, trim 5 %)",
+            f"{sum(big['seconds'][k] for k in ('fit', 'influence', 'trim')):.0f} s, "
+            f"peak RSS {big['peak_rss_mb']:.0f} MB; streamed {stream['n']:,} rows: "
+            f"{stream['total_s']:.0f} s, peak RSS {stream['peak_rss_mb']:.0f} MB",
+            link("selection_load"),
+        ),
+    ]
+    return table(rows)
+
+
+def load_json(name: str) -> Any:
+    """``benchmarks/results/NAME.json``."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise ValueError(f"{path.relative_to(ROOT)} is missing: run benchmarks/{name}.py")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def summaries(load: Loader = load_json, results: dict[str, str] | None = None) -> dict[str, str]:
+    results = read_results() if results is None else results
+    return {
+        "quantization": quantization_summary(load, results),
+        "selection": selection_summary(load, results),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# options: the CLI reference, from the argparse parsers
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    """``leanfit``'s subcommand parsers by name (imports leanfit: run with the project's Python)."""
+    from leanfit.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+TYPE_NAMES = {int: "INT", float: "FLOAT", Path: "PATH"}
+
+
+def value_name(action: argparse.Action, formatter: argparse.HelpFormatter) -> str:
+    """What an option takes: its metavar, its choices, else its type (``TEXT`` for strings)."""
+    if action.option_strings and action.nargs == 0:
+        return ""
+    if action.choices is None and (action.metavar is None or not action.option_strings):
+        return TYPE_NAMES.get(action.type, "TEXT")
+    return formatter._format_args(action, action.dest.upper())
+
+
+def option_row(action: argparse.Action, formatter: argparse.HelpFormatter, excludes: str) -> str:
+    """One table row: the option (or positional argument), its value, default and help."""
+    if action.option_strings:
+        name = ", ".join(f"`{opt}`" for opt in action.option_strings)
+    else:
+        name = f"`{action.metavar or action.dest.upper()}` (positional)"
+    value = value_name(action, formatter)
+    default = action.default
+    hidden = default is None or default is False or default == [] or default == argparse.SUPPRESS
+    shown = "" if hidden else f"`{default}`"
+    text = formatter._expand_help(action) if action.help else ""
+    if action.required and action.option_strings:
+        text = f"required; {text}"
+    value = f"`{value}`" if value else ""
+    return f"| {name} | {cell(value)} | {shown} | {cell(text + excludes)} |"
+
+
+DEFAULT_GROUPS = ("positional arguments", "options")
+
+
+def options_table(parser: argparse.ArgumentParser) -> str:
+    """Every option of ``parser`` as Markdown: one table, then one per titled argument group."""
+    formatter = parser._get_formatter()
+    exclusive = {
+        action: [a for a in group._group_actions if a is not action]
+        for group in parser._mutually_exclusive_groups
+        for action in group._group_actions
+    }
+    groups: dict[str, list[argparse.Action]] = {}
+    for group in parser._action_groups:
+        title = "" if group.title in DEFAULT_GROUPS else str(group.title)
+        groups.setdefault(title, []).extend(
+            a for a in group._group_actions if not isinstance(a, argparse._HelpAction)
+        )
+    sections = []
+    for title, actions in groups.items():
+        if not actions:
+            continue
+        lines = [f"*{title}*", ""] if title else []
+        lines += ["| option | value | default | meaning |", "|---|---|---|---|"]
+        for action in actions:
+            others = [o.option_strings[0] for o in exclusive.get(action, [])]
+            excludes = f" (excludes {', '.join(others)})" if others else ""
+            lines.append(option_row(action, formatter, excludes))
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """The long option strings of ``parser`` (``--help`` excluded)."""
+    return [
+        opt
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction)
+        for opt in action.option_strings
+        if opt.startswith("--")
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def updated_files() -> dict[Path, tuple[str, str]]:
+    """Every generated file as (current text, text with every generated part up to date)."""
+    results = read_results()
+    files = {README: README.read_text(encoding="utf-8")}
+    files.update({path: path.read_text(encoding="utf-8") for path in sorted(DOCS.glob("*.md"))})
+    parsers = (
+        subcommand_parsers()
+        if any(marker_names(text, "options") for text in files.values())
+        else {}
+    )
+    updated = {}
+    for path, text in files.items():
+        where = str(path.relative_to(ROOT))
+        new = text
+        if path == README:
+            new = replace_blocks(new, "summary", summaries(results=results), where)
+        if path == BENCHMARKS_DOC:
+            new = splice(new, results, where)
+        wanted = marker_names(new, "options")
+        unknown = sorted(set(wanted) - set(parsers))
+        if unknown:
+            raise ValueError(f"{where}: no subcommand {unknown}; leanfit has {sorted(parsers)}")
+        blocks = {name: options_table(parsers[name]) for name in wanted}
+        new = replace_blocks(new, "options", blocks, where)
+        updated[path] = (text, new)
+    return updated
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
-    current = README.read_text(encoding="utf-8")
     try:
-        updated = splice(current, read_results())
+        files = updated_files()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if updated == current:
-        print("README.md is in sync with benchmarks/results")
-        return 0
-    if args.check:
-        print("README.md is out of date: run python scripts/update_readme.py", file=sys.stderr)
-        return 1
-    README.write_text(updated, encoding="utf-8")
-    print("README.md updated from benchmarks/results")
-    return 0
+    stale = [path for path, (old, new) in files.items() if old != new]
+    for path in stale:
+        name = path.relative_to(ROOT)
+        if args.check:
+            print(f"{name} is out of date: run python scripts/update_readme.py", file=sys.stderr)
+        else:
+            path.write_text(files[path][1], encoding="utf-8")
+            print(f"{name} updated")
+    if not stale:
+        print("README.md and docs/ are in sync with benchmarks/results and the CLI")
+    return 1 if stale and args.check else 0
 
 
 if __name__ == "__main__":
