@@ -180,6 +180,18 @@ def test_every_option_has_an_example_in_docs_quantization(subcommands):
         assert options and not missing, f"leanfit {command}: no example uses {missing}"
 
 
+def deprecated(dotted: str) -> bool:
+    """Whether ``dotted`` goes through a module path or name kept only for compatibility."""
+    from leanfit import _moved
+
+    parts = dotted.split(".")
+    prefixes = {".".join(parts[:cut]) for cut in range(1, len(parts) + 1)}
+    old_name = parts[:2] == ["leanfit", "quantization"] and len(parts) > 2
+    return bool(prefixes & set(_moved.MOVED_MODULES)) or (
+        old_name and parts[2] in _moved.MOVED_NAMES
+    )
+
+
 def test_python_snippets_import_what_they_use():
     snippets = [
         (name, block) for name, text in documents().items() for block in code_blocks(text, "python")
@@ -190,7 +202,37 @@ def test_python_snippets_import_what_they_use():
             if isinstance(node, ast.ImportFrom):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
-                    assert hasattr(module, alias.name), f"{name}: {node.module}.{alias.name}"
+                    dotted = f"{node.module}.{alias.name}"
+                    assert hasattr(module, alias.name), f"{name}: {dotted}"
+                    assert not deprecated(dotted), f"{name}: {dotted} is an old path"
+
+
+#: Pages written with this test (others' pages are checked by the tests above only).
+OWN_PAGES = ("README.md", "docs/quantization.md", "docs/architecture.md", "docs/benchmarks.md")
+
+
+def test_dotted_names_resolve_without_deprecation():
+    generated = re.compile(r"<!-- (\w+):([\w-]+) -->.*?<!-- /\1:\2 -->", re.DOTALL)
+    names = {
+        (page, name.rstrip("."))
+        for page in OWN_PAGES
+        for name in re.findall(
+            r"`(leanfit(?:\.\w+)+)", generated.sub("", (ROOT / page).read_text(encoding="utf-8"))
+        )
+    }
+    assert len(names) > 30
+    for page, name in sorted(names):
+        assert not deprecated(name), f"{page}: {name} is an old path"
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attribute in parts[cut:]:
+            assert hasattr(found, attribute), f"{page}: {name}"
+            found = getattr(found, attribute)
 
 
 def heading_anchors(text: str) -> set[str]:
