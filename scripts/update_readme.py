@@ -239,6 +239,18 @@ def selection_summary(load: Loader, results: dict[str, str]) -> str:
     scale = load("selection_scale")
     big = load("selection_load")
     stream = max(scale["streaming"], key=lambda r: r["n"])
+    steering = load("selection_steering")
+    table_name, max_drop = steering["meta"]["dataset"], steering["meta"]["max_accuracy_drop"]
+
+    def steered(strategy: str, rule: str, key: str) -> float:
+        """Mean over the splits of the steering benchmark's new table."""
+        rows = [
+            r
+            for r in steering["records"]
+            if r.get("dataset") == table_name and (r["strategy"], r["rule"]) == (strategy, rule)
+        ]
+        return sum(r[key] for r in rows) / len(rows)
+
     link = functools.partial(result_link, results=results)
 
     def answers(method: str) -> str:
@@ -276,6 +288,19 @@ def selection_summary(load: Loader, results: dict[str, str]) -> str:
             "with more accuracy?",
             f"constrained: {answers('constrained')}; Pareto: {answers('pareto')}",
             link("protect_utility"),
+        ),
+        (
+            f"Budget chosen on validation only (`--budget auto`, accuracy drop ≤ {max_drop:g}), "
+            f"{table_name} (new table, {steering['meta']['splits']} splits, test never seen)",
+            f"test \\|DP\\| {num(steered('untrimmed', '', 'dp_abs'))} → "
+            f"{num(steered('plain', 'auto', 'dp_abs'))} plain, "
+            f"{num(steered('constrained', 'auto', 'dp_abs'))} constrained; accuracy "
+            f"{num(steered('untrimmed', '', 'accuracy'))} → "
+            f"{num(steered('plain', 'auto', 'accuracy'))}, "
+            f"{num(steered('constrained', 'auto', 'accuracy'))} (random: "
+            f"{num(steered('plain', 'auto', 'random_dp_abs'))}, "
+            f"{num(steered('plain', 'auto', 'random_accuracy'))})",
+            link("selection_steering"),
         ),
         (
             f"Influence of {scale['adult']['n_train']:,} Adult rows against a direct "
