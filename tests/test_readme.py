@@ -18,9 +18,6 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 QUANTIZATION_DOC = ROOT / "docs" / "quantization.md"
 #: Commands whose every option needs an example in docs/quantization.md.
 QUANTIZATION_DOC_COMMANDS = ("quantize", "finetune", "evaluate", "data", "experiment")
-#: Linked from the README, written on other branches; a link to one of them that does not
-#: exist yet is skipped, not failed (remove this once the three are merged).
-WRITTEN_ELSEWHERE = {"docs/selection.md", "docs/architectures.md", "docs/transformers.md"}
 
 
 def load_script():
@@ -248,19 +245,12 @@ def test_relative_links_resolve():
         if not re.match(r"[a-z]+:", target)
     ]
     assert len(links) > 20
-    pending = []
     for name, target in links:
         path_part, _, anchor = target.partition("#")
         path = (ROOT / name).parent / path_part if path_part else ROOT / name
-        relative = str(path.resolve().relative_to(ROOT))
-        if relative in WRITTEN_ELSEWHERE and not path.exists():
-            pending.append(relative)
-            continue
         assert path.exists(), f"{name}: {target}"
         if anchor:
             assert anchor in heading_anchors(path.read_text(encoding="utf-8")), f"{name}: {target}"
-    if pending:
-        pytest.skip(f"links to files written on other branches: {sorted(set(pending))}")
 
 
 def test_option_table_shows_value_default_and_exclusions():
