@@ -26,7 +26,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
-# Benchmarks: every script of benchmarks/, one at a time; `bench` also refreshes README tables.
+# Benchmarks: every script of benchmarks/, one at a time; `bench` also refreshes README.md and docs/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python scripts/update_readme.py

@@ -13,7 +13,7 @@ of 64, fp32 scales): full-precision LoRA (PEFT's default init on the original we
 QLoRA (Q = NF-k(W), PEFT's default LoRA init: ``B = 0``); LoftQ (Q and B, A fitted by T
 alternating steps); mixed precision (the first half of the layers at 4 bits, the rest at 2:
 3 bits on average). Each quantized model is written once by
-:func:`leanfit.quantization.quantize_checkpoint`; every run uses the same seed, data order,
+:func:`leanfit.pipeline.quantize_checkpoint`; every run uses the same seed, data order,
 steps and learning rate. Memory: bytes of the parameters and buffers of the model being
 fine-tuned, and of the quantized layers against their float16 size.
 
@@ -42,8 +42,9 @@ from leanfit.finetune.evaluate import perplexity
 from leanfit.finetune.runs import DataSpec, backbone_memory, build_model, prepare_data, tokenizer_of
 from leanfit.finetune.training import FinetuneConfig, finetune
 from leanfit.io import atomic_output
+from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, quantize_checkpoint
+from leanfit.quantization import LoftQConfig
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"

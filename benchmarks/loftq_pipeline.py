@@ -2,7 +2,7 @@
 
 Each run is a fresh ``leanfit quantize MODEL --out DIR --threads T`` process (the CLI users
 run), followed by a fresh process that loads the output with
-:func:`leanfit.quantization.load` and runs one forward pass. Reported, from the run's
+:func:`leanfit.checkpoints.load` and runs one forward pass. Reported, from the run's
 ``loftq_report.json`` and the loader process:
 
 - total relative errors of QLoRA and LoftQ over the quantized matrices;
@@ -36,7 +36,7 @@ LOAD_SCRIPT = """
 import resource, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 start = time.perf_counter()
-from leanfit.quantization import load
+from leanfit.checkpoints import load
 model = load(sys.argv[1]).eval()
 with torch.no_grad():
     model(input_ids=torch.tensor([[101, 2023, 2003, 1037, 3231, 102]]))
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{meta['machine']}, shared CPU. Errors: total relative Frobenius error over the "
         "quantized matrices. Memory: psutil RSS of the quantize process (start of the walk, "
         "peak); anon = RSS minus file-backed pages. Load: a fresh process loading the output "
-        "with `leanfit.quantization.load` and running one forward pass (its ru_maxrss).\n\n" + table
+        "with `leanfit.checkpoints.load` and running one forward pass (its ru_maxrss).\n\n" + table
     )
     with atomic_output(args.out / "loftq_pipeline.md", overwrite=True) as tmp:
         tmp.write_text(text)

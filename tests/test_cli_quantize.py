@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from leanfit.checkpoints import load, merge_into
 from leanfit.cli import main
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear, load, merge_into
+from leanfit.quantization import LoftQConfig, QuantLinear
 
 
 @pytest.fixture(autouse=True, scope="module")

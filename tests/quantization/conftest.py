@@ -176,7 +176,8 @@ def write_tiny_causal_lm(folder: Path) -> Path:
 
 def quantize_tiny_causal_lm(folder: Path) -> Path:
     """``write_tiny_causal_lm`` in ``folder/model``, quantized (NF2, rank 4) to ``folder/loftq``."""
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     out = folder / "loftq"
     config = LoftQConfig(bits=2, rank=4, iters=2)
@@ -194,7 +195,8 @@ def tiny_causal_loftq(tmp_path_factory) -> Path:
 def minilm_loftq(tmp_path_factory) -> Path:
     """all-MiniLM-L6-v2 through the whole pipeline: NF2, rank 16, T = 5, with the float16
     export; written once (about 10 s on one thread)."""
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     out = tmp_path_factory.mktemp("minilm") / "loftq"
     config = LoftQConfig(bits=2, rank=16, iters=5)

@@ -10,6 +10,7 @@ import torch
 
 from leanfit.cli import main
 from leanfit.exceptions import BadInputError
+from leanfit.pipeline import quantize_module
 from leanfit.pipeline.allocation import (
     allocate_bits,
     allocate_budget,
@@ -18,7 +19,7 @@ from leanfit.pipeline.allocation import (
     stored_bits_per_param,
     total_relative_error,
 )
-from leanfit.quantization import LoftQConfig, loftq_decompose, quantize, quantize_module
+from leanfit.quantization import LoftQConfig, loftq_decompose, quantize
 from leanfit.quantization.quantizers import stored_nbytes
 
 

@@ -6,15 +6,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from leanfit.checkpoints import load
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.checkpoints.targets import select_targets
 from leanfit.cli import main
 from leanfit.datasets import load_text
 from leanfit.exceptions import BadInputError
 from leanfit.finetune.data import load_data
+from leanfit.pipeline import quantize_checkpoint
 from leanfit.pipeline.calibration import BlockCalibrator, calibration_texts, calibration_tokens
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, load, loftq_decompose, quantize_checkpoint
+from leanfit.quantization import LoftQConfig, loftq_decompose
 from leanfit.quantization.whitening import output_error, whiten
 
 

@@ -12,9 +12,10 @@ import torch
 
 from leanfit.cli import main
 from leanfit.exceptions import BadInputError
+from leanfit.pipeline import quantize_checkpoint
 from leanfit.pipeline.parallel import ordered_map
 from leanfit.pipeline.walker import estimate_checkpoint_memory
-from leanfit.quantization import LoftQConfig, quantize_checkpoint
+from leanfit.quantization import LoftQConfig
 from tests.quantization.conftest import SYNTHETIC
 from tests.quantization.outputs import assert_same_output, files
 

@@ -134,7 +134,7 @@ def check_kills(
 def quantize_in(folder: Path, model: Path, config, **options):
     """``quantize_checkpoint`` into ``folder/out``, given as the relative path ``out`` (so the
     reports' ``out_dir`` agree between folders); ``folder`` is created if needed."""
-    from leanfit.quantization import quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
 
     with pytest.MonkeyPatch.context() as patch:
         folder.mkdir(exist_ok=True)

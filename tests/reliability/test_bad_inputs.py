@@ -255,7 +255,8 @@ def tiny_model(tmp: Path) -> Path:
 
 def loftq_output(tmp: Path, damage: Callable[[Path], None]) -> Path:
     """A LoftQ output of the tiny llama (rank 2), then damaged."""
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     out = tmp / "q"
     config = LoftQConfig(rank=2, iters=1)
@@ -265,7 +266,7 @@ def loftq_output(tmp: Path, damage: Callable[[Path], None]) -> Path:
 
 
 def load_damaged(tmp: Path, damage: Callable[[Path], None]) -> object:
-    from leanfit.quantization import load
+    from leanfit.checkpoints import load
 
     return load(loftq_output(tmp, damage))
 
@@ -293,7 +294,8 @@ def interrupted_run(tmp: Path, config=None) -> Path:
     from unittest import mock
 
     from leanfit.checkpoints import writer
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     model = tiny_model(tmp)
     config = config or LoftQConfig(rank=3, iters=1)
@@ -306,7 +308,8 @@ def interrupted_run(tmp: Path, config=None) -> Path:
 
 
 def resume_other_source(tmp: Path) -> object:
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     config = LoftQConfig(rank=3, iters=1)
     model = interrupted_run(tmp, config)
@@ -316,14 +319,16 @@ def resume_other_source(tmp: Path) -> object:
 
 
 def unfinished_no_resume(tmp: Path) -> object:
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     model = interrupted_run(tmp)
     return quantize_checkpoint(model, tmp / "out", LoftQConfig(rank=3, iters=1), progress=False)
 
 
 def quantize_with_budget(tmp: Path, budget: object, config=None, **options: object) -> object:
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     config = config or LoftQConfig(rank=2, iters=1)
     return quantize_checkpoint(
@@ -332,7 +337,8 @@ def quantize_with_budget(tmp: Path, budget: object, config=None, **options: obje
 
 
 def quantize_with_workers(tmp: Path, workers: object, **config: object) -> object:
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     return quantize_checkpoint(
         tiny_model(tmp), tmp / "out", LoftQConfig(rank=2, iters=1, **config), progress=False,

@@ -19,7 +19,8 @@ import pytest
 
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
-from leanfit.quantization import LoftQConfig, quantize_checkpoint
+from leanfit.pipeline import quantize_checkpoint
+from leanfit.quantization import LoftQConfig
 from tests.reliability.processes import (
     REPORTS,
     check_kills,

@@ -3,7 +3,7 @@ raise only LeanfitError with bounded memory.
 
 The fuzz tests mutate bytes of small valid files (a GGUF written with the ``gguf`` package,
 a safetensors checkpoint directory), the metadata of a quantized tensor, and the JSON files
-of a ``leanfit quantize`` output read by :func:`leanfit.quantization.load` and the
+of a ``leanfit quantize`` output read by :func:`leanfit.checkpoints.load` and the
 fine-tuning entry points (``quantization_config.json``, the shard index, the adapter config,
 ``loftq_config.json``, ``loftq_report.json``) and the record and config of a fine-tuning
 run. Each example must either read back or raise a
@@ -431,7 +431,7 @@ def load_everything(directory: Path, reader) -> str:
 
 
 def load_model(directory: Path) -> None:
-    from leanfit.quantization import load
+    from leanfit.checkpoints import load
 
     load(directory).eval()(input_ids=torch.tensor([[1, 2, 3]]))
 
@@ -476,7 +476,8 @@ RUN_READERS = {"leanfit_run.json": (read_run_record,), "config.json": (read_run_
 @pytest.fixture(scope="module")
 def loftq_dir(tmp_path_factory, safetensors_dir) -> Path:
     """A quantize output of the tiny llama (rank 2), whose source checkpoint exists."""
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
 
     out = tmp_path_factory.mktemp("fuzz-loftq") / "loftq"
     quantize_checkpoint(safetensors_dir, out, LoftQConfig(rank=2, iters=1), progress=False)

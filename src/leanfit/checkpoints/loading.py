@@ -244,7 +244,7 @@ def load_into(
     model : torch.nn.Module
         The architecture of the quantized model (e.g. a fresh instance); changed in place.
     directory : str or Path
-        Output of :func:`leanfit.quantization.quantize_checkpoint` or ``quantize_module``.
+        Output of :func:`leanfit.pipeline.quantize_checkpoint` or ``quantize_module``.
     device, dtype
         Where the model goes and the dtype of its floating tensors (the packed codes and the
         float32 quantization statistics keep theirs).
@@ -448,7 +448,7 @@ def load(
     Parameters
     ----------
     directory : str or Path
-        Output of :func:`leanfit.quantization.quantize_checkpoint`.
+        Output of :func:`leanfit.pipeline.quantize_checkpoint`.
     task : {"auto", "causal-lm", "base", "sequence-classification"}
         ``"auto"``: the class the source was saved as (``config.architectures[0]``: a causal
         or masked LM, a sequence, token or image classifier, a seq2seq or speech model...),

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "while fitting a LoRA initialization to the quantization error (LoftQ), streaming the "
         "checkpoint tensor by tensor. OUT gets backbone/ (packed weights, config, tokenizer), "
         "adapter/ (PEFT LoRA), loftq_report.{json,md}; load it with "
-        "leanfit.quantization.load(OUT).",
+        "leanfit.checkpoints.load(OUT).",
     )
     parser.add_argument(
         "model",

@@ -1,7 +1,7 @@
 """Fine-tune and evaluate the output of ``leanfit quantize`` (``leanfit finetune``/``evaluate``).
 
 A *quantized directory* (``DIR``) is written by
-:func:`~leanfit.quantization.quantize_checkpoint`. :func:`finetune_directory` trains a LoRA
+:func:`~leanfit.pipeline.quantize_checkpoint`. :func:`finetune_directory` trains a LoRA
 adapter on it and writes a *run directory*: the layout of
 :func:`~leanfit.finetune.training.finetune` plus ``leanfit_run.json``, which records
 ``DIR``, the initialization and the data, so :func:`load_run` and :func:`evaluate_directory`

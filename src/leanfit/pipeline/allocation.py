@@ -129,7 +129,7 @@ def measure_errors(
         error only (no SVD: the cheapest proxy).
     seed : int
         Matrix ``i`` (0-based, in iteration order) uses ``seed + i`` — the seeds
-        :func:`leanfit.quantization.quantize_checkpoint` gives its targets, so the error
+        :func:`leanfit.pipeline.quantize_checkpoint` gives its targets, so the error
         measured at the chosen width is the error the quantized model gets.
     progress : bool
         tqdm bar over the matrices.
@@ -523,7 +523,7 @@ def measure_targets(
 ) -> list[MatrixErrors]:
     """:func:`measure_errors` of a checkpoint's targets at :func:`config_widths`, read one at a
     time, with the config's LoftQ settings and seeds (``config.seed + i`` for target i, as
-    :func:`leanfit.quantization.quantize_checkpoint`): the error measured at a width is the
+    :func:`leanfit.pipeline.quantize_checkpoint`): the error measured at a width is the
     error a run at that width gets."""
     from leanfit.checkpoints.targets import matrix_view
 

@@ -1,6 +1,6 @@
 """LoftQ on Dask: the targets of a checkpoint quantized by Dask workers, written by the driver.
 
-The driver plans the targets as :func:`~leanfit.quantization.quantize_checkpoint` does (same
+The driver plans the targets as :func:`~leanfit.pipeline.quantize_checkpoint` does (same
 order, same bits, target i seeded with ``config.seed + i`` whichever worker computes it) and
 writes the output directory with the same walker, taking the results in checkpoint order.
 Only the checkpoint's path and the target's name go to a worker: each worker opens the
@@ -134,12 +134,12 @@ def quantize_checkpoint_distributed(
     max_pending: int | None = None,
     resume: bool = False,
 ) -> LoftQReport:
-    """:func:`~leanfit.quantization.quantize_checkpoint` with the targets quantized on Dask.
+    """:func:`~leanfit.pipeline.quantize_checkpoint` with the targets quantized on Dask.
 
     Parameters
     ----------
     source, out_dir, config, overwrite, progress, export_dequantized, max_shard_bytes, resume
-        As :func:`~leanfit.quantization.quantize_checkpoint`; ``source`` must be readable
+        As :func:`~leanfit.pipeline.quantize_checkpoint`; ``source`` must be readable
         under the same path by every worker.
     client : distributed.Client or str, optional
         Where the targets are quantized (see :func:`connected`): a ``Client``, a scheduler
@@ -156,7 +156,7 @@ def quantize_checkpoint_distributed(
     ------
     BadInputError
         No client, an unreachable scheduler, or what
-        :func:`~leanfit.quantization.quantize_checkpoint` refuses.
+        :func:`~leanfit.pipeline.quantize_checkpoint` refuses.
     """
     if max_pending is not None and (
         isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1

@@ -412,7 +412,7 @@ def quantize_module(
 
     The same walker and artifacts as :func:`quantize_checkpoint`, reading the model's state
     dict; ``backbone/`` holds the transformers config when the model has one (then
-    :func:`leanfit.quantization.load` rebuilds it), and no tokenizer. ``config.targets`` is
+    :func:`leanfit.checkpoints.load` rebuilds it), and no tokenizer. ``config.targets`` is
     needed unless the model is a transformers model of a known type. The model is not changed.
     Load the result into a fresh instance with :func:`leanfit.checkpoints.loading.load_into`.
     ``workers`` as in :func:`quantize_checkpoint`.
