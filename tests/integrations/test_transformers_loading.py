@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForMaskedLM,
     AutoTokenizer,
     BertConfig,
@@ -27,12 +28,13 @@ from transformers import (
 
 import leanfit.checkpoints.hf  # noqa: F401  (registers quant_method "leanfit")
 from leanfit.checkpoints import load
-from leanfit.checkpoints.hf import LeanfitConfig
+from leanfit.checkpoints.hf import LeanfitConfig, peft_arguments
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.finetune.data import load_data
 from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, QuantLinear
+from tests.conformance.models import ARCHITECTURES, example_inputs, save_checkpoint
 
 
 def read_json(path: Path) -> dict:
@@ -169,10 +171,70 @@ def test_real_minilm_encoder_loads_through_automodel(tmp_path, minilm_batch):
     assert torch.equal(got, want)
 
 
+CONFORMANCE = {architecture.id: architecture for architecture in ARCHITECTURES}
+
+
+@pytest.mark.parametrize(
+    ("model_type", "auto", "renamed"),
+    [
+        pytest.param("llama", AutoModelForCausalLM, False, id="llama"),
+        # embed_out -> lm_head: renamed by transformers, but not a target.
+        pytest.param("gpt_neox", AutoModelForCausalLM, False, id="gpt_neox"),
+        # attention.attention.query -> attention.q_proj, ...: every target renamed.
+        pytest.param("vit", AutoModelForImageClassification, True, id="vit"),
+    ],
+)
+def test_from_pretrained_equals_load_when_transformers_renames(tmp_path, model_type, auto, renamed):
+    """transformers 5 renames the stored names of some architectures on load (ViT's
+    ``vit.encoder.layer.0.attention.attention.query`` is ``vit.layers.0.attention.q_proj``,
+    GPT-NeoX's ``embed_out`` is ``lm_head``): the quantizer places each target by the same
+    rules as ``load``, and ``peft_arguments`` gives PEFT the adapter under the model's names."""
+    architecture = CONFORMANCE[model_type]
+    save_checkpoint(architecture, tmp_path / "source")
+    out = tmp_path / "loftq"
+    config = LoftQConfig(bits=2, rank=4, iters=1)  # default targets
+    quantize_checkpoint(tmp_path / "source", out, config, progress=False)
+    targets = read_json(out / "backbone" / "quantization_config.json")["targets"]
+
+    base = auto.from_pretrained(out / "backbone").eval()
+    assert type(base).__name__ == architecture.model_class
+    assert len(quant_layers(base)) == len(targets)
+    reference = load(out).eval()
+    inputs = example_inputs(architecture, base.config)
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+        with reference.disable_adapter():
+            # The same stored tensors in the same QuantLinear layers: bit for bit.
+            assert torch.equal(base_logits, reference(**inputs).logits)
+
+    arguments = peft_arguments(base, out / "adapter")
+    assert bool(arguments) == renamed
+    model = PeftModel.from_pretrained(base, out / "adapter", **arguments).eval()
+    with torch.no_grad():
+        got, want = model(**inputs).logits, reference(**inputs).logits
+    assert torch.equal(got, want)  # same layers, same LoRA tensors: bit for bit
+    assert not torch.equal(got, base_logits)  # LoftQ's B is not zero: the adapter counts
+
+    # An adapter PEFT saves from this model holds the model's names: it loads plainly.
+    model.save_pretrained(tmp_path / "saved")
+    fresh = auto.from_pretrained(out / "backbone")
+    with torch.no_grad():
+        again = PeftModel.from_pretrained(fresh, tmp_path / "saved").eval()(**inputs).logits
+    assert torch.equal(again, want)
+
+
+def test_peft_arguments_needs_a_leanfit_backbone(tmp_path):
+    from tests.quantization.conftest import write_tiny_causal_lm
+
+    plain = AutoModelForCausalLM.from_pretrained(write_tiny_causal_lm(tmp_path / "model"))
+    with pytest.raises(BadInputError, match="model must be a model loaded by from_pretrained"):
+        peft_arguments(plain, tmp_path / "adapter")
+
+
 def test_a_base_model_checkpoint_loads_under_a_head_class(tmp_path, caplog):
     """The sentence-transformers layout: BERT keys without ``bert.``, a head class named in
     config.json. The targets load under the base-model prefix, the pooler (a target the
-    masked-LM class lacks) is left out with a warning, and PEFT's ``key_mapping`` puts the
+    masked-LM class lacks) is left out with a warning, and ``peft_arguments`` puts the
     adapter under the same prefix."""
     torch.manual_seed(0)
     config = BertConfig(
@@ -194,7 +256,11 @@ def test_a_base_model_checkpoint_loads_under_a_head_class(tmp_path, caplog):
     assert "1 targets of the backbone are not modules of BertForMaskedLM" in caplog.text
     assert "pooler.dense" in caplog.text
     assert len(quant_layers(masked)) == 12  # 2 blocks × 6 linear layers
-    masked = PeftModel.from_pretrained(masked, out / "adapter", key_mapping={"^": "bert."})
+    arguments = peft_arguments(masked, out / "adapter")
+    assert arguments["config"].target_modules == {
+        name.removesuffix(".packed") for name in masked.state_dict() if name.endswith(".packed")
+    }
+    masked = PeftModel.from_pretrained(masked, out / "adapter", **arguments)
     stored = load_file(out / "adapter" / "adapter_model.safetensors")
     query = masked.base_model.model.bert.encoder.layer[0].attention.self.query
     key = "base_model.model.encoder.layer.0.attention.self.query.lora_B.weight"
@@ -432,6 +498,21 @@ def test_a_damaged_quantization_config_is_named(artifact, change, error, match):
     edit_json(artifact / "backbone" / "config.json", lambda v: change(v["quantization_config"]))
     with pytest.raises(error, match=match):
         AutoModelForCausalLM.from_pretrained(artifact / "backbone")
+
+
+def test_targets_that_transformers_fuses_are_refused(tmp_path):
+    """transformers 5 merges Mixtral's per-expert weights into one parameter on load."""
+    from tests.conformance.models import DECODER, Architecture
+
+    experts = {"num_local_experts": 2, "num_experts_per_tok": 1}
+    mixtral = Architecture("mixtral", "MixtralConfig", "MixtralForCausalLM", {**DECODER, **experts})
+    save_checkpoint(mixtral, tmp_path / "source")
+    config = LoftQConfig(bits=2, rank=4, iters=1, targets=("w1", "q_proj"))
+    quantize_checkpoint(tmp_path / "source", tmp_path / "out", config, progress=False)
+    with pytest.raises(
+        CorruptArtifactError, match=r"targets \['model.layers.0.block_sparse_moe.ex"
+    ):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "backbone")
 
 
 def test_a_backbone_lacking_packed_tensors_is_refused(artifact):

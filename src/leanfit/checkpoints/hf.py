@@ -21,12 +21,18 @@ before a weight is read, and lets transformers load the packed codes and float32
 into its buffers (and every other tensor as usual). No target is dequantized to a float weight
 at load: each one computes ``x ↦ x·dequantize(Q)ᵀ + b`` in its forward, and with the adapter
 ``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b`` — what :func:`leanfit.checkpoints.load` builds.
+
+Targets are placed by the rules ``load`` uses (:class:`~leanfit.checkpoints.keys.ModelKeys`:
+transformers' renamings and the base-model prefix). Where the model names a target otherwise
+than the checkpoint (ViT in transformers 5, a sentence-transformers checkpoint loaded with a
+head class), PEFT needs :func:`peft_arguments` to attach the adapter.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,8 +46,11 @@ from transformers.quantizers.auto import (
 )
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION
-from leanfit.exceptions import BadInputError, CorruptArtifactError
+from leanfit.checkpoints.keys import ModelKeys
+from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION, read_adapter_config
+from leanfit.checkpoints.loading import _adapter_key_mapping
+from leanfit.checkpoints.writer import peft_task_type
+from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quantization.quantizers import check_quantization_args
 
@@ -179,6 +188,8 @@ class LeanfitHfQuantizer(HfQuantizer):
 
     requires_calibration = True  # only a backbone leanfit wrote: no quantization on load
     quantization_config: LeanfitConfig
+    module_names: dict[str, str]
+    """Stored module name → the model's, for each target the model has (set at load)."""
 
     def __init__(self, quantization_config: LeanfitConfig, **kwargs: Any) -> None:
         if not kwargs.get("pre_quantized", True):
@@ -198,14 +209,21 @@ class LeanfitHfQuantizer(HfQuantizer):
                 f"targets {conv[:3]} are convolutions, which from_pretrained cannot load packed; "
                 "load this output with leanfit.checkpoints.load(OUT)"
             )
-        modules = {name for name, _ in model.named_modules()}
-        prefix = str(getattr(model, "base_model_prefix", "") or "")
-        names = {module: _model_name(module, modules, prefix) for module in settings}
+        keys = ModelKeys(model)
+        fused = [module for module in settings if keys.fused(module + ".weight")]
+        if fused:
+            raise CorruptArtifactError(
+                f"targets {fused[:3]} are merged by transformers into another parameter of "
+                f"{type(model).__name__} when loaded (e.g. the experts of a mixture-of-experts "
+                "layer), which a packed layer cannot be; quantize the other layers (--target)"
+            )
+        names = {module: keys.module(module) for module in settings}
         absent = sorted(module for module, name in names.items() if name is None)
         if len(absent) == len(names):
+            modules = sorted(name for name, _ in model.named_modules())
             raise CorruptArtifactError(
                 f"the backbone's targets (e.g. {absent[:3]}) are not modules of the "
-                f"{type(model).__name__} built (e.g. {sorted(modules)[1:4]}): the backbone "
+                f"{type(model).__name__} built (e.g. {modules[1:4]}): the backbone "
                 "does not match the model class"
             )
         if absent:
@@ -216,12 +234,11 @@ class LeanfitHfQuantizer(HfQuantizer):
                 type(model).__name__,
                 absent[:3],
             )
-        for module, name in names.items():
-            if name is not None:
-                parent, _, child = name.rpartition(".")
-                original = model.get_submodule(name)
-                layer = _skeleton(module, original, settings[module])
-                setattr(model.get_submodule(parent), child, layer)
+        self.module_names = {module: name for module, name in names.items() if name is not None}
+        for module, name in self.module_names.items():
+            parent, _, child = name.rpartition(".")
+            layer = _skeleton(module, model.get_submodule(name), settings[module])
+            setattr(model.get_submodule(parent), child, layer)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         """Refuse a model whose targets' tensors were not all in the backbone's shards."""
@@ -267,15 +284,6 @@ class LeanfitHfQuantizer(HfQuantizer):
         return True
 
 
-def _model_name(module: str, modules: set[str], prefix: str) -> str | None:
-    """The model's name of a stored module name: as stored, under the base-model ``prefix``
-    (a base model's checkpoint loaded with a head class) or without it; None if absent."""
-    candidates = (
-        [module, f"{prefix}.{module}", module.removeprefix(f"{prefix}.")] if prefix else [module]
-    )
-    return next((name for name in candidates if name in modules), None)
-
-
 def _skeleton(module: str, original: nn.Module, setting: dict[str, Any]) -> QuantLinear:
     """An all-zero :class:`QuantLinear` in place of the linear module ``original`` (on its
     device, usually meta); its matrix is ``(out, in)``, the transposed weight for Conv1D."""
@@ -302,6 +310,53 @@ def _skeleton(module: str, original: nn.Module, setting: dict[str, Any]) -> Quan
         double_quant=setting["double_quant"],
         device=weight.device,
     )
+
+
+def peft_arguments(model: nn.Module, adapter: str | Path) -> dict[str, Any]:
+    """Keyword arguments of ``PeftModel.from_pretrained(model, adapter, **them)`` that attach
+    a leanfit adapter to a backbone loaded by ``from_pretrained``.
+
+    The adapter names its targets as the checkpoint does. When the model names some of them
+    otherwise (transformers' renamings, e.g. ViT's ``attention.attention.query`` →
+    ``attention.q_proj``; or the base-model prefix added, as for a sentence-transformers
+    checkpoint loaded with a head class), PEFT needs the adapter's config with the model's
+    names (``config``) and a ``key_mapping`` that renames the stored LoRA tensors; otherwise
+    nothing is needed and this is ``{}``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model ``from_pretrained`` loaded from a leanfit backbone.
+    adapter : str or Path
+        The adapter directory (``OUT/adapter``).
+
+    Raises
+    ------
+    BadInputError
+        ``model`` was not loaded from a leanfit backbone.
+    """
+    from peft import LoraConfig
+
+    quantizer = getattr(model, "hf_quantizer", None)
+    if not isinstance(quantizer, LeanfitHfQuantizer):
+        raise bad_value(
+            "model",
+            type(model).__name__,
+            "a model loaded by from_pretrained from a leanfit backbone (quant_method 'leanfit')",
+        )
+    placed = quantizer.module_names
+    if all(stored == name for stored, name in placed.items()):
+        return {}
+    saved = read_adapter_config(Path(adapter))
+    config = LoraConfig(
+        r=saved["r"],
+        lora_alpha=saved["lora_alpha"],
+        target_modules=sorted(placed.values()),  # the model's names
+        task_type=peft_task_type(type(model).__name__),
+        lora_dropout=0.0,
+        bias="none",
+    )
+    return {"config": config, **_adapter_key_mapping(placed)}
 
 
 def register() -> None:
