@@ -48,7 +48,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from leanfit.checkpoints.keys import ModelKeys
 from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION, read_adapter_config
-from leanfit.checkpoints.loading import _adapter_key_mapping
+from leanfit.checkpoints.loading import adapter_key_mapping
 from leanfit.checkpoints.writer import peft_task_type
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.nn import QuantLinear
@@ -356,7 +356,7 @@ def peft_arguments(model: nn.Module, adapter: str | Path) -> dict[str, Any]:
         lora_dropout=0.0,
         bias="none",
     )
-    return {"config": config, **_adapter_key_mapping(placed)}
+    return {"config": config, **adapter_key_mapping(placed)}
 
 
 def register() -> None:

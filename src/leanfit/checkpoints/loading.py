@@ -367,7 +367,7 @@ def _load_into(
             str(directory / ADAPTER),
             is_trainable=is_trainable,
             config=lora,
-            **_adapter_key_mapping(placed),
+            **adapter_key_mapping(placed),
         )
     return peft_model.to(device)
 
@@ -378,7 +378,7 @@ def _on_meta(model: nn.Module, name: str) -> bool:
     return not isinstance(tensor, torch.Tensor) or tensor.is_meta
 
 
-def _adapter_key_mapping(placed: dict[str, str]) -> dict[str, Any]:
+def adapter_key_mapping(placed: dict[str, str]) -> dict[str, Any]:
     """PEFT's ``key_mapping`` argument (regex → replacement on the adapter's keys without
     ``base_model.model.``) renaming each stored target to the model's name; none when the
     names agree. The adapter tensors of targets the model lacks match no pattern and stay
