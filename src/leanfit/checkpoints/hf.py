@@ -46,10 +46,8 @@ from transformers.quantizers.auto import (
 )
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from leanfit.checkpoints.keys import ModelKeys
-from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION, read_adapter_config
-from leanfit.checkpoints.loading import adapter_key_mapping
-from leanfit.checkpoints.writer import peft_task_type
+from leanfit.checkpoints.keys import ModelKeys, adapter_key_mapping
+from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION, peft_task_type, read_adapter_config
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quantization.quantizers import check_quantization_args

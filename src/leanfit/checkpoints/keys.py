@@ -20,6 +20,7 @@ says when a stored name is subject to one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,3 +101,18 @@ class ModelKeys:
         """Whether a name of the model lies in its base model: under the prefix for a model
         with a head (``bert.``), anywhere for a base model."""
         return not self.head or name.startswith(self.prefix + ".")
+
+
+def adapter_key_mapping(placed: dict[str, str]) -> dict[str, Any]:
+    """PEFT's ``key_mapping`` argument (regex → replacement on the adapter's keys without
+    ``base_model.model.``) renaming each stored target to the model's name; none when the
+    names agree. The adapter tensors of targets the model lacks match no pattern and stay
+    unused."""
+    renamed = {stored: name for stored, name in placed.items() if stored != name}
+    if not renamed:
+        return {}
+    return {
+        "key_mapping": {
+            "^" + re.escape(stored) + r"(?=\.lora_)": name for stored, name in renamed.items()
+        }
+    }

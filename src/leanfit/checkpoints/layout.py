@@ -186,3 +186,10 @@ def read_adapter_config(adapter: Path) -> dict[str, Any]:
             f"{str(path)!r}: target_modules must be a list of module names; got {modules!r}"
         )
     return {"r": rank, "lora_alpha": alpha, "target_modules": modules}
+
+
+def peft_task_type(architecture: str | None) -> str | None:
+    """PEFT's ``task_type`` for a model class name: ``"CAUSAL_LM"`` for causal LMs (so that
+    ``from_pretrained`` returns a ``PeftModelForCausalLM`` with ``generate``), else None."""
+    causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
+    return "CAUSAL_LM" if causal else None

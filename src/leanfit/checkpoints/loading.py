@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from leanfit.checkpoints.keys import ModelKeys
+from leanfit.checkpoints.keys import ModelKeys, adapter_key_mapping
 from leanfit.checkpoints.layout import (
     ADAPTER,
     ADAPTER_CONFIG,
@@ -30,12 +29,12 @@ from leanfit.checkpoints.layout import (
     INDEX_FILE,
     PEFT_PREFIX,
     TASKS,
+    peft_task_type,
     read_adapter_config,
     read_quantization_config,
     target_from_meta,
 )
 from leanfit.checkpoints.targets import Target, lora_shapes_for_peft, restore_shape
-from leanfit.checkpoints.writer import peft_task_type
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear, reuse_dequantized_weight
@@ -376,21 +375,6 @@ def _on_meta(model: nn.Module, name: str) -> bool:
     owner, _, attr = name.rpartition(".")
     tensor = getattr(model.get_submodule(owner), attr, None)
     return not isinstance(tensor, torch.Tensor) or tensor.is_meta
-
-
-def adapter_key_mapping(placed: dict[str, str]) -> dict[str, Any]:
-    """PEFT's ``key_mapping`` argument (regex → replacement on the adapter's keys without
-    ``base_model.model.``) renaming each stored target to the model's name; none when the
-    names agree. The adapter tensors of targets the model lacks match no pattern and stay
-    unused."""
-    renamed = {stored: name for stored, name in placed.items() if stored != name}
-    if not renamed:
-        return {}
-    return {
-        "key_mapping": {
-            "^" + re.escape(stored) + r"(?=\.lora_)": name for stored, name in renamed.items()
-        }
-    }
 
 
 def model_class(architecture: str | None) -> Any:

@@ -30,6 +30,7 @@ from leanfit.checkpoints.layout import (
     REPORT_MD,
     edit_json,
     final_shard_file,
+    peft_task_type,
     shard_file,
     sort_adapter_targets,
 )
@@ -149,13 +150,6 @@ def _architecture(source: TensorSource) -> str | None:
         model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(source.config)]
         return str(getattr(model_class, "__name__", "")) or None
     return None
-
-
-def peft_task_type(architecture: str | None) -> str | None:
-    """PEFT's ``task_type`` for a model class name: ``"CAUSAL_LM"`` for causal LMs (so that
-    ``from_pretrained`` returns a ``PeftModelForCausalLM`` with ``generate``), else None."""
-    causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
-    return "CAUSAL_LM" if causal else None
 
 
 class ArtifactWriter:
