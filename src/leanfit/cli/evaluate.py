@@ -10,7 +10,6 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="held-out perplexity or accuracy, and fidelity to the full-precision model",
         description="Evaluate PATH, a leanfit finetune run directory (on its held-out data, "
         "with its trained adapter) or a leanfit quantize output (with its saved adapter). "
         "Causal LM: sliding-window perplexity on the held-out text (windows of --window "

@@ -16,7 +16,6 @@ SCENARIO_NAMES = ("shift", "poisoning", "adaptive", "online", "active", "surroga
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "experiment",
-        help="run an influence-selection scenario (shift, poisoning, ...) and report",
         description="Run a scenario of influence-based data selection over several seeds "
         "and write results.json, results.md (mean ± std over seeds) and PNG plots to --out: "
         "shift (fairness under distribution shift), poisoning (defence against anchoring "

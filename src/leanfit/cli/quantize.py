@@ -11,7 +11,6 @@ from leanfit.pretrained import PACKAGES, model_path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quantize",
-        help="quantize a model with LoftQ (packed low-bit backbone + PEFT LoRA adapter)",
         description="Quantize the attention and MLP linear layers of MODEL to low-bit codes "
         "while fitting a LoRA initialization to the quantization error (LoftQ), streaming the "
         "checkpoint tensor by tensor. OUT gets backbone/ (packed weights, config, tokenizer), "
