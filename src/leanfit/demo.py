@@ -13,7 +13,6 @@ from pathlib import Path
 
 from leanfit.datasets import TABULAR
 from leanfit.pretrained import PACKAGES, model_path
-from leanfit.selection import adult_protocol, run_selection
 
 
 def datasets_step(out: Path) -> str:
@@ -52,7 +51,8 @@ def loftq_minilm_step(out: Path) -> str:
     Writes ``loftq-minilm-{bits}bit-{init}/`` (backbone, adapter, report) and
     ``loftq_minilm.md``, a table of the total relative errors ‖W − Q − (α/r)·B·A‖/‖W‖.
     """
-    from leanfit.quantization import LoftQConfig, quantize_checkpoint
+    from leanfit.pipeline import quantize_checkpoint
+    from leanfit.quantization import LoftQConfig
     from leanfit.reports import markdown_table
 
     rows = []
@@ -95,6 +95,8 @@ def loftq_minilm_step(out: Path) -> str:
 
 def selection_step(out: Path) -> str:
     """Influence-based data selection on Adult (the paper's protocol), all objectives, 5 %."""
+    from leanfit.selection import adult_protocol, run_selection
+
     split = adult_protocol()
     result = run_selection(
         split.train,
