@@ -291,6 +291,10 @@ def summarize(runs: dict[tuple[str, str], list[dict]], models: dict[str, Path]) 
         for runner in RUNNERS[1:]:
             row[f"speedup_{runner}"] = row["reference"]["wall_s"] / row[runner]["wall_s"]
             row[f"speedup_cpu_{runner}"] = row["reference"]["cpu_s"] / row[runner]["cpu_s"]
+            pairs = zip(cells["reference"], cells[runner], strict=True)  # same repetition
+            row[f"paired_speedups_{runner}"] = [
+                float(ref["wall_s"]) / float(run["wall_s"]) for ref, run in pairs
+            ]
         rows.append(row)
     return {"startup": startup, "quantize": rows}
 
@@ -343,6 +347,22 @@ def markdown(summary: dict, meta: dict) -> str:
             f"| **{r['speedup_leanfit_workers2']:.1f}×** | {r['speedup_cpu_leanfit']:.1f}× "
             f"| {r['speedup_cpu_leanfit_workers2']:.1f}× | {r['reference']['error']:.4f} "
             f"| {r['leanfit']['error']:.4f} |"
+        )
+    lines += [
+        "",
+        "Speed-up within each repetition (the reference and leanfit runs of one repetition "
+        "are minutes apart, under about the same load; the table above divides medians taken "
+        "over different repetitions):",
+        "",
+        "| model | leanfit, per repetition | leanfit --workers 2, per repetition "
+        "| median --workers 2 |",
+        "|---|---|---|---|",
+    ]
+    for r in summary["quantize"]:
+        one, two = r["paired_speedups_leanfit"], r["paired_speedups_leanfit_workers2"]
+        lines.append(
+            f"| {r['model']} | {', '.join(f'{x:.1f}×' for x in one)} "
+            f"| {', '.join(f'{x:.1f}×' for x in two)} | {statistics.median(two):.1f}× |"
         )
     lines += [
         "",

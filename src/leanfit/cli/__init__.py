@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from importlib import import_module
 
 from leanfit._version import __version__
@@ -40,11 +40,12 @@ def requested_subcommand(argv: Sequence[str]) -> str | None:
     return argv[0] if argv and argv[0] in SUBCOMMANDS else None
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser; only ``command``'s own parser is complete.
+def build_parser(complete: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; the subcommands named in ``complete`` (default: all) get their
+    own parser, with every option.
 
-    Every subcommand is listed (with its summary), but only the module of ``command`` is
-    imported and registers its options; the others are placeholders that only name it.
+    Every subcommand is listed with its summary, but only the modules of ``complete`` are
+    imported and register their options; the others are placeholders that only name them.
     """
     parser = argparse.ArgumentParser(
         prog="leanfit",
@@ -54,7 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leanfit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, summary in SUBCOMMANDS.items():
-        if name == command:
+        if complete is None or name in complete:
             import_module(f"leanfit.cli.{name}").register(subparsers)
         else:
             subparsers.add_parser(name, help=summary, add_help=False)
@@ -68,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     code 2 (no traceback); anything else is a bug and keeps its traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(requested_subcommand(argv))
+    command = requested_subcommand(argv)
+    parser = build_parser(() if command is None else (command,))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from leanfit.cli import SUBCOMMANDS
 from leanfit.io import atomic_output
 
 #: The names of :data:`leanfit.datasets.TABULAR`, listed here so that building the parser
 #: does not import pandas.
-TABULAR_NAMES = ("adult", "bank", "compas", "german")
+TABULAR_NAMES = ("adult", "arrests", "bank", "compas", "german")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
+        help=SUBCOMMANDS["data"],
         description="Without arguments, list the vendored data files (rows, sha256). "
         "With --export NAME --out FILE, write a tabular data set as CSV.",
     )
