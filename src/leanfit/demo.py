@@ -13,7 +13,6 @@ from pathlib import Path
 
 from leanfit.datasets import TABULAR
 from leanfit.pretrained import PACKAGES, model_path
-from leanfit.selection import adult_protocol, run_selection
 
 
 def datasets_step(out: Path) -> str:
@@ -96,6 +95,8 @@ def loftq_minilm_step(out: Path) -> str:
 
 def selection_step(out: Path) -> str:
     """Influence-based data selection on Adult (the paper's protocol), all objectives, 5 %."""
+    from leanfit.selection import adult_protocol, run_selection
+
     split = adult_protocol()
     result = run_selection(
         split.train,

@@ -74,6 +74,35 @@ def sort_adapter_targets(adapter: Path) -> None:
     edit_json(adapter / ADAPTER_CONFIG, _sort_target_modules)
 
 
+def write_adapter_config(
+    adapter: Path,
+    *,
+    rank: int,
+    alpha: float,
+    target_modules: list[str],
+    task_type: str | None,
+) -> None:
+    """Write ``adapter/adapter_config.json``, a PEFT LoRA config, without importing PEFT.
+
+    Only the fields leanfit sets are written (``target_modules`` sorted); PEFT gives every
+    other field its default when it reads the file, the value ``LoraConfig.save_pretrained``
+    would have written. (Importing PEFT, and bitsandbytes through it, took longer than
+    quantizing a small model.)
+    """
+    values = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": sorted(target_modules),
+        "task_type": task_type,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+    }
+    adapter.mkdir(parents=True, exist_ok=True)
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
 # --- reading -----------------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from leanfit.checkpoints.layout import (
     final_shard_file,
     peft_task_type,
     shard_file,
-    sort_adapter_targets,
+    write_adapter_config,
 )
 from leanfit.checkpoints.resume import PartialRun
 from leanfit.checkpoints.targets import Target, restore_shape
@@ -415,20 +415,15 @@ class ArtifactWriter:
             edit_json(config_path, lambda values: values.update(quantization_config=entry))
 
     def _write_adapter(self, modules: list[str]) -> None:
-        from peft import LoraConfig
-
         alpha = self.config.alpha
-        lora = LoraConfig(
-            r=self.config.rank,
-            lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,  # type: ignore[arg-type]
+        directory = self.root / ADAPTER
+        write_adapter_config(
+            directory,
+            rank=self.config.rank,
+            alpha=int(alpha) if float(alpha).is_integer() else alpha,
             target_modules=modules,
             task_type=peft_task_type(self.architecture),
-            lora_dropout=0.0,
-            bias="none",
         )
-        directory = self.root / ADAPTER
-        lora.save_pretrained(str(directory))
-        sort_adapter_targets(directory)
         adapter: dict[str, torch.Tensor] = {}
         for part in self._parts:
             adapter.update(load_file(self._run.parts / part))

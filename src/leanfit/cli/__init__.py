@@ -2,24 +2,51 @@
 
 Each subcommand module adds its parser and sets ``func`` to a function of the parsed
 arguments that returns the exit code. The CLI holds no logic that the Python API lacks.
+
+Start-up stays short: only the module of the subcommand being run is imported (and it
+imports torch, scikit-learn, ... only inside its ``run``). ``leanfit --help`` lists the
+subcommands from :data:`SUBCOMMANDS` without importing any of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from importlib import import_module
 
 from leanfit._version import __version__
-from leanfit.cli import data, evaluate, experiment, finetune, quantize, select
 from leanfit.exceptions import LeanfitError
 
-SUBCOMMANDS = [data, quantize, finetune, evaluate, select, experiment]
+#: Subcommand name (also its module under ``leanfit.cli``) -> its line in ``leanfit --help``.
+SUBCOMMANDS = {
+    "data": "list the vendored data sets or export one to CSV",
+    "quantize": "quantize a model with LoftQ (packed low-bit backbone + PEFT LoRA adapter)",
+    "finetune": "fine-tune the LoRA adapter of a quantized model (output of leanfit quantize)",
+    "evaluate": "held-out perplexity or accuracy, and fidelity to the full-precision model",
+    "select": "score training rows by influence, trim the harmful ones, report",
+    "experiment": "run an influence-selection scenario (shift, poisoning, ...) and report",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand registered."""
+def requested_subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand that ``argv`` runs, or None (top-level help, version or an error).
+
+    The top-level parser has no option that takes a value, so a subcommand that runs is
+    always the first argument.
+    """
+    return argv[0] if argv and argv[0] in SUBCOMMANDS else None
+
+
+def build_parser(complete: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; the subcommands named in ``complete`` (default: all) get their
+    own parser, with every option.
+
+    Every subcommand is listed with its summary, but only the modules of ``complete`` are
+    imported and register their options; the others are placeholders that only name them.
+    """
     parser = argparse.ArgumentParser(
         prog="leanfit",
         description="Lean fine-tuning: LoftQ low-bit quantization with LoRA, and "
@@ -27,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"leanfit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMANDS:
-        module.register(subparsers)
+    for name, summary in SUBCOMMANDS.items():
+        if complete is None or name in complete:
+            import_module(f"leanfit.cli.{name}").register(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -38,15 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     A :class:`~leanfit.exceptions.LeanfitError` is printed as one line on stderr with exit
     code 2 (no traceback); anything else is a bug and keeps its traceback.
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = requested_subcommand(argv)
+    parser = build_parser(() if command is None else (command,))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="%(message)s",
-    )
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    if quiet:  # also transformers' own bars ("Loading weights"), unless the user chose
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args))
     except LeanfitError as err:

@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from leanfit.cli import SUBCOMMANDS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="held-out perplexity or accuracy, and fidelity to the full-precision model",
+        help=SUBCOMMANDS["evaluate"],
         description="Evaluate PATH, a leanfit finetune run directory (on its held-out data, "
         "with its trained adapter) or a leanfit quantize output (with its saved adapter). "
         "Causal LM: sliding-window perplexity on the held-out text (windows of --window "

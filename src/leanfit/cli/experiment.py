@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from leanfit.cli import SUBCOMMANDS
 from leanfit.exceptions import BadInputError
 
 #: The scenarios of :data:`leanfit.selection.scenarios.experiment.SCENARIOS`, listed here so
@@ -16,7 +17,7 @@ SCENARIO_NAMES = ("shift", "poisoning", "adaptive", "online", "active", "surroga
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "experiment",
-        help="run an influence-selection scenario (shift, poisoning, ...) and report",
+        help=SUBCOMMANDS["experiment"],
         description="Run a scenario of influence-based data selection over several seeds "
         "and write results.json, results.md (mean ± std over seeds) and PNG plots to --out: "
         "shift (fairness under distribution shift), poisoning (defence against anchoring "

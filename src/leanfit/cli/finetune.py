@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from leanfit.cli import SUBCOMMANDS
 from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",
-        help="fine-tune the LoRA adapter of a quantized model (output of leanfit quantize)",
+        help=SUBCOMMANDS["finetune"],
         description="Fine-tune a LoRA adapter on DIR (written by leanfit quantize): a causal LM "
         "on text, or a sequence classifier (new head) on a labelled table. RUN_DIR gets "
         "adapter/, metrics.json, config.json and leanfit_run.json; evaluate it with "

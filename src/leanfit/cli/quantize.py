@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from leanfit.cli import SUBCOMMANDS
 from leanfit.pretrained import PACKAGES, model_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quantize",
-        help="quantize a model with LoftQ (packed low-bit backbone + PEFT LoRA adapter)",
+        help=SUBCOMMANDS["quantize"],
         description="Quantize the attention and MLP linear layers of MODEL to low-bit codes "
         "while fitting a LoRA initialization to the quantization error (LoftQ), streaming the "
         "checkpoint tensor by tensor. OUT gets backbone/ (packed weights, config, tokenizer), "

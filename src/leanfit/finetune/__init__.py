@@ -7,10 +7,38 @@
 - :mod:`~leanfit.finetune.runs`: the directories of ``leanfit finetune`` and
   ``leanfit evaluate`` (:func:`finetune_directory`, :func:`evaluate_directory`,
   :func:`load_run`).
+
+The names below are imported from their modules on first use, so that importing the package
+(e.g. for :mod:`~leanfit.finetune.options`, which ``leanfit finetune --help`` reads) loads
+neither torch nor PEFT.
 """
 
-from leanfit.finetune.runs import DataSpec, evaluate_directory, finetune_directory, load_run
-from leanfit.finetune.training import FinetuneConfig, FinetuneResult, finetune
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from leanfit.finetune.runs import DataSpec, evaluate_directory, finetune_directory, load_run
+    from leanfit.finetune.training import FinetuneConfig, FinetuneResult, finetune
+
+#: The module of :mod:`leanfit.finetune` that defines each public name.
+HOMES = {
+    "DataSpec": "runs",
+    "evaluate_directory": "runs",
+    "finetune_directory": "runs",
+    "load_run": "runs",
+    "FinetuneConfig": "training",
+    "FinetuneResult": "training",
+    "finetune": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{HOMES[name]}"), name)
+    globals()[name] = value  # later uses skip this function
+    return value
+
 
 __all__ = [
     "DataSpec",

@@ -3,23 +3,26 @@
 Every figure is a :class:`matplotlib.figure.Figure` attached to an Agg canvas directly, without
 pyplot: nothing opens a window, no global backend is switched, and figures are not kept alive by
 pyplot's registry. Each plotting function draws on ``ax`` when given one (any Axes, pyplot's
-included) and returns the Figure it drew on; :func:`save_figure` writes it as PNG.
+included) and returns the Figure it drew on; :func:`save_figure` writes it as PNG. matplotlib
+is imported by the first figure, not with this module (which ``leanfit.reports`` imports).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 120
 """Resolution of saved PNGs, dots per inch."""
@@ -27,12 +30,17 @@ DPI = 120
 
 def new_figure(figsize: tuple[float, float] = (6.4, 4.0)) -> tuple[Figure, Axes]:
     """A new Figure on an Agg canvas with one Axes; ``figsize`` in inches (width, height)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
 def _figure_for(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+
     if ax is None:
         return new_figure(figsize)
     fig = ax.figure
