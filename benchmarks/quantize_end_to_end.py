@@ -306,7 +306,7 @@ def markdown(summary: dict, meta: dict) -> str:
         "",
         f"{meta['machine']} (torch's default: {meta['torch_threads']} threads); load average "
         f"{meta['load_before']} before, {meta['load_after']} after (min {meta['load_min']}, "
-        f"max {meta['load_max']} at the starts of the runs: a shared, busy machine). "
+        f"max {meta['load_max']} at the starts of the runs). "
         f"Medians over {meta['repeats']} interleaved repetitions; whole processes (start, "
         "imports, reading, work, writing).",
         "",
