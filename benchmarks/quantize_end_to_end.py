@@ -327,8 +327,9 @@ def markdown(summary: dict, meta: dict) -> str:
         "Reference: the published algorithm (exact SVD, exhaustive NF search) on each target "
         "weight, in a process that loads the model with transformers and saves the float32 "
         "backbone and the adapter, as the authors' script does (without importing PEFT), on "
-        f"{meta['reference_threads']} torch thread(s) (`--threads`; torch's default on a busy "
-        "machine oversubscribes the CPUs and is many times slower). "
+        f"{meta['reference_threads']} torch thread(s) (`--threads`; default one per CPU, "
+        "torch's default; on a busy machine that oversubscribes the CPUs and `--threads 1` is "
+        "the fairer reference). "
         "leanfit: `leanfit quantize MODEL --out OUT --bits 2 --rank 16 --iters 5 --quiet`, "
         "with the default flags and with `--workers 2`. Error: total relative "
         "sqrt(Σ‖W − Q − BA‖²)/sqrt(Σ‖W‖²) over the quantized matrices.",
@@ -415,9 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads of the reference (default 1: on a busy machine torch's default, "
-        "one per CPU, oversubscribes the CPUs and the reference runs many times slower)",
+        default=os.cpu_count() or 1,
+        help="torch threads of the reference (default: one per CPU, torch's default, as the "
+        "published script runs; on a busy machine 1 avoids oversubscribing the CPUs)",
     )
     parser.add_argument(
         "--reference-run", nargs=2, type=Path, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS
