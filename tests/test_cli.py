@@ -37,3 +37,44 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
     assert result.returncode == 2
     assert "exists; pass --overwrite" in result.stderr and "Traceback" not in result.stderr
     assert out.read_text() == "keep me"
+
+
+#: The console script, with an exit handler registered before it runs.
+SCRIPT = """
+import atexit, sys
+atexit.register(lambda: print("exit handler ran", file=sys.stderr))
+sys.argv[0] = "leanfit"
+from leanfit.cli import script
+script()
+"""
+
+
+def run_script(*args):
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_console_script_keeps_output_exit_code_and_exit_handlers(tmp_path):
+    # script() leaves through os._exit: everything printed must still arrive (stdout is a
+    # pipe here, so block-buffered), the exit code must be main's, and atexit handlers run.
+    listing = run_script("data")
+    assert listing.returncode == 0
+    assert listing.stdout == run_cli("data").stdout and "adult.data" in listing.stdout
+    assert listing.stderr.endswith("exit handler ran\n")
+    out = tmp_path / "german.csv"
+    out.write_text("keep me")
+    refused = run_script("data", "--export", "german", "--out", str(out))
+    assert refused.returncode == 2 and "exists; pass --overwrite" in refused.stderr
+    assert refused.stderr.endswith("exit handler ran\n")
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    from leanfit.cli import data
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "run", interrupted)
+    assert main(["data"]) == 130
+    assert capsys.readouterr().err == "leanfit data: interrupted\n"

@@ -33,6 +33,13 @@ HEAVY = {"torch", "sklearn", "transformers", "peft", "matplotlib", "pandas", "sc
 NOT_FOR_QUANTIZE = {
     "leanfit.selection", "sklearn", "fairlearn", "imodels", "matplotlib", "peft", "bitsandbytes",
 }  # fmt: skip
+#: Nor, for a model type with a target table, the model's code and transformers' loading and
+#: quantizer machinery (about 2 s of imports: torch.distributed, torch._dynamo, generation),
+#: nor pandas (the report tables are built from records).
+NOT_FOR_A_TABLE_TYPE = {
+    "transformers.modeling_utils", "transformers.models.bert.modeling_bert",
+    "transformers.quantizers", "leanfit.checkpoints.hf", "pandas",
+}  # fmt: skip
 NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
 
@@ -147,6 +154,7 @@ def test_quantize_imports_no_selection_or_plotting(tmp_path):
     modules = imported_modules(result)
     assert "leanfit.cli.quantize" in modules and "torch" in modules
     assert not hits(modules, NOT_FOR_QUANTIZE), sorted(hits(modules, NOT_FOR_QUANTIZE))
+    assert not hits(modules, NOT_FOR_A_TABLE_TYPE), sorted(hits(modules, NOT_FOR_A_TABLE_TYPE))
     assert not {m for m in modules if m.startswith("leanfit.cli.") and m != "leanfit.cli.quantize"}
 
 

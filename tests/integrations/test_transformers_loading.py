@@ -29,6 +29,7 @@ from transformers import (
 import leanfit.checkpoints.hf  # noqa: F401  (registers quant_method "leanfit")
 from leanfit.checkpoints import load
 from leanfit.checkpoints.hf import LeanfitConfig, peft_arguments
+from leanfit.checkpoints.layout import FORMAT_VERSION
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.finetune.data import load_data
 from leanfit.pipeline import quantize_checkpoint
@@ -79,7 +80,7 @@ def test_backbone_config_names_every_target_with_its_quantizer(tiny_causal_loftq
     assert (written["quant_method"], written["format"], written["format_version"]) == (
         "leanfit",
         "leanfit-loftq",
-        1,
+        FORMAT_VERSION,
     )
     listed = {
         module: {k: group[k] for k in ("bits", "method", "block_size", "double_quant")}
@@ -463,7 +464,11 @@ def test_a_plain_checkpoint_cannot_be_quantized_on_load(tmp_path):
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        (lambda q: q.update(format_version=2), CorruptArtifactError, "format_version 2, newer"),
+        (
+            lambda q: q.update(format_version=FORMAT_VERSION + 1),
+            CorruptArtifactError,
+            f"format_version {FORMAT_VERSION + 1}, newer",
+        ),
         (lambda q: q.update(format="other"), CorruptArtifactError, "must have format 'leanfit"),
         (lambda q: q.update(groups=[]), CorruptArtifactError, "groups must be a non-empty list"),
         (

@@ -140,6 +140,28 @@ def test_sharded_checkpoint_is_streamed_one_tensor_at_a_time(tmp_path, monkeypat
         assert torch.equal(hidden, inner.model(input_ids=TOKENS).last_hidden_state)
 
 
+def test_ties_come_from_the_model_and_format_1_outputs_still_load(tmp_path):
+    """The source's ties are not read when a table chooses the targets (building the model
+    costs seconds of imports); ``load`` finds them in the model it builds. Outputs of format
+    version 1, which listed them in ``quantization_config.json``, load the same."""
+    source = tiny_llama(tie_word_embeddings=True)
+    source.save_pretrained(tmp_path / "source")
+    with SafetensorsCheckpoint(tmp_path / "source") as checkpoint:
+        assert checkpoint._structure is None  # not built by opening
+        assert checkpoint.tied == {"lm_head.weight": "model.embed_tokens.weight"}
+    out = tmp_path / "out"
+    quantize_checkpoint(tmp_path / "source", out, FAST, progress=False)
+    meta_path = out / "backbone" / "quantization_config.json"
+    meta = read_json(meta_path)
+    assert "tied" not in meta
+    current = logits(load(out).eval())
+    meta.update(format_version=1, tied={"lm_head.weight": "model.embed_tokens.weight"})
+    meta_path.write_text(json.dumps(meta))
+    inner = load(out).eval().base_model.model
+    assert inner.lm_head.weight is inner.model.embed_tokens.weight
+    assert torch.equal(logits(inner), current)
+
+
 def test_gpt2_conv1d_weights_are_transposed_and_restored(tmp_path):
     torch.manual_seed(0)
     config = GPT2Config(

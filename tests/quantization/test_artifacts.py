@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, GPT2Config, GPT2Model
 
+from leanfit.checkpoints.layout import FORMAT_VERSION
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.pretrained import model_path
@@ -54,7 +55,7 @@ def test_output_layout(minilm_loftq):
     assert LoftQConfig.load(root / "loftq_config.json") == LoftQConfig(bits=2, rank=16, iters=5)
 
     meta = read_json(root / "backbone" / "quantization_config.json")
-    assert meta["format"] == "leanfit-loftq" and meta["format_version"] == 1
+    assert meta["format"] == "leanfit-loftq" and meta["format_version"] == FORMAT_VERSION
     assert meta["architecture"] == "BertModel" and len(meta["targets"]) == TARGETS
     query = meta["targets"]["encoder.layer.0.attention.self.query"]
     assert query["quantized"] == {
@@ -258,9 +259,9 @@ def test_a_directory_that_is_not_a_leanfit_output_is_refused(tmp_path):
         (
             lambda d: edit_json(
                 d / "backbone" / "quantization_config.json",
-                lambda v: v.update(format_version=2),
+                lambda v: v.update(format_version=FORMAT_VERSION + 1),
             ),
-            "format_version 2, newer than the 1 this leanfit",
+            f"format_version {FORMAT_VERSION + 1}, newer than the {FORMAT_VERSION} this leanfit",
         ),
         (
             lambda d: edit_json(

@@ -128,3 +128,11 @@ def test_refusals(tmp_path, synthetic_checkpoint, cluster):
 def test_no_active_client_is_refused(tmp_path, synthetic_checkpoint):
     with pytest.raises(BadInputError, match="no Client is active"):
         quantize_checkpoint_distributed(synthetic_checkpoint, tmp_path / "o", LoftQConfig(rank=2))
+
+
+def test_an_existing_output_is_refused_before_connecting(tmp_path, synthetic_checkpoint):
+    # No client is active: had it tried to connect, the error would be "no Client is active"
+    # (with "local", a whole Dask cluster would have started first).
+    (tmp_path / "o").mkdir()
+    with pytest.raises(BadInputError, match="exists; pass --overwrite"):
+        quantize_checkpoint_distributed(synthetic_checkpoint, tmp_path / "o", LoftQConfig(rank=2))

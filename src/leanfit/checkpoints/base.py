@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -27,8 +28,40 @@ from leanfit.exceptions import (
 )
 
 
+@dataclass(frozen=True)
+class ModelStructure:
+    """What the model built from a checkpoint's config says of its stored tensors.
+
+    Attributes
+    ----------
+    tied : dict of str to str
+        ``alias -> stored name`` (:func:`tied_aliases`).
+    layers : dict of str to LinearLayer, or None
+        The linear layers by stored weight name (:func:`stored_linear_layers`); None when
+        transformers builds no model for the config.
+    """
+
+    tied: dict[str, str]
+    layers: dict[str, LinearLayer] | None
+
+
+def model_structure(model: nn.Module | None, stored: Iterable[str]) -> ModelStructure:
+    """The :class:`ModelStructure` of ``model`` (None: no model) for the ``stored`` names."""
+    if model is None:
+        return ModelStructure({}, None)
+    stored = list(stored)
+    return ModelStructure(
+        tied_aliases(model.named_parameters(remove_duplicate=False), stored),
+        stored_linear_layers(model, stored),
+    )
+
+
 class Checkpoint(abc.ABC):
     """A checkpoint read tensor by tensor; tensors are in Hugging Face names and layout.
+
+    The model transformers builds from the config (on the meta device) tells :attr:`tied` and
+    :meth:`linear_layers`. It is built on first use only: importing a model's code costs
+    about 2 s, which a walk with a target table never needs.
 
     Attributes
     ----------
@@ -36,20 +69,12 @@ class Checkpoint(abc.ABC):
         The directory or GGUF file opened.
     config : transformers.PretrainedConfig
         The model configuration.
-    tied : dict of str to str
-        Parameters of the model that share the storage of a stored tensor and are not stored
-        themselves, ``alias -> stored name`` (e.g. ``{"lm_head.weight":
-        "model.embed_tokens.weight"}`` with tied embeddings). ``names() ∪ tied`` are the
-        state-dict keys of the model built by ``from_pretrained``; ``read`` accepts aliases.
-    layers : dict of str to LinearLayer, or None
-        See :meth:`linear_layers`.
     """
 
     def __init__(self, path: Path, config: PretrainedConfig) -> None:
         self.path = path
         self.config = config
-        self.tied: dict[str, str] = {}
-        self.layers: dict[str, LinearLayer] | None = None
+        self._structure: ModelStructure | None = None
         self._closed = False
 
     @property
@@ -62,11 +87,29 @@ class Checkpoint(abc.ABC):
         self._check_open()
         return list(self._stored_names())
 
+    @property
+    def tied(self) -> dict[str, str]:
+        """Parameters of the model that share the storage of a stored tensor and are not stored
+        themselves, ``alias -> stored name`` (e.g. ``{"lm_head.weight":
+        "model.embed_tokens.weight"}`` with tied embeddings). ``names() ∪ tied`` are the
+        state-dict keys of the model built by ``from_pretrained``; ``read`` accepts aliases."""
+        return self._model_structure().tied
+
     def linear_layers(self) -> dict[str, LinearLayer] | None:
         """The linear layers of the model transformers builds from the config, by stored weight
         name (``….weight``; see :func:`stored_linear_layers`); None when transformers builds
         no model for it (a class it does not provide)."""
-        return self.layers
+        return self._model_structure().layers
+
+    def _model_structure(self) -> ModelStructure:
+        if self._structure is None:
+            self._check_open()
+            self._structure = self._build_structure()
+        return self._structure
+
+    @abc.abstractmethod
+    def _build_structure(self) -> ModelStructure:
+        """What the model built from the config says of the stored tensors."""
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of a tensor in Hugging Face layout (a Linear weight is out × in)."""
@@ -127,7 +170,7 @@ class Checkpoint(abc.ABC):
 
     def _resolve(self, name: str) -> str:
         self._check_open()
-        stored = self.tied.get(name, name)
+        stored = name if name in self._stored_names() else self.tied.get(name, name)
         if stored not in self._stored_names():
             examples = ", ".join(list(self._stored_names())[:3])
             raise BadInputError(
@@ -246,8 +289,6 @@ def load_config(directory: Path, source: Path, **kwargs: Any) -> PretrainedConfi
 class TensorSource(Protocol):
     """What the walker reads: a :class:`leanfit.checkpoints.base.Checkpoint` or a
     :class:`ModuleSource`."""
-
-    tied: dict[str, str]
 
     @property
     def model_type(self) -> str: ...

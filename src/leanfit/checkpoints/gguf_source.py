@@ -22,11 +22,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from leanfit.checkpoints.base import (
     Checkpoint,
+    ModelStructure,
     guarded,
     load_config,
     meta_model,
-    stored_linear_layers,
-    tied_aliases,
+    model_structure,
 )
 from leanfit.exceptions import (
     BadInputError,
@@ -104,8 +104,10 @@ class GGUFCheckpoint(Checkpoint):
                 f"{unmapped[:5]}",
                 stacklevel=3,
             )
-        self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._tensors)
-        self.layers = stored_linear_layers(model, self._tensors)
+        self._opened_structure = model_structure(model, self._tensors)
+
+    def _build_structure(self) -> ModelStructure:
+        return self._opened_structure  # the model was built at opening, to name the tensors
 
     def save_config_and_tokenizer(self, out_dir: str | Path) -> list[Path]:
         self._check_open()

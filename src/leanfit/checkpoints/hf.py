@@ -1,9 +1,10 @@
 """Load a leanfit backbone with transformers' ``from_pretrained``: quant_method ``"leanfit"``.
 
 ``leanfit quantize`` writes, next to the packed shards, a ``quantization_config`` into
-``OUT/backbone/config.json`` (:func:`transformers_quantization_config`)::
+``OUT/backbone/config.json``
+(:func:`leanfit.checkpoints.layout.transformers_quantization_config`)::
 
-    {"quant_method": "leanfit", "format": "leanfit-loftq", "format_version": 1,
+    {"quant_method": "leanfit", "format": "leanfit-loftq", "format_version": 2,
      "groups": [{"kind": "linear", "transposed": false, "bits": 2, "method": "nf",
                  "block_size": 64, "double_quant": false,
                  "modules": ["model.layers.0.mlp.down_proj", ...]}, ...]}
@@ -31,7 +32,6 @@ head class), PEFT needs :func:`peft_arguments` to attach the adapter.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,47 +47,19 @@ from transformers.quantizers.auto import (
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from leanfit.checkpoints.keys import ModelKeys, adapter_key_mapping
-from leanfit.checkpoints.layout import FORMAT, FORMAT_VERSION, peft_task_type, read_adapter_config
+from leanfit.checkpoints.layout import (
+    FORMAT,
+    FORMAT_VERSION,
+    QUANT_METHOD,
+    SETTINGS,
+    peft_task_type,
+    read_adapter_config,
+)
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quantization.quantizers import check_quantization_args
 
 logger = logging.getLogger(__name__)
-
-QUANT_METHOD = "leanfit"
-SETTINGS = ("kind", "transposed", "bits", "method", "block_size", "double_quant")
-"""The keys of a group besides ``modules``: the target kind and its quantizer."""
-
-
-def transformers_quantization_config(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``quantization_config`` of ``backbone/config.json`` for the targets of an output.
-
-    Parameters
-    ----------
-    targets : mapping
-        Module name → its entry of ``backbone/quantization_config.json`` (``kind``,
-        ``transposed`` and the quantizer settings under ``quantized``).
-
-    Returns
-    -------
-    dict
-        ``{"quant_method": "leanfit", "format", "format_version", "groups"}``: the modules
-        grouped by setting, groups and modules sorted (the same targets give the same bytes).
-    """
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    for module in sorted(targets):
-        entry, quantized = targets[module], targets[module]["quantized"]
-        key = (entry["kind"], entry["transposed"], *(quantized[k] for k in SETTINGS[2:]))
-        groups.setdefault(key, []).append(module)
-    return {
-        "quant_method": QUANT_METHOD,
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "groups": [
-            {**dict(zip(SETTINGS, key, strict=True)), "modules": modules}
-            for key, modules in sorted(groups.items(), key=lambda group: group[1][0])
-        ],
-    }
 
 
 def _check_group(group: object) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ from leanfit.io import read_json
 from leanfit.quantization.quantizers import check_quantization_args
 
 FORMAT = "leanfit-loftq"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 dropped the ``tied`` map of version 1 (``load`` finds the ties in the model it
+builds); version 1 outputs still load."""
 BACKBONE, ADAPTER, DEQUANTIZED = "backbone", "adapter", "dequantized"
 QUANTIZATION_CONFIG = "quantization_config.json"
 LOFTQ_CONFIG = "loftq_config.json"
@@ -40,6 +42,42 @@ REPORT_JSON, REPORT_MD = "loftq_report.json", "loftq_report.md"
 INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+
+QUANT_METHOD = "leanfit"
+SETTINGS = ("kind", "transposed", "bits", "method", "block_size", "double_quant")
+"""The keys of a group besides ``modules``: the target kind and its quantizer."""
+
+
+def transformers_quantization_config(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``quantization_config`` of ``backbone/config.json`` for the targets of an output.
+
+    Parameters
+    ----------
+    targets : mapping
+        Module name → its entry of ``backbone/quantization_config.json`` (``kind``,
+        ``transposed`` and the quantizer settings under ``quantized``).
+
+    Returns
+    -------
+    dict
+        ``{"quant_method": "leanfit", "format", "format_version", "groups"}``: the modules
+        grouped by setting, groups and modules sorted (the same targets give the same bytes).
+    """
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for module in sorted(targets):
+        entry, quantized = targets[module], targets[module]["quantized"]
+        key = (entry["kind"], entry["transposed"], *(quantized[k] for k in SETTINGS[2:]))
+        groups.setdefault(key, []).append(module)
+    return {
+        "quant_method": QUANT_METHOD,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "groups": [
+            {**dict(zip(SETTINGS, key, strict=True)), "modules": modules}
+            for key, modules in sorted(groups.items(), key=lambda group: group[1][0])
+        ],
+    }
+
 
 TASKS = ("auto", "causal-lm", "base", "sequence-classification")
 
@@ -135,11 +173,9 @@ def read_quantization_config(directory: str | Path) -> dict[str, Any]:
             f"{str(path)!r} has format_version {version}, newer than the {FORMAT_VERSION} this "
             f"leanfit {__version__} reads; upgrade leanfit"
         )
-    targets, tied = meta.get("targets"), meta.get("tied")
-    if not isinstance(targets, dict) or not targets or not isinstance(tied, dict):
-        raise CorruptArtifactError(f"{str(path)!r} lists no targets or no tied map")
-    if not all(isinstance(v, str) for v in tied.values()):
-        raise CorruptArtifactError(f"{str(path)!r}: tied must map tensor names to tensor names")
+    targets = meta.get("targets")
+    if not isinstance(targets, dict) or not targets:
+        raise CorruptArtifactError(f"{str(path)!r} lists no targets")
     if not isinstance(meta.get("architecture"), str | None):
         raise CorruptArtifactError(
             f"{str(path)!r}: architecture must be a class name or null; "

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from leanfit.checkpoints.base import tied_aliases
 from leanfit.checkpoints.keys import ModelKeys, adapter_key_mapping
 from leanfit.checkpoints.layout import (
     ADAPTER,
@@ -167,22 +168,32 @@ def _check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
         )
 
 
-def _retie(model: nn.Module, tied: dict[str, str], keys: ModelKeys) -> set[str]:
-    """Make every alias the source listed (``tied``, stored names) share the stored parameter
-    again (assign-loading replaced the stored ones); returns the aliases handled."""
+def _tied_in_model(
+    model: nn.Module, keys: ModelKeys, backbone: Iterable[str], placed: dict[str, str]
+) -> dict[str, str]:
+    """The parameters of ``model`` that share their storage with one the backbone holds and
+    are not stored themselves (e.g. an output embedding tied to the input one), ``alias ->
+    stored``, both in the model's names (:func:`~leanfit.checkpoints.base.tied_aliases`). The
+    backbone holds its names (``backbone``, read through ``keys``) and the weights of the
+    targets, stored packed (``placed``: stored module -> model module)."""
+    in_model = (keys(name) for name in backbone)
+    stored = {name for name in in_model if name} | {f"{m}.weight" for m in placed.values()}
+    return tied_aliases(model.named_parameters(remove_duplicate=False), stored)
+
+
+def _retie(model: nn.Module, tied: dict[str, str]) -> set[str]:
+    """Make every alias (``tied``, model names) share the stored parameter again
+    (assign-loading replaced the stored ones); returns the aliases handled."""
     done = set()
     for alias, stored in tied.items():
-        alias_name, stored_name = keys(alias), keys(stored)
-        if alias_name is None or stored_name is None:
-            continue
-        owner, _, attr = alias_name.rpartition(".")
+        owner, _, attr = alias.rpartition(".")
         try:
             module = model.get_submodule(owner)
-            parameter = model.get_parameter(stored_name)
+            parameter = model.get_parameter(stored)
         except AttributeError:
             continue
         setattr(module, attr, parameter)
-        done.add(alias_name)
+        done.add(alias)
     return done
 
 
@@ -286,6 +297,7 @@ def _load_into(
     relayout = any(keys(t.name) not in (None, keys.renamed(t.name)) for t in targets.values())
     strict = same_class and not relayout
     placed = _placed_targets(targets, keys, strict)
+    tied = _tied_in_model(model, keys, _weight_map(directory / BACKBONE), placed)
     _swap_quantized_linears(model, targets, placed, meta)
     expected = set(model.state_dict())
     buffers = {name for name, _ in model.named_buffers()}
@@ -328,7 +340,7 @@ def _load_into(
             type(model).__name__,
             dropped[:3],
         )
-    missing = expected - loaded - _retie(model, meta["tied"], keys)
+    missing = expected - loaded - _retie(model, tied)
     head = set() if strict else {name for name in missing if not keys.in_base_model(name)}
     _initialize(model, head)
     _tie_weights(model, missing)

@@ -141,6 +141,20 @@ def _read_journal(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
     return entries
 
 
+def refuse_existing_output(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse an existing ``out`` unless it is to be replaced (``overwrite``) or may be the
+    completed run to resume (``resume``); callers that start costly work first (a Dask
+    cluster) check it before.
+
+    Raises
+    ------
+    BadInputError
+        ``out`` exists and neither ``overwrite`` nor ``resume`` is given.
+    """
+    if out.exists() and not overwrite and not resume:
+        raise BadInputError(f"output {str(out)!r} exists; pass --overwrite to replace it")
+
+
 class PartialRun:
     """The stable partial directory of one output: opened, resumed or started, then finished.
 
@@ -185,10 +199,7 @@ class PartialRun:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             recover_output(self.out)
-            if self.out.exists() and not self.overwrite:
-                raise BadInputError(
-                    f"output {str(self.out)!r} exists; pass --overwrite to replace it"
-                )
+            refuse_existing_output(self.out, overwrite=self.overwrite, resume=False)
             self.root.mkdir(exist_ok=True)
             self._acquire()
             recorded = _read_journal(self.journal)

@@ -37,11 +37,11 @@ from transformers import AutoTokenizer
 
 from leanfit.checkpoints.base import (
     Checkpoint,
+    ModelStructure,
     guarded,
     load_config,
     meta_model,
-    stored_linear_layers,
-    tied_aliases,
+    model_structure,
 )
 from leanfit.checkpoints.gguf_source import GGUFCheckpoint
 from leanfit.exceptions import (
@@ -138,6 +138,9 @@ class SafetensorsCheckpoint(Checkpoint):
                 f"{INDEX_FILE} in {str(directory)!r} does not match its shards: listed but not "
                 f"stored {extra[:5]}, stored but not listed {absent[:5]}"
             )
+
+    def _build_structure(self) -> ModelStructure:
+        config = self.config
         architectures = getattr(config, "architectures", None) or []
         name = architectures[0] if isinstance(architectures, list) and architectures else None
         build = (
@@ -146,10 +149,10 @@ class SafetensorsCheckpoint(Checkpoint):
             else transformers.AutoModel.from_config
         )
         buildable = not isinstance(build, type) or issubclass(build, transformers.PreTrainedModel)
+        model = None
         if callable(build) and buildable:  # never a class transformers lacks (its own code)
-            model = guarded(directory, "build the model it describes", meta_model, build, config)
-            self.tied = tied_aliases(model.named_parameters(remove_duplicate=False), self._handles)
-            self.layers = stored_linear_layers(model, self._handles)
+            model = guarded(self.path, "build the model it describes", meta_model, build, config)
+        return model_structure(model, self._handles)
 
     def tokenizer(self) -> Any:
         self._check_open()

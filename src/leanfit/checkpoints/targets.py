@@ -196,6 +196,17 @@ def target_rule(model_type: str, patterns: Sequence[str] | None = None) -> str:
     return ALL_LINEAR
 
 
+def needs_model_layers(model_type: str) -> bool:
+    """Whether :func:`select_targets` needs the model's linear layers for ``model_type``.
+
+    For a type without a table they are the default targets (:data:`ALL_LINEAR`) and say
+    which weights are stored transposed; a type with a table has both in
+    :data:`DEFAULT_PATTERNS` and :data:`TRANSPOSED_MODEL_TYPES`, so its model (whose code
+    takes seconds to import) need not be built.
+    """
+    return model_type not in DEFAULT_PATTERNS
+
+
 def default_target_patterns(model_type: str) -> tuple[str, ...]:
     """The target table of a model type (see :data:`DEFAULT_PATTERNS`).
 

@@ -32,6 +32,7 @@ from leanfit.checkpoints.layout import (
     final_shard_file,
     peft_task_type,
     shard_file,
+    transformers_quantization_config,
     write_adapter_config,
 )
 from leanfit.checkpoints.resume import PartialRun
@@ -370,7 +371,6 @@ class ArtifactWriter:
             "leanfit_version": __version__,
             "model_type": self.source.model_type,
             "architecture": self.architecture,
-            "tied": dict(self.source.tied),
             "targets": targets,
         }
         (self.root / BACKBONE / QUANTIZATION_CONFIG).write_text(
@@ -407,8 +407,6 @@ class ArtifactWriter:
         """``quantization_config`` (quant_method ``"leanfit"``) in ``backbone/config.json``, so
         that transformers' ``from_pretrained`` loads the backbone packed (see
         :mod:`leanfit.checkpoints.hf`); a backbone without config.json is left as is."""
-        from leanfit.checkpoints.hf import transformers_quantization_config
-
         config_path = self.root / BACKBONE / "config.json"
         if config_path.is_file():
             entry = transformers_quantization_config(targets)

@@ -11,6 +11,7 @@ subcommands from :data:`SUBCOMMANDS` without importing any of them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``leanfit`` script; returns the process exit code.
 
     A :class:`~leanfit.exceptions.LeanfitError` is printed as one line on stderr with exit
-    code 2 (no traceback); anything else is a bug and keeps its traceback.
+    code 2 (no traceback); Ctrl-C as one line with exit code 130 (what a shell reports for
+    SIGINT); anything else is a bug and keeps its traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = requested_subcommand(argv)
@@ -84,3 +86,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LeanfitError as err:
         print(f"leanfit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"leanfit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def script() -> None:
+    """The ``leanfit`` console script: :func:`main`, then exit without tearing the interpreter
+    down.
+
+    Python's normal shutdown frees every object of every imported module one by one: 0.6 s
+    after importing torch, 1.3 s after a transformers model's code, waited for after the
+    command's work is done. Here the exit handlers registered with :mod:`atexit` (logging,
+    multiprocessing, Dask) still run and the standard streams are flushed, then the process
+    ends with :func:`os._exit`. An unexpected exception still leaves through the normal path
+    with its traceback. Python code calls :func:`main` instead, which returns, and
+    ``python -m leanfit.cli`` exits the normal way (so that profilers and debuggers wrapping
+    it see the end of the program).
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from leanfit.checkpoints.base import Checkpoint, TensorSource
+from leanfit.checkpoints.resume import refuse_existing_output
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, MissingResourceError, bad_value
 from leanfit.pipeline.computers import QuantizedTarget, TargetComputer, TargetJob, quantize_target
@@ -164,6 +165,7 @@ def quantize_checkpoint_distributed(
         raise bad_value("max_pending", max_pending, "an int >= 1, or None")
     config = LoftQConfig() if config is None else config
     path = Path(source).resolve()
+    refuse_existing_output(Path(out_dir), overwrite=overwrite, resume=resume)
     with open_checkpoint(path) as checkpoint, connected(client) as dask_client:
         if max_pending is None:
             max_pending = 2 * max(1, sum(dask_client.nthreads().values()))

@@ -277,3 +277,26 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+TRIM_EVERY_BYTES = 32 * 2**20
+"""How many bytes of tensors :class:`FreedMemory` lets go between two releases."""
+
+
+class FreedMemory:
+    """Calls :func:`release_freed_memory` once every ``every_bytes`` of tensors let go.
+
+    Each call costs about 2 ms (glibc walks its heap): after each of BERT-base's 199 tensors,
+    0.4 s. Once every 32 MiB, the memory not yet given back stays below that much.
+    """
+
+    def __init__(self, every_bytes: int = TRIM_EVERY_BYTES) -> None:
+        self.every_bytes = every_bytes
+        self.pending = 0
+
+    def freed(self, nbytes: int) -> None:
+        """Count ``nbytes`` let go; give the memory back once ``every_bytes`` are pending."""
+        self.pending += nbytes
+        if self.pending >= self.every_bytes:
+            release_freed_memory()
+            self.pending = 0

@@ -22,6 +22,7 @@ run continues with ``resume=True``, see :mod:`leanfit.checkpoints.resume`)::
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import closing
 from dataclasses import asdict
@@ -31,7 +32,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leanfit.checkpoints.base import ModuleSource, TensorSource
-from leanfit.checkpoints.targets import Target, plan_bits, select_targets, target_rule
+from leanfit.checkpoints.targets import (
+    LinearLayer,
+    Target,
+    needs_model_layers,
+    plan_bits,
+    select_targets,
+    target_rule,
+)
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import read_json
 from leanfit.pipeline.computers import (
@@ -43,11 +51,11 @@ from leanfit.pipeline.computers import (
     make_calibrator,
 )
 from leanfit.pipeline.memory import (
+    FreedMemory,
     MemoryEstimate,
     PeakMemory,
     check_budget,
     estimate_memory,
-    release_freed_memory,
 )
 from leanfit.pipeline.parallel import check_workers
 from leanfit.quantization.config import LoftQConfig, LoftQReport, MatrixReport
@@ -91,6 +99,12 @@ def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
         setattr(report, f"{name}_bytes", round(totals[f"{name}_mb"] * 2**20))
     report.matrices.extend(MatrixReport.from_dict(matrix) for matrix in values["matrices"])
     return report
+
+
+def _layers_for_targets(source: TensorSource) -> dict[str, LinearLayer] | None:
+    """The source's linear layers if choosing its targets needs them
+    (:func:`~leanfit.checkpoints.targets.needs_model_layers`), else None."""
+    return source.linear_layers() if needs_model_layers(source.model_type) else None
 
 
 def _rule_plan(targets: list[Target], config: LoftQConfig) -> dict[str, int]:
@@ -163,7 +177,7 @@ def walk(
         source.model_type,
         config.targets,
         include_conv=config.include_conv,
-        layers=source.linear_layers(),
+        layers=_layers_for_targets(source),
     )
     _check_rank(targets, config.rank)
     if resume and out_dir.exists() and not unfinished_run(out_dir):
@@ -217,6 +231,7 @@ def walk(
         tqdm(total=len(names), unit="tensor", desc="LoftQ", disable=not progress) as bar,
     ):
         position = {name: index for index, name in enumerate(names)}
+        freed = FreedMemory()
         pending = sorted(
             (job for job in jobs if writer.needs(position[job.target.name])),
             key=lambda job: position[job.target.name],
@@ -234,6 +249,7 @@ def walk(
                         "bytes": tensor.numel() * tensor.element_size(),
                     }
                     writer.add_tensor(index, name, tensor, {"name": name, **size})
+                    freed.freed(size["bytes"])
                     del tensor
                 else:
                     item = next(computed)
@@ -247,8 +263,8 @@ def walk(
                     writer.add_target(
                         index, item.target, item.quantized, item.lora_a, item.lora_b, record
                     )
+                    freed.freed(4 * math.prod(item.target.shape))  # read as float32
                     del item
-                release_freed_memory()
                 bar.update()
                 memory.sample()
                 memory.check(f"{index + 1} of {len(names)} tensors")
@@ -286,7 +302,7 @@ def estimate_checkpoint_memory(
             checkpoint.model_type,
             config.targets,
             include_conv=config.include_conv,
-            layers=checkpoint.linear_layers(),
+            layers=_layers_for_targets(checkpoint),
         )
         if config.bits_budget is None:
             plan = _rule_plan(targets, config)

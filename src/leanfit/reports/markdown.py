@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
@@ -31,18 +30,69 @@ class Image:
     caption: str = ""
 
 
-Block: TypeAlias = str | pd.DataFrame | Image | Path
+if TYPE_CHECKING:
+    import pandas as pd
+
+Block: TypeAlias = "str | pd.DataFrame | Image | Path"
 """One piece of a report section: markdown text, a table, or an image (``Image`` or ``Path``)."""
 
 
+def _pandas() -> Any:
+    """pandas if it is imported, else None: a table given as records needs no pandas (whose
+    import costs a command such as ``leanfit quantize`` about 0.3 s), and a DataFrame can only
+    exist once pandas is imported."""
+    return sys.modules.get("pandas")
+
+
+def _is_dataframe(data: object) -> bool:
+    pd = _pandas()
+    return pd is not None and isinstance(data, pd.DataFrame)
+
+
+def _is_missing(value: object) -> bool:
+    """None, a float NaN, or pandas' NA or NaT."""
+    if value is None or (isinstance(value, numbers.Real) and value != value):
+        return True
+    pd = _pandas()
+    return pd is not None and (value is pd.NA or value is pd.NaT)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _format_cell(value: object, floatfmt: str) -> str:
-    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+    if _is_missing(value):
         return ""
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral | bool):
         text = format(float(value), floatfmt)
     else:
         text = str(value)
     return text.replace("|", r"\|").replace("\r\n", "<br>").replace("\n", "<br>")
+
+
+def _frame_columns(frame: Any) -> tuple[list[object], list[tuple[object, ...]], list[bool]]:
+    """Columns, rows and which columns are numeric (not boolean) of a DataFrame."""
+    types = _pandas().api.types
+    numeric = [
+        types.is_numeric_dtype(frame[c]) and not types.is_bool_dtype(frame[c])
+        for c in frame.columns
+    ]
+    return list(frame.columns), list(frame.itertuples(index=False, name=None)), numeric
+
+
+def _record_columns(
+    records: Sequence[Mapping[Any, object]],
+) -> tuple[list[object], list[tuple[object, ...]], list[bool]]:
+    """Columns (every key, in order of first appearance), rows (a key a record lacks is
+    missing) and which columns are numeric: some value, and every present one a number."""
+    columns: list[object] = list(dict.fromkeys(key for record in records for key in record))
+    rows = [tuple(record.get(c) for c in columns) for record in records]
+    numeric = []
+    for j in range(len(columns)):
+        present = [row[j] for row in rows if not _is_missing(row[j])]
+        numeric.append(bool(present) and all(_is_number(v) for v in present))
+    return columns, rows, numeric
 
 
 def _column_formats(columns: Sequence[object], floatfmt: str | Mapping[str, str]) -> list[str]:
@@ -64,7 +114,9 @@ def markdown_table(
     Parameters
     ----------
     data : pandas.DataFrame or sequence of mappings
-        The rows. Records (one mapping per row) become a DataFrame first; the index is not shown.
+        The rows; a DataFrame's index is not shown. Records (one mapping per row) need no
+        pandas: the columns are their keys in order of first appearance, a key a record lacks
+        is a missing value, and a column is numeric when all its present values are numbers.
     floatfmt : str or mapping of str to str, default ".4g"
         Format specification (``format(x, floatfmt)``) for non-integer numbers; a mapping gives
         one per column name (columns not named use ``".4g"``). Integers, strings and booleans are
@@ -89,26 +141,19 @@ def markdown_table(
     |--------|-------:|
     | LoftQ  | 0.1235 |
     """
-    if isinstance(data, pd.DataFrame):
-        frame = data
+    if _is_dataframe(data):
+        columns, values, numeric = _frame_columns(data)
     elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
         if not all(isinstance(row, Mapping) for row in data):
             raise bad_value("data", type(data).__name__, "a DataFrame or a sequence of mappings")
-        frame = pd.DataFrame(list(data))
+        columns, values, numeric = _record_columns(data)
     else:
         raise bad_value("data", type(data).__name__, "a DataFrame or a sequence of mappings")
-    if frame.shape[1] == 0:
+    if not columns:
         raise BadInputError("data must have at least one column; got none")
-    formats = _column_formats(list(frame.columns), floatfmt)
-    header = [_format_cell(str(c), "") for c in frame.columns]
-    rows = [
-        [_format_cell(v, fmt) for v, fmt in zip(row, formats, strict=True)]
-        for row in frame.itertuples(index=False, name=None)
-    ]
-    numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-        for c in frame.columns
-    ]
+    formats = _column_formats(columns, floatfmt)
+    header = [_format_cell(str(c), "") for c in columns]
+    rows = [[_format_cell(v, fmt) for v, fmt in zip(row, formats, strict=True)] for row in values]
     widths = [max([len(h), 3, *(len(r[j]) for r in rows)]) for j, h in enumerate(header)]
 
     def line(cells: Sequence[str]) -> str:
@@ -126,7 +171,7 @@ def markdown_table(
 
 
 def _render_block(block: Block, report_dir: Path) -> str:
-    if isinstance(block, pd.DataFrame):
+    if _is_dataframe(block):
         return markdown_table(block)
     if isinstance(block, Image | Path):
         image = block if isinstance(block, Image) else Image(block)
@@ -141,7 +186,7 @@ def _render_block(block: Block, report_dir: Path) -> str:
 
 
 def _as_blocks(content: Block | Sequence[Block]) -> list[Block]:
-    if isinstance(content, str | pd.DataFrame | Image | Path):
+    if isinstance(content, str | Image | Path) or _is_dataframe(content):
         return [content]
     return list(content)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
 
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -71,6 +71,8 @@ def save_figure(fig: Figure, path: str | Path, *, overwrite: bool = False) -> Pa
 
 
 def _require_columns(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
+    import pandas as pd  # only here: the markdown half of leanfit.reports needs no pandas
+
     if not isinstance(frame, pd.DataFrame):
         raise bad_value(name, type(frame).__name__, "a pandas DataFrame")
     missing = [c for c in columns if c not in frame.columns]
@@ -136,7 +138,7 @@ def influence_histogram(
         labels = np.asarray(groups).ravel()
         if labels.shape != x.shape:
             raise bad_value("groups", f"shape {labels.shape}", f"an array of shape {x.shape}")
-        names = sorted(pd.unique(labels), key=str)
+        names = sorted(dict.fromkeys(labels.tolist()), key=str)
     fig, ax = _figure_for(ax, (6.4, 4.0))
     edges = np.histogram_bin_edges(x, bins=bins).tolist()
     for name in names:
@@ -188,7 +190,7 @@ def trimming_curves(
     if spread not in ("std", "range"):
         raise bad_value("spread", spread, "'std' or 'range'")
     fig, ax = _figure_for(ax, (6.4, 4.0))
-    for method in pd.unique(frame[method_col]):
+    for method in frame[method_col].unique():
         by_x = frame.loc[frame[method_col] == method].groupby(x, sort=True)[y]
         mean = by_x.mean()
         if spread == "std":
@@ -242,8 +244,8 @@ def error_bars_by_layer(
     _require_columns(frame, "frame", [layer_col, value_col, method_col])
     if frame.duplicated([layer_col, method_col]).any():
         raise BadInputError(f"frame has several rows for one ({layer_col}, {method_col}) pair")
-    layers = list(pd.unique(frame[layer_col]))
-    methods = list(pd.unique(frame[method_col]))
+    layers = list(frame[layer_col].unique())
+    methods = list(frame[method_col].unique())
     table = frame.pivot(index=layer_col, columns=method_col, values=value_col)
     table = table.reindex(index=layers, columns=methods)
     fig, ax = _figure_for(ax, (min(24.0, max(6.4, 1.5 + 0.3 * len(layers))), 4.0))
