@@ -4,13 +4,17 @@ where they should, and bad inputs exit with code 2. A tiny quantized llama cover
 LM path of ``leanfit evaluate``: perplexity and KL of a run directory."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertForMaskedLM
 
+from leanfit.checkpoints import load
 from leanfit.cli import main
+from leanfit.exceptions import CorruptArtifactError
 from leanfit.finetune.evaluate import classification_metrics
 from leanfit.finetune.runs import DataSpec, build_model, load_run, prepare_data, tokenizer_of
 from leanfit.pretrained import model_path
@@ -198,3 +202,44 @@ def test_evaluate_a_causal_lm_run_scores_its_held_out_text(causal_run, tiny_caus
     # tolerance above and 6x below the change.
     assert abs(at_start - expected) > 1e-4 * expected, (at_start, expected)
     assert kl > 0  # NF2 weights: the model is not the original
+
+
+def test_a_masked_lm_checkpoint_becomes_a_classifier_as_transformers_makes_it(
+    tmp_path, capsys, caplog
+):
+    """``BertForMaskedLM`` has no pooler; fine-tuned as a classifier (``BertFor...
+    Classification``), the pooler and the head are newly initialized, as transformers'
+    ``from_pretrained`` initializes them, from the run's seed: ``evaluate`` rebuilds the same
+    model. A module of the base model the backbone holds only in part is still refused."""
+    torch.manual_seed(0)
+    minilm = model_path("minilm")
+    config = BertConfig.from_pretrained(minilm)
+    config.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
+    config.intermediate_size = 64
+    BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, tmp_path / "mlm" / name)
+    quantized, run = tmp_path / "nf2", tmp_path / "run"
+    assert main(["quantize", str(tmp_path / "mlm"), "--out", str(quantized), "--quiet"]) == 0
+    steps = ["--max-examples", "64", "--max-length", "24", "--batch-size", "16", "--steps", "2"]
+    finetune = ["finetune", str(quantized), "--out", str(run), *TRAIN[:4], *steps, "--quiet"]
+    assert main(finetune) == 0
+    assert "newly initialized, e.g. ['bert.pooler.dense.bias'" in caplog.text
+    final = json.loads((run / "metrics.json").read_text())["evals"][-1]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--fidelity-examples", "8", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    # The same weights (the pooler drawn again from the run's seed) on the same rows: only
+    # the order of float32 reductions may differ.
+    assert printed["loss"] == pytest.approx(final["loss"], abs=1e-5)
+
+    (shard,) = (quantized / "backbone").glob("model-*.safetensors")
+    tensors = load_file(shard)
+    del tensors["bert.embeddings.LayerNorm.weight"]  # its bias stays: damaged, not absent
+    save_file(tensors, shard)
+    index = quantized / "backbone" / "model.safetensors.index.json"
+    values = json.loads(index.read_text())
+    values["weight_map"].pop("bert.embeddings.LayerNorm.weight")
+    index.write_text(json.dumps(values))
+    with pytest.raises(CorruptArtifactError, match=r"lacks 1 tensors .*embeddings.LayerNorm"):
+        load(quantized, task="sequence-classification", num_labels=3)

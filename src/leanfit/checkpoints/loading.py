@@ -211,6 +211,18 @@ def _tie_weights(model: nn.Module, missing: set[str]) -> None:
         tie_weights()
 
 
+def _new_parameters(missing: set[str], loaded: set[str], keys: ModelKeys) -> set[str]:
+    """The ``missing`` names to initialize when the model's layout is not the backbone's:
+    those outside the base model (a new task head), and those of modules none of whose
+    tensors was ``loaded`` (a module the saved class did not have, e.g. a pooler)."""
+    present = {name.rpartition(".")[0] for name in loaded}
+    return {
+        name
+        for name in missing
+        if not keys.in_base_model(name) or name.rpartition(".")[0] not in present
+    }
+
+
 def _initialize(model: nn.Module, names: Iterable[str]) -> None:
     """Materialize and initialize the parameters the backbone lacks (a new task head), with
     the model's own initializer (transformers' ``_init_weights``) on each module owning one,
@@ -284,8 +296,11 @@ def _load_into(
     false: another task than the saved one; or the base-model prefix added or stripped: a
     checkpoint of a base model saved under a head class), tensors are handled as transformers
     handles them: backbone tensors the model lacks (the saved model's head, a pooler) are
-    dropped with a warning, and parameters outside the base model that the backbone lacks (a
-    new task head) are initialized. Otherwise both are refused as a damaged artifact."""
+    dropped with a warning, and the parameters the backbone lacks are initialized with a
+    warning when they lie outside the base model (a new task head) or in a module of it the
+    backbone lacks entirely (the pooler of a masked-LM checkpoint loaded as a classifier). A
+    module the backbone holds only in part, and anything missing when the layouts agree, are
+    refused as a damaged artifact."""
     from peft import LoraConfig, PeftModel
 
     if not isinstance(model, nn.Module):
@@ -341,7 +356,7 @@ def _load_into(
             dropped[:3],
         )
     missing = expected - loaded - _retie(model, tied)
-    head = set() if strict else {name for name in missing if not keys.in_base_model(name)}
+    head = set() if strict else _new_parameters(missing, loaded, keys)
     _initialize(model, head)
     _tie_weights(model, missing)
     parameters = model.named_parameters(remove_duplicate=False)

@@ -233,6 +233,21 @@ def load_original(source: str | Path, task: str, *, num_labels: int | None = Non
     return cls.from_pretrained(path, **kwargs)
 
 
+def load_reference(source: str | Path, task: str) -> Any:
+    """:func:`load_original` in eval mode, as the reference of a fidelity measure, without
+    transformers' loading report: the reference is built for a measure leanfit chose (e.g. the
+    base model of a masked-LM checkpoint, whose head is dropped and pooler absent), so the
+    mismatches the report lists are expected and not about the user's run."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return load_original(source, task).eval()
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def _lora_config(directory: Path, task: str) -> LoraConfig:
     saved = read_adapter_config(directory / ADAPTER)
     return LoraConfig(
@@ -537,7 +552,7 @@ def evaluate_directory(
     if task == "causal-lm":
         assert isinstance(held, torch.Tensor)  # prepare_data gives blocks for causal LM
         stream = held.reshape(-1)[:max_tokens]
-        reference = load_original(original, "causal-lm").eval()
+        reference = load_reference(original, "causal-lm")
         result.update(
             perplexity=perplexity(
                 model, stream, max_length=min(window, len(stream)), stride=stride, progress=progress
@@ -560,7 +575,7 @@ def evaluate_directory(
             held.input_ids[:fidelity_examples], held.attention_mask[:fidelity_examples], strict=True
         )
     ]
-    reference = load_original(original, "base").eval()
+    reference = load_reference(original, "base")
     result["embedding_cosine"] = embedding_cosine(
         model, reference, texts, tokenizer, batch_size=batch_size
     )
