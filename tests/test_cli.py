@@ -78,3 +78,26 @@ def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
     monkeypatch.setattr(data, "run", interrupted)
     assert main(["data"]) == 130
     assert capsys.readouterr().err == "leanfit data: interrupted\n"
+
+
+def test_api_errors_are_said_with_the_options_that_set_them():
+    from leanfit.cli import build_parser, in_option_names, option_names, parser_of
+    from leanfit.cli.finetune import API_NAMES
+
+    options = option_names(parser_of(build_parser(["finetune"]), "finetune"), API_NAMES)
+    assert options["learning_rate"] == "--lr" and options["batch_size"] == "--batch-size"
+    cases = {
+        "out_dir '/runs/a' exists; pass overwrite=True to replace it":
+            "--out '/runs/a' exists; pass --overwrite to replace it",
+        "learning_rate must be a finite number > 0; got -1.0":
+            "--lr must be a finite number > 0; got -1.0",
+        "give steps or epochs, not both; got steps=3, epochs=1.0":
+            "give steps or epochs, not both; got --steps 3, --epochs 1.0",
+        "task must be one of ['causal-lm']; got 'x'": "--task must be one of ['causal-lm']; got 'x'",
+        "schedule='cosine' needs steps": "--schedule cosine needs steps",
+        # prose, tensor and file names keep their words
+        "the seed of model.max_length_head.weight is the steps count":
+            "the seed of model.max_length_head.weight is the steps count",
+    }  # fmt: skip
+    for api, cli in cases.items():
+        assert in_option_names(api, options) == cli

@@ -1081,6 +1081,17 @@ def million_categories(tmp: Path) -> list[str]:
     ]
 
 
+def finetune_cli(*extra: str):
+    def args(tmp: Path) -> list[str]:
+        quantized = loftq_output(tmp, lambda directory: None)
+        return [
+            "finetune", str(quantized), "--out", str(tmp / "out"), "--task", "classification",
+            "--data", "tweets", "--steps", "1", "--quiet", *extra,
+        ]  # fmt: skip
+
+    return args
+
+
 def existing(path_args: Callable[[Path], list[str]]):
     def args(tmp: Path) -> list[str]:
         (tmp / "out").mkdir(exist_ok=True)
@@ -1236,37 +1247,37 @@ CLI_CASES = [
     CliCase(
         "cli-quantize-bits",
         "--bits 5",
-        r"bits must be one of \(2, 3, 4\) for method='nf'; got 5",
+        r"--bits must be one of \(2, 3, 4\) for --method nf; got 5",
         quantize_cli(tiny_model, "--bits", "5"),
     ),
     CliCase(
         "cli-quantize-rank",
         "--rank 16 with 16 × 32 matrices",
-        r"rank must be below min\(n_out, n_in\) of every target; got rank=16",
+        r"--rank must be below min\(n_out, n_in\) of every target; got --rank 16",
         lambda t: [*quantize_cli(tiny_model)(t), "--rank", "16"],
     ),
     CliCase(
         "cli-quantize-block-size",
         "--block-size 0",
-        r"block_size must be an int >= 1; got 0",
+        r"--block-size must be an int >= 1; got 0",
         quantize_cli(tiny_model, "--block-size", "0"),
     ),
     CliCase(
         "cli-quantize-bits-budget",
         "--bits-budget 2.4 (below every target at 2 bits: 2.5 stored bits/param)",
-        r"bits_budget must be a number in \[2\.5000, 4\.5000\]: stored bits per parameter",
+        r"--bits-budget must be a number in \[2\.5000, 4\.5000\]: stored bits per parameter",
         quantize_cli(tiny_model, "--bits-budget", "2.4"),
     ),
     CliCase(
         "cli-quantize-calib-tokens",
         "--calibration pride_and_prejudice --calib-tokens 0",
-        r"calib_tokens must be an int >= 2; got 0",
+        r"--calib-tokens must be an int >= 2; got 0",
         quantize_cli(tiny_model, "--calibration", "pride_and_prejudice", "--calib-tokens", "0"),
     ),
     CliCase(
         "cli-quantize-calibration-missing",
         "--calibration naming a file that does not exist",
-        r"calibration must be one of \['pride_and_prejudice'\] or an existing text file",
+        r"--calibration must be one of \['pride_and_prejudice'\] or an existing text file",
         lambda t: [*quantize_cli(tiny_model)(t), "--calibration", str(t / "absent.txt")],
     ),
     CliCase(
@@ -1296,7 +1307,7 @@ CLI_CASES = [
     CliCase(
         "cli-quantize-workers-zero",
         "--workers 0",
-        r"workers must be an int >= 1; got 0",
+        r"--workers must be an int >= 1; got 0",
         quantize_cli(tiny_model, "--workers", "0"),
     ),
     CliCase(
@@ -1320,7 +1331,7 @@ CLI_CASES = [
     CliCase(
         "cli-quantize-max-memory",
         "--max-memory 1MB (below the estimated peak)",
-        r"max_memory must cover the estimated peak memory .* got 1 MB",
+        r"--max-memory must cover the estimated peak memory .* got 1 MB",
         quantize_cli(tiny_model, "--max-memory", "1MB"),
     ),
     CliCase(
@@ -1340,6 +1351,24 @@ CLI_CASES = [
         "--out that exists",
         "exists; pass --overwrite",
         existing(quantize_cli(tiny_model)),
+    ),
+    CliCase(
+        "cli-finetune-lr",
+        "a negative --lr",
+        r"--lr must be a finite number > 0; got -1\.0",
+        finetune_cli("--lr", "-1"),
+    ),
+    CliCase(
+        "cli-finetune-column-of-a-built-in",
+        "--label-column with a built-in data set",
+        r"--label-column stars: columns are chosen in a CSV file only; .* 'tweets' has its own",
+        finetune_cli("--label-column", "stars"),
+    ),
+    CliCase(
+        "cli-finetune-out-exists",
+        "--out that exists (refused before any loading)",
+        r"--out '.*out' exists; pass --overwrite to replace it",
+        existing(finetune_cli()),
     ),
 ]
 
@@ -1370,8 +1399,8 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"leanfit {args[0]}: error: ")
     assert re.search(case.match, lines[0]), lines[0]
-    if args[0] == "select":  # options, never Python keyword syntax such as ``positive=``
-        assert not PYTHON_KEYWORD.search(lines[0]), lines[0]
+    # options, never Python keyword syntax such as ``positive=`` or ``overwrite=True``
+    assert not PYTHON_KEYWORD.search(lines[0]), lines[0]
     assert not (tmp_path / "out").exists() or case.id.endswith("-out-exists")
     if "-unfinished" not in case.id:  # those cases start from an unfinished run
         assert not list(tmp_path.glob(".out.*"))  # no partial output either

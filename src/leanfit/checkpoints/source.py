@@ -207,8 +207,8 @@ class SafetensorsCheckpoint(Checkpoint):
 def _pickle_refused(path: Path) -> BadInputError:
     return BadInputError(
         f"checkpoint {str(path)!r} is a pickle file, which leanfit does not load (unpickling can "
-        "run arbitrary code); convert it to safetensors, e.g. with transformers: "
-        "model.save_pretrained(directory, safe_serialization=True)"
+        "run arbitrary code); convert it to safetensors in an environment you trust, e.g. "
+        "load it with transformers and save it with save_pretrained, which writes safetensors"
     )
 
 

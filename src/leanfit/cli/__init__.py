@@ -14,8 +14,9 @@ import argparse
 import atexit
 import logging
 import os
+import re
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from importlib import import_module
 
 from leanfit._version import __version__
@@ -30,6 +31,12 @@ SUBCOMMANDS = {
     "select": "score training rows by influence, trim the harmful ones, report",
     "experiment": "run an influence-selection scenario (shift, poisoning, ...) and report",
 }
+
+
+def parser_of(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of a subcommand of the top-level ``parser``."""
+    (subparsers,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
 
 
 def requested_subcommand(argv: Sequence[str]) -> str | None:
@@ -63,6 +70,35 @@ def build_parser(complete: Collection[str] | None = None) -> argparse.ArgumentPa
     return parser
 
 
+def option_names(parser: argparse.ArgumentParser, aliases: Mapping[str, str]) -> dict[str, str]:
+    """The option that sets each parameter of the Python API, ``name -> --option``: every
+    option's destination (``first_high_layers -> --first-high-layers``), and the ``aliases``
+    of a subcommand for the API names that differ from it (``learning_rate -> lr``)."""
+    options = {
+        action.dest: max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.option_strings and action.dest != "help"
+    }
+    return options | {name: options[dest] for name, dest in aliases.items() if dest in options}
+
+
+def in_option_names(message: str, options: Mapping[str, str]) -> str:
+    """An error of the Python API said in the command's words: ``overwrite=True`` becomes
+    ``--overwrite``, ``bits=4`` and ``method='nf'`` become ``--bits 4`` and ``--method nf``,
+    and a parameter name becomes its option where it is a name: anywhere when it holds an
+    underscore (``first_high_layers``; prose has none), else where it starts the message or
+    a clause (``rank must be …``)."""
+    for name, option in sorted(options.items(), key=lambda item: -len(item[0])):
+        word = re.escape(name)
+        message = re.sub(rf"\b{word}=True\b", option, message)
+        message = re.sub(rf"\b{word}=(['\"]?)([^\s,;)'\"]+)\1", rf"{option} \2", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![\w.-]){word}(?![\w.])", option, message)
+        else:
+            message = re.sub(rf"(^|; |: ){word}(?= must\b)", rf"\g<1>{option}", message)
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``leanfit`` script; returns the process exit code.
 
@@ -84,7 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except LeanfitError as err:
-        print(f"leanfit {args.command}: error: {err}", file=sys.stderr)
+        subcommand = import_module(f"leanfit.cli.{args.command}")
+        options = option_names(
+            parser_of(parser, args.command), getattr(subcommand, "API_NAMES", {})
+        )
+        print(
+            f"leanfit {args.command}: error: {in_option_names(str(err), options)}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print(f"leanfit {args.command}: interrupted", file=sys.stderr)

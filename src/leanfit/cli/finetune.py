@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from leanfit.finetune.runs import DataSpec
 
 
+#: Parameters of FinetuneConfig and finetune_directory that an option of another name sets (an error
+#: names the option: :func:`leanfit.cli.in_option_names`).
+API_NAMES = {"learning_rate": "lr", "out_dir": "out"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",

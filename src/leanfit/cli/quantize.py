@@ -8,6 +8,17 @@ from pathlib import Path
 from leanfit.cli import SUBCOMMANDS
 from leanfit.pretrained import PACKAGES, model_path
 
+#: Parameters of LoftQConfig and quantize_checkpoint that an option of another name sets (an error
+#: names the option: :func:`leanfit.cli.in_option_names`).
+API_NAMES = {
+    "lora_alpha": "alpha",
+    "targets": "target",
+    "patterns": "target",
+    "out_dir": "out",
+    "max_shard_bytes": "max_shard_size",
+    "max_memory_bytes": "max_memory",
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

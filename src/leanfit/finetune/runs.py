@@ -23,7 +23,7 @@ PEFT's ``modules_to_save``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,12 @@ from leanfit.finetune.evaluate import (
     next_token_kl,
     perplexity,
 )
-from leanfit.finetune.training import FinetuneConfig, FinetuneResult, finetune
+from leanfit.finetune.training import (
+    FinetuneConfig,
+    FinetuneResult,
+    finetune,
+    refuse_existing_run,
+)
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
 
@@ -79,7 +84,7 @@ class DataSpec:
         A built-in name (``"pride_and_prejudice"`` for causal LM, ``"tweets"`` for
         classification) or a file: plain text (causal LM) or CSV (classification).
     text_column, label_column : str
-        CSV columns (classification); ignored for built-ins, which know theirs.
+        CSV columns (classification). A built-in knows its own: other names are refused.
     eval_fraction : float in (0, 1)
         Held out: the last chapters (built-in book), the last paragraphs (a text file, split on
         blank lines), or a random ``eval_fraction`` of the rows drawn with ``seed`` (tables).
@@ -109,6 +114,17 @@ class DataSpec:
             raise bad_value("seed", self.seed, "an int >= 0")
         if self.max_examples is not None and not _int_at_least(self.max_examples, 1):
             raise bad_value("max_examples", self.max_examples, "None or an int >= 1")
+        chosen = [
+            f"{field.name}={getattr(self, field.name)!r}"
+            for field in fields(self)
+            if field.name in ("text_column", "label_column")
+            and getattr(self, field.name) != field.default
+        ]
+        if self.source in BUILTIN_DATA and chosen:
+            raise BadInputError(
+                f"{' and '.join(chosen)}: columns are chosen in a CSV file only; the built-in "
+                f"data set {self.source!r} has its own"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self.__dict__)
@@ -354,6 +370,7 @@ def finetune_directory(
         raise bad_value("init", init, f"one of {list(INITS)}")
     directory = Path(directory)
     read_quantization_config(directory)
+    refuse_existing_run(Path(out_dir), overwrite)
     train, held = prepare_data(
         data, config.task, tokenizer_of(directory), max_length=config.max_length
     )

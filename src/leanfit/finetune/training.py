@@ -487,6 +487,19 @@ def _start_run(
     return None
 
 
+def refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing ``out_dir`` unless ``overwrite`` (checked again before anything
+    costly by the callers that load a model first).
+
+    Raises
+    ------
+    BadInputError
+        ``out_dir`` exists and ``overwrite`` is false.
+    """
+    if out_dir.exists() and not overwrite:
+        raise BadInputError(f"out_dir {str(out_dir)!r} exists; pass overwrite=True to replace it")
+
+
 def finetune(
     model: PeftModel,
     train_data: TrainData,
@@ -553,8 +566,7 @@ def finetune(
         if not isinstance(name, str) or Path(name).name != name or name in LAYOUT:
             raise bad_value("extra_json", name, f"a plain file name outside the layout {LAYOUT}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise BadInputError(f"out_dir {str(out_dir)!r} exists; pass overwrite=True to replace it")
+    refuse_existing_run(out_dir, overwrite)
     run_dir = out_dir.with_name(out_dir.name + ".partial")
     device = resolve_device(config.device)
     params = _trainable(model)
