@@ -93,7 +93,8 @@ def test_api_errors_are_said_with_the_options_that_set_them():
             "--lr must be a finite number > 0; got -1.0",
         "give steps or epochs, not both; got steps=3, epochs=1.0":
             "give steps or epochs, not both; got --steps 3, --epochs 1.0",
-        "task must be one of ['causal-lm']; got 'x'": "--task must be one of ['causal-lm']; got 'x'",
+        "task must be one of ['causal-lm']; got 'x'":
+            "--task must be one of ['causal-lm']; got 'x'",
         "schedule='cosine' needs steps": "--schedule cosine needs steps",
         # prose, tensor and file names keep their words
         "the seed of model.max_length_head.weight is the steps count":
