@@ -70,8 +70,8 @@ def test_an_existing_output_is_refused_with_exit_code_2_and_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bits", "5"], "bits must be one of (2, 3, 4) for method='nf'; got 5"),
-        (["--rank", "400"], "got rank=400 for 'encoder.layer.0.attention.output.dense.weight'"),
+        (["--bits", "5"], "--bits must be one of (2, 3, 4) for --method nf; got 5"),
+        (["--rank", "400"], "got --rank 400 for 'encoder.layer.0.attention.output.dense.weight'"),
         (["--target", "nothing"], "no weight matched the target patterns ['nothing']"),
         (["--threads", "0"], "--threads must be an int >= 1; got 0"),
     ],

@@ -191,7 +191,7 @@ def test_cli_bits_budget_records_the_plan(tiny_llama, tmp_path, capsys):
     assert LoftQConfig.load(out / "loftq_config.json").bits_budget == 3.0
     assert main([*args, "--bits-budget", "2.4", "--overwrite"]) == 2
     refused = capsys.readouterr()
-    assert "bits_budget must be a number in [2.5000, 4.5000]" in refused.err
+    assert "--bits-budget must be a number in [2.5000, 4.5000]" in refused.err
     assert "bit allocation" not in refused.err  # refused before measuring (no progress bar)
     with pytest.raises(SystemExit) as exited:  # argparse's mutually exclusive group
         main([*args, "--bits-budget", "3", "--avg-bits", "3", "--overwrite"])

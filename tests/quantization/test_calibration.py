@@ -168,7 +168,7 @@ def test_an_unsupported_model_is_refused_naming_the_supported_ones(tmp_path, cap
 def test_cli_calibration_errors_are_named(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["quantize", "minilm", "--out", out, "--calib-tokens", "0"]) == 2
-    assert "calib_tokens must be an int >= 2; got 0" in capsys.readouterr().err
+    assert "--calib-tokens must be an int >= 2; got 0" in capsys.readouterr().err
     absent = str(tmp_path / "absent.txt")
     assert main(["quantize", "smollm2", "--out", out, "--calibration", absent]) == 2
     assert f"or an existing text file; got {absent!r}" in capsys.readouterr().err

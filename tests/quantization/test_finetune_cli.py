@@ -119,7 +119,7 @@ def _csv(tmp_path, frame):
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing column", "text_column 'text' is not a column"),
+        ("missing column", "--text-column 'text' is not a column"),
         ("one class", "has a single class"),
         ("not a leanfit output", "must be a leanfit quantize output"),
         ("wrong data option", "--text is not used by --task classification"),

@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from leanfit.checkpoints.base import ModuleSource, TensorSource
 from leanfit.checkpoints.targets import (
-    LinearLayer,
     Target,
     needs_model_layers,
     plan_bits,
@@ -101,10 +100,24 @@ def _completed(out_dir: Path, config: LoftQConfig) -> LoftQReport:
     return report
 
 
-def _layers_for_targets(source: TensorSource) -> dict[str, LinearLayer] | None:
-    """The source's linear layers if choosing its targets needs them
-    (:func:`~leanfit.checkpoints.targets.needs_model_layers`), else None."""
-    return source.linear_layers() if needs_model_layers(source.model_type) else None
+def _targets_of(
+    source: TensorSource, config: LoftQConfig
+) -> tuple[list[str], dict[str, tuple[int, ...]], list[Target]]:
+    """The source's tensor names, their shapes, and the targets ``config`` chooses among them
+    (the model's linear layers asked for only when the choice needs them:
+    :func:`~leanfit.checkpoints.targets.needs_model_layers`)."""
+    names = source.names()
+    shapes = {name: source.shape(name) for name in names}
+    layers = source.linear_layers() if needs_model_layers(source.model_type) else None
+    targets = select_targets(
+        names,
+        shapes,
+        source.model_type,
+        config.targets,
+        include_conv=config.include_conv,
+        layers=layers,
+    )
+    return names, shapes, targets
 
 
 def _rule_plan(targets: list[Target], config: LoftQConfig) -> dict[str, int]:
@@ -169,16 +182,7 @@ def walk(
         )
     budget = check_budget(max_memory_bytes)
     out_dir = Path(out_dir)
-    names = source.names()
-    shapes = {name: source.shape(name) for name in names}
-    targets = select_targets(
-        names,
-        shapes,
-        source.model_type,
-        config.targets,
-        include_conv=config.include_conv,
-        layers=_layers_for_targets(source),
-    )
+    names, shapes, targets = _targets_of(source, config)
     _check_rank(targets, config.rank)
     if resume and out_dir.exists() and not unfinished_run(out_dir):
         return _completed(out_dir, config)
@@ -294,16 +298,7 @@ def estimate_checkpoint_memory(
 
     config = LoftQConfig() if config is None else config
     with open_checkpoint(source) as checkpoint:
-        names = checkpoint.names()
-        shapes = {name: checkpoint.shape(name) for name in names}
-        targets = select_targets(
-            names,
-            shapes,
-            checkpoint.model_type,
-            config.targets,
-            include_conv=config.include_conv,
-            layers=_layers_for_targets(checkpoint),
-        )
+        _, shapes, targets = _targets_of(checkpoint, config)
         if config.bits_budget is None:
             plan = _rule_plan(targets, config)
         else:  # the widths are chosen while measuring: count every target at the widest
