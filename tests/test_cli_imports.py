@@ -23,7 +23,7 @@ from leanfit.checkpoints.layout import read_adapter_config, write_adapter_config
 from leanfit.cli import SUBCOMMANDS, build_parser, main
 from leanfit.cli.data import TABULAR_NAMES
 from leanfit.datasets import TABULAR
-from tests.quantization.conftest import quantize_tiny_causal_lm
+from tests.shared import quantize_tiny_causal_lm
 
 #: Libraries that take seconds to import; a help text needs none of them.
 HEAVY = {"torch", "sklearn", "transformers", "peft", "matplotlib", "pandas", "scipy"}

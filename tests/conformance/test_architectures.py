@@ -41,7 +41,7 @@ from tests.conformance.models import (
     example_inputs,
     save_checkpoint,
 )
-from tests.quantization.conftest import _one_thread  # noqa: F401 (autouse: one torch thread)
+from tests.shared import _one_thread  # noqa: F401 (autouse: one torch thread)
 
 TABLE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "bert", "roberta", "deberta-v2"}
 TABLE_TYPES |= {"mpnet", "bart", "t5"}

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.quantization.conftest import _one_thread, minilm_batch, quantize_tiny_causal_lm
+from tests.shared import _one_thread, quantize_tiny_causal_lm
 
-__all__ = ["_one_thread", "minilm_batch"]
+__all__ = ["_one_thread"]
 
 
 @pytest.fixture(scope="package")

@@ -97,7 +97,7 @@ def test_backbone_config_names_every_target_with_its_quantizer(tiny_causal_loftq
 
 
 def test_mixed_bits_give_one_group_per_setting(tmp_path):
-    from tests.quantization.conftest import write_tiny_causal_lm
+    from tests.shared import write_tiny_causal_lm
 
     out = tmp_path / "loftq"
     config = LoftQConfig(bits=2, rank=4, iters=1, first_high_layers=1, high_bits=4)
@@ -225,7 +225,7 @@ def test_from_pretrained_equals_load_when_transformers_renames(tmp_path, model_t
 
 
 def test_peft_arguments_needs_a_leanfit_backbone(tmp_path):
-    from tests.quantization.conftest import write_tiny_causal_lm
+    from tests.shared import write_tiny_causal_lm
 
     plain = AutoModelForCausalLM.from_pretrained(write_tiny_causal_lm(tmp_path / "model"))
     with pytest.raises(BadInputError, match="model must be a model loaded by from_pretrained"):
@@ -452,7 +452,7 @@ def test_trainer_recovers_a_real_2bit_smollm2(tmp_path):
 
 
 def test_a_plain_checkpoint_cannot_be_quantized_on_load(tmp_path):
-    from tests.quantization.conftest import write_tiny_causal_lm
+    from tests.shared import write_tiny_causal_lm
 
     plain = write_tiny_causal_lm(tmp_path / "model")
     group = {"kind": "linear", "transposed": False, "bits": 2, "method": "nf"}

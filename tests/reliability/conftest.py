@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.quantization.conftest import quantize_tiny_causal_lm, tiny_decoder, write_gguf
+from tests.shared import quantize_tiny_causal_lm, tiny_decoder, write_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ from leanfit.pipeline import quantize_checkpoint
 from leanfit.pipeline.parallel import ordered_map
 from leanfit.pipeline.walker import estimate_checkpoint_memory
 from leanfit.quantization import LoftQConfig
-from tests.quantization.conftest import SYNTHETIC
-from tests.quantization.outputs import assert_same_output, files
+from tests.pipeline.outputs import assert_same_output, files
+from tests.shared import SYNTHETIC
 
 
 def test_results_come_in_order_with_at_most_workers_items_taken_ahead():

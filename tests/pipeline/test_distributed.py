@@ -16,8 +16,8 @@ from leanfit.pipeline.distributed import (  # noqa: E402
 )
 from leanfit.pipeline.walker import walk  # noqa: E402
 from leanfit.quantization import LoftQConfig  # noqa: E402
-from tests.quantization.conftest import SYNTHETIC  # noqa: E402
-from tests.quantization.outputs import assert_same_output, files  # noqa: E402
+from tests.pipeline.outputs import assert_same_output, files  # noqa: E402
+from tests.shared import SYNTHETIC  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from leanfit.exceptions import (
     MissingResourceError,
 )
 from leanfit.pretrained import model_path
-from tests.quantization.conftest import WIDER, tiny_decoder
+from tests.shared import WIDER, tiny_decoder
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,7 +29,7 @@ from leanfit.quantization import (
     quantize_checkpoint,
     quantize_module,
 )
-from tests.quantization.conftest import WIDER, tiny_decoder
+from tests.shared import WIDER, tiny_decoder
 
 FAST = LoftQConfig(bits=4, rank=4, iters=2)
 
