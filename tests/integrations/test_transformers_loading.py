@@ -331,20 +331,24 @@ def changed(before: dict, model: torch.nn.Module) -> list[str]:
     return sorted(name for name in before if not torch.equal(before[name], after[name]))
 
 
-def test_trainer_fine_tunes_only_the_lora_weights_of_a_2bit_backbone(tiny_causal_loftq, tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_loftq / "backbone")
-    train, held_out = load_data("pride_and_prejudice", tokenizer, max_length=64)
-    model = from_pretrained(tiny_causal_loftq, is_trainable=True)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
-    before = snapshot(model)
+def held_out_losses(
+    model: torch.nn.Module,
+    train: torch.Tensor,
+    held_out: torch.Tensor,
+    tmp_path: Path,
+    *,
+    steps: int,
+    learning_rate: float,
+) -> tuple[Trainer, float, float]:
+    """The transformers ``Trainer`` after ``steps`` steps (batches of 4 blocks, constant
+    learning rate, CPU, seed 0), and the loss on the first 16 held-out blocks before and
+    after."""
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),
-        max_steps=20,
+        max_steps=steps,
         per_device_train_batch_size=4,
-        learning_rate=1e-2,
+        learning_rate=learning_rate,
         lr_scheduler_type="constant",
-        logging_steps=1,
         save_strategy="no",
         report_to=[],
         use_cpu=True,
@@ -353,14 +357,23 @@ def test_trainer_fine_tunes_only_the_lora_weights_of_a_2bit_backbone(tiny_causal
     )
     blocks = lambda tensor: [{"input_ids": b, "labels": b} for b in tensor]  # noqa: E731
     trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=blocks(train),
-        eval_dataset=blocks(held_out[:16]),
+        model=model, args=args, train_dataset=blocks(train), eval_dataset=blocks(held_out[:16])
     )
     first = trainer.evaluate()["eval_loss"]
     trainer.train()
-    last = trainer.evaluate()["eval_loss"]
+    return trainer, first, trainer.evaluate()["eval_loss"]
+
+
+def test_trainer_fine_tunes_only_the_lora_weights_of_a_2bit_backbone(tiny_causal_loftq, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_loftq / "backbone")
+    train, held_out = load_data("pride_and_prejudice", tokenizer, max_length=64)
+    model = from_pretrained(tiny_causal_loftq, is_trainable=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    before = snapshot(model)
+    trainer, first, last = held_out_losses(
+        model, train, held_out, tmp_path, steps=20, learning_rate=1e-2
+    )
     # The backbone is a width-16 random llama over a 30,522-token vocabulary: it predicts
     # near-uniformly (ln 30522 = 10.33) and 20 steps of rank-4 LoRA only start to favour the
     # frequent tokens of the novel. Observed held-out drop 0.026 nats on the same 16 blocks
@@ -423,23 +436,7 @@ def test_trainer_recovers_a_real_2bit_smollm2(tmp_path):
     model = from_pretrained(out, is_trainable=True)
     assert len(quant_layers(model)) == 210  # 30 blocks × 7 projections
     before = snapshot(model)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        max_steps=8,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    blocks = lambda tensor: [{"input_ids": b, "labels": b} for b in tensor]  # noqa: E731
-    trainer = Trainer(model, args, train_dataset=blocks(train), eval_dataset=blocks(held_out[:16]))
-    first = trainer.evaluate()["eval_loss"]
-    trainer.train()
-    last = trainer.evaluate()["eval_loss"]
+    _, first, last = held_out_losses(model, train, held_out, tmp_path, steps=8, learning_rate=1e-3)
     # NF2 with one LoftQ step leaves SmolLM2 far from its float loss (observed 13.25 nats on
     # these 16 held-out blocks); 8 steps of LoRA bring it to 8.84. Half that drop (2.2 nats)
     # as the bar leaves room for another machine's float rounding.
