@@ -89,6 +89,15 @@ TINY = {
 # Wider settings for the checkpoint readers' tests: 4 query heads over 2 KV heads.
 WIDER = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
 
+TINY_BERT = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+"""A BERT of two width-32 blocks (``BertConfig(**TINY_BERT)``): 13 linear layers."""
+
 
 def tiny_decoder(
     config_class=LlamaConfig, model_class=LlamaForCausalLM, seed: int = 0, **overrides

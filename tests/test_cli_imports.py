@@ -23,7 +23,7 @@ from leanfit.checkpoints.layout import read_adapter_config, write_adapter_config
 from leanfit.cli import SUBCOMMANDS, build_parser, main
 from leanfit.cli.data import TABULAR_NAMES
 from leanfit.datasets import TABULAR
-from tests.shared import quantize_tiny_causal_lm
+from tests.shared import TINY_BERT, quantize_tiny_causal_lm
 
 #: Libraries that take seconds to import; a help text needs none of them.
 HEAVY = {"torch", "sklearn", "transformers", "peft", "matplotlib", "pandas", "scipy"}
@@ -135,14 +135,7 @@ def test_data_names_match_the_vendored_tables():
 
 def test_quantize_imports_no_selection_or_plotting(tmp_path):
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    config = BertConfig(**TINY_BERT, max_position_embeddings=32)
     BertModel(config).save_pretrained(tmp_path / "model")
     out = tmp_path / "out"
     result = run_leanfit(

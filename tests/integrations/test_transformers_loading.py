@@ -36,6 +36,7 @@ from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, QuantLinear
 from tests.conformance.models import ARCHITECTURES, example_inputs, save_checkpoint
+from tests.shared import TINY_BERT
 
 
 def read_json(path: Path) -> dict:
@@ -238,14 +239,7 @@ def test_a_base_model_checkpoint_loads_under_a_head_class(tmp_path, caplog):
     masked-LM class lacks) is left out with a warning, and ``peft_arguments`` puts the
     adapter under the same prefix."""
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        architectures=["BertForMaskedLM"],
-    )
+    config = BertConfig(**TINY_BERT, architectures=["BertForMaskedLM"])
     BertModel(config).save_pretrained(tmp_path / "bert")
     edit_json(
         tmp_path / "bert" / "config.json", lambda v: v.update(architectures=["BertForMaskedLM"])
