@@ -21,6 +21,7 @@ LAYERS = {
 SHARED = (
     "leanfit.exceptions",
     "leanfit.io",
+    "leanfit.heap",
     "leanfit._version",
     "leanfit.datasets",
     "leanfit.reports",

@@ -179,21 +179,24 @@ def test_bad_inputs_are_named(call, match):
         call()
 
 
-def test_weight_is_reused_only_inside_the_block_and_while_unchanged():
-    from leanfit.quantization.nn import reuse_dequantized_weight
+def test_weight_is_reused_while_unchanged_and_one_layer_at_a_time():
+    from leanfit.quantization.nn import forget_dequantized
 
     layer, other = (
         QuantLinear.from_linear(linear(), bits=4),
         QuantLinear.from_linear(linear(seed=3)),
     )
-    assert layer.weight is not layer.weight  # by default every access dequantizes
-    with reuse_dequantized_weight():
-        first = layer.weight
-        assert layer.weight is first  # the same layer again: the copy is reused
-        assert other.weight is not first and layer.weight is not first  # one slot only
-        again = layer.weight
-        layer.packed.copy_(QuantLinear.from_linear(linear(seed=5), bits=4).packed)
-        changed = layer.weight  # the buffer's version counter moved: dequantized afresh
-        assert changed is not again and not torch.equal(changed, again)
-        assert torch.equal(changed, layer.quantized.dequantize())
-    assert layer.weight is not layer.weight
+    first = layer.weight
+    assert layer.weight is first  # the same layer again: the copy is reused
+    assert other.weight is not first and layer.weight is not first  # one slot only
+    again = layer.weight
+    layer.packed.copy_(QuantLinear.from_linear(linear(seed=5), bits=4).packed)
+    changed = layer.weight  # the buffer's version counter moved: dequantized afresh
+    assert changed is not again and not torch.equal(changed, again)
+    assert torch.equal(changed, layer.quantized.dequantize())
+    layer.packed = layer.packed.clone()  # a replaced buffer (same values): afresh too
+    assert layer.weight is not changed
+    forget_dequantized()
+    kept = layer.weight
+    forget_dequantized()
+    assert layer.weight is not kept

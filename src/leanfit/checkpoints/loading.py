@@ -38,7 +38,7 @@ from leanfit.checkpoints.layout import (
 from leanfit.checkpoints.targets import Target, lora_shapes_for_peft, restore_shape
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import read_json
-from leanfit.quantization.nn import QuantLinear, reuse_dequantized_weight
+from leanfit.quantization.nn import QuantLinear, forget_dequantized
 from leanfit.quantization.quantizers import QuantizedTensor
 
 if TYPE_CHECKING:
@@ -387,14 +387,14 @@ def _load_into(
         lora_dropout=0.0,
         bias="none",
     )
-    with reuse_dequantized_weight():  # PEFT reads each layer's weight ~20 times
-        peft_model = PeftModel.from_pretrained(
-            model,
-            str(directory / ADAPTER),
-            is_trainable=is_trainable,
-            config=lora,
-            **adapter_key_mapping(placed),
-        )
+    peft_model = PeftModel.from_pretrained(
+        model,
+        str(directory / ADAPTER),
+        is_trainable=is_trainable,
+        config=lora,
+        **adapter_key_mapping(placed),
+    )
+    forget_dequantized()  # PEFT read the last layer's weight: nothing float is kept
     return peft_model.to(device)
 
 

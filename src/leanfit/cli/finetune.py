@@ -76,7 +76,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="(auto)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="(float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="compute precision: bfloat16 runs under autocast, LoRA weights and optimizer "
+        "state stay float32 (float32)",
+    )
+    parser.add_argument(
+        "--frozen-dtype",
+        choices=DTYPES,
+        default="float32",
+        help="storage of the frozen float tensors (embeddings, norms); bfloat16 needs "
+        "--dtype bfloat16 (float32)",
+    )
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action="store_false",
+        help="keep every activation for backward: faster steps, much more memory (default: "
+        "checkpoint each block and recompute it in backward)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing RUN_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -135,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         device=args.device,
         dtype=args.dtype,
+        frozen_dtype=args.frozen_dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     spec = data_spec(args)
     set_threads(args.threads)
@@ -154,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "first_loss": result.losses[0],
         "last_loss": result.losses[-1],
         "final_eval": result.evals[-1] if result.evals else None,
+        **result.memory,
         "out": str(result.out_dir),
     }
     print(json.dumps(summary))

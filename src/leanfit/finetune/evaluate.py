@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.finetune.losses import causal_lm_loss, row_chunks, split_causal_lm, token_nll
 
 if TYPE_CHECKING:
     from leanfit.finetune.data import ClassificationData
@@ -60,27 +61,6 @@ def _check_token_ids(name: str, token_ids: object, ndim: int) -> torch.Tensor:
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
-
-
-def causal_lm_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token negative log-likelihood of blocks.
-
-    ``NLL = -(1 / (b (L-1))) Σ_i Σ_{j=1}^{L-1} log p(t_{i,j} | t_{i,<j})``, where the
-    prediction for position ``j`` is read from ``logits[:, j-1]``. Computed in float32.
-
-    Parameters
-    ----------
-    logits : torch.Tensor of shape (b, L, V)
-    input_ids : torch.LongTensor of shape (b, L)
-
-    Returns
-    -------
-    torch.Tensor, scalar (differentiable)
-    """
-    vocab = logits.shape[-1]
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, vocab).float(), input_ids[:, 1:].reshape(-1).to(logits.device)
-    )
 
 
 def sliding_windows(n_tokens: int, *, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -137,6 +117,8 @@ def perplexity(
     tokens of that window before it as context (at least ``max_length - stride`` of them when
     the window starts after the sequence start). A smaller stride gives more context and
     costs more forward passes; ``max_length >= N`` gives the plain full-context perplexity.
+    The logits of a window are computed a chunk of tokens at a time
+    (:func:`~leanfit.finetune.losses.token_nll`).
 
     Parameters
     ----------
@@ -156,12 +138,12 @@ def perplexity(
     device = _device(model)
     total = 0.0
     with _inference(model):
+        split = split_causal_lm(model, token_ids[: windows[0][1]].to(device))
         for begin, end, first in tqdm(windows, disable=not progress, desc="perplexity"):
             window = token_ids[begin:end].to(device)
-            logits = model(input_ids=window[None]).logits[0].float()
-            log_probs = torch.log_softmax(logits[first - begin - 1 : end - begin - 1], dim=-1)
-            targets = window[first - begin : end - begin, None]
-            total -= float(log_probs.gather(1, targets).double().sum())
+            features = split.features(window[None])[0]
+            scored = features[first - begin - 1 : end - begin - 1]
+            total += float(token_nll(split, scored, window[first - begin : end - begin]))
     return math.exp(total / (len(token_ids) - 1))
 
 
@@ -188,9 +170,10 @@ def causal_lm_metrics(
     device = _device(model)
     total = 0.0
     with _inference(model):
+        split = split_causal_lm(model, blocks[:1].to(device))
         for part in _batches(len(blocks), batch_size):
             ids = blocks[part].to(device)
-            total += float(causal_lm_nll(model(input_ids=ids).logits, ids)) * len(ids)
+            total += float(causal_lm_loss(split, ids)) * len(ids)
     loss = total / len(blocks)
     return {"loss": loss, "perplexity": math.exp(loss)}
 
@@ -271,7 +254,8 @@ def next_token_kl(
     ``KL = (1/(n L)) Σ_{i,j} Σ_v p_ref(v | c_ij) [log p_ref(v | c_ij) - log p(v | c_ij)]``
     with context ``c_ij = t_{i,0..j}``, over every position ``j`` of every block ``i`` (nats,
     >= 0, 0 iff the distributions are equal). Sign convention: large when the model puts
-    little mass where the reference puts much. Evaluated in float64 from float32 logits.
+    little mass where the reference puts much. Evaluated in float64 from float32 logits,
+    a chunk of positions at a time (:mod:`leanfit.finetune.losses`).
 
     Parameters
     ----------
@@ -289,18 +273,22 @@ def next_token_kl(
     batch_size = _check_int("batch_size", batch_size, 1)
     total = 0.0
     with _inference(model, reference):
+        probe = token_ids[:1]
+        split = split_causal_lm(model, probe.to(_device(model)))
+        split_ref = split_causal_lm(reference, probe.to(_device(reference)))
+        if split.vocab != split_ref.vocab:
+            raise BadInputError(
+                f"model and reference disagree on the logits' shape: vocabularies of "
+                f"{split.vocab} and {split_ref.vocab}"
+            )
         for part in _batches(len(token_ids), batch_size):
             ids = token_ids[part]
-            logits = model(input_ids=ids.to(_device(model))).logits
-            logits_ref = reference(input_ids=ids.to(_device(reference))).logits
-            if logits.shape != logits_ref.shape:
-                raise BadInputError(
-                    f"model and reference disagree on the logits' shape: "
-                    f"{tuple(logits.shape)} vs {tuple(logits_ref.shape)}"
-                )
-            for row, row_ref in zip(logits, logits_ref, strict=True):
-                log_p = torch.log_softmax(row.cpu().double(), dim=-1)
-                log_p_ref = torch.log_softmax(row_ref.cpu().double(), dim=-1)
+            features = split.features(ids.to(_device(model))).flatten(0, 1)
+            features_ref = split_ref.features(ids.to(_device(reference))).flatten(0, 1)
+            for rows in row_chunks(len(features), split, split_ref):
+                log_p = torch.log_softmax(split.head(features[rows]).cpu().double(), dim=-1)
+                logits_ref = split_ref.head(features_ref[rows]).cpu().double()
+                log_p_ref = torch.log_softmax(logits_ref, dim=-1)
                 total += float((log_p_ref.exp() * (log_p_ref - log_p)).sum())
     return total / token_ids.numel()
 

@@ -16,7 +16,8 @@ Output directory (written as ``OUT.partial`` next to ``OUT`` and renamed to ``OU
     OUT/config.json          the FinetuneConfig
     OUT/run.json             fingerprint of the training data, total steps
     OUT/adapter/             final adapter, PEFT format (adapter_config.json + safetensors)
-    OUT/metrics.json         training losses and learning rates per step, evaluations
+    OUT/metrics.json         training losses and learning rates per step, evaluations,
+                             peak memory of the process
     OUT/labels.json          classification only: label names in class-index order
     OUT/checkpoints/step-N/  adapter/, trainable.safetensors, optimizer.safetensors,
                              optimizer.json, scheduler.json, rng.safetensors, state.json
@@ -51,7 +52,8 @@ from tqdm.auto import tqdm
 from leanfit.checkpoints.layout import sort_adapter_targets
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.finetune.data import ClassificationData, fingerprint
-from leanfit.finetune.evaluate import causal_lm_metrics, causal_lm_nll, classification_metrics
+from leanfit.finetune.evaluate import causal_lm_metrics, classification_metrics
+from leanfit.finetune.losses import CausalLMSplit, causal_lm_loss, split_causal_lm
 from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
 from leanfit.io import atomic_output, read_json
 
@@ -121,8 +123,20 @@ class FinetuneConfig:
     device : {"auto", "cpu", "cuda"}
         ``"auto"`` picks CUDA when available.
     dtype : {"float32", "bfloat16"}
-        Compute precision; ``"bfloat16"`` runs the forward pass under autocast, while the
-        trainable parameters and optimizer state stay in their own (float32) precision.
+        Compute precision; ``"bfloat16"`` runs the forward pass under autocast (packed
+        layers dequantize straight to bfloat16), while the trainable parameters and
+        optimizer state stay in their own (float32) precision.
+    frozen_dtype : {"float32", "bfloat16"}
+        Storage of the frozen floating-point tensors (embeddings, norms, biases, an untrained
+        output head); ``"bfloat16"`` halves them and needs ``dtype="bfloat16"``. Packed
+        weights and their statistics, and the trained parameters, are never converted.
+    gradient_checkpointing : bool
+        Keep only each block's input for backward and recompute the block there
+        (transformers' ``gradient_checkpointing_enable``, non-reentrant): activation memory
+        drops from every intermediate tensor of every block to one hidden state per block,
+        for one more forward pass of compute. On by default, because holding the model in
+        little memory while it trains is why a backbone is quantized; the losses and
+        gradients are the same.
     """
 
     task: str = "causal-lm"
@@ -141,12 +155,21 @@ class FinetuneConfig:
     max_length: int = 256
     device: str = "auto"
     dtype: str = "float32"
+    frozen_dtype: str = "float32"
+    gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("frozen_dtype", self.frozen_dtype, DTYPES)
+        if self.frozen_dtype == "bfloat16" and self.dtype != "bfloat16":
+            raise bad_value(
+                "frozen_dtype", self.frozen_dtype, "'float32' unless dtype is 'bfloat16'"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise bad_value("gradient_checkpointing", self.gradient_checkpointing, "a bool")
         if self.steps is not None and self.epochs is not None:
             raise BadInputError(
                 f"give steps or epochs, not both; got steps={self.steps!r}, epochs={self.epochs!r}"
@@ -220,6 +243,8 @@ class FinetuneResult:
         The final adapter in PEFT format (load with ``PeftModel.from_pretrained``).
     resumed_from : int or None
         The checkpoint step this call continued from.
+    memory : dict
+        Peak memory of the process at the end of the run (:func:`peak_memory`).
     """
 
     losses: list[float]
@@ -228,6 +253,7 @@ class FinetuneResult:
     out_dir: Path
     adapter_path: Path
     resumed_from: int | None = None
+    memory: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -289,9 +315,14 @@ def _micro_batches(n: int, batch_size: int, seed: int, start: int) -> Iterator[n
 
 
 def _loss(
-    model: torch.nn.Module, data: TrainData, index: np.ndarray, device: torch.device
+    model: torch.nn.Module,
+    data: TrainData,
+    index: np.ndarray,
+    device: torch.device,
+    split: CausalLMSplit | None,
 ) -> torch.Tensor:
-    """Mean training loss of one micro-batch (differentiable)."""
+    """Mean training loss of one micro-batch (differentiable); causal LMs through ``split``
+    (:func:`~leanfit.finetune.losses.causal_lm_loss`, logits a chunk at a time)."""
     if isinstance(data, ClassificationData):
         batch = {key: value.to(device) for key, value in data.batch(index).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -301,8 +332,8 @@ def _loss(
                 f"{len(data.label_names)} labels {list(data.label_names)}"
             )
         return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-    ids = data[torch.as_tensor(index)].to(device)
-    return causal_lm_nll(model(input_ids=ids).logits, ids)
+    assert split is not None  # finetune splits every causal LM
+    return causal_lm_loss(split, data[torch.as_tensor(index)].to(device))
 
 
 def _evaluate(model: torch.nn.Module, data: TrainData, batch_size: int) -> dict[str, float]:
@@ -348,6 +379,67 @@ def _optimizer(params: dict[str, torch.nn.Parameter], config: FinetuneConfig) ->
     if vectors:
         groups.append({"params": vectors, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def _store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Convert the frozen floating-point parameters to ``dtype`` in place (tied ones once);
+    buffers (packed codes and their float32 statistics, rotary tables) are left alone."""
+    for parameter in model.parameters():
+        if not parameter.requires_grad and parameter.is_floating_point():
+            parameter.data = parameter.data.to(dtype)
+
+
+@contextlib.contextmanager
+def _checkpointing(model: PeftModel, enabled: bool) -> Iterator[None]:
+    """transformers' gradient checkpointing (non-reentrant) on ``model``'s base for the body;
+    the base's previous setting is restored afterwards. A model that does not support it
+    trains without, with a warning."""
+    base = model.get_base_model()
+    before = bool(getattr(base, "is_gradient_checkpointing", False))
+    if not enabled or before:
+        yield
+        return
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        warnings.warn(
+            f"{type(base).__name__} does not support gradient checkpointing; training without "
+            "it (more activation memory)",
+            stacklevel=4,
+        )
+        yield
+        return
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        base.gradient_checkpointing_disable()
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process so far, in MB (10⁶ bytes).
+
+    ``peak_rss_mb``: the kernel's high-water mark of the resident set (``VmHWM``; on other
+    systems ``ru_maxrss``); with CUDA also ``peak_cuda_allocated_mb``
+    (``torch.cuda.max_memory_allocated``).
+    """
+    status = Path("/proc/self/status")
+    kib = None
+    if status.is_file():
+        kib = next(
+            (
+                int(line.split()[1])
+                for line in status.read_text().splitlines()
+                if line.startswith("VmHWM:")
+            ),
+            None,
+        )
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux and BSDs
+    peak = {"peak_rss_mb": round(kib * 1024 / 1e6, 1)}
+    if device.type == "cuda":
+        peak["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 1e6, 1)
+    return peak
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -575,6 +667,11 @@ def finetune(
 
     was_training = model.training
     model.to(device)
+    if config.frozen_dtype == "bfloat16":
+        _store_frozen(model, torch.bfloat16)
+    split = None
+    if not isinstance(train_data, ClassificationData):
+        split = split_causal_lm(model, train_data[:1].to(device))
     optimizer = _optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -585,6 +682,7 @@ def finetune(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), contextlib.ExitStack() as stack:
+        stack.enter_context(_checkpointing(model, config.gradient_checkpointing))
         torch.manual_seed(config.seed)
         state = _Progress()
         if checkpoint is not None:
@@ -604,7 +702,7 @@ def finetune(
                 total = 0.0
                 for _ in range(config.grad_accum):
                     with autocast:
-                        loss = _loss(model, train_data, next(batches), device)
+                        loss = _loss(model, train_data, next(batches), device, split)
                     (loss / config.grad_accum).backward()
                     total += float(loss.detach())
                 if config.max_grad_norm is not None:
@@ -636,6 +734,7 @@ def finetune(
         "learning_rates": state.learning_rates,
         "evals": state.evals,
         "resumed_from": resumed_from,
+        "memory": peak_memory(device),
     }
     _write_json(run_dir / "metrics.json", metrics)
     if isinstance(train_data, ClassificationData):
@@ -651,4 +750,5 @@ def finetune(
         out_dir=out_dir,
         adapter_path=out_dir / adapter.relative_to(run_dir),
         resumed_from=resumed_from,
+        memory=metrics["memory"],
     )

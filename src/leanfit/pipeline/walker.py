@@ -40,6 +40,7 @@ from leanfit.checkpoints.targets import (
     target_rule,
 )
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.heap import FreedMemory
 from leanfit.io import read_json
 from leanfit.pipeline.computers import (
     TargetComputer,
@@ -50,7 +51,6 @@ from leanfit.pipeline.computers import (
     make_calibrator,
 )
 from leanfit.pipeline.memory import (
-    FreedMemory,
     MemoryEstimate,
     PeakMemory,
     check_budget,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leanfit.exceptions import BadInputError, LeanfitError, bad_value
+from leanfit.heap import FreedMemory
 from leanfit.quantization.quantizers import QuantizedTensor, empty_state, quantize
 
 _INPLACE_DUNDERS = frozenset(
@@ -32,21 +32,54 @@ def _mutates(func: Callable[..., Any]) -> bool:
 _memo = threading.local()
 
 
-@contextmanager
-def reuse_dequantized_weight() -> Iterator[None]:
-    """Within the block, reading :attr:`QuantLinear.weight` again on the same, unchanged layer
-    returns the copy dequantized last instead of dequantizing again.
+def _last_dequantized(layer: QuantLinear) -> Tensor | None:
+    """The weight :attr:`QuantLinear.weight` returned last in this thread, if it was
+    ``layer``'s and none of ``layer``'s buffers was replaced or changed since."""
+    slot = getattr(_memo, "slot", None)
+    if slot is None or slot[0] is not layer:
+        return None
+    buffers, versions, dense = slot[1:]
+    current = [b for b in layer._buffers.values() if b is not None]
+    same = len(current) == len(buffers) and all(
+        b is old and b._version == v for b, old, v in zip(current, buffers, versions, strict=True)
+    )
+    return dense if same else None
 
-    One slot per thread: at most one layer's float32 weight is held. For code that reads
-    ``weight`` many times in a row for its shape, device or dtype — PEFT reads it about 20
-    times per layer while wrapping it. A layer whose buffers changed (another ``data_ptr`` or
-    version counter) is dequantized afresh.
+
+def _remember(layer: QuantLinear, dense: Tensor) -> None:
+    """Keep ``dense`` as ``layer``'s last dequantized weight (one slot per thread). The slot
+    holds the layer and its buffers themselves, so an identity can never be recycled."""
+    buffers = [b for b in layer._buffers.values() if b is not None]
+    _memo.slot = (layer, buffers, [b._version for b in buffers], dense)
+
+
+_freed = threading.local()
+
+
+def _outside_heap(dense: Tensor) -> Tensor:
+    """A copy of a CPU tensor in an anonymous memory map of its own, unmapped when freed.
+
+    Copies made one layer after another (transformers initializing, PEFT wrapping a model)
+    and freed in between fragment the C heap when small allocations land between them:
+    SmolLM2 kept 280 MB of freed memory resident after ``PeftModel.from_pretrained``. A copy
+    mapped on its own goes back to the operating system as soon as it is dropped, and the
+    heap that served ``dense`` is trimmed every 32 MiB (:class:`~leanfit.heap.FreedMemory`).
     """
+    if dense.device.type != "cpu" or dense.numel() == 0:
+        return dense
+    nbytes = dense.numel() * dense.element_size()
+    copy = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dense.dtype).view(dense.shape)
+    copy.copy_(dense)
+    del dense
+    if not hasattr(_freed, "memory"):
+        _freed.memory = FreedMemory()
+    _freed.memory.freed(nbytes)
+    return copy
+
+
+def forget_dequantized() -> None:
+    """Drop this thread's remembered weight (see :attr:`QuantLinear.weight`)."""
     _memo.slot = None
-    try:
-        yield
-    finally:
-        del _memo.slot
 
 
 class DequantizedWeight(torch.Tensor):
@@ -81,6 +114,39 @@ class DequantizedWeight(torch.Tensor):
             return func(*args, **(kwargs or {}))
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a matrix product with ``x`` runs in: autocast's for ``x``'s device when
+    autocast is on there (e.g. bfloat16 under ``torch.autocast("cpu", torch.bfloat16)``),
+    else ``x.dtype``."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+class _PackedMatMul(torch.autograd.Function):
+    """``y = x Wᵀ`` with W dequantized from a :class:`QuantizedTensor` in forward and again in
+    backward, so that autograd keeps only the packed codes and statistics between the two
+    passes, never the float W (as bitsandbytes' ``MatMul4Bit`` does).
+
+    Shapes: x (..., in), W (out, in), y (..., out). The packed weight is frozen: backward
+    gives ``∂L/∂x = (∂L/∂y) W`` and no gradient for W. ``x`` itself is not saved either (it is
+    needed only for the gradient of W).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, quantized: QuantizedTensor) -> Tensor:
+        ctx.quantized = quantized  # the packed buffers only, not saved as tensors
+        return x @ quantized.dequantize(x.dtype, x.device).T
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        weight = ctx.quantized.dequantize(grad_y.dtype, grad_y.device)
+        return grad_y @ weight, None
+
+
 class QuantLinear(nn.Linear):
     """``y = x Wᵀ + b`` with W kept as a :class:`QuantizedTensor` (packed codes + scales).
 
@@ -94,6 +160,10 @@ class QuantLinear(nn.Linear):
     and reads ``in_features``, ``out_features`` and ``weight`` (device and dtype). ``weight``
     is a read-only :class:`DequantizedWeight` computed on access (float32). The float32
     statistics stay float32 under ``module.to(dtype)`` / ``.half()``: only their device follows.
+
+    The product runs in the input's dtype, or autocast's (:func:`compute_dtype`: bfloat16
+    under ``torch.autocast(..., dtype=torch.bfloat16)``). Training through the layer keeps no
+    float copy of W for backward: W is dequantized again there (:class:`_PackedMatMul`).
 
     Parameters
     ----------
@@ -194,19 +264,20 @@ class QuantLinear(nn.Linear):
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
-        """The dequantized weight (out × in), float32, read-only; computed on each access
-        (see :func:`reuse_dequantized_weight`)."""
-        memo = hasattr(_memo, "slot")
-        if memo:
-            key = (
-                id(self),
-                *((b.data_ptr(), b._version) for b in self._buffers.values() if b is not None),
-            )
-            if _memo.slot is not None and _memo.slot[0] == key:
-                return _memo.slot[1]
-        dense = self.quantized.dequantize(torch.float32).as_subclass(DequantizedWeight)
-        if memo:
-            _memo.slot = (key, dense)
+        """The dequantized weight (out × in), float32, read-only.
+
+        Reading it again on the same, unchanged layer returns the same copy: each thread
+        remembers the last layer's, so at most one layer's float32 weight is held per
+        thread (code that reads ``weight`` for its shape, device or dtype — PEFT about 20
+        times per layer while wrapping it — dequantizes once; :func:`forget_dequantized`
+        drops it). A layer whose buffers were replaced or changed in place is dequantized
+        afresh. The forward pass never reads it."""
+        dense = _last_dequantized(self)
+        if dense is None:
+            forget_dequantized()  # free the previous layer's copy before making this one
+            dense = _outside_heap(self.quantized.dequantize(torch.float32))
+            dense = dense.as_subclass(DequantizedWeight)
+            _remember(self, dense)
         return dense
 
     def forward(self, x: Tensor) -> Tensor:
@@ -215,9 +286,10 @@ class QuantLinear(nn.Linear):
                 f"x must be a floating-point tensor of shape (..., {self.in_features}); "
                 f"got {x.dtype} of shape {tuple(x.shape)}"
             )
-        weight = self.quantized.dequantize(x.dtype, x.device)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, weight, bias)
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y = _PackedMatMul.apply(x.to(dtype), self.quantized)
+            return y if self.bias is None else y + self.bias.to(dtype)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QuantLinear:
         statistics = {
