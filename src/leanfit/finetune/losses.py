@@ -119,10 +119,14 @@ def split_causal_lm(model: nn.Module, probe: Tensor) -> CausalLMSplit:
         "%s cannot be cut before its output head; its loss holds the logits of every token",
         type(model).__name__,
     )
+    return unsplit(model, reference.shape[-1])
+
+
+def unsplit(model: nn.Module, vocab: int) -> CausalLMSplit:
+    """The whole model as ``features`` (its logits) with the identity as head: the plain
+    computation, holding every token's logits."""
     return CausalLMSplit(
-        features=lambda x: model(input_ids=x).logits,
-        head=nn.Identity(),
-        vocab=reference.shape[-1],
+        features=lambda x: model(input_ids=x).logits, head=nn.Identity(), vocab=vocab
     )
 
 

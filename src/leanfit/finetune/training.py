@@ -393,7 +393,8 @@ def _store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def _checkpointing(model: PeftModel, enabled: bool) -> Iterator[None]:
     """transformers' gradient checkpointing (non-reentrant) on ``model``'s base for the body;
     the base's previous setting is restored afterwards. A model that does not support it
-    trains without, with a warning."""
+    trains without, with a warning. (transformers 5.25 renamed the methods
+    ``activation_checkpointing_*``; older versions have only ``gradient_checkpointing_*``.)"""
     base = model.get_base_model()
     before = bool(getattr(base, "is_gradient_checkpointing", False))
     if not enabled or before:
@@ -407,11 +408,16 @@ def _checkpointing(model: PeftModel, enabled: bool) -> Iterator[None]:
         )
         yield
         return
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable({"use_reentrant": False})
+        disable = base.activation_checkpointing_disable
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = base.gradient_checkpointing_disable
     try:
         yield
     finally:
-        base.gradient_checkpointing_disable()
+        disable()
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leanfit.exceptions import BadInputError, LeanfitError, bad_value
@@ -124,27 +125,29 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-class _PackedMatMul(torch.autograd.Function):
-    """``y = x Wᵀ`` with W dequantized from a :class:`QuantizedTensor` in forward and again in
-    backward, so that autograd keeps only the packed codes and statistics between the two
-    passes, never the float W (as bitsandbytes' ``MatMul4Bit`` does).
+class _PackedLinear(torch.autograd.Function):
+    """``y = x Wᵀ + b`` with W dequantized from a :class:`QuantizedTensor` in forward and
+    again in backward, so that autograd keeps only the packed codes and statistics between
+    the two passes, never the float W (as bitsandbytes' ``MatMul4Bit`` does).
 
-    Shapes: x (..., in), W (out, in), y (..., out). The packed weight is frozen: backward
-    gives ``∂L/∂x = (∂L/∂y) W`` and no gradient for W. ``x`` itself is not saved either (it is
-    needed only for the gradient of W).
+    Shapes: x (..., in), W (out, in), b (out,) or None, y (..., out). The packed weight is
+    frozen: backward gives ``∂L/∂x = (∂L/∂y) W`` and ``∂L/∂b = Σ ∂L/∂y`` over the leading
+    dimensions, and no gradient for W; ``x`` itself is not saved (it would serve only W's).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, quantized: QuantizedTensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, bias: Tensor | None, quantized: QuantizedTensor) -> Tensor:
         ctx.quantized = quantized  # the packed buffers only, not saved as tensors
-        return x @ quantized.dequantize(x.dtype, x.device).T
+        return F.linear(x, quantized.dequantize(x.dtype, x.device), bias)
 
     @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        weight = ctx.quantized.dequantize(grad_y.dtype, grad_y.device)
-        return grad_y @ weight, None
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y @ ctx.quantized.dequantize(grad_y.dtype, grad_y.device)
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+        return grad_x, grad_bias, None
 
 
 class QuantLinear(nn.Linear):
@@ -163,7 +166,7 @@ class QuantLinear(nn.Linear):
 
     The product runs in the input's dtype, or autocast's (:func:`compute_dtype`: bfloat16
     under ``torch.autocast(..., dtype=torch.bfloat16)``). Training through the layer keeps no
-    float copy of W for backward: W is dequantized again there (:class:`_PackedMatMul`).
+    float copy of W for backward: W is dequantized again there (:class:`_PackedLinear`).
 
     Parameters
     ----------
@@ -287,9 +290,9 @@ class QuantLinear(nn.Linear):
                 f"got {x.dtype} of shape {tuple(x.shape)}"
             )
         dtype = compute_dtype(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            y = _PackedMatMul.apply(x.to(dtype), self.quantized)
-            return y if self.bias is None else y + self.bias.to(dtype)
+            return _PackedLinear.apply(x.to(dtype), bias, self.quantized)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QuantLinear:
         statistics = {
