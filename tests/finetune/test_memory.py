@@ -293,7 +293,7 @@ def test_memory_work_leaves_the_loss_curve_unchanged(tiny_llama, tmp_path, monke
     assert [e["loss"] for e in lean.evals] == pytest.approx(
         [e["loss"] for e in plain.evals], rel=1e-6
     )
-    assert not model.get_base_model().is_gradient_checkpointing  # the setting is restored
+    assert not model.get_base_model().is_activation_checkpointing  # the setting is restored
 
 
 def test_bfloat16_storage_of_the_frozen_tensors(tiny_causal_loftq, tmp_path):

@@ -396,7 +396,11 @@ def _checkpointing(model: PeftModel, enabled: bool) -> Iterator[None]:
     trains without, with a warning. (transformers 5.25 renamed the methods
     ``activation_checkpointing_*``; older versions have only ``gradient_checkpointing_*``.)"""
     base = model.get_base_model()
-    before = bool(getattr(base, "is_gradient_checkpointing", False))
+    before = bool(
+        getattr(base, "is_activation_checkpointing", None)
+        if hasattr(base, "activation_checkpointing_enable")
+        else getattr(base, "is_gradient_checkpointing", False)
+    )
     if not enabled or before:
         yield
         return
