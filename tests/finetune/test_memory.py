@@ -22,7 +22,7 @@ from leanfit.finetune.training import FinetuneConfig, finetune
 from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, QuantLinear
-from leanfit.quantization.quantizers import QuantizedTensor
+from leanfit.quantization.quantizers import QuantizedTensor, Scratch, quantize
 from tests.shared import TINY
 
 
@@ -85,7 +85,7 @@ def test_autocast_dequantizes_straight_to_bfloat16(monkeypatch):
     monkeypatch.setattr(
         QuantizedTensor,
         "dequantize",
-        lambda self, dtype, *a: asked.append(dtype) or real(self, dtype, *a),
+        lambda self, dtype, *a, **k: asked.append(dtype) or real(self, dtype, *a, **k),
     )
     x = torch.randn(5, 64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -93,6 +93,23 @@ def test_autocast_dequantizes_straight_to_bfloat16(monkeypatch):
     y.float().sum().backward()
     assert y.dtype == torch.bfloat16 and asked == [torch.bfloat16, torch.bfloat16]
     assert x.grad.dtype == torch.float32  # the input's own dtype comes back
+
+
+@pytest.mark.parametrize(
+    ("bits", "method"),
+    [(2, "nf"), (3, "nf"), (4, "nf"), (2, "uniform"), (3, "uniform"), (8, "uniform")],
+)
+def test_dequantizing_into_a_scratch_gives_the_same_values(bits, method):
+    scratch = Scratch()
+    for shape, block in (((40, 96), 64), ((7, 9), 16), ((3, 50), 64)):  # partial last blocks too
+        q = quantize(
+            torch.randn(shape, generator=torch.Generator().manual_seed(bits)), bits, method, block
+        )
+        for dtype in (torch.float32, torch.bfloat16):
+            expected = q.dequantize(dtype)
+            got = q.dequantize(dtype, scratch=scratch)
+            # The same lookups and products; only where they are written differs.
+            assert got.dtype == dtype and torch.equal(got, expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

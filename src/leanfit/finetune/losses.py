@@ -62,7 +62,8 @@ class CausalLMSplit:
 
 def _parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, output head) of a transformers causal LM (a ``PeftModel`` on one included)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
     get_decoder = getattr(base, "get_decoder", None)
     get_head = getattr(base, "get_output_embeddings", None)
     if not callable(get_decoder) or not callable(get_head):

@@ -16,8 +16,7 @@ Output directory (written as ``OUT.partial`` next to ``OUT`` and renamed to ``OU
     OUT/config.json          the FinetuneConfig
     OUT/run.json             fingerprint of the training data, total steps
     OUT/adapter/             final adapter, PEFT format (adapter_config.json + safetensors)
-    OUT/metrics.json         training losses and learning rates per step, evaluations,
-                             peak memory of the process
+    OUT/metrics.json         losses, learning rates, seconds per step, evaluations, peak memory
     OUT/labels.json          classification only: label names in class-index order
     OUT/checkpoints/step-N/  adapter/, trainable.safetensors, optimizer.safetensors,
                              optimizer.json, scheduler.json, rng.safetensors, state.json
@@ -37,6 +36,7 @@ import math
 import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -54,6 +54,7 @@ from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.finetune.data import ClassificationData, fingerprint
 from leanfit.finetune.evaluate import causal_lm_metrics, classification_metrics
 from leanfit.finetune.losses import CausalLMSplit, causal_lm_loss, split_causal_lm
+from leanfit.finetune.memory import checkpointing, peak_memory, store_frozen
 from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
 from leanfit.io import atomic_output, read_json
 
@@ -244,7 +245,7 @@ class FinetuneResult:
     resumed_from : int or None
         The checkpoint step this call continued from.
     memory : dict
-        Peak memory of the process at the end of the run (:func:`peak_memory`).
+        Peak memory of the process (:func:`~leanfit.finetune.memory.peak_memory`).
     """
 
     losses: list[float]
@@ -379,77 +380,6 @@ def _optimizer(params: dict[str, torch.nn.Parameter], config: FinetuneConfig) ->
     if vectors:
         groups.append({"params": vectors, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=config.learning_rate)
-
-
-def _store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Convert the frozen floating-point parameters to ``dtype`` in place (tied ones once);
-    buffers (packed codes and their float32 statistics, rotary tables) are left alone."""
-    for parameter in model.parameters():
-        if not parameter.requires_grad and parameter.is_floating_point():
-            parameter.data = parameter.data.to(dtype)
-
-
-@contextlib.contextmanager
-def _checkpointing(model: PeftModel, enabled: bool) -> Iterator[None]:
-    """transformers' gradient checkpointing (non-reentrant) on ``model``'s base for the body;
-    the base's previous setting is restored afterwards. A model that does not support it
-    trains without, with a warning. (transformers 5.25 renamed the methods
-    ``activation_checkpointing_*``; older versions have only ``gradient_checkpointing_*``.)"""
-    base = model.get_base_model()
-    before = bool(
-        getattr(base, "is_activation_checkpointing", None)
-        if hasattr(base, "activation_checkpointing_enable")
-        else getattr(base, "is_gradient_checkpointing", False)
-    )
-    if not enabled or before:
-        yield
-        return
-    if not getattr(base, "supports_gradient_checkpointing", False):
-        warnings.warn(
-            f"{type(base).__name__} does not support gradient checkpointing; training without "
-            "it (more activation memory)",
-            stacklevel=4,
-        )
-        yield
-        return
-    if hasattr(base, "activation_checkpointing_enable"):
-        base.activation_checkpointing_enable({"use_reentrant": False})
-        disable = base.activation_checkpointing_disable
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        disable = base.gradient_checkpointing_disable
-    try:
-        yield
-    finally:
-        disable()
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory of this process so far, in MB (10⁶ bytes).
-
-    ``peak_rss_mb``: the kernel's high-water mark of the resident set (``VmHWM``; on other
-    systems ``ru_maxrss``); with CUDA also ``peak_cuda_allocated_mb``
-    (``torch.cuda.max_memory_allocated``).
-    """
-    status = Path("/proc/self/status")
-    kib = None
-    if status.is_file():
-        kib = next(
-            (
-                int(line.split()[1])
-                for line in status.read_text().splitlines()
-                if line.startswith("VmHWM:")
-            ),
-            None,
-        )
-    if kib is None:
-        import resource
-
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux and BSDs
-    peak = {"peak_rss_mb": round(kib * 1024 / 1e6, 1)}
-    if device.type == "cuda":
-        peak["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 1e6, 1)
-    return peak
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -678,7 +608,7 @@ def finetune(
     was_training = model.training
     model.to(device)
     if config.frozen_dtype == "bfloat16":
-        _store_frozen(model, torch.bfloat16)
+        store_frozen(model, torch.bfloat16)
     split = None
     if not isinstance(train_data, ClassificationData):
         split = split_causal_lm(model, train_data[:1].to(device))
@@ -692,7 +622,7 @@ def finetune(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), contextlib.ExitStack() as stack:
-        stack.enter_context(_checkpointing(model, config.gradient_checkpointing))
+        stack.enter_context(checkpointing(model, config.gradient_checkpointing))
         torch.manual_seed(config.seed)
         state = _Progress()
         if checkpoint is not None:
@@ -702,12 +632,14 @@ def finetune(
                 total=steps, initial=state.step, disable=not progress, desc="finetune", unit="step"
             )
         )
+        step_seconds: list[float] = []  # of this call's steps (not checkpointed)
         batches = _micro_batches(
             len(train_data), config.batch_size, config.seed, state.step * config.grad_accum
         )
         model.train()
         try:
             while state.step < steps:
+                started = time.perf_counter()
                 state.learning_rates.append(float(scheduler.get_last_lr()[0]))
                 total = 0.0
                 for _ in range(config.grad_accum):
@@ -722,6 +654,7 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.losses.append(total / config.grad_accum)
+                step_seconds.append(round(time.perf_counter() - started, 4))
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
                 due = config.eval_every and state.step % config.eval_every == 0
@@ -737,14 +670,16 @@ def finetune(
 
     adapter = _save_adapter(model, run_dir / "adapter")
     resumed_from = None if checkpoint is None else int(checkpoint.name.split("-")[1])
+    memory = peak_memory(device)
     metrics = {
         "task": config.task,
         "steps": steps,
         "losses": state.losses,
         "learning_rates": state.learning_rates,
+        "step_seconds": step_seconds,
         "evals": state.evals,
         "resumed_from": resumed_from,
-        "memory": peak_memory(device),
+        "memory": memory,
     }
     _write_json(run_dir / "metrics.json", metrics)
     if isinstance(train_data, ClassificationData):
@@ -760,5 +695,5 @@ def finetune(
         out_dir=out_dir,
         adapter_path=out_dir / adapter.relative_to(run_dir),
         resumed_from=resumed_from,
-        memory=metrics["memory"],
+        memory=memory,
     )

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from leanfit.exceptions import BadInputError, LeanfitError, bad_value
 from leanfit.heap import FreedMemory
-from leanfit.quantization.quantizers import QuantizedTensor, empty_state, quantize
+from leanfit.quantization.quantizers import QuantizedTensor, Scratch, empty_state, quantize
 
 _INPLACE_DUNDERS = frozenset(
     {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__setitem__"}
@@ -55,6 +55,17 @@ def _remember(layer: QuantLinear, dense: Tensor) -> None:
 
 
 _freed = threading.local()
+_scratch = threading.local()
+
+
+def _thread_scratch(device: torch.device) -> Scratch | None:
+    """This thread's dequantization scratch for CPU tensors (None elsewhere: the CUDA caching
+    allocator already reuses its blocks)."""
+    if device.type != "cpu":
+        return None
+    if not hasattr(_scratch, "value"):
+        _scratch.value = Scratch()
+    return _scratch.value
 
 
 def _outside_heap(dense: Tensor) -> Tensor:
@@ -138,13 +149,15 @@ class _PackedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, bias: Tensor | None, quantized: QuantizedTensor) -> Tensor:
         ctx.quantized = quantized  # the packed buffers only, not saved as tensors
-        return F.linear(x, quantized.dequantize(x.dtype, x.device), bias)
+        weight = quantized.dequantize(x.dtype, x.device, scratch=_thread_scratch(x.device))
+        return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y @ ctx.quantized.dequantize(grad_y.dtype, grad_y.device)
+            scratch = _thread_scratch(grad_y.device)
+            grad_x = grad_y @ ctx.quantized.dequantize(grad_y.dtype, grad_y.device, scratch=scratch)
         if ctx.needs_input_grad[1]:
             grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
         return grad_x, grad_bias, None
