@@ -6,9 +6,10 @@ A generated part sits between a pair of comment lines, ``<!-- KIND:NAME -->`` an
 ``results:NAME`` (docs/benchmarks.md, one pair for every ``benchmarks/results/NAME.md``)
     The result copied verbatim, its headings two levels down (``#`` becomes ``###``) so that
     they nest under the page's sections, and a line saying which script produced it.
-``summary:quantization``, ``summary:selection`` (README.md)
-    One table of headline figures per half of leanfit, built from ``benchmarks/results/*.json``;
-    each row links to the full table in docs/benchmarks.md.
+``summary:quantization``, ``summary:selection`` (README.md), ``summary:finetune-memory``
+(docs/quantization.md)
+    Tables of headline figures, built from ``benchmarks/results/*.json``; each README row links
+    to the full table in docs/benchmarks.md.
 ``options:COMMAND`` (any docs/*.md)
     The options of ``leanfit COMMAND``, read from the CLI's argparse parser.
 
@@ -165,6 +166,7 @@ def quantization_summary(load: Loader, results: dict[str, str]) -> str:
     loaded = next(
         r for r in memory if r["method"] == "from_pretrained" and r["file_gb"] == large["file_gb"]
     )
+    tuning = {(r["model"], r["tokens"]): r for r in finetune_memory_rows(load)}
 
     def errors(model: str) -> str:
         row = pipeline[(model, 2)]
@@ -232,8 +234,71 @@ def quantization_summary(load: Loader, results: dict[str, str]) -> str:
             "first",
             link("quantize_memory"),
         ),
+        (
+            "Peak memory of a LoRA step on the 2-bit backbone against the float32 LoRA step "
+            "(best settings of each, fresh processes, imports included)",
+            "; ".join(
+                f"{model} 1 × {tokens}: {row['best']:.0f} vs {row['float']:.0f} MB "
+                f"(**{row['ratio']:.2f}×**)"
+                for (model, tokens), row in tuning.items()
+                if (model, tokens) in (("smollm2", 512), ("llama-1.1b", 256))
+            ),
+            link("finetune_memory"),
+        ),
     ]
     return table(rows)
+
+
+def finetune_memory_rows(load: Loader) -> list[dict[str, Any]]:
+    """Per model and length: the best (lowest-peak) float32 LoRA, NF4 QLoRA, leanfit's plain
+    PEFT path and leanfit's best setting, with leanfit's ratios to the float32 LoRA."""
+    data = load("finetune_memory")
+    key = "peak_cuda_mb" if data["meta"]["device"] == "cuda" else "peak_rss_mb"
+    records = data["records"]
+    rows = []
+    for model, tokens in dict.fromkeys((r["model"], r["tokens"]) for r in records):
+        group = [r for r in records if (r["model"], r["tokens"]) == (model, tokens)]
+        floats = [r for r in group if r["tool"] in ("peft", "leanfit-fp")]
+        ours = [r for r in group if r["tool"] in ("leanfit", "leanfit-peft") and r["bits"] == 2]
+        if not floats or not ours:
+            continue
+        best_float = min(floats, key=lambda r: r[key])
+        fastest_float = min(floats, key=lambda r: r["step_seconds"])
+        best = min(ours, key=lambda r: r[key])
+        plain_float = next((r for r in group if r["tool"] == "peft" and not r["options"]), None)
+        plain = next((r for r in ours if r["tool"] == "leanfit-peft"), None)
+        qlora = [r for r in group if r["tool"] == "bnb-nf4"]
+        rows.append(
+            {
+                "model": model,
+                "tokens": tokens,
+                "float": best_float[key],
+                "qlora": min(r[key] for r in qlora) if qlora else None,
+                "best": best[key],
+                "ratio": best[key] / best_float[key],
+                "time_ratio": best["step_seconds"] / fastest_float["step_seconds"],
+                "plain_ratio": (plain[key] / plain_float[key] if plain and plain_float else None),
+            }
+        )
+    return rows
+
+
+def finetune_memory_summary(load: Loader) -> str:
+    """docs/quantization.md's table: peak memory of a LoRA step, leanfit at 2 bits against the
+    best float32 LoRA setting (and NF4 QLoRA)."""
+    lines = [
+        "| model | tokens | float32 LoRA, best MB | NF4 QLoRA MB | leanfit 2-bit, best MB "
+        "| ratio | step time ratio | plain PEFT path ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in finetune_memory_rows(load):
+        qlora = "–" if row["qlora"] is None else f"{row['qlora']:.0f}"
+        plain = "–" if row["plain_ratio"] is None else f"{row['plain_ratio']:.2f}×"
+        lines.append(
+            f"| {row['model']} | 1 × {row['tokens']} | {row['float']:.0f} | {qlora} | "
+            f"{row['best']:.0f} | **{row['ratio']:.2f}×** | {row['time_ratio']:.2f}× | {plain} |"
+        )
+    return "\n".join(lines)
 
 
 def selection_summary(load: Loader, results: dict[str, str]) -> str:
@@ -348,6 +413,11 @@ def summaries(load: Loader = load_json, results: dict[str, str] | None = None) -
     }
 
 
+def doc_summaries(load: Loader = load_json) -> dict[str, dict[str, str]]:
+    """The summary tables of docs/ pages, by file name."""
+    return {"quantization.md": {"finetune-memory": finetune_memory_summary(load)}}
+
+
 # ---------------------------------------------------------------------------------------------
 # options: the CLI reference, from the argparse parsers
 
@@ -450,12 +520,15 @@ def updated_files() -> dict[Path, tuple[str, str]]:
         if any(marker_names(text, "options") for text in files.values())
         else {}
     )
+    documents = doc_summaries()
     updated = {}
     for path, text in files.items():
         where = str(path.relative_to(ROOT))
         new = text
         if path == README:
             new = replace_blocks(new, "summary", summaries(results=results), where)
+        if path.parent == DOCS and path.name in documents:
+            new = replace_blocks(new, "summary", documents[path.name], where)
         if path == BENCHMARKS_DOC:
             new = splice(new, results, where)
         wanted = marker_names(new, "options")

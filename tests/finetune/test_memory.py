@@ -335,3 +335,23 @@ def test_frozen_bfloat16_needs_bfloat16_compute():
         FinetuneConfig(frozen_dtype="bfloat16")
     with pytest.raises(BadInputError, match="gradient_checkpointing"):
         FinetuneConfig(gradient_checkpointing="yes")
+
+
+def test_cli_options_and_the_printed_peak_memory(tiny_causal_loftq, tmp_path, capsys):
+    from leanfit.cli import main
+
+    args = [
+        "finetune", str(tiny_causal_loftq), "--text", "pride_and_prejudice", "--max-examples",
+        "4", "--max-length", "16", "--batch-size", "2", "--steps", "2", "--quiet",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    lean = ["--dtype", "bfloat16", "--frozen-dtype", "bfloat16", "--no-gradient-checkpointing"]
+    assert main([*args, *lean, "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert printed["peak_rss_mb"] == metrics["memory"]["peak_rss_mb"] > 0
+    assert len(metrics["step_seconds"]) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert (config["frozen_dtype"], config["gradient_checkpointing"]) == ("bfloat16", False)
+    assert main([*args, "--frozen-dtype", "bfloat16", "--out", str(tmp_path / "other")]) == 2
+    assert "--frozen-dtype" in capsys.readouterr().err
