@@ -17,8 +17,9 @@ tokens) and reports the median wall time of the steps after the first. Tools:
   transformers loss (``model(input_ids, labels=...)``), no checkpointing: the path of a user
   who brings their own loop;
 - ``leanfit`` — :func:`leanfit.finetune.training.finetune` (what ``leanfit finetune`` runs) on
-  ``build_model(OUT, init="loftq")``: gradient checkpointing and the chunked loss, float32,
-  or ``bf16`` (``dtype`` and ``frozen_dtype`` bfloat16);
+  ``build_model(OUT, init="loftq")``: gradient checkpointing, the chunked loss and large
+  blocks mapped on their own (:func:`leanfit.heap.map_large_blocks`, as the command sets
+  it), float32, or ``bf16`` (``dtype`` and ``frozen_dtype`` bfloat16);
 - ``leanfit-fp`` — the same loop with ``init="full-precision"`` (PEFT LoRA on the original
   float32 weights): the in-tool anchor.
 
@@ -182,6 +183,9 @@ def worker(setting: dict, tokens: int, steps: int, device_name: str) -> dict:
         model = load(quantized(setting["model"], setting["bits"]), is_trainable=True)
     loaded = _status_mb("VmRSS")
     if tool in ("leanfit", "leanfit-fp"):
+        from leanfit.heap import map_large_blocks
+
+        map_large_blocks()  # as `leanfit finetune` does when it checkpoints
         model, seconds = _run_finetune(setting, tokens, steps, device)
         loaded = float("nan")  # loading and training happen in one call
     else:
@@ -373,7 +377,8 @@ def main() -> None:
     chosen = settings(args.quick)
     if args.prepare:
         float_checkpoint(args.prepare)
-        for bits in sorted({s["bits"] or 2 for s in chosen if s["model"] == args.prepare}):
+        mine = [s for s in chosen if s["model"] == args.prepare and s["tool"] != "bnb-nf4"]
+        for bits in sorted({s["bits"] or 2 for s in mine}):
             quantized(args.prepare, bits)
         return
     for model in dict.fromkeys(s["model"] for s in chosen):  # made once, outside the measures

@@ -129,10 +129,17 @@ def test_summary_tables_are_computed_from_the_json_results():
             row["LoftQ error"] = 0.123456
         if name == "selection_adult":
             data["table"]["DP influence, 5 %"]["dp_abs"] = 0.0424242
+        if name == "finetune_memory":
+            for row in data["records"]:
+                if row["model"] == "llama-1.1b" and row["tool"] in ("peft", "leanfit-fp"):
+                    row["peak_rss_mb"] = 999.0 + (row["tool"] == "leanfit-fp")
         return data
 
     changed = script.summaries(load=load_changed)
-    assert "smollm2: QLoRA 0.566 → LoftQ 0.123" in changed["quantization"]
+    tuning = script.doc_summaries(load=load_changed)["quantization.md"]["finetune-memory"]
+    assert tuning in (ROOT / "docs" / "quantization.md").read_text(encoding="utf-8")
+    assert "| llama-1.1b | 1 × 256 | 999 |" in tuning  # the float32 peak changed below
+    assert "llama-1.1b 1 × 256" in changed["quantization"]
     assert "LoftQ 0.488" in real["quantization"] and "LoftQ 0.488" not in changed["quantization"]
     assert "0.223 → 0.042" in changed["selection"] and "0.042" not in real["selection"]
 

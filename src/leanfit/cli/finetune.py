@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="gradient_checkpointing",
         action="store_false",
         help="keep every activation for backward: faster steps, much more memory (default: "
-        "checkpoint each block and recompute it in backward)",
+        "checkpoint each block and recompute it in backward, and map large blocks of memory "
+        "on their own so that freed activations leave the process)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing RUN_DIR")
@@ -160,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
     )
     spec = data_spec(args)
     set_threads(args.threads)
+    if args.gradient_checkpointing:  # the lean mode: activations' memory given back too
+        from leanfit.heap import map_large_blocks
+
+        map_large_blocks()
     result = finetune_directory(
         args.directory,
         args.out,
