@@ -427,20 +427,21 @@ class QuantizedTensor:
             # Each byte holds whole codes: one lookup per byte gives its 8/k levels at once.
             lut = _byte_levels_cpu(self.bits, self.method).to(device)
             n_values = self.packed.numel() * (8 // self.bits)
-            index: Tensor = self.packed.to(device, torch.int32)
             if scratch is None:
+                index = self.packed.to(device, torch.int32)
                 flat = lut.index_select(0, index).view(torch.float32)
             else:
+                index = scratch.get(self.packed.numel(), torch.int32, device).copy_(self.packed)
                 flat = scratch.get(max(n_values, n_blocks * self.block_size), torch.float32, device)
                 torch.index_select(lut, 0, index, out=flat[:n_values].view(lut.dtype))
         else:
             table = levels(self.bits, self.method, device)
-            codes = self.codes().to(device).long()
             if scratch is None:
-                flat = table[codes]
+                flat = table[self.codes().to(device).long()]
             else:
+                index = scratch.get(self.numel, torch.int32, device).copy_(self.codes())
                 flat = scratch.get(n_blocks * self.block_size, torch.float32, device)
-                torch.index_select(table, 0, codes, out=flat[: self.numel])
+                torch.index_select(table, 0, index, out=flat[: self.numel])
         if scratch is None:
             values = _blocks(flat[: self.numel], self.block_size)  # fresh: scale in place
         else:  # the tail of the last block is scratch, scaled and then dropped
