@@ -296,40 +296,114 @@ def peak_key(device: str) -> str:
     return "peak_cuda_mb" if device == "cuda" else "peak_rss_mb"
 
 
-def ratios(records: list[dict], device: str) -> list[str]:
-    """Each leanfit setting against the float32 LoRA step of the same model and length:
-    plain against plain, and the best of each side."""
+def best(rows: list[dict], key: str) -> dict:
+    return min(rows, key=lambda r: r[key])
+
+
+def comparisons(records: list[dict], device: str) -> list[dict]:
+    """Per model and length, leanfit at 2 bits against the float32 LoRA step: the best
+    (lowest-peak) setting of each side, against PEFT LoRA (the tool a user would pick) and
+    against the in-tool anchor ``leanfit-fp`` (the same loop on the float32 weights); the
+    plain PEFT paths against each other; step times against the fastest float32 step."""
     key = peak_key(device)
-    lines = []
-    groups = sorted({(r["model"], r["tokens"]) for r in records})
-    for model, tokens in groups:
+    out = []
+    for model, tokens in dict.fromkeys((r["model"], r["tokens"]) for r in records):
         rows = [r for r in records if (r["model"], r["tokens"]) == (model, tokens)]
-        plain = next((r for r in rows if r["tool"] == "peft" and not r["options"]), None)
-        floats = [r for r in rows if r["tool"] in ("peft", "leanfit-fp")]
-        ours = [r for r in rows if r["tool"] in ("leanfit", "leanfit-peft")]
-        if not floats or not ours:
+        ours = [r for r in rows if r["tool"] in ("leanfit", "leanfit-peft") and r["bits"] == 2]
+        peft = [r for r in rows if r["tool"] == "peft"]
+        if not ours or not peft:
             continue
-        best_float = min(floats, key=lambda r: r[key])
-        fastest_float = min(floats, key=lambda r: r["step_seconds"])
-        for bits in sorted({r["bits"] for r in ours}):
-            mine = [r for r in ours if r["bits"] == bits]
-            best = min(mine, key=lambda r: r[key])
-            text = (
-                f"- {model}, 1 × {tokens} tokens, {bits} bits: best leanfit peak "
-                f"**{best[key] / best_float[key]:.2f}×** the best float32 LoRA peak "
-                f"({label(best)} {best[key]:.0f} MB vs {label(best_float)} "
-                f"{best_float[key]:.0f} MB); its step {best['step_seconds']:.2f} s = "
-                f"{best['step_seconds'] / fastest_float['step_seconds']:.2f}× the fastest float32 "
-                f"LoRA step ({label(fastest_float)})"
+        anchor = [r for r in rows if r["tool"] == "leanfit-fp"]
+        lean = best(ours, key)
+        plain = next((r for r in ours if r["tool"] == "leanfit-peft"), None)
+        plain_peft = next((r for r in peft if not r["options"]), None)
+        fastest = min(peft + anchor, key=lambda r: r["step_seconds"])
+        out.append(
+            {
+                "model": model,
+                "tokens": tokens,
+                "leanfit": lean,
+                "peft": best(peft, key),
+                "anchor": best(anchor, key) if anchor else None,
+                "plain": (plain, plain_peft) if plain and plain_peft else None,
+                "fastest": fastest,
+                "key": key,
+            }
+        )
+    return out
+
+
+#: The issue's targets: (model, tokens, which comparison, at most this ratio).
+TARGETS = [
+    ("smollm2", 64, "plain", 0.75),
+    ("llama-0.55b", 64, "plain", 0.45),
+    ("smollm2", 512, "best", 0.45),
+    ("llama-1.1b", 256, "best", 0.30),
+]
+
+
+def verdicts(records: list[dict], device: str) -> list[str]:
+    """One line per comparison, then each target with its measured ratios."""
+    lines = []
+    found = {(c["model"], c["tokens"]): c for c in comparisons(records, device)}
+    for c in found.values():
+        key, lean = c["key"], c["leanfit"]
+        text = (
+            f"- {c['model']}, 1 × {c['tokens']}: best leanfit 2-bit ({label(lean)}) "
+            f"{lean[key]:.0f} MB = **{lean[key] / c['peft'][key]:.2f}×** PEFT LoRA's best "
+            f"({label(c['peft'])}, {c['peft'][key]:.0f} MB)"
+        )
+        if c["anchor"]:
+            anchor = c["anchor"][key]
+            text += f", {lean[key] / anchor:.2f}× the in-tool anchor ({anchor:.0f} MB)"
+        if c["plain"]:
+            mine, theirs = c["plain"]
+            text += (
+                f"; plain PEFT path {mine[key] / theirs[key]:.2f}× "
+                f"({mine[key]:.0f} vs {theirs[key]:.0f} MB)"
             )
-            plain_ours = next((r for r in mine if r["tool"] == "leanfit-peft"), None)
-            if plain is not None and plain_ours is not None:
-                text += (
-                    f"; plain PEFT path {plain_ours[key] / plain[key]:.2f}× "
-                    f"({plain_ours[key]:.0f} vs {plain[key]:.0f} MB)"
-                )
-            lines.append(text + ".")
+        seconds = lean["step_seconds"]
+        text += (
+            f"; step {seconds:.2f} s = {seconds / c['fastest']['step_seconds']:.2f}× "
+            f"the fastest float32 LoRA step ({label(c['fastest'])})."
+        )
+        lines.append(text)
+    lines += ["", "Targets (at most this ratio to the float32 LoRA peak):", ""]
+    for model, tokens, kind, limit in TARGETS:
+        c = found.get((model, tokens))
+        if c is None:
+            continue
+        key = c["key"]
+        if kind == "plain" and c["plain"]:
+            mine, theirs = c["plain"]
+            ratio, what = mine[key] / theirs[key], "plain PEFT path"
+        else:
+            lean = c["leanfit"]
+            ratio, what = lean[key] / c["peft"][key], "best settings, against PEFT LoRA"
+            if c["anchor"]:
+                ratio = max(ratio, lean[key] / c["anchor"][key])
+                what = "best settings, against PEFT LoRA and the in-tool anchor"
+        verdict = "met" if ratio <= limit else "**missed**"
+        line = f"- {model} 1 × {tokens} ({what}): ≤ {limit} → {ratio:.2f}, {verdict}"
+        if ratio > limit:
+            line += "; " + where_it_goes(mine if kind == "plain" else c["leanfit"], key)
+        lines.append(line + ".")
     return lines
+
+
+def where_it_goes(record: dict, key: str) -> str:
+    """The peak of ``record`` split into runtime, tensors, optimizer and the rest."""
+    peak = record[key]
+    parts = {
+        "runtime (Python, torch, transformers, PEFT)": record["runtime_mb"],
+        "model tensors": record["model_tensors_mb"],
+        "optimizer": record["optimizer_mb"],
+    }
+    parts["activations, logits chunks and allocator"] = peak - sum(parts.values())
+    shares = ", ".join(
+        f"{name} {mb:.0f} MB ({100 * mb / peak:.0f} %)" for name, mb in parts.items()
+    )
+    return f"its {peak:.0f} MB peak: {shares}"
 
 
 def markdown(records: list[dict], meta: dict) -> str:
@@ -358,7 +432,7 @@ def markdown(records: list[dict], meta: dict) -> str:
             f"| {r['model_tensors_mb']:.0f} | {r['optimizer_mb']:.0f} | {rest:.0f} "
             f"| {r['step_seconds']:.2f} |\n"
         )
-    return head + table + "\n" + "\n".join(ratios(records, meta["device"])) + "\n"
+    return head + table + "\n" + "\n".join(verdicts(records, meta["device"])) + "\n"
 
 
 def main() -> None:
@@ -369,7 +443,19 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the .md from the saved .json"
+    )
     args = parser.parse_args()
+    if args.render:
+        name = "finetune_memory_quick" if args.quick else "finetune_memory"
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        from _common import write_results
+
+        text = markdown(saved["records"], saved["meta"])
+        print(text)
+        write_results(RESULTS, "finetune_memory", quick=args.quick, markdown=text, **saved)
+        return
     if args.worker:
         setting = json.loads(args.worker)
         print(json.dumps(worker(setting, setting["tokens"], args.steps, args.device)))

@@ -108,6 +108,19 @@ def tiny_decoder(
     return model_class(config_class(**{**TINY, **overrides})).eval()
 
 
+def tiny_lora_run(model, lora_seed: int = 0):
+    """``model`` (a tiny llama of :data:`TINY`) with LoRA on q/v (rank 2, dropout 0.1: a
+    resumed or checkpointed run must replay the same masks) and random blocks of 16 tokens:
+    (PEFT model, 18 training blocks, 4 held-out blocks)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(lora_seed)
+    lora = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+    model = get_peft_model(model, lora)
+    blocks = torch.randint(0, 64, (22, 16), generator=torch.Generator().manual_seed(0))
+    return model, blocks[:18], blocks[18:]
+
+
 def write_tiny_causal_lm(folder: Path) -> Path:
     """A tiny random llama with a real tokenizer, saved as a transformers directory.
 

@@ -28,6 +28,7 @@ from leanfit.finetune.evaluate import (
 )
 from leanfit.finetune.training import FinetuneConfig, finetune, lr_multiplier, total_steps
 from leanfit.pretrained import model_path
+from tests.shared import tiny_lora_run
 
 # ---------------------------------------------------------------- data
 
@@ -237,14 +238,7 @@ def test_resolve_device():
 
 
 def _tiny_causal_run(tiny_llama, lora_seed):
-    """Two-layer llama with LoRA (dropout on, so resume must restore the RNG) and random blocks."""
-    torch.manual_seed(lora_seed)
-    model = get_peft_model(
-        tiny_llama(0),
-        LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
-    )
-    blocks = torch.randint(0, 64, (22, 16), generator=torch.Generator().manual_seed(0))
-    return model, blocks[:18], blocks[18:]
+    return tiny_lora_run(tiny_llama(0), lora_seed)
 
 
 def _tiny_config(**overrides):

@@ -23,7 +23,7 @@ from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
 from leanfit.quantization import LoftQConfig, QuantLinear
 from leanfit.quantization.quantizers import QuantizedTensor, Scratch, quantize
-from tests.shared import TINY
+from tests.shared import TINY, tiny_lora_run
 
 
 def saved_shapes(step) -> list[tuple[int, ...]]:
@@ -279,14 +279,7 @@ def test_a_model_computing_after_its_head_is_not_split():
 
 
 def tiny_run(tiny_llama):
-    """Two-layer llama with LoRA (dropout on: checkpointing must replay the same masks)."""
-    torch.manual_seed(0)
-    model = get_peft_model(
-        tiny_llama(0),
-        LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
-    )
-    blocks = torch.randint(0, 64, (22, 16), generator=torch.Generator().manual_seed(0))
-    return model, blocks[:18], blocks[18:]
+    return tiny_lora_run(tiny_llama(0))
 
 
 def tiny_config(**overrides):

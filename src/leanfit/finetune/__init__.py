@@ -4,6 +4,8 @@
   and resume, configured by :class:`FinetuneConfig`;
 - :mod:`~leanfit.finetune.data`: causal-LM blocks and classification data;
 - :mod:`~leanfit.finetune.evaluate`: perplexity, accuracy, KL to the original model;
+- :mod:`~leanfit.finetune.losses`: causal-LM losses a chunk of tokens at a time;
+- :mod:`~leanfit.finetune.memory`: gradient checkpointing, bfloat16 storage, peak memory;
 - :mod:`~leanfit.finetune.runs`: the directories of ``leanfit finetune`` and
   ``leanfit evaluate`` (:func:`finetune_directory`, :func:`evaluate_directory`,
   :func:`load_run`).

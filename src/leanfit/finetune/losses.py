@@ -168,8 +168,8 @@ def token_nll(split: CausalLMSplit, features: Tensor, targets: Tensor) -> Tensor
 def causal_lm_loss(split: CausalLMSplit, input_ids: Tensor) -> Tensor:
     """Mean next-token NLL of blocks, ``-(1/(b (L-1))) Σ_i Σ_{j≥1} log p(t_ij | t_i,<j)``.
 
-    The same value as :func:`leanfit.finetune.evaluate.causal_lm_nll` on the full logits, up
-    to float32 summation order; see :func:`token_nll` for memory.
+    The same value as ``F.cross_entropy`` on the full logits, up to float32 summation order;
+    see :func:`token_nll` for memory.
 
     Parameters
     ----------
