@@ -59,6 +59,14 @@ def write_results(out: Path, name: str, *, quick: bool, meta: dict, records: lis
     print(f"wrote {out / name}.json and .md")
 
 
+def machine() -> str:
+    """This machine for the results' captions, e.g. ``x86_64 Linux, 2 CPUs``."""
+    import os
+    import platform
+
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs"
+
+
 def status_kb(field: str) -> int:
     """A field of /proc/self/status in kB (e.g. ``RssAnon``, ``VmHWM``); Linux only."""
     for line in Path("/proc/self/status").read_text().splitlines():

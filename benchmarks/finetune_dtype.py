@@ -17,7 +17,7 @@ in ``metrics.json``, and the median seconds per step after the first; median ove
 
 Usage::
 
-    python benchmarks/finetune_dtype.py            # 24 steps, seeds 0, 1, 2
+    python benchmarks/finetune_dtype.py            # 12 steps, seeds 0 and 1
     python benchmarks/finetune_dtype.py --quick    # 4 steps, seed 0
 
 Writes ``benchmarks/results/finetune_dtype.json`` and ``finetune_dtype.md``.
@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import write_results
+from _common import machine, write_results
 from finetune_memory import quantized
 
 RESULTS = Path(__file__).parent / "results"
@@ -97,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 steps, one seed")
     args = parser.parse_args()
-    steps, seeds = (4, [0]) if args.quick else (24, [0, 1, 2])
+    steps, seeds = (4, [0]) if args.quick else (12, [0, 1])
     records = []
     for bits in (2, 4):
         directory = quantized("smollm2", bits)
@@ -112,7 +110,7 @@ def main() -> None:
     meta = {
         "steps": steps,
         "seeds": seeds,
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
     }
     text = markdown(records, meta)
     print(text)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -72,7 +71,7 @@ def float_checkpoint(model: str) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if model == "smollm2":
@@ -82,6 +81,8 @@ def float_checkpoint(model: str) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
         built = AutoModelForCausalLM.from_config(loaded.config)
         built.load_state_dict(loaded.state_dict())
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer.save_pretrained(folder.with_name(folder.name + ".tmp"))
     else:
         hidden, inter, layers, heads, kv = LLAMAS[model]
         config = LlamaConfig(
@@ -414,7 +415,12 @@ def markdown(records: list[dict], meta: dict) -> str:
         "setting in a fresh process; peak memory of the whole process "
         f"({'max_memory_allocated' if meta['device'] == 'cuda' else 'peak RSS from the kernel'}"
         ", imports and loading included); step time: median of the steps after the first. "
-        f"Median of {meta['repeats']} interleaved repeats; {meta['machine']}. `ckpt`: gradient "
+        f"Median of {meta['repeats']} interleaved repeats ({LARGE_REPEATS} for the 1.1B llama); "
+        f"{meta['machine']}. `peft`: PEFT LoRA on the float32 model; `bnb-nf4`: bitsandbytes "
+        "QLoRA; `leanfit-peft`: `leanfit.checkpoints.load` and the plain transformers loss in "
+        "the user's own loop; `leanfit` / `leanfit-fp` (the same loop on the float32 weights, the "
+        "in-tool anchor): the loop of `leanfit finetune`, with large blocks of memory mapped on "
+        "their own as the command sets it. `ckpt`: gradient "
         "checkpointing, `chunked`: loss over the vocabulary a chunk of tokens at a time, "
         "`bf16`: bfloat16 compute and frozen tensors stored in bfloat16. Where the memory "
         "goes: runtime = resident set after importing torch, transformers and PEFT; tensors = "
@@ -447,11 +453,11 @@ def main() -> None:
         "--render", action="store_true", help="only rewrite the .md from the saved .json"
     )
     args = parser.parse_args()
+    from _common import machine, write_results  # the driver's only: workers measure imports
+
     if args.render:
         name = "finetune_memory_quick" if args.quick else "finetune_memory"
         saved = json.loads((RESULTS / f"{name}.json").read_text())
-        from _common import write_results
-
         text = markdown(saved["records"], saved["meta"])
         print(text)
         write_results(RESULTS, "finetune_memory", quick=args.quick, markdown=text, **saved)
@@ -490,12 +496,10 @@ def main() -> None:
         "device": args.device,
         "repeats": repeats,
         "steps": args.steps,
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
     }
     text = markdown(records, meta)
     print(text)
-    from _common import write_results
-
     write_results(
         RESULTS, "finetune_memory", quick=args.quick, meta=meta, records=records, markdown=text
     )

@@ -235,13 +235,14 @@ def quantization_summary(load: Loader, results: dict[str, str]) -> str:
             link("quantize_memory"),
         ),
         (
-            "Peak memory of a LoRA step on the 2-bit backbone against the float32 LoRA step "
-            "(best settings of each, fresh processes, imports included)",
+            "Peak memory of a LoRA step on the 2-bit backbone (lowest of leanfit's settings, "
+            "fresh processes, imports included) against PEFT LoRA on the float32 model and "
+            "against `leanfit finetune` on the float32 weights",
             "; ".join(
-                f"{model} 1 × {tokens}: {row['best']:.0f} vs {row['float']:.0f} MB "
-                f"(**{row['ratio']:.2f}×**)"
+                f"{model} 1 × {tokens}: {row['best']:.0f} MB, **{row['best'] / row['peft']:.2f}×**"
+                f" and {row['best'] / row['anchor']:.2f}×"
                 for (model, tokens), row in tuning.items()
-                if (model, tokens) in (("smollm2", 512), ("llama-1.1b", 256))
+                if (model, tokens) in (("smollm2", 512), ("llama-1.1b", 256)) and row["anchor"]
             ),
             link("finetune_memory"),
         ),
@@ -250,53 +251,62 @@ def quantization_summary(load: Loader, results: dict[str, str]) -> str:
 
 
 def finetune_memory_rows(load: Loader) -> list[dict[str, Any]]:
-    """Per model and length: the best (lowest-peak) float32 LoRA, NF4 QLoRA, leanfit's plain
-    PEFT path and leanfit's best setting, with leanfit's ratios to the float32 LoRA."""
+    """Per model and length: leanfit's lowest peak at 2 bits against PEFT LoRA's lowest and
+    the in-tool float32 anchor's (``leanfit-fp``), NF4 QLoRA's, the plain PEFT paths' ratio,
+    and the step time against the fastest float32 step."""
     data = load("finetune_memory")
     key = "peak_cuda_mb" if data["meta"]["device"] == "cuda" else "peak_rss_mb"
     records = data["records"]
     rows = []
     for model, tokens in dict.fromkeys((r["model"], r["tokens"]) for r in records):
         group = [r for r in records if (r["model"], r["tokens"]) == (model, tokens)]
-        floats = [r for r in group if r["tool"] in ("peft", "leanfit-fp")]
         ours = [r for r in group if r["tool"] in ("leanfit", "leanfit-peft") and r["bits"] == 2]
-        if not floats or not ours:
+        peft = [r for r in group if r["tool"] == "peft"]
+        if not ours or not peft:
             continue
-        best_float = min(floats, key=lambda r: r[key])
-        fastest_float = min(floats, key=lambda r: r["step_seconds"])
         best = min(ours, key=lambda r: r[key])
-        plain_float = next((r for r in group if r["tool"] == "peft" and not r["options"]), None)
+        anchor = min((r[key] for r in group if r["tool"] == "leanfit-fp"), default=None)
+        plain_peft = next((r for r in peft if not r["options"]), None)
         plain = next((r for r in ours if r["tool"] == "leanfit-peft"), None)
-        qlora = [r for r in group if r["tool"] == "bnb-nf4"]
+        qlora = [r[key] for r in group if r["tool"] == "bnb-nf4"]
+        floats = peft + [r for r in group if r["tool"] == "leanfit-fp"]
         rows.append(
             {
                 "model": model,
                 "tokens": tokens,
-                "float": best_float[key],
-                "qlora": min(r[key] for r in qlora) if qlora else None,
+                "peft": min(r[key] for r in peft),
+                "anchor": anchor,
+                "qlora": min(qlora) if qlora else None,
                 "best": best[key],
-                "ratio": best[key] / best_float[key],
-                "time_ratio": best["step_seconds"] / fastest_float["step_seconds"],
-                "plain_ratio": (plain[key] / plain_float[key] if plain and plain_float else None),
+                "time_ratio": best["step_seconds"] / min(r["step_seconds"] for r in floats),
+                "plain_ratio": plain[key] / plain_peft[key] if plain and plain_peft else None,
             }
         )
     return rows
 
 
 def finetune_memory_summary(load: Loader) -> str:
-    """docs/quantization.md's table: peak memory of a LoRA step, leanfit at 2 bits against the
-    best float32 LoRA setting (and NF4 QLoRA)."""
+    """docs/quantization.md's table: peak memory of a LoRA step, leanfit at 2 bits against
+    PEFT LoRA on the float32 model, the same loop on the float32 weights, and NF4 QLoRA."""
+
+    def mb(value: float | None) -> str:
+        return "–" if value is None else f"{value:.0f}"
+
+    def ratio(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}×"
+
     lines = [
-        "| model | tokens | float32 LoRA, best MB | NF4 QLoRA MB | leanfit 2-bit, best MB "
-        "| ratio | step time ratio | plain PEFT path ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | tokens | PEFT LoRA MB | leanfit float32 MB | NF4 QLoRA MB | leanfit 2-bit MB "
+        "| vs PEFT | vs leanfit float32 | step time | plain PEFT paths |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in finetune_memory_rows(load):
-        qlora = "–" if row["qlora"] is None else f"{row['qlora']:.0f}"
-        plain = "–" if row["plain_ratio"] is None else f"{row['plain_ratio']:.2f}×"
+        anchor = row["anchor"]
         lines.append(
-            f"| {row['model']} | 1 × {row['tokens']} | {row['float']:.0f} | {qlora} | "
-            f"{row['best']:.0f} | **{row['ratio']:.2f}×** | {row['time_ratio']:.2f}× | {plain} |"
+            f"| {row['model']} | 1 × {row['tokens']} | {mb(row['peft'])} | {mb(anchor)} | "
+            f"{mb(row['qlora'])} | {mb(row['best'])} | **{row['best'] / row['peft']:.2f}×** | "
+            f"{ratio(None if anchor is None else row['best'] / anchor)} | "
+            f"{row['time_ratio']:.2f}× | {ratio(row['plain_ratio'])} |"
         )
     return "\n".join(lines)
 

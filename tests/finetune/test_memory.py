@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -348,3 +349,17 @@ def test_cli_options_and_the_printed_peak_memory(tiny_causal_loftq, tmp_path, ca
     assert (config["frozen_dtype"], config["gradient_checkpointing"]) == ("bfloat16", False)
     assert main([*args, "--frozen-dtype", "bfloat16", "--out", str(tmp_path / "other")]) == 2
     assert "--frozen-dtype" in capsys.readouterr().err
+
+
+def test_a_backbone_without_tokenizer_is_named_not_a_traceback(tiny_causal_loftq, tmp_path, capsys):
+    import shutil
+
+    from leanfit.cli import main
+
+    out = Path(shutil.copytree(tiny_causal_loftq, tmp_path / "copy"))
+    for path in (out / "backbone").iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            path.unlink()
+    args = ["finetune", str(out), "--text", "pride_and_prejudice", "--out", str(tmp_path / "r")]
+    assert main([*args, "--steps", "1", "--quiet"]) == 2
+    assert "holds no tokenizer" in capsys.readouterr().err

@@ -138,7 +138,15 @@ def tokenizer_of(directory: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     read_quantization_config(directory)
-    tokenizer = AutoTokenizer.from_pretrained(Path(directory) / BACKBONE)
+    backbone = Path(directory) / BACKBONE
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise BadInputError(
+            f"{str(backbone)!r} holds no tokenizer transformers can load ({err}); copy the "
+            "tokenizer files of the original model there (leanfit quantize copies them when "
+            "the source has them)"
+        ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
