@@ -209,3 +209,14 @@ def comparable(folder: Path) -> dict[str, object]:
     files["loftq_report.json"] = report_json_fields((folder / REPORTS[0]).read_text())
     files["loftq_report.md"] = report_markdown_fields((folder / REPORTS[1]).read_text())
     return files
+
+
+def results_of(run: Path) -> dict:
+    """A run's ``metrics.json`` without what measures the run rather than its results
+    (seconds per step, peak memory: :data:`leanfit.finetune.training.MEASURED`)."""
+    from leanfit.finetune.training import MEASURED
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in MEASURED:
+        metrics.pop(name)
+    return metrics

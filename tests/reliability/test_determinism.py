@@ -11,7 +11,7 @@ import torch
 from leanfit.cli import main
 from leanfit.quantization.loftq import loftq_decompose
 from tests.reliability.conftest import finetune_args
-from tests.reliability.processes import digest, run_to_end
+from tests.reliability.processes import digest, results_of, run_to_end
 from tests.reliability.test_interruptions import select_args
 
 
@@ -51,7 +51,11 @@ def test_finetune_in_two_processes_gives_identical_files(
     files = digest(finetune_reference)
     assert {"adapter/adapter_model.safetensors", "metrics.json"} <= set(files)
     assert "checkpoints/step-48/optimizer.safetensors" in files
-    assert files == digest(second)
+    others = digest(second)
+    assert {k: v for k, v in files.items() if k != "metrics.json"} == {
+        k: v for k, v in others.items() if k != "metrics.json"
+    }
+    assert results_of(finetune_reference) == results_of(second)  # seconds and memory aside
     adapter = json.loads((second / "adapter" / "adapter_config.json").read_text())
     modules = adapter["target_modules"]  # PEFT keeps a set: saved sorted, not in hash order
     assert modules == sorted(modules) and len(modules) == 14

@@ -12,7 +12,6 @@ checkpoints, optimizer states, evaluations — has the bytes of an uninterrupted
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.reliability.conftest import FINETUNE_STEPS, finetune_args
-from tests.reliability.processes import digest, kill_when, run_to_end
+from tests.reliability.processes import digest, kill_when, results_of, run_to_end
 
 
 def saved_steps(run: Path) -> list[int]:
@@ -35,9 +34,9 @@ def same_as_reference(out: Path, reference: Path, resumed_from: int | None) -> N
     got, want = digest(out), digest(reference)
     assert set(got) == set(want)
     assert [name for name in want if got[name] != want[name]] in ([], ["metrics.json"])
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = results_of(out)
     assert metrics.pop("resumed_from") == resumed_from
-    expected = json.loads((reference / "metrics.json").read_text())
+    expected = results_of(reference)
     assert expected.pop("resumed_from") is None
     assert metrics == expected  # losses, learning rates and evaluations, bit for bit
 

@@ -59,6 +59,7 @@ from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
 from leanfit.io import atomic_output, read_json
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
+MEASURED = ("memory", "step_seconds")  # metrics.json fields that measure the run, not results
 LAYOUT = ("adapter", "checkpoints", "config.json", "labels.json", "metrics.json", "run.json")
 
 TrainData = torch.Tensor | ClassificationData
