@@ -312,6 +312,8 @@ def test_bfloat16_storage_of_the_frozen_tensors(tiny_causal_loftq, tmp_path):
     blocks = torch.randint(0, 1000, (10, 16), generator=torch.Generator().manual_seed(0))
     config = tiny_config(dtype="bfloat16", frozen_dtype="bfloat16", checkpoint_every=6)
     result = finetune(model, blocks[:8], blocks[8:], config, tmp_path / "run", progress=False)
+    # Finite and near ln(30522) = 10.3, the near-uniform start of this random model: the
+    # bfloat16 run trains at all; 20 leaves room for a bad start, not for inf or NaN.
     assert all(0 < loss < 20 for loss in result.losses)
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert {d for n, d in dtypes.items() if ".lora_" in n} == {torch.float32}

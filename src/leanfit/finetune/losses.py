@@ -93,34 +93,40 @@ def split_causal_lm(model: nn.Module, probe: Tensor) -> CausalLMSplit:
         Tokens to check with; only the first :data:`PROBE_TOKENS` of the first row are used.
     """
     ids = probe.reshape(-1)[:PROBE_TOKENS][None]
+    parts = _parts(model)
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
             reference = model(input_ids=ids).logits.float()
-            parts = _parts(model)
-            if parts is not None:
-                decoder, head = parts
-                output = decoder(input_ids=ids)
-                hidden = getattr(output, "last_hidden_state", None)
-                if isinstance(hidden, Tensor) and hidden.shape[:2] == ids.shape:
-                    logits = head(hidden).float()
-                    scale = float(reference.abs().max()) or 1.0
-                    if logits.shape == reference.shape and bool(
-                        (logits - reference).abs().max() <= 1e-4 * scale
-                    ):
-                        return CausalLMSplit(
-                            features=lambda x: decoder(input_ids=x).last_hidden_state,
-                            head=head,
-                            vocab=reference.shape[-1],
-                        )
+            same = parts is not None and _reproduces(*parts, ids, reference)
     finally:
         model.train(training)
+    if parts is not None and same:
+        decoder, head = parts
+        return CausalLMSplit(
+            features=lambda x: decoder(input_ids=x).last_hidden_state,
+            head=head,
+            vocab=reference.shape[-1],
+        )
     logger.info(
         "%s cannot be cut before its output head; its loss holds the logits of every token",
         type(model).__name__,
     )
     return unsplit(model, reference.shape[-1])
+
+
+def _reproduces(decoder: nn.Module, head: nn.Module, ids: Tensor, reference: Tensor) -> bool:
+    """Whether ``head(decoder(ids).last_hidden_state)`` equals ``reference`` to 1e-4 of its
+    largest magnitude (the same operations, summed in another order at most)."""
+    hidden = getattr(decoder(input_ids=ids), "last_hidden_state", None)
+    if not isinstance(hidden, Tensor) or hidden.shape[:2] != ids.shape:
+        return False
+    logits = head(hidden).float()
+    scale = float(reference.abs().max()) or 1.0
+    return logits.shape == reference.shape and bool(
+        (logits - reference).abs().max() <= 1e-4 * scale
+    )
 
 
 def unsplit(model: nn.Module, vocab: int) -> CausalLMSplit:
