@@ -50,7 +50,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK = 16
 MB = 1e6
 LARGE_REPEATS = 2  # the 1.1B settings take minutes each
@@ -139,7 +139,7 @@ def _peft_model(source: Path, tool: str, checkpointing: bool):
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TARGETS, lora_dropout=0.0)
+    lora = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=LORA_TARGETS, lora_dropout=0.0)
     return get_peft_model(model, lora)
 
 
@@ -335,7 +335,7 @@ def comparisons(records: list[dict], device: str) -> list[dict]:
 
 
 #: The issue's targets: (model, tokens, which comparison, at most this ratio).
-TARGETS = [
+RATIO_TARGETS = [
     ("smollm2", 64, "plain", 0.75),
     ("llama-0.55b", 64, "plain", 0.45),
     ("smollm2", 512, "best", 0.45),
@@ -370,7 +370,7 @@ def verdicts(records: list[dict], device: str) -> list[str]:
         )
         lines.append(text)
     lines += ["", "Targets (at most this ratio to the float32 LoRA peak):", ""]
-    for model, tokens, kind, limit in TARGETS:
+    for model, tokens, kind, limit in RATIO_TARGETS:
         c = found.get((model, tokens))
         if c is None:
             continue
