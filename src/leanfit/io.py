@@ -159,6 +159,12 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
             _remove(tmp)
 
 
+def write_json(path: str | Path, value: object) -> None:
+    """Write ``value`` to the file ``path`` as indented JSON with sorted keys (UTF-8, ending
+    in a newline), as every JSON file of leanfit's outputs is written."""
+    Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def read_json(path: str | Path) -> Any:
     """The JSON value stored in the file ``path`` (UTF-8).
 

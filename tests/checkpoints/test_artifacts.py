@@ -9,20 +9,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, GPT2Config, GPT2Model
 
+from leanfit.checkpoints import load, load_into, merge_into
 from leanfit.checkpoints.layout import FORMAT_VERSION
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
+from leanfit.pipeline import quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import (
-    LoftQConfig,
-    QuantizedTensor,
-    QuantLinear,
-    load,
-    load_into,
-    loftq_decompose,
-    merge_into,
-    quantize_checkpoint,
-)
+from leanfit.quantization import LoftQConfig, QuantizedTensor, QuantLinear, loftq_decompose
 
 TARGETS = 37  # 6 blocks × 6 linear layers + the pooler
 

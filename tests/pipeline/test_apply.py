@@ -17,18 +17,12 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
+from leanfit.checkpoints import load, load_into, merge_into
 from leanfit.checkpoints.source import SafetensorsCheckpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
+from leanfit.pipeline import quantize_checkpoint, quantize_module
 from leanfit.pretrained import model_path
-from leanfit.quantization import (
-    LoftQConfig,
-    QuantLinear,
-    load,
-    load_into,
-    merge_into,
-    quantize_checkpoint,
-    quantize_module,
-)
+from leanfit.quantization import LoftQConfig, QuantLinear
 from tests.shared import WIDER, tiny_decoder
 
 FAST = LoftQConfig(bits=4, rank=4, iters=2)

@@ -28,7 +28,7 @@ from typing import Any
 from leanfit._version import __version__
 from leanfit.checkpoints.targets import Target
 from leanfit.exceptions import BadInputError, CorruptArtifactError
-from leanfit.io import read_json
+from leanfit.io import read_json, write_json
 from leanfit.quantization.quantizers import check_quantization_args
 
 FORMAT = "leanfit-loftq"
@@ -95,7 +95,7 @@ def final_shard_file(number: int, count: int) -> str:
 def edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     values = json.loads(path.read_text())
     edit(values)
-    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    write_json(path, values)
 
 
 def _sort_target_modules(values: dict[str, Any]) -> None:
@@ -138,7 +138,7 @@ def write_adapter_config(
         "fan_in_fan_out": False,
     }
     adapter.mkdir(parents=True, exist_ok=True)
-    (adapter / ADAPTER_CONFIG).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    write_json(adapter / ADAPTER_CONFIG, values)
 
 
 # --- reading -----------------------------------------------------------------------------

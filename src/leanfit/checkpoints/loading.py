@@ -40,6 +40,7 @@ from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear, forget_dequantized
 from leanfit.quantization.quantizers import QuantizedTensor
+from leanfit.quiet import dependency_noise_dropped
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -301,7 +302,8 @@ def _load_into(
     backbone lacks entirely (the pooler of a masked-LM checkpoint loaded as a classifier). A
     module the backbone holds only in part, and anything missing when the layouts agree, are
     refused as a damaged artifact."""
-    from peft import LoraConfig, PeftModel
+    with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
+        from peft import LoraConfig, PeftModel
 
     if not isinstance(model, nn.Module):
         raise bad_value("model", type(model).__name__, "a torch.nn.Module")
@@ -387,13 +389,14 @@ def _load_into(
         lora_dropout=0.0,
         bias="none",
     )
-    peft_model = PeftModel.from_pretrained(
-        model,
-        str(directory / ADAPTER),
-        is_trainable=is_trainable,
-        config=lora,
-        **adapter_key_mapping(placed),
-    )
+    with dependency_noise_dropped():
+        peft_model = PeftModel.from_pretrained(
+            model,
+            str(directory / ADAPTER),
+            is_trainable=is_trainable,
+            config=lora,
+            **adapter_key_mapping(placed),
+        )
     forget_dequantized()  # PEFT read the last layer's weight: nothing float is kept
     return peft_model.to(device)
 

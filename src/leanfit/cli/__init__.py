@@ -21,6 +21,7 @@ from importlib import import_module
 
 from leanfit._version import __version__
 from leanfit.exceptions import LeanfitError
+from leanfit.quiet import dependency_noise_dropped
 
 #: Subcommand name (also its module under ``leanfit.cli``) -> its line in ``leanfit --help``.
 SUBCOMMANDS = {
@@ -106,7 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     code 2 (no traceback); Ctrl-C as one line with exit code 130 (what a shell reports for
     SIGINT); anything else is a bug and keeps its traceback.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
+    with dependency_noise_dropped():
+        return _run(sys.argv[1:] if argv is None else list(argv))
+
+
+def _run(argv: list[str]) -> int:
+    """:func:`main` on ``argv``."""
     command = requested_subcommand(argv)
     parser = build_parser(() if command is None else (command,))
     args = parser.parse_args(argv)

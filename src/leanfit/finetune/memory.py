@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+
+from leanfit.quiet import dependency_noise_dropped
+
+with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
+    from peft import PeftModel
 
 
 def store_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -29,7 +29,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -63,6 +62,10 @@ from leanfit.finetune.training import (
 )
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
+from leanfit.quiet import dependency_noise_dropped
+
+with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
+    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 
 INITS = ("loftq", "qlora", "full-precision")
 RUN_FILE = "leanfit_run.json"
@@ -326,7 +329,7 @@ def build_model(
     directory = Path(directory)
     read_quantization_config(directory)
     lora = _lora_config(directory, task)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), dependency_noise_dropped():
         torch.manual_seed(seed)
         if init == "full-precision":
             original = load_original(

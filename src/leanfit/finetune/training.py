@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -56,7 +55,11 @@ from leanfit.finetune.evaluate import causal_lm_metrics, classification_metrics
 from leanfit.finetune.losses import CausalLMSplit, causal_lm_loss, split_causal_lm
 from leanfit.finetune.memory import checkpointing, peak_memory, store_frozen
 from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
-from leanfit.io import atomic_output, read_json
+from leanfit.io import atomic_output, read_json, write_json
+from leanfit.quiet import dependency_noise_dropped
+
+with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
+    from peft import PeftModel
 
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 MEASURED = ("memory", "step_seconds")  # metrics.json fields that measure the run, not results
@@ -383,10 +386,6 @@ def _optimizer(params: dict[str, torch.nn.Parameter], config: FinetuneConfig) ->
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-def _write_json(path: Path, value: object) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
 def _save_adapter(model: PeftModel, directory: Path) -> Path:
     """PEFT ``save_pretrained`` of the active adapter; returns the folder holding it.
 
@@ -427,13 +426,13 @@ def _save_checkpoint(
             else:
                 scalars[f"{index}.{key}"] = value
     save_file(tensors, tmp / "optimizer.safetensors")
-    _write_json(tmp / "optimizer.json", {"param_groups": state["param_groups"], "scalars": scalars})
-    _write_json(tmp / "scheduler.json", scheduler.state_dict())
+    write_json(tmp / "optimizer.json", {"param_groups": state["param_groups"], "scalars": scalars})
+    write_json(tmp / "scheduler.json", scheduler.state_dict())
     rng = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     save_file(rng, tmp / "rng.safetensors")
-    _write_json(tmp / "state.json", asdict(progress))
+    write_json(tmp / "state.json", asdict(progress))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -516,7 +515,7 @@ def _start_run(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(config.to_json() + "\n")
-    _write_json(run_dir / "run.json", run)
+    write_json(run_dir / "run.json", run)
     return None
 
 
@@ -682,11 +681,11 @@ def finetune(
         "resumed_from": resumed_from,
         "memory": memory,
     }
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
     if isinstance(train_data, ClassificationData):
-        _write_json(run_dir / "labels.json", list(train_data.label_names))
+        write_json(run_dir / "labels.json", list(train_data.label_names))
     for name, value in extra_json.items():
-        _write_json(run_dir / name, value)
+        write_json(run_dir / name, value)
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
         os.replace(run_dir, tmp)
     return FinetuneResult(

@@ -13,16 +13,8 @@ The rest of the LoftQ workflow builds on this package:
 - :mod:`leanfit.pipeline`: run LoftQ over a checkpoint
   (:func:`leanfit.pipeline.quantize_checkpoint`, ``leanfit quantize``);
 - :mod:`leanfit.finetune`: LoRA fine-tuning and evaluation of the result.
-
-``from leanfit.quantization import quantize_checkpoint`` (and ``quantize_module``,
-``estimate_checkpoint_memory``, ``load``, ``load_into``, ``merge_into``), and the old module
-paths such as ``leanfit.quantization.apply``, still work for one release with a
-:class:`DeprecationWarning` (:mod:`leanfit._moved`).
 """
 
-from typing import Any
-
-from leanfit import _moved
 from leanfit.quantization.config import LoftQConfig, LoftQReport, MatrixReport
 from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose
 from leanfit.quantization.lowrank import truncated_svd
@@ -35,13 +27,6 @@ from leanfit.quantization.quantizers import (
     nf_table,
     quantize,
 )
-
-_moved.install()
-
-
-def __getattr__(name: str) -> Any:
-    return _moved.moved_name(name)
-
 
 __all__ = [
     "DoubleQuantized",
