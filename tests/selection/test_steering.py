@@ -127,3 +127,26 @@ def test_gap_standard_error():
     groups = np.array([1, 1, 1, 1, 0, 0, 0, 0])
     # Rates 0.5 and 0.25 over 4 rows each: sqrt(0.25 / 4 + 0.1875 / 4).
     assert gap_standard_error(predicted, groups) == pytest.approx(np.sqrt(0.109375), rel=1e-15)
+
+
+def test_masks_curve_retrains_each_mask_once(adult, monkeypatch):
+    from leanfit.selection import InfluenceSelector, retrain_and_evaluate
+    from leanfit.selection.steering import masks_curve
+
+    split, selector = adult
+    n = selector.train_index_.shape[0]
+    removed = np.random.default_rng(0).choice(n, 300, replace=False)
+    masks = {0: np.ones(n, dtype=bool), 300: ~np.isin(np.arange(n), removed)}
+    retrains = []
+    original = InfluenceSelector.retrain
+    monkeypatch.setattr(
+        InfluenceSelector, "retrain", lambda self, keep: retrains.append(1) or original(self, keep)
+    )
+    val = split.val
+    curve = masks_curve(selector, masks, val.X, val.y, val.s.to_numpy(), "fairness")
+    assert len(retrains) == len(masks)
+    # The same figures as evaluating each retrained model on its own.
+    expected = retrain_and_evaluate(selector, masks[300], val.X, val.y, sensitive_features=val.s)
+    row = curve.set_index("n_removed").loc[300]
+    assert row["rows_removed"] == expected.pop("n_removed") == 300
+    assert all(row[name] == value for name, value in expected.items())

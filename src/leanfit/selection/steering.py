@@ -33,8 +33,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import bad_value
+from leanfit.selection.metrics import evaluate
 from leanfit.selection.pareto import constrained_trim, pareto_trim
-from leanfit.selection.trimming import retrain_and_evaluate, trim
+from leanfit.selection.trimming import evaluation_set, trim
 
 #: Trimming strategies, in report order.
 STRATEGIES = ("plain", "constrained", "pareto")
@@ -122,20 +123,20 @@ def masks_curve(
         these rows (:func:`gap_standard_error`).
     """
     n = selector.train_index_.shape[0]
-    Z, groups = selector.transform(X), np.asarray(s)
+    Z, labels, groups = evaluation_set(selector, X, y, s)
     rows = []
     for count, keep in tqdm(masks.items(), desc=method, disable=not progress):
-        metrics = retrain_and_evaluate(selector, keep, X, y, sensitive_features=s)
-        predicted = selector.retrain(keep).model_.predict(Z)
+        model = selector.retrain(keep).model_  # each mask is retrained once
+        metrics = evaluate(model, Z, labels, sensitive_features=groups, reference=selector.model_)
         rows.append(
             {
                 "method": method,
                 "seed": pd.NA,
                 "budget": count / n,
                 "n_removed": count,
-                "rows_removed": metrics.pop("n_removed"),
+                "rows_removed": int(np.size(keep) - np.count_nonzero(keep)),
                 **metrics,
-                "dp_se": gap_standard_error(predicted, groups),
+                "dp_se": gap_standard_error(model.predict(Z), groups),
             }
         )
     frame = pd.DataFrame(rows)

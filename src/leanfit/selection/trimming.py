@@ -173,7 +173,9 @@ def iterative_trim(
     return _mask_without(order, total, n)
 
 
-def _test_set(selector, X_test, y_test, sensitive_features, privileged):
+def evaluation_set(selector, X_test, y_test, sensitive_features, privileged=None):
+    """``(Z, y, s)``: the rows transformed by the selector's fixed preprocessing, their 0/1
+    labels and 0/1 groups (checked), ready for :func:`leanfit.selection.metrics.evaluate`."""
     Z = selector.transform(X_test)
     y = check_binary_labels(y_test, "y_test", n=Z.shape[0])
     s = resolve_sensitive(X_test, sensitive_features, privileged, n=Z.shape[0], name="X_test")
@@ -209,7 +211,7 @@ def retrain_and_evaluate(
     dict
         ``n_removed`` and the metrics of :func:`leanfit.selection.metrics.evaluate`.
     """
-    Z, y, s = _test_set(selector, X_test, y_test, sensitive_features, privileged)
+    Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features, privileged)
     retrained = selector.retrain(keep)
     metrics = evaluate(
         retrained.model_, Z, y, sensitive_features=s, reference=selector.model_, eps=eps
@@ -305,7 +307,7 @@ def trimming_curve(
     # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
     # that ``val_objective`` measures the cost the influence was computed for.
     objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
-    Z, y, s = _test_set(selector, X_test, y_test, sensitive_features_test, privileged)
+    Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:
         _check_precomputed(influence, objectives, n, iterative_step)
