@@ -25,13 +25,14 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.linalg import cho_solve
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 
-from leanfit.exceptions import BadInputError, LeanfitError, bad_value
+from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import check_binary_labels, check_fitted, check_matrix
+from leanfit.selection.newton import NewtonResult, minimize
 
 # ---------------------------------------------------------------------------------------
 # Pure functions of theta
@@ -185,7 +186,9 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
     max_iter : int, default 100
         Maximum number of Newton iterations (a ``ConvergenceWarning`` if reached).
     warm_start : bool, default False
-        Start from the current ``coef_``/``intercept_`` when refitting (same shapes).
+        Start from the current ``coef_``/``intercept_`` when refitting (same shapes), with
+        chord steps on the current Hessian factor first (:mod:`leanfit.selection.newton`):
+        a refit after removing a few rows then needs about one new Hessian.
 
     Attributes
     ----------
@@ -252,48 +255,39 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
                     f"shape {sample_weight.shape}"
                 )
         p = X.shape[1] + int(self.fit_intercept)
-        theta = np.zeros(p)
+        theta, chord = np.zeros(p), None
         if self.warm_start and hasattr(self, "theta_") and self.theta_.shape == (p,):
-            theta = self.theta_.copy()
-        theta, factor, n_iter = self._newton(theta, X, y, sample_weight)
-        self._set_theta(theta, X.shape[1])
-        self.hessian_cholesky_ = factor
-        self.n_iter_ = n_iter
-        self.classes_ = np.array([0, 1])
-        self.n_features_in_ = X.shape[1]
-        return self
+            theta, chord = self.theta_.copy(), getattr(self, "hessian_cholesky_", None)
 
-    def _newton(self, theta, X, y, sample_weight):
-        """Damped Newton: full steps once the Newton decrement is small, else backtracking."""
-        loss = objective(theta, X, y, self.l2_reg, sample_weight)
-        for iteration in range(self.max_iter):
-            grad = objective_gradient(theta, X, y, self.l2_reg, sample_weight)
-            hess = objective_hessian(theta, X, self.l2_reg, sample_weight)
-            try:
-                factor = cho_factor(hess)
-            except LinAlgError as err:
-                raise LeanfitError("the Hessian is not positive definite; increase l2_reg") from err
-            step = cho_solve(factor, grad)
-            if np.max(np.abs(step)) <= self.tol * max(1.0, np.max(np.abs(theta))):
-                return theta, factor, iteration
-            decrement = float(grad @ step)  # gᵀH⁻¹g ≈ 2 (L(θ) − min L)
-            t = 1.0
-            while True:
-                candidate = theta - t * step
-                new_loss = objective(candidate, X, y, self.l2_reg, sample_weight)
-                # Near the optimum the quadratic model is exact to rounding: take the full step.
-                if decrement < 1e-2 or new_loss <= loss - 1e-4 * t * decrement or t < 1e-12:
-                    break
-                t *= 0.5
-            theta, loss = candidate, new_loss
-        warnings.warn(
-            f"Newton did not converge in max_iter={self.max_iter} iterations "
-            f"(last step {np.max(np.abs(step)):.2e}); increase max_iter",
-            ConvergenceWarning,
-            stacklevel=3,
+        def value_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            return (
+                objective(theta, X, y, self.l2_reg, sample_weight),
+                objective_gradient(theta, X, y, self.l2_reg, sample_weight),
+            )
+
+        def hessian(theta: np.ndarray) -> np.ndarray:
+            return objective_hessian(theta, X, self.l2_reg, sample_weight)
+
+        found = minimize(
+            value_and_gradient, hessian, theta, tol=self.tol, max_iter=self.max_iter, chord=chord
         )
-        hess = objective_hessian(theta, X, self.l2_reg, sample_weight)
-        return theta, cho_factor(hess), self.max_iter
+        return self._set_solution(found, X.shape[1])
+
+    def _set_solution(self, found: NewtonResult, n_features: int) -> LogisticRegressionL2:
+        """Store the minimizer ``found`` (warning if Newton did not converge)."""
+        if not found.converged:
+            warnings.warn(
+                f"Newton did not converge in max_iter={self.max_iter} iterations; "
+                "increase max_iter",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        self._set_theta(found.theta, n_features)
+        self.hessian_cholesky_ = found.factor
+        self.n_iter_ = found.n_iter
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = n_features
+        return self
 
     def _set_theta(self, theta: np.ndarray, n_features: int) -> None:
         self.theta_ = theta

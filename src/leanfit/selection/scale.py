@@ -16,15 +16,12 @@ same code runs on a Dask cluster (:mod:`leanfit.selection.distributed`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve
-from sklearn.exceptions import ConvergenceWarning
 
-from leanfit.exceptions import BadInputError, LeanfitError
+from leanfit.exceptions import BadInputError
 from leanfit.selection._validation import binary_groups, check_binary_labels, check_matrix
 from leanfit.selection.models import (
     LogisticRegressionL2,
@@ -35,6 +32,7 @@ from leanfit.selection.models import (
     pullback,
     residuals,
 )
+from leanfit.selection.newton import minimize
 from leanfit.selection.objectives import Objective, resolve_objectives
 
 Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -102,9 +100,9 @@ def newton_fit(
 ) -> LogisticRegressionL2:
     """Damped Newton on ``L(θ) = Σᵢ ℓᵢ + (λ/2)‖w‖²`` given the data sums at any θ.
 
-    Same iteration and stopping rule as :class:`LogisticRegressionL2` (full steps once the
-    Newton decrement ``gᵀH⁻¹g`` is below 1e-2, else backtracking), so both reach the same
-    optimum to the tolerance. Each call of ``statistics`` is one pass over the data.
+    The solver of :class:`LogisticRegressionL2` (:func:`leanfit.selection.newton.minimize`),
+    so both reach the same optimum to the tolerance. Each call of ``statistics`` is one pass
+    over the data; the Hessian at a point comes from the pass that gave its gradient.
 
     Parameters
     ----------
@@ -123,51 +121,31 @@ def newton_fit(
     model._check_params()
     penalty = np.ones(n_features + int(fit_intercept))
     penalty[n_features:] = 0.0  # the intercept is not penalized
+    last: dict[str, tuple[np.ndarray, ChunkStats]] = {}
 
-    def regularized(theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, ChunkStats]:
-        stats = statistics(theta)
+    def stats_at(theta: np.ndarray) -> ChunkStats:
+        """One pass over the data at ``theta`` (the last pass is reused for its Hessian)."""
+        if "pass" not in last or not np.array_equal(last["pass"][0], theta):
+            last["pass"] = (theta.copy(), statistics(theta))
+        return last["pass"][1]
+
+    def value_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        stats = stats_at(theta)
         loss = stats.loss + 0.5 * l2_reg * float(penalty @ theta**2)
-        hessian = stats.hessian + np.diag(l2_reg * penalty)
-        return loss, stats.gradient + l2_reg * penalty * theta, hessian, stats
+        return loss, stats.gradient + l2_reg * penalty * theta
+
+    def hessian(theta: np.ndarray) -> np.ndarray:
+        return stats_at(theta).hessian + np.diag(l2_reg * penalty)
 
     theta = np.zeros(n_features + int(fit_intercept))
-    loss, grad, hess, stats = regularized(theta)
+    stats = stats_at(theta)
     if stats.n_positive in (0, stats.n_rows):
         raise BadInputError(
             f"y must contain both classes 0 and 1; got {stats.n_positive} ones in "
             f"{stats.n_rows} rows"
         )
-    for iteration in range(max_iter + 1):
-        try:
-            factor = cho_factor(hess)
-        except LinAlgError as err:
-            raise LeanfitError("the Hessian is not positive definite; increase l2_reg") from err
-        step = cho_solve(factor, grad)
-        if np.max(np.abs(step)) <= tol * max(1.0, np.max(np.abs(theta))) or iteration == max_iter:
-            break
-        decrement = float(grad @ step)
-        t = 1.0
-        while True:
-            candidate = theta - t * step
-            new = regularized(candidate)
-            if decrement < 1e-2 or new[0] <= loss - 1e-4 * t * decrement or t < 1e-12:
-                break
-            t *= 0.5
-        theta, (loss, grad, hess, stats) = candidate, new
-    else:  # pragma: no cover - the loop always breaks
-        raise AssertionError
-    if iteration == max_iter:
-        warnings.warn(
-            f"Newton did not converge in max_iter={max_iter} iterations; increase max_iter",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    model._set_theta(theta, n_features)
-    model.hessian_cholesky_ = factor
-    model.n_iter_ = iteration
-    model.classes_ = np.array([0, 1])
-    model.n_features_in_ = n_features
-    return model
+    found = minimize(value_and_gradient, hessian, theta, tol=tol, max_iter=max_iter)
+    return model._set_solution(found, n_features)
 
 
 def _first_width(chunks: Chunks) -> int:
