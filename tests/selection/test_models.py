@@ -6,6 +6,7 @@ from scipy.linalg import cho_solve
 from scipy.special import expit
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from leanfit.exceptions import NotFittedError
 from leanfit.selection import LogisticRegressionL2
@@ -157,3 +158,27 @@ def test_refit_after_removing_rows_needs_one_hessian(monkeypatch):
     inverse = cho_solve(model.hessian_cholesky_, np.eye(X.shape[1]))
     expected = cho_solve(fresh.hessian_cholesky_, np.eye(X.shape[1]))
     np.testing.assert_allclose(inverse, expected, rtol=1e-7)
+
+
+@parametrize_with_checks([LogisticRegressionL2()])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_unfitted_model_raises_scikit_learns_not_fitted_error_too():
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    with pytest.raises(SklearnNotFittedError):
+        LogisticRegressionL2().decision_function(np.zeros((2, 2)))
+
+
+def test_any_two_labels_are_classes_and_0_1_labels_stay_integers():
+    X, y, _ = make_problem(n=200)
+    named = np.where(y == 1, "granted", "denied")
+    by_name = LogisticRegressionL2(L2).fit(X, named)
+    by_code = LogisticRegressionL2(L2).fit(X, y)
+    # "granted" sorts after "denied": it is the positive class, as 1 is.
+    np.testing.assert_array_equal(by_name.theta_, by_code.theta_)
+    assert by_name.classes_.tolist() == ["denied", "granted"]
+    assert by_code.classes_.tolist() == [0, 1] and by_code.predict(X).dtype == np.int64
+    np.testing.assert_array_equal(by_name.predict(X) == "granted", by_code.predict(X) == 1)

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
+from scipy.sparse import issparse
+from sklearn.exceptions import DataConversionWarning
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
 from leanfit.exceptions import BadInputError, NotFittedError
 
 
+class NotNumericError(BadInputError, TypeError):
+    """An input holds values that are not numbers (a ``TypeError`` too, as NumPy raises)."""
+
+
+class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
+    """An estimator of leanfit used before ``fit``: both leanfit's and scikit-learn's
+    ``NotFittedError``, so that ``except`` of either catches it."""
+
+
 def check_fitted(estimator, attribute: str) -> None:
-    """scikit-learn's ``check_is_fitted``, raising leanfit's :class:`NotFittedError`."""
+    """scikit-learn's ``check_is_fitted``, raising :class:`EstimatorNotFittedError`."""
     try:
         check_is_fitted(estimator, attribute)
     except SklearnNotFittedError as err:
-        raise NotFittedError(str(err)) from err
+        raise EstimatorNotFittedError(str(err)) from err
 
 
 def check_matrix(X, name: str) -> np.ndarray:
@@ -27,12 +41,32 @@ def check_matrix(X, name: str) -> np.ndarray:
                 f"{name} must be numeric here; columns {bad[:5]} are not (pass a DataFrame "
                 "to InfluenceSelector, whose preprocessor one-hot encodes them)"
             )
+    if issparse(X):
+        raise BadInputError(
+            f"{name} is a sparse matrix: sparse input is not supported; pass {name}.toarray()"
+        )
     try:
-        array = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+        raw = np.asarray(X)
+        if raw.dtype.kind == "c":
+            raise BadInputError(f"{name} holds complex numbers: Complex data not supported")
+        array = raw.astype(np.float64)
+    except TypeError as err:
+        raise NotNumericError(f"{name} must hold numbers only; {err}") from err
+    except ValueError as err:
+        if isinstance(err, BadInputError):
+            raise
         raise BadInputError(f"{name} must hold numbers only; {err}") from err
-    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise BadInputError(f"{name} must be a non-empty 2-D array; got shape {array.shape}")
+    if array.ndim != 2:
+        raise BadInputError(
+            f"{name} must be a non-empty 2-D array; got shape {array.shape}. Reshape your data "
+            "with reshape(-1, 1) if it has a single feature, reshape(1, -1) if a single sample"
+        )
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if array.shape[axis] == 0:
+            raise BadInputError(
+                f"{name} must be a non-empty 2-D array; found 0 {what}(s) (shape={array.shape}) "
+                "while a minimum of 1 is required."
+            )
     if not np.all(np.isfinite(array)):
         rows = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
         raise BadInputError(
@@ -74,6 +108,41 @@ def check_binary_labels(
     if require_both and values != {0, 1}:
         raise BadInputError(f"{name} must contain both classes 0 and 1; got only {sorted(values)}")
     return array.astype(np.float64)
+
+
+def two_classes(y, name: str, *, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, encoded)`` of a classifier's labels ``y`` (n,): the two sorted classes
+    (``[0, 1]`` for 0/1 or boolean labels) and float64 ``1[yᵢ = classes[1]]``, as
+    scikit-learn's binary classifiers encode them (the larger label is the positive class)."""
+    if y is None:
+        raise BadInputError(
+            f"this estimator requires y to be passed, but the target {name} is None"
+        )
+    array = np.asarray(y)
+    if array.ndim == 2 and array.shape[1] == 1:
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected; it is raveled",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        array = array.ravel()
+    if array.ndim != 1:
+        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}")
+    check_length(array, name, n)
+    numeric = pd.api.types.is_numeric_dtype(array.dtype) and not pd.isna(array).any()
+    if array.dtype == bool or numeric:
+        kind = type_of_target(array)
+        if kind not in ("binary", "multiclass"):
+            raise BadInputError(f"Unknown label type: {kind}; {name} must hold two classes")
+    classes = np.unique(array.astype(np.int64) if array.dtype == bool else array)
+    if classes.shape[0] != 2:
+        raise BadInputError(
+            f"{name} must hold exactly two classes: Only binary classification is supported; "
+            f"got {classes.shape[0]} class(es): {sorted(map(str, classes))[:5]}"
+        )
+    if set(classes.tolist()) == {0, 1}:
+        classes = np.array([0, 1])
+    return classes, (array == classes[1]).astype(np.float64)
 
 
 def binary_groups(sensitive, name: str, *, n: int | None = None, privileged=None) -> np.ndarray:

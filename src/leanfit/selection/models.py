@@ -25,13 +25,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy.linalg import cho_solve
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import Tags
 
 from leanfit.exceptions import BadInputError, bad_value
-from leanfit.selection._validation import check_binary_labels, check_fitted, check_matrix
+from leanfit.selection._validation import check_fitted, check_matrix, two_classes
 from leanfit.selection.newton import NewtonResult, minimize
 
 # ---------------------------------------------------------------------------------------
@@ -244,15 +246,17 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         """
         self._check_params()
         X = check_matrix(X, "X")
-        y = check_binary_labels(y, "y", n=X.shape[0], require_both=True)
+        classes, y = two_classes(y, "y", n=X.shape[0])
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=np.float64)
-            if sample_weight.shape != (X.shape[0],) or not np.all(
-                np.isfinite(sample_weight) & (sample_weight >= 0)
+            if (
+                sample_weight.shape != (X.shape[0],)
+                or not np.all(np.isfinite(sample_weight) & (sample_weight >= 0))
+                or not sample_weight.any()
             ):
                 raise BadInputError(
-                    f"sample_weight must be {X.shape[0]} finite non-negative numbers; got "
-                    f"shape {sample_weight.shape}"
+                    f"sample_weight must be {X.shape[0]} finite non-negative numbers, not all "
+                    f"zero; got shape {sample_weight.shape}"
                 )
         p = X.shape[1] + int(self.fit_intercept)
         theta, chord = np.zeros(p), None
@@ -271,7 +275,9 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         found = minimize(
             value_and_gradient, hessian, theta, tol=self.tol, max_iter=self.max_iter, chord=chord
         )
-        return self._set_solution(found, X.shape[1])
+        self._set_solution(found, X.shape[1])
+        self.classes_ = classes
+        return self
 
     def _set_solution(self, found: NewtonResult, n_features: int) -> LogisticRegressionL2:
         """Store the minimizer ``found`` (warning if Newton did not converge)."""
@@ -285,7 +291,7 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         self._set_theta(found.theta, n_features)
         self.hessian_cholesky_ = found.factor
         self.n_iter_ = found.n_iter
-        self.classes_ = np.array([0, 1])
+        self.classes_ = np.array([0, 1])  # fit replaces them by the labels it was given
         self.n_features_in_ = n_features
         return self
 
@@ -300,7 +306,8 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         X = check_matrix(X, "X")
         if X.shape[1] != self.n_features_in_:
             raise BadInputError(
-                f"X must have {self.n_features_in_} columns as in fit; got {X.shape[1]}"
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (the columns it was fitted on)"
             )
         return X
 
@@ -315,20 +322,36 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - prob, prob])
 
     def predict(self, X) -> np.ndarray:
-        """Labels ``1[z > 0]``, shape ``(n,)`` (a tie ``z = 0`` gives 0, as scikit-learn)."""
-        return (self.decision_function(X) > 0).astype(np.int64)
+        """Labels ``classes_[1[z > 0]]``, shape ``(n,)`` (a tie ``z = 0`` gives ``classes_[0]``,
+        as scikit-learn)."""
+        positive = self.decision_function(X) > 0
+        return self.classes_[positive.astype(np.int64)]
 
     def loss(self, X, y, sample_weight=None) -> float:
         """Training objective ``L(θ)`` at the fitted θ (summed log-loss + penalty)."""
         X = self._check_X(X)
-        y = check_binary_labels(y, "y", n=X.shape[0])
-        return objective(self.theta_, X, y, self.l2_reg, sample_weight)
+        return objective(self.theta_, X, self._encoded(y, X.shape[0]), self.l2_reg, sample_weight)
 
     def per_sample_gradients(self, X, y) -> np.ndarray:
         """``∇θ ℓ(xᵢ, yᵢ; θ̂)`` for each row, shape ``(n, p)`` (no regularizer)."""
         X = self._check_X(X)
-        y = check_binary_labels(y, "y", n=X.shape[0])
-        return per_sample_gradients(self.theta_, X, y)
+        return per_sample_gradients(self.theta_, X, self._encoded(y, X.shape[0]))
+
+    def _encoded(self, y, n: int) -> np.ndarray:
+        """``1[yᵢ = classes_[1]]`` as float64, shape ``(n,)``; labels outside ``classes_`` are
+        refused."""
+        array = np.asarray(y)
+        if array.ndim != 1 or array.shape[0] != n or not np.isin(array, self.classes_).all():
+            raise BadInputError(
+                f"y must hold {n} labels among classes_ {self.classes_.tolist()}; got "
+                f"{sorted(map(str, pd.unique(array.ravel())))[:5]}"
+            )
+        return (array == self.classes_[1]).astype(np.float64)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # a binary classifier
+        return tags
 
     def hessian(self, X, sample_weight=None) -> np.ndarray:
         """Hessian of ``L`` at the fitted θ on the given data, shape ``(p, p)``."""

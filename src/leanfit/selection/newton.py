@@ -11,8 +11,9 @@ Warm start (a refit after removing a few rows) may pass the Cholesky factor of t
 Hessian as ``chord``: steps ``Δ = H₀⁻¹ ∇L(θ)`` then need a gradient each and no new Hessian.
 They converge linearly, at a rate of about ``‖I − H₀⁻¹ H‖``, small when few rows changed; the
 chord steps stop as soon as a step fails to shrink by half, or to lower the objective while
-that is still above rounding, and Newton continues from there. Either way the result is Newton's: the same stopping rule, and
-the factor returned is that of the Hessian at the final θ.
+that is still above rounding, and Newton continues from there. Either way the result is
+Newton's: the same stopping rule, and the factor returned is that of the Hessian at the
+final θ.
 """
 
 from __future__ import annotations
