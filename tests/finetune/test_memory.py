@@ -64,6 +64,28 @@ def test_packed_layer_gradient_is_that_of_the_dense_weight(bits):
         torch.testing.assert_close(layer(x), F.linear(x, layer.quantized.dequantize(), layer.bias))
 
 
+def test_freed_memory_is_released_once_at_the_end_of_each_backward_pass(monkeypatch):
+    from torch.utils.checkpoint import checkpoint
+
+    import leanfit.quantization.nn as quantized_nn
+
+    released = []
+    monkeypatch.setattr(quantized_nn, "release_freed_memory", lambda: released.append(1))
+    torch.manual_seed(0)
+    first = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=2)
+    second = QuantLinear.from_linear(torch.nn.Linear(32, 16), bits=2)
+    x = torch.randn(4, 64, requires_grad=True)
+    for _ in range(3):  # two packed layers in each pass, one release per pass
+        second(first(x)).sum().backward()
+    assert len(released) == 3
+    for _ in range(2):  # recomputed forwards inside the pass ask again: still one release
+        checkpoint(lambda t: second(first(t)), x, use_reentrant=False).sum().backward()
+    assert len(released) == 5
+    with torch.no_grad():
+        second(first(x))
+    assert len(released) == 5  # no backward, nothing queued
+
+
 def test_backward_keeps_no_tensor_of_a_target_weights_shape(tiny_causal_loftq):
     model = load(tiny_causal_loftq, is_trainable=True).train()
     targets = {tuple(m.quantized.shape) for m in model.modules() if isinstance(m, QuantLinear)}

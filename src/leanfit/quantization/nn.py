@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leanfit.exceptions import BadInputError, LeanfitError, bad_value
-from leanfit.heap import FreedMemory
+from leanfit.heap import FreedMemory, release_freed_memory
 from leanfit.quantization.quantizers import QuantizedTensor, Scratch, empty_state, quantize
 
 _INPLACE_DUNDERS = frozenset(
@@ -136,6 +136,28 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+_release = threading.local()
+
+
+def _release_after_backward() -> None:
+    """Give the memory freed during this backward pass back to the operating system when the
+    pass ends (once per pass; CPU only).
+
+    The activations a step frees stay resident in glibc's heap, fragmented by what the next
+    step allocates between them; the peak then grows over the first steps. A LoRA step of a
+    0.55B llama at 2 bits (1 × 64 tokens, the plain PEFT loop): 1332 → 1228 MB peak, step
+    time unchanged; SmolLM2 at 512 tokens: peak unchanged, and 440 instead of 1575 MB of
+    anonymous memory held between steps. :class:`_PackedLinear` asks for it in backward,
+    once per layer: only the first request of a pass (told apart by autograd's graph task
+    id) queues the release.
+    """
+    task = torch._C._current_graph_task_id()
+    if getattr(_release, "task", None) == task:
+        return
+    _release.task = task
+    torch.autograd.Variable._execution_engine.queue_callback(release_freed_memory)
+
+
 class _PackedLinear(torch.autograd.Function):
     """``y = x Wᵀ + b`` with W dequantized from a :class:`QuantizedTensor` in forward and
     again in backward, so that autograd keeps only the packed codes and statistics between
@@ -155,6 +177,8 @@ class _PackedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         grad_x = grad_bias = None
+        if grad_y.device.type == "cpu":
+            _release_after_backward()
         if ctx.needs_input_grad[0]:
             scratch = _thread_scratch(grad_y.device)
             grad_x = grad_y @ ctx.quantized.dequantize(grad_y.dtype, grad_y.device, scratch=scratch)
