@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy.sparse import issparse
 from sklearn.exceptions import DataConversionWarning
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
@@ -24,7 +25,7 @@ class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
     ``NotFittedError``, so that ``except`` of either catches it."""
 
 
-def check_fitted(estimator, attribute: str) -> None:
+def check_fitted(estimator: object, attribute: str) -> None:
     """scikit-learn's ``check_is_fitted``, raising :class:`EstimatorNotFittedError`."""
     try:
         check_is_fitted(estimator, attribute)
@@ -32,7 +33,7 @@ def check_fitted(estimator, attribute: str) -> None:
         raise EstimatorNotFittedError(str(err)) from err
 
 
-def check_matrix(X, name: str) -> np.ndarray:
+def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
     """Return ``X`` as a finite float64 array of shape ``(n, d)`` with ``n, d >= 1``."""
     if isinstance(X, pd.DataFrame):
         bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
@@ -85,7 +86,7 @@ def check_length(values: np.ndarray, name: str, n: int | None, other: str = "X")
 
 
 def check_binary_labels(
-    y, name: str, *, n: int | None = None, require_both: bool = False
+    y: ArrayLike, name: str, *, n: int | None = None, require_both: bool = False
 ) -> np.ndarray:
     """Return 0/1 labels as float64 of shape ``(n,)`` (1 = favourable outcome)."""
     array = np.asarray(y)
@@ -110,7 +111,7 @@ def check_binary_labels(
     return array.astype(np.float64)
 
 
-def two_classes(y, name: str, *, n: int) -> tuple[np.ndarray, np.ndarray]:
+def two_classes(y: ArrayLike | None, name: str, *, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(classes, encoded)`` of a classifier's labels ``y`` (n,): the two sorted classes
     (``[0, 1]`` for 0/1 or boolean labels) and float64 ``1[yᵢ = classes[1]]``, as
     scikit-learn's binary classifiers encode them (the larger label is the positive class)."""
@@ -145,7 +146,9 @@ def two_classes(y, name: str, *, n: int) -> tuple[np.ndarray, np.ndarray]:
     return classes, (array == classes[1]).astype(np.float64)
 
 
-def binary_groups(sensitive, name: str, *, n: int | None = None, privileged=None) -> np.ndarray:
+def binary_groups(
+    sensitive: ArrayLike, name: str, *, n: int | None = None, privileged: object = None
+) -> np.ndarray:
     """Map a binary sensitive attribute to int64 0/1 (1 = privileged), shape ``(n,)``.
 
     ``privileged`` names the privileged value; it may be omitted when the values are 0/1 or

@@ -20,15 +20,19 @@ Same maths, sign (positive = beneficial) and summed-loss convention as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError, MissingResourceError, bad_value
 from leanfit.io import atomic_output
 from leanfit.selection.models import LogisticRegressionL2
-from leanfit.selection.objectives import Objective
+from leanfit.selection.objectives import ObjectiveSpec
 from leanfit.selection.scale import (
     ChunkStats,
     chunk_statistics,
@@ -37,8 +41,11 @@ from leanfit.selection.scale import (
     newton_fit,
 )
 
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
-def _dask():
+
+def _dask() -> tuple[ModuleType, ModuleType]:
     try:
         import dask
         import dask.dataframe as dd
@@ -49,7 +56,7 @@ def _dask():
     return dask, dd
 
 
-def read_table(path: str | Path, **kwargs):
+def read_table(path: str | Path, **kwargs: object) -> dd.DataFrame:
     """A ``dask.dataframe`` from a Parquet file or directory, or CSV file(s) (by suffix).
 
     ``kwargs`` go to ``dask.dataframe.read_parquet`` / ``read_csv`` (e.g. ``blocksize``).
@@ -63,7 +70,7 @@ def read_table(path: str | Path, **kwargs):
     raise bad_value("path", text, "a .parquet file or directory, or .csv file(s)")
 
 
-def _columns(frame, target: str, features) -> list[str]:
+def _columns(frame: dd.DataFrame, target: str, features: Sequence[str] | None) -> list[str]:
     if target not in frame.columns:
         raise bad_value("target", target, f"a column of the table ({list(frame.columns)[:10]})")
     chosen = [c for c in frame.columns if c != target] if features is None else list(features)
@@ -73,7 +80,9 @@ def _columns(frame, target: str, features) -> list[str]:
     return chosen
 
 
-def _partition_stats(part: pd.DataFrame, theta, features, target) -> ChunkStats | None:
+def _partition_stats(
+    part: pd.DataFrame, theta: np.ndarray, features: list[str], target: str
+) -> ChunkStats | None:
     if len(part) == 0:
         return None
     return chunk_statistics(theta, part[features].to_numpy(), part[target].to_numpy())
@@ -90,10 +99,10 @@ def _add(parts: list[ChunkStats | None]) -> ChunkStats:
 
 
 def fit_dask(
-    frame,
+    frame: dd.DataFrame,
     target: str,
     *,
-    features=None,
+    features: Sequence[str] | None = None,
     l2_reg: float = 1.0,
     fit_intercept: bool = False,
     tol: float = 1e-10,
@@ -132,7 +141,14 @@ def fit_dask(
     )
 
 
-def _partition_influence(part, theta, directions, features, target, names) -> pd.DataFrame:
+def _partition_influence(
+    part: pd.DataFrame,
+    theta: np.ndarray,
+    directions: np.ndarray,
+    features: list[str],
+    target: str,
+    names: list[str],
+) -> pd.DataFrame:
     if len(part) == 0:
         return pd.DataFrame({name: pd.Series(dtype=np.float64) for name in names}, index=part.index)
     model = LogisticRegressionL2()
@@ -143,16 +159,16 @@ def _partition_influence(part, theta, directions, features, target, names) -> pd
 
 
 def influence_dask(
-    frame,
+    frame: dd.DataFrame,
     model: LogisticRegressionL2,
-    X_val,
-    y_val,
+    X_val: ArrayLike,
+    y_val: ArrayLike,
     *,
     target: str,
-    features=None,
-    objective: str | Objective | list = "utility",
-    sensitive=None,
-):
+    features: Sequence[str] | None = None,
+    objective: ObjectiveSpec = "utility",
+    sensitive: ArrayLike | None = None,
+) -> dd.DataFrame:
     """Influence of every row of ``frame`` as a lazy ``dask.dataframe`` (one column per objective).
 
     ``X_val`` (m, d) are validation rows in the same model space and column order, ``y_val``
@@ -171,17 +187,17 @@ def influence_dask(
 
 
 def select_dask(
-    source,
-    X_val,
-    y_val,
+    source: str | Path | dd.DataFrame,
+    X_val: ArrayLike,
+    y_val: ArrayLike,
     *,
     target: str,
     output: str | Path,
-    features=None,
+    features: Sequence[str] | None = None,
     l2_reg: float = 1.0,
     fit_intercept: bool = False,
-    objective: str | Objective | list = "utility",
-    sensitive=None,
+    objective: ObjectiveSpec = "utility",
+    sensitive: ArrayLike | None = None,
     overwrite: bool = False,
     tol: float = 1e-10,
     max_iter: int = 100,
@@ -203,7 +219,10 @@ def select_dask(
     """
     if Path(output).exists() and not overwrite:  # before any work, not after it
         raise BadInputError(f"output {str(output)!r} exists; pass overwrite=True to replace it")
-    frame = source if hasattr(source, "map_partitions") else read_table(source)
+    # cast: mypy's hasattr() narrowing keeps str and Path in the first branch.
+    frame = (
+        cast("dd.DataFrame", source) if hasattr(source, "map_partitions") else read_table(source)
+    )
     frame = frame.persist()
     model = fit_dask(
         frame,

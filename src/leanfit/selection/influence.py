@@ -15,10 +15,13 @@ is ``chunk_size × p`` whatever the number of samples.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Collection, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
@@ -34,7 +37,7 @@ from leanfit.selection._validation import (
     check_matrix,
 )
 from leanfit.selection.models import LogisticRegressionL2, per_sample_gradients
-from leanfit.selection.objectives import Objective, resolve_objectives
+from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
 
 MAX_CATEGORIES = 1000
 """Default limit on the distinct values of a categorical column (see :func:`check_cardinality`)."""
@@ -81,7 +84,7 @@ def check_cardinality(
 
 
 def make_preprocessor(
-    X: pd.DataFrame, *, drop=(), max_categories: int | None = MAX_CATEGORIES
+    X: pd.DataFrame, *, drop: Collection[Hashable] = (), max_categories: int | None = MAX_CATEGORIES
 ) -> ColumnTransformer:
     """The default preprocessing, built from the column dtypes of ``X``.
 
@@ -144,7 +147,14 @@ def _check_no_missing(X: pd.DataFrame) -> None:
         )
 
 
-def resolve_sensitive(X, sensitive_features, privileged, *, n: int, name: str = "X_val"):
+def resolve_sensitive(
+    X: pd.DataFrame | ArrayLike,
+    sensitive_features: str | ArrayLike | None,
+    privileged: object,
+    *,
+    n: int,
+    name: str = "X_val",
+) -> np.ndarray | None:
     """Group membership as int64 0/1 (1 = privileged), shape ``(n,)``, or None.
 
     ``sensitive_features`` is None, an array-like with one entry per row, or the name of a
@@ -163,13 +173,15 @@ def resolve_sensitive(X, sensitive_features, privileged, *, n: int, name: str = 
     return binary_groups(sensitive_features, "sensitive_features", n=n, privileged=privileged)
 
 
-def _row_index(X) -> pd.Index:
+# X: Any in these two helpers, as the rows given to fit may be anything features(X) accepts;
+# only len(X) is needed (and _n_rows reports an X without one).
+def _row_index(X: Any) -> pd.Index:
     if isinstance(X, pd.DataFrame | pd.Series):
         return X.index
     return pd.RangeIndex(len(X))
 
 
-def _n_rows(X, name: str) -> int:
+def _n_rows(X: Any, name: str) -> int:
     try:
         return len(X)
     except TypeError as err:
@@ -230,13 +242,13 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         l2_reg: float = 1.0,
         *,
         fit_intercept: bool = True,
-        preprocessor="auto",
-        features=None,
+        preprocessor: str | BaseEstimator | None = "auto",
+        features: Callable[[Any], ArrayLike] | None = None,
         tol: float = 1e-10,
         max_iter: int = 100,
         chunk_size: int = 4096,
         max_categories: int | None = MAX_CATEGORIES,
-        random_state=None,
+        random_state: int | None = None,
         verbose: bool = False,
     ):
         self.l2_reg = l2_reg
@@ -257,14 +269,14 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             self.l2_reg, fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter
         )
 
-    def _apply_features(self, X):
+    def _apply_features(self, X: pd.DataFrame | ArrayLike) -> pd.DataFrame | ArrayLike:
         if self.features is None:
             return X
         if not callable(self.features):
             raise bad_value("features", self.features, "a callable X -> (n, k) array or None")
         return check_matrix(self.features(X), "features(X)")
 
-    def _resolve_preprocessor(self, X):
+    def _resolve_preprocessor(self, X: pd.DataFrame | ArrayLike) -> BaseEstimator | None:
         if isinstance(self.preprocessor, str):
             if self.preprocessor != "auto":
                 raise bad_value("preprocessor", self.preprocessor, '"auto", None or a transformer')
@@ -277,7 +289,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             raise bad_value("preprocessor", self.preprocessor, '"auto", None or a transformer')
         return clone(self.preprocessor)
 
-    def _to_matrix(self, X, *, fit: bool) -> np.ndarray:
+    def _to_matrix(self, X: pd.DataFrame | ArrayLike, *, fit: bool) -> np.ndarray:
         X = self._apply_features(X)
         if fit:
             self.preprocessor_ = self._resolve_preprocessor(X)
@@ -290,7 +302,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
                 X = X.toarray()
         return check_matrix(X, "X")
 
-    def fit(self, X, y) -> InfluenceSelector:
+    def fit(self, X: pd.DataFrame | ArrayLike, y: ArrayLike) -> InfluenceSelector:
         """Preprocess ``X`` (n rows) and fit the model on 0/1 labels ``y`` (n,).
 
         Raises
@@ -318,7 +330,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         )
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Model-space features ``features(X) → preprocessor``, shape ``(n, d)`` float64."""
         check_fitted(self, "model_")
         Z = self._to_matrix(X, fit=False)
@@ -329,19 +341,19 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             )
         return Z
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Decision values ``z = wᵀx + b`` in model space, shape ``(n,)``."""
         return self.model_.decision_function(self.transform(X))
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Probabilities ``[1 − σ(z), σ(z)]``, shape ``(n, 2)``."""
         return self.model_.predict_proba(self.transform(X))
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Labels ``1[z > 0]``, shape ``(n,)``."""
         return self.model_.predict(self.transform(X))
 
-    def retrain(self, keep) -> InfluenceSelector:
+    def retrain(self, keep: ArrayLike) -> InfluenceSelector:
         """A new selector fitted on the kept training rows, preprocessing held fixed.
 
         The preprocessor is *not* refitted (the feature space, and hence the robustness
@@ -370,7 +382,14 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
 
     # -- influence --------------------------------------------------------------------------
 
-    def _validation_set(self, X_val, y_val, sensitive_features, privileged, objectives):
+    def _validation_set(
+        self,
+        X_val: pd.DataFrame | ArrayLike,
+        y_val: ArrayLike,
+        sensitive_features: str | ArrayLike | None,
+        privileged: object,
+        objectives: Sequence[Objective],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         check_fitted(self, "model_")
         n_val = _n_rows(X_val, "X_val")
         y = check_binary_labels(y_val, "y_val", n=n_val)
@@ -380,7 +399,14 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             raise BadInputError(f"sensitive_features is required for objectives {needing}")
         return self.transform(X_val), y, s
 
-    def _prepared(self, X_val, y_val, sensitive_features, privileged, objective):
+    def _prepared(
+        self,
+        X_val: pd.DataFrame | ArrayLike,
+        y_val: ArrayLike,
+        sensitive_features: str | ArrayLike | None,
+        privileged: object,
+        objective: ObjectiveSpec,
+    ) -> tuple[list[Objective], np.ndarray, np.ndarray, np.ndarray | None]:
         objectives = resolve_objectives(objective)
         Z, y, s = self._validation_set(X_val, y_val, sensitive_features, privileged, objectives)
         theta = self.model_.theta_
@@ -388,12 +414,12 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
 
     def influence(
         self,
-        X_val,
-        y_val,
+        X_val: pd.DataFrame | ArrayLike,
+        y_val: ArrayLike,
         *,
-        sensitive_features=None,
-        objective: str | Objective | list = "utility",
-        privileged=None,
+        sensitive_features: str | ArrayLike | None = None,
+        objective: ObjectiveSpec = "utility",
+        privileged: object = None,
     ) -> pd.DataFrame:
         """Influence of every training sample on each validation objective.
 
@@ -436,12 +462,12 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
 
     def objective_values(
         self,
-        X_val,
-        y_val,
+        X_val: pd.DataFrame | ArrayLike,
+        y_val: ArrayLike,
         *,
-        sensitive_features=None,
-        objective: str | Objective | list = "utility",
-        privileged=None,
+        sensitive_features: str | ArrayLike | None = None,
+        objective: ObjectiveSpec = "utility",
+        privileged: object = None,
     ) -> pd.Series:
         """The costs ``f(θ̂)`` on the validation set, one entry per objective (same
         arguments as :meth:`influence`)."""
@@ -454,7 +480,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         )
 
 
-def check_keep_mask(keep, n: int) -> np.ndarray:
+def check_keep_mask(keep: ArrayLike, n: int) -> np.ndarray:
     """Return ``keep`` as a boolean array of shape ``(n,)``; raise naming ``keep``."""
     array = np.asarray(keep)
     if array.dtype != bool or array.shape != (n,):

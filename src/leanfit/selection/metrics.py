@@ -11,8 +11,11 @@ signed gap, privileged minus unprivileged (positive: the privileged group is fav
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import binary_groups, check_binary_labels, check_matrix
@@ -26,13 +29,13 @@ from leanfit.selection.attacks import (
 ATTACKS = ("overshoot", *NORMS)
 
 
-def _labels(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+def _labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y_true = check_binary_labels(y_true, "y_true")
     y_pred = check_binary_labels(y_pred, "y_pred", n=y_true.shape[0])
     return y_true, y_pred
 
 
-def accuracy(y_true, y_pred) -> float:
+def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Fraction of ``y_pred == y_true`` (0/1 labels, shape ``(n,)``)."""
     y_true, y_pred = _labels(y_true, y_pred)
     return float(np.mean(y_true == y_pred))
@@ -41,10 +44,10 @@ def accuracy(y_true, y_pred) -> float:
 def _rate_difference(
     y_pred: np.ndarray,
     subset: np.ndarray,
-    sensitive_features,
+    sensitive_features: ArrayLike,
     *,
     signed: bool,
-    privileged,
+    privileged: object,
     what: str,
 ) -> float:
     """Rate of ``ŷ = 1`` per group over ``subset``: signed gap or max − min."""
@@ -77,7 +80,12 @@ def _rate_difference(
 
 
 def demographic_parity_difference(
-    y_true, y_pred, *, sensitive_features, signed: bool = False, privileged=None
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    *,
+    sensitive_features: ArrayLike,
+    signed: bool = False,
+    privileged: object = None,
 ) -> float:
     """Difference of selection rates ``P(ŷ=1 | group)`` between groups.
 
@@ -107,7 +115,12 @@ def demographic_parity_difference(
 
 
 def equal_opportunity_difference(
-    y_true, y_pred, *, sensitive_features, signed: bool = False, privileged=None
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    *,
+    sensitive_features: ArrayLike,
+    signed: bool = False,
+    privileged: object = None,
 ) -> float:
     """Difference of true positive rates ``P(ŷ=1 | y=1, group)`` between groups.
 
@@ -125,7 +138,7 @@ def equal_opportunity_difference(
     )
 
 
-def linear_parameters(model) -> tuple[np.ndarray, float]:
+def linear_parameters(model: object) -> tuple[np.ndarray, float]:
     """``(w, b)`` of a fitted linear model with ``coef_`` and ``intercept_`` (scikit-learn's
     shapes ``(1, d)`` and ``(1,)`` are accepted), ``w`` of shape ``(d,)``."""
     if not hasattr(model, "coef_"):
@@ -136,13 +149,13 @@ def linear_parameters(model) -> tuple[np.ndarray, float]:
 
 
 def robust_accuracy(
-    model,
-    X,
-    y,
+    model: object,
+    X: ArrayLike,
+    y: ArrayLike,
     *,
     attack: str = "overshoot",
     eps: float | None = None,
-    reference=None,
+    reference: object = None,
     factor: float = 1.3,
 ) -> float:
     """Accuracy of a linear model under an attack on its (preprocessed) inputs.
@@ -183,13 +196,13 @@ def robust_accuracy(
 
 
 def evaluate(
-    model,
-    X,
-    y,
+    model: object,
+    X: ArrayLike,
+    y: ArrayLike,
     *,
-    sensitive_features,
-    privileged=None,
-    reference=None,
+    sensitive_features: ArrayLike,
+    privileged: object = None,
+    reference: object = None,
     eps: float | None = None,
 ) -> dict[str, float]:
     """All metrics of a fitted linear model on one data set (inputs in model space).
@@ -206,7 +219,7 @@ def evaluate(
     y = check_binary_labels(y, "y", n=X.shape[0])
     w, b = linear_parameters(model)
     y_pred = ((X @ w + b) > 0).astype(np.float64)
-    groups = {"sensitive_features": sensitive_features, "privileged": privileged}
+    groups: dict[str, Any] = {"sensitive_features": sensitive_features, "privileged": privileged}
     result = {
         "accuracy": accuracy(y, y_pred),
         "dp": demographic_parity_difference(y, y_pred, signed=True, **groups),

@@ -26,6 +26,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy.linalg import cho_solve
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -235,7 +236,9 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         ):
             raise bad_value("max_iter", self.max_iter, "an integer >= 1")
 
-    def fit(self, X, y, sample_weight=None) -> LogisticRegressionL2:
+    def fit(
+        self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+    ) -> LogisticRegressionL2:
         """Minimize ``L(θ)`` on ``X`` (n, d) and 0/1 labels ``y`` (n,).
 
         Raises
@@ -301,7 +304,7 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         self.coef_ = w
         self.intercept_ = b
 
-    def _check_X(self, X) -> np.ndarray:
+    def _check_X(self, X: ArrayLike) -> np.ndarray:
         check_fitted(self, "theta_")
         X = check_matrix(X, "X")
         if X.shape[1] != self.n_features_in_:
@@ -311,33 +314,33 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
             )
         return X
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Decision values ``z = Xw + b``, shape ``(n,)``; positive means class 1."""
         X = self._check_X(X)
         return decision(self.theta_, X)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities, shape ``(n, 2)``: columns ``[1 − σ(z), σ(z)]``."""
         prob = expit(self.decision_function(X))
         return np.column_stack([1.0 - prob, prob])
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Labels ``classes_[1[z > 0]]``, shape ``(n,)`` (a tie ``z = 0`` gives ``classes_[0]``,
         as scikit-learn)."""
         positive = self.decision_function(X) > 0
         return self.classes_[positive.astype(np.int64)]
 
-    def loss(self, X, y, sample_weight=None) -> float:
+    def loss(self, X: ArrayLike, y: ArrayLike, sample_weight: np.ndarray | None = None) -> float:
         """Training objective ``L(θ)`` at the fitted θ (summed log-loss + penalty)."""
         X = self._check_X(X)
         return objective(self.theta_, X, self._encoded(y, X.shape[0]), self.l2_reg, sample_weight)
 
-    def per_sample_gradients(self, X, y) -> np.ndarray:
+    def per_sample_gradients(self, X: ArrayLike, y: ArrayLike) -> np.ndarray:
         """``∇θ ℓ(xᵢ, yᵢ; θ̂)`` for each row, shape ``(n, p)`` (no regularizer)."""
         X = self._check_X(X)
         return per_sample_gradients(self.theta_, X, self._encoded(y, X.shape[0]))
 
-    def _encoded(self, y, n: int) -> np.ndarray:
+    def _encoded(self, y: ArrayLike, n: int) -> np.ndarray:
         """``1[yᵢ = classes_[1]]`` as float64, shape ``(n,)``; labels outside ``classes_`` are
         refused."""
         array = np.asarray(y)
@@ -353,12 +356,12 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         tags.classifier_tags.multi_class = False  # a binary classifier
         return tags
 
-    def hessian(self, X, sample_weight=None) -> np.ndarray:
+    def hessian(self, X: ArrayLike, sample_weight: np.ndarray | None = None) -> np.ndarray:
         """Hessian of ``L`` at the fitted θ on the given data, shape ``(p, p)``."""
         X = self._check_X(X)
         return objective_hessian(self.theta_, X, self.l2_reg, sample_weight)
 
-    def solve_hessian(self, v) -> np.ndarray:
+    def solve_hessian(self, v: ArrayLike) -> np.ndarray:
         """``H⁻¹ v`` with the training Hessian at ``theta_`` (kept Cholesky factor).
 
         ``v`` has shape ``(p,)`` or ``(p, k)``; the result has the same shape.

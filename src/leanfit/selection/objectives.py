@@ -26,7 +26,9 @@ objective              cost ``f``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TypeAlias
 
 import numpy as np
 from scipy.special import expit
@@ -53,7 +55,9 @@ class Objective(ABC):
     def name(self) -> str:
         """Column name used in influence tables."""
 
-    def prepare(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s=None) -> Objective:
+    def prepare(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> Objective:
         """Fix the parts of the objective that are held constant at the trained ``θ̂``.
 
         Returns ``self`` unless the objective depends on the trained model in a way that
@@ -62,11 +66,15 @@ class Objective(ABC):
         return self
 
     @abstractmethod
-    def value(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s=None) -> float:
+    def value(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> float:
         """``f(θ)`` on the validation set."""
 
     @abstractmethod
-    def gradient(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s=None) -> np.ndarray:
+    def gradient(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> np.ndarray:
         """``∇θ f(θ)``, shape ``(p,)``."""
 
 
@@ -78,10 +86,14 @@ class Utility(Objective):
     def name(self) -> str:
         return "utility"
 
-    def value(self, theta, X, y, s=None) -> float:
+    def value(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> float:
         return float(log_loss_terms(decision(theta, X), y).sum())
 
-    def gradient(self, theta, X, y, s=None) -> np.ndarray:
+    def gradient(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> np.ndarray:
         return pullback(theta, X, residuals(decision(theta, X), y))
 
 
@@ -116,17 +128,23 @@ class _ProbabilityGap(Objective):
     def _subset(self, y: np.ndarray) -> np.ndarray:
         """Boolean mask of the validation points the gap is taken over, shape ``(m,)``."""
 
-    def _signed(self, theta, X, y, s) -> tuple[float, np.ndarray]:
+    def _signed(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None
+    ) -> tuple[float, np.ndarray]:
         weights = _gap_weights(s, self._subset(y), self.name)
         prob = expit(decision(theta, X))
         gap = float(weights @ prob)
         return gap, pullback(theta, X, weights * prob * (1.0 - prob))
 
-    def value(self, theta, X, y, s=None) -> float:
+    def value(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> float:
         gap, _ = self._signed(theta, X, y, s)
         return abs(gap) if self.absolute else gap
 
-    def gradient(self, theta, X, y, s=None) -> np.ndarray:
+    def gradient(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> np.ndarray:
         gap, grad = self._signed(theta, X, y, s)
         return np.sign(gap) * grad if self.absolute else grad
 
@@ -139,7 +157,7 @@ class DemographicParity(_ProbabilityGap):
     def name(self) -> str:
         return "fairness_abs" if self.absolute else "fairness"
 
-    def _subset(self, y):
+    def _subset(self, y: np.ndarray) -> np.ndarray:
         return np.ones(y.shape[0], dtype=bool)
 
 
@@ -151,7 +169,7 @@ class EqualOpportunity(_ProbabilityGap):
     def name(self) -> str:
         return "eop_abs" if self.absolute else "eop"
 
-    def _subset(self, y):
+    def _subset(self, y: np.ndarray) -> np.ndarray:
         return y == 1
 
 
@@ -171,7 +189,9 @@ class OvershootRobustness(Objective):
     def name(self) -> str:
         return "robustness"
 
-    def prepare(self, theta, X, y, s=None) -> OvershootRobustness:
+    def prepare(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> OvershootRobustness:
         if self.reference is not None:
             return self
         return replace(self, reference=np.array(theta, dtype=np.float64))
@@ -186,10 +206,14 @@ class OvershootRobustness(Objective):
         coef, intercept = split_theta(self.reference, X.shape[1])
         return overshoot_attack(X, coef, intercept, self.factor)
 
-    def value(self, theta, X, y, s=None) -> float:
+    def value(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> float:
         return Utility().value(theta, self.attacked(X), y)
 
-    def gradient(self, theta, X, y, s=None) -> np.ndarray:
+    def gradient(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> np.ndarray:
         return Utility().gradient(theta, self.attacked(X), y)
 
 
@@ -207,7 +231,7 @@ class WorstCaseRobustness(Objective):
     eps: float = 0.1
     norm: str = "l2"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_eps(self.eps)
         check_norm(self.norm)
 
@@ -215,14 +239,18 @@ class WorstCaseRobustness(Objective):
     def name(self) -> str:
         return f"robustness_{self.norm}"
 
-    def _margins(self, theta, X, y) -> np.ndarray:
+    def _margins(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         w, _ = split_theta(theta, X.shape[1])
         return (2.0 * y - 1.0) * decision(theta, X) - self.eps * dual_norm(w, self.norm)
 
-    def value(self, theta, X, y, s=None) -> float:
+    def value(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> float:
         return float(np.logaddexp(0.0, -self._margins(theta, X, y)).sum())
 
-    def gradient(self, theta, X, y, s=None) -> np.ndarray:
+    def gradient(
+        self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    ) -> np.ndarray:
         d = X.shape[1]
         slope = expit(-self._margins(theta, X, y))  # −∂f/∂uⱼ
         grad = pullback(theta, X, -slope * (2.0 * y - 1.0))
@@ -240,7 +268,11 @@ OBJECTIVES = {
 }
 
 
-def resolve_objectives(objective) -> list[Objective]:
+#: What the ``objective`` arguments accept: a name, an :class:`Objective`, or a list of them.
+ObjectiveSpec: TypeAlias = str | Objective | Sequence[str | Objective]
+
+
+def resolve_objectives(objective: ObjectiveSpec) -> list[Objective]:
     """Turn a name, an :class:`Objective`, or a list of them into a list of objectives.
 
     Names: ``"utility"``, ``"fairness"`` (alias ``"dp"``), ``"eop"``, ``"robustness"``.

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.influence import check_keep_mask
@@ -65,7 +66,9 @@ from leanfit.selection.trimming import resolve_budget
 _BISECTION_STEPS = 60
 
 
-def _columns(influence, objective: str, utility: str) -> tuple[np.ndarray, np.ndarray]:
+def _columns(
+    influence: pd.DataFrame, objective: str, utility: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The objective and utility influences as float64 arrays of shape ``(n,)``."""
     if not isinstance(influence, pd.DataFrame):
         raise bad_value(
@@ -89,7 +92,7 @@ def _columns(influence, objective: str, utility: str) -> tuple[np.ndarray, np.nd
     return values[0], values[1]
 
 
-def _finite(value, name: str, allowed: str) -> float:
+def _finite(value: object, name: str, allowed: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise bad_value(name, value, allowed)
     if not np.isfinite(value):
@@ -105,7 +108,7 @@ def _remove_first(order: np.ndarray, count: int, n: int) -> np.ndarray:
 
 def constrained_trim(
     influence: pd.DataFrame,
-    budget,
+    budget: int | float,
     *,
     objective: str = "fairness",
     utility: str = "utility",
@@ -152,7 +155,7 @@ def _scale(values: np.ndarray) -> float:
     return scale if scale > 0 else 1.0
 
 
-def _check_weight(weight, name: str = "utility_weight") -> float:
+def _check_weight(weight: object, name: str = "utility_weight") -> float:
     value = _finite(weight, name, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise bad_value(name, weight, "a number in [0, 1]")
@@ -168,7 +171,7 @@ def _scalarized_order(harm: np.ndarray, cost: np.ndarray, weight: float) -> np.n
 
 def scalarized_trim(
     influence: pd.DataFrame,
-    budget,
+    budget: int | float,
     *,
     utility_weight: float,
     objective: str = "fairness",
@@ -210,14 +213,16 @@ def scalarized_trim(
     return _remove_first(_scalarized_order(harm, cost, weight), count, harm.size)
 
 
-def _predicted(harm, cost, order, count) -> tuple[float, float, int]:
+def _predicted(
+    harm: np.ndarray, cost: np.ndarray, order: np.ndarray, count: int
+) -> tuple[float, float, int]:
     chosen = order[:count]
     return float(harm[chosen].sum()), float(cost[chosen].sum()), int(chosen.size)
 
 
 def pareto_trim(
     influence: pd.DataFrame,
-    budget,
+    budget: int | float,
     *,
     max_utility_loss: float = 0.0,
     objective: str = "fairness",
@@ -282,7 +287,7 @@ def pareto_trim(
     return _remove_first(best, count, harm.size)
 
 
-def predicted_change(influence: pd.DataFrame, keep) -> pd.Series:
+def predicted_change(influence: pd.DataFrame, keep: ArrayLike) -> pd.Series:
     """First-order predicted change of every cost when the rows with ``keep = False`` go.
 
     Parameters
@@ -305,9 +310,9 @@ def predicted_change(influence: pd.DataFrame, keep) -> pd.Series:
 
 def tradeoff_front(
     influence: pd.DataFrame,
-    budget,
+    budget: int | float,
     *,
-    weights=None,
+    weights: ArrayLike | None = None,
     objective: str = "fairness",
     utility: str = "utility",
 ) -> pd.DataFrame:

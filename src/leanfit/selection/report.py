@@ -188,7 +188,7 @@ def _group_labels(train: TabularDataset) -> np.ndarray:
     return np.where(train.s == 1, str(train.privileged), f"not {train.privileged}")
 
 
-def _panels(n: int, ncols: int = 2, size=(5.4, 3.6)) -> tuple[Figure, list]:
+def _panels(n: int, ncols: int = 2, size: tuple[float, float] = (5.4, 3.6)) -> tuple[Figure, list]:
     """A figure with ``n`` axes on a grid of ``ncols`` columns (unused cells hidden)."""
     nrows = -(-n // ncols)
     cols = min(ncols, n)
@@ -301,7 +301,9 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def data_config(train, val, test, description: str) -> dict:
+def data_config(
+    train: TabularDataset, val: TabularDataset, test: TabularDataset, description: str
+) -> dict:
     return {
         "name": train.name.removesuffix("-train"),
         "description": description,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError
 from leanfit.selection._validation import binary_groups, check_binary_labels, check_matrix
@@ -33,7 +34,7 @@ from leanfit.selection.models import (
     residuals,
 )
 from leanfit.selection.newton import minimize
-from leanfit.selection.objectives import Objective, resolve_objectives
+from leanfit.selection.objectives import ObjectiveSpec, resolve_objectives
 
 Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
@@ -70,12 +71,12 @@ class ChunkStats:
         )
 
 
-def _check_chunk(X, y) -> tuple[np.ndarray, np.ndarray]:
+def _check_chunk(X: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     X = check_matrix(X, "X chunk")
     return X, check_binary_labels(y, "y chunk", n=X.shape[0])
 
 
-def chunk_statistics(theta: np.ndarray, X, y) -> ChunkStats:
+def chunk_statistics(theta: np.ndarray, X: ArrayLike, y: ArrayLike) -> ChunkStats:
     """:class:`ChunkStats` of the rows ``X`` (k, d), ``y`` (k,) at ``theta`` (p,)."""
     X, y = _check_chunk(X, y)
     z = decision(theta, X)
@@ -193,11 +194,11 @@ def fit_chunks(
 
 def influence_directions(
     model: LogisticRegressionL2,
-    X_val,
-    y_val,
+    X_val: ArrayLike,
+    y_val: ArrayLike,
     *,
-    objective: str | Objective | list = "utility",
-    sensitive=None,
+    objective: ObjectiveSpec = "utility",
+    sensitive: ArrayLike | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """``H⁻¹ ∇θf(θ̂)`` for each objective, shape (p, k), and the objective names.
 
@@ -215,7 +216,9 @@ def influence_directions(
 
 
 def influence_chunks(
-    model: LogisticRegressionL2, chunks: Iterable[tuple[np.ndarray, np.ndarray]], directions
+    model: LogisticRegressionL2,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    directions: ArrayLike,
 ) -> Iterator[np.ndarray]:
     """Influence of every training row, chunk by chunk: ``∇θℓ(zᵢ; θ̂)ᵀ H⁻¹∇f``, shape (k, n_obj).
 

@@ -25,14 +25,16 @@ part in the choice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import bad_value
+from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.pareto import constrained_trim, pareto_trim
 from leanfit.selection.trimming import evaluation_set, trim
@@ -93,13 +95,19 @@ def strategy_keep(
     return pareto_trim(influence, count, objective=objective, utility=utility)
 
 
-def auto_counts(n: int, fractions=AUTO_FRACTIONS) -> list[int]:
+def auto_counts(n: int, fractions: Iterable[float] = AUTO_FRACTIONS) -> list[int]:
     """The counts ``max(1, round(f·n))`` of the automatic budget, below ``n``, sorted."""
     return sorted({min(n - 1, max(1, round(f * n))) for f in fractions})
 
 
 def masks_curve(
-    selector, masks: Mapping[int, np.ndarray], X, y, s, method: str, progress: bool = False
+    selector: InfluenceSelector,
+    masks: Mapping[int, np.ndarray],
+    X: pd.DataFrame | ArrayLike,
+    y: ArrayLike,
+    s: str | ArrayLike,
+    method: str,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Metrics of the model retrained on each keep-mask (preprocessing fixed).
 

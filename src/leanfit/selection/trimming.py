@@ -10,20 +10,25 @@ returns a boolean *keep* mask over the training rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import check_binary_labels
 from leanfit.selection.influence import InfluenceSelector, resolve_sensitive
 from leanfit.selection.metrics import evaluate
-from leanfit.selection.objectives import resolve_objectives
+from leanfit.selection.models import LogisticRegressionL2
+from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
 
 METRIC_COLUMNS = ("accuracy", "dp", "dp_abs", "eop", "eop_abs", "robust_acc")
 
 
-def resolve_budget(budget, n: int, name: str = "budget") -> int:
+def resolve_budget(budget: object, n: int, name: str = "budget") -> int:
     """Number of samples a budget removes out of ``n``.
 
     ``budget`` is an integer count in ``[1, n − 1]`` or a float fraction in ``(0, 1)``
@@ -40,7 +45,7 @@ def resolve_budget(budget, n: int, name: str = "budget") -> int:
     return max(1, round(budget * n))
 
 
-def _influence_values(influence) -> np.ndarray:
+def _influence_values(influence: pd.DataFrame | pd.Series | ArrayLike) -> np.ndarray:
     if isinstance(influence, pd.DataFrame):
         if influence.shape[1] != 1:
             raise bad_value(
@@ -63,7 +68,12 @@ def _mask_without(order: np.ndarray, count: int, n: int) -> np.ndarray:
     return keep
 
 
-def trim(influence, budget, *, only_harmful: bool = False) -> np.ndarray:
+def trim(
+    influence: pd.DataFrame | pd.Series | ArrayLike,
+    budget: int | float,
+    *,
+    only_harmful: bool = False,
+) -> np.ndarray:
     """Keep-mask removing the ``budget`` samples with the most negative influence.
 
     Parameters
@@ -88,13 +98,15 @@ def trim(influence, budget, *, only_harmful: bool = False) -> np.ndarray:
     return _mask_without(np.argsort(values, kind="stable"), count, values.size)
 
 
-def random_trim(n: int, budget, *, random_state=None) -> np.ndarray:
+def random_trim(
+    n: int, budget: int | float, *, random_state: int | np.random.Generator | None = None
+) -> np.ndarray:
     """Keep-mask removing ``budget`` samples chosen uniformly at random, shape ``(n,)``."""
     count = resolve_budget(budget, n)
     return _mask_without(np.random.default_rng(random_state).permutation(n), count, n)
 
 
-def _one_objective(objective):
+def _one_objective(objective: ObjectiveSpec) -> Objective:
     objectives = resolve_objectives(objective)
     if len(objectives) != 1:
         raise bad_value("objective", objective, "a single objective")
@@ -102,7 +114,15 @@ def _one_objective(objective):
 
 
 def _iterative_order(
-    selector, X_val, y_val, total, step, objective, sensitive_features, privileged, progress
+    selector: InfluenceSelector,
+    X_val: pd.DataFrame | ArrayLike,
+    y_val: ArrayLike,
+    total: int,
+    step: int,
+    objective: Objective,
+    sensitive_features: str | ArrayLike | None,
+    privileged: object,
+    progress: bool,
 ) -> np.ndarray:
     """Removal order of ``total`` samples, re-scoring after every ``step`` removals."""
     n = selector.train_index_.shape[0]
@@ -133,14 +153,14 @@ def _iterative_order(
 
 def iterative_trim(
     selector: InfluenceSelector,
-    X_val,
-    y_val,
-    budget,
+    X_val: pd.DataFrame | ArrayLike,
+    y_val: ArrayLike,
+    budget: int | float,
     *,
-    step,
-    objective="utility",
-    sensitive_features=None,
-    privileged=None,
+    step: int | float,
+    objective: ObjectiveSpec = "utility",
+    sensitive_features: str | ArrayLike | None = None,
+    privileged: object = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Keep-mask of iterative trimming: remove ``step`` samples, retrain, re-score, repeat.
@@ -173,7 +193,13 @@ def iterative_trim(
     return _mask_without(order, total, n)
 
 
-def evaluation_set(selector, X_test, y_test, sensitive_features, privileged=None):
+def evaluation_set(
+    selector: InfluenceSelector,
+    X_test: pd.DataFrame | ArrayLike,
+    y_test: ArrayLike,
+    sensitive_features: str | ArrayLike | None,
+    privileged: object = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(Z, y, s)``: the rows transformed by the selector's fixed preprocessing, their 0/1
     labels and 0/1 groups (checked), ready for :func:`leanfit.selection.metrics.evaluate`."""
     Z = selector.transform(X_test)
@@ -186,12 +212,12 @@ def evaluation_set(selector, X_test, y_test, sensitive_features, privileged=None
 
 def retrain_and_evaluate(
     selector: InfluenceSelector,
-    keep,
-    X_test,
-    y_test,
+    keep: ArrayLike,
+    X_test: pd.DataFrame | ArrayLike,
+    y_test: ArrayLike,
     *,
-    sensitive_features,
-    privileged=None,
+    sensitive_features: str | ArrayLike,
+    privileged: object = None,
     eps: float | None = None,
 ) -> dict[str, float]:
     """Retrain on the kept rows (preprocessing fixed) and evaluate on test data.
@@ -219,7 +245,12 @@ def retrain_and_evaluate(
     return {"n_removed": int(np.size(keep) - np.count_nonzero(keep)), **metrics}
 
 
-def _check_precomputed(influence, objectives, n: int, iterative_step) -> None:
+def _check_precomputed(
+    influence: pd.DataFrame,
+    objectives: Sequence[Objective],
+    n: int,
+    iterative_step: int | float | None,
+) -> None:
     if iterative_step is not None:
         raise BadInputError("influence and iterative_step exclude each other; pass one of them")
     names = [o.name for o in objectives]
@@ -234,18 +265,18 @@ def _check_precomputed(influence, objectives, n: int, iterative_step) -> None:
 
 def trimming_curve(
     selector: InfluenceSelector,
-    X_val,
-    y_val,
-    X_test,
-    y_test,
+    X_val: pd.DataFrame | ArrayLike,
+    y_val: ArrayLike,
+    X_test: pd.DataFrame | ArrayLike,
+    y_test: ArrayLike,
     *,
-    budgets,
-    objective="fairness",
-    sensitive_features_val=None,
-    sensitive_features_test=None,
-    privileged=None,
+    budgets: Sequence[int | float] | np.ndarray,
+    objective: ObjectiveSpec = "fairness",
+    sensitive_features_val: str | ArrayLike | None = None,
+    sensitive_features_test: str | ArrayLike | None = None,
+    privileged: object = None,
     n_random: int = 5,
-    iterative_step=None,
+    iterative_step: int | float | None = None,
     influence: pd.DataFrame | None = None,
     stop_at_zero: bool = False,
     eps: float | None = None,
@@ -308,11 +339,17 @@ def trimming_curve(
     # that ``val_objective`` measures the cost the influence was computed for.
     objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
     Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features_test, privileged)
-    val = {"sensitive_features": sensitive_features_val, "privileged": privileged}
+    val: dict[str, Any] = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:
         _check_precomputed(influence, objectives, n, iterative_step)
 
-    def point(model, method, seed, count, val_objective=np.nan) -> dict:
+    def point(
+        model: LogisticRegressionL2,
+        method: str,
+        seed: object,
+        count: int,
+        val_objective: float = np.nan,
+    ) -> dict:
         metrics = evaluate(model, Z, y, sensitive_features=s, reference=selector.model_, eps=eps)
         return {
             "method": method,

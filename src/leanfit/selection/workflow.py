@@ -315,7 +315,12 @@ def run_selection(
     return result
 
 
-def _check_auto(budget, names: list[str], max_accuracy_drop, target_dp) -> bool:
+def _check_auto(
+    budget: int | float | str,
+    names: list[str],
+    max_accuracy_drop: float | None,
+    target_dp: float | None,
+) -> bool:
     """Whether ``budget`` is ``"auto"``; its options are checked (and refused without it)."""
     if isinstance(budget, str):
         if budget != "auto":
@@ -340,7 +345,14 @@ def _check_auto(budget, names: list[str], max_accuracy_drop, target_dp) -> bool:
     return False
 
 
-def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> SelectionResult:
+def _select(
+    train: TabularDataset,
+    val: TabularDataset,
+    test: TabularDataset,
+    out_dir: Path,
+    config: dict,
+    progress: bool,
+) -> SelectionResult:
     """The computations of :func:`run_selection` (parameters already checked, in ``config``)."""
     names, strategy = config["objectives"], config["strategy"]
     selector = InfluenceSelector(
@@ -419,7 +431,13 @@ def _select(train, val, test, out_dir: Path, config: dict, progress: bool) -> Se
     )
 
 
-def _choose_budget(selector, scores: pd.DataFrame, val, config: dict, progress) -> BudgetChoice:
+def _choose_budget(
+    selector: InfluenceSelector,
+    scores: pd.DataFrame,
+    val: TabularDataset,
+    config: dict,
+    progress: bool,
+) -> BudgetChoice:
     """The automatic budget: the strategy's fairness selections evaluated on validation."""
     strategy = config["strategy"]
     masks = {
@@ -433,7 +451,9 @@ def _choose_budget(selector, scores: pd.DataFrame, val, config: dict, progress) 
     )
 
 
-def _strategy_curve(selector, scores: pd.DataFrame, name: str, test, config: dict):
+def _strategy_curve(
+    selector: InfluenceSelector, scores: pd.DataFrame, name: str, test: TabularDataset, config: dict
+) -> pd.DataFrame:
     """Test metrics of the strategy's selections for ``name`` at 0 and every curve budget."""
     strategy = config["strategy"]
     masks = {k: strategy_keep(scores, name, k, strategy) for k in [0, *config["curve_budgets"]]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from leanfit.datasets import TABULAR, TabularDataset, load_adult
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
+from leanfit.selection.objectives import ObjectiveSpec
 
 #: Columns left out of each vendored table (Adult's census sampling weight is not a feature,
 #: as in the paper's preprocessing).
@@ -144,7 +145,9 @@ def fit_selector(train: TabularDataset, settings: ModelSettings) -> InfluenceSel
     return selector.fit(train.X, train.y.to_numpy())
 
 
-def evaluate_model(selector: InfluenceSelector, model, ds: TabularDataset) -> dict[str, float]:
+def evaluate_model(
+    selector: InfluenceSelector, model: object, ds: TabularDataset
+) -> dict[str, float]:
     """Accuracy and fairness of ``model`` (fitted in ``selector``'s feature space) on ``ds``.
 
     Returns ``accuracy``, ``dp`` (signed demographic parity gap of the predictions,
@@ -157,7 +160,9 @@ def evaluate_model(selector: InfluenceSelector, model, ds: TabularDataset) -> di
     return {name: metrics[name] for name in METRICS}
 
 
-def influence_scores(selector: InfluenceSelector, val: TabularDataset, objective) -> np.ndarray:
+def influence_scores(
+    selector: InfluenceSelector, val: TabularDataset, objective: ObjectiveSpec
+) -> np.ndarray:
     """Influence of every training sample of ``selector`` on ``objective`` over ``val``,
     shape ``(n_train,)``; positive = beneficial, negative = harmful."""
     scores = selector.influence(
@@ -182,7 +187,7 @@ class ScenarioConfig:
         }
 
     @classmethod
-    def from_dict(cls, values: dict[str, object]):
+    def from_dict(cls, values: dict[str, object]) -> Self:
         """Inverse of :meth:`to_dict` (lists become tuples); unknown keys are refused."""
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - names)
@@ -191,12 +196,12 @@ class ScenarioConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     @classmethod
-    def quick(cls, **overrides):
+    def quick(cls, **overrides: object) -> Self:
         """The small-budget configuration (``QUICK``), with ``overrides`` on top."""
         return cls(**{**cls.QUICK, **overrides})
 
 
-def fairness_criterion(selector: InfluenceSelector, model, val: TabularDataset) -> float:
+def fairness_criterion(selector: InfluenceSelector, model: object, val: TabularDataset) -> float:
     """Minus the absolute demographic parity gap of ``model``'s predictions on ``val``."""
     return -evaluate_model(selector, model, val)["dp_abs"]
 

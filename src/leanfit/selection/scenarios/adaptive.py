@@ -17,12 +17,14 @@ validation data), and the model retrained without as many random samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
+from leanfit.datasets import TabularDataset
 from leanfit.exceptions import bad_value
 from leanfit.selection.attacks import check_eps, check_norm, worst_case_margins
 from leanfit.selection.influence import InfluenceSelector
@@ -76,7 +78,7 @@ def worst_case_perturbation(
 
 
 def attacked_accuracy(
-    model, X: np.ndarray, y: np.ndarray, attacked: np.ndarray, eps: float, norm: str
+    model: object, X: np.ndarray, y: np.ndarray, attacked: np.ndarray, eps: float, norm: str
 ) -> float:
     """Accuracy of a linear ``model`` when the rows in ``attacked`` (boolean mask) are moved
     to their worst case against that same model (an adaptive attacker)."""
@@ -86,10 +88,12 @@ def attacked_accuracy(
     return float(np.mean(margins > 0))
 
 
-def robustness_criterion(eps: float, norm: str):
+def robustness_criterion(
+    eps: float, norm: str
+) -> Callable[[InfluenceSelector, object, TabularDataset], float]:
     """Validation criterion: accuracy when every validation point is attacked."""
 
-    def criterion(selector: InfluenceSelector, model, val) -> float:
+    def criterion(selector: InfluenceSelector, model: object, val: TabularDataset) -> float:
         Z, y = selector.transform(val.X), val.y.to_numpy(dtype=float)
         return attacked_accuracy(model, Z, y, np.ones(len(y), dtype=bool), eps, norm)
 

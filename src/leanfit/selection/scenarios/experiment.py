@@ -17,10 +17,10 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from leanfit.selection.scenarios.online import OnlineConfig, run_online
 from leanfit.selection.scenarios.poisoning import PoisoningConfig, run_poisoning
 from leanfit.selection.scenarios.shift import ShiftConfig, run_shift
 from leanfit.selection.scenarios.surrogate import SurrogateConfig, run_surrogate
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _all_rows(summary: pd.DataFrame, config: ScenarioConfig) -> pd.DataFrame:
@@ -205,7 +208,7 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS[name]
 
 
-def summarize(rows: pd.DataFrame, keys, metrics) -> pd.DataFrame:
+def summarize(rows: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
     """Mean and sample standard deviation over seeds of each metric, per key combination.
 
     Returns one row per key combination (in order of first appearance; missing keys such as
@@ -315,7 +318,7 @@ def _pivoted(result: ExperimentResult, summary: pd.DataFrame, metrics: list[str]
     return table.reset_index()
 
 
-def _bars(summary: pd.DataFrame, keys, metric: str):
+def _bars(summary: pd.DataFrame, keys: Sequence[str], metric: str) -> Figure:
     """Bars of a metric's mean per key combination, with ±1 std error bars."""
     fig, ax = new_figure((max(6.4, 0.9 * len(summary)), 4.0))
     labels = [
@@ -349,7 +352,7 @@ def _plots(result: ExperimentResult, folder: Path) -> list[Image]:
     return images
 
 
-def _json_ready(value):
+def _json_ready(value: object) -> Any:
     """NaN → None and numpy scalars → Python numbers, recursively."""
     if isinstance(value, dict):
         return {str(k): _json_ready(v) for k, v in value.items()}

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from leanfit.datasets import TabularDataset
+from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
     check_choice,
@@ -105,7 +106,14 @@ class OnlineConfig(ScenarioConfig):
             check_count("n_val", self.n_val, minimum=10)
 
 
-def _batch_keep(method: str, selector, batch_start: int, val, fraction: float, rng) -> np.ndarray:
+def _batch_keep(
+    method: str,
+    selector: InfluenceSelector,
+    batch_start: int,
+    val: TabularDataset,
+    fraction: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Keep-mask over the training rows of ``selector`` dropping ``fraction`` of the rows from
     ``batch_start`` on (the new batch) by ``method``; earlier rows are all kept."""
     n = selector.train_index_.shape[0]

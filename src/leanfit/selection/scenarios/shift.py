@@ -30,6 +30,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from leanfit.datasets import TabularDataset, load_csv
 from leanfit.exceptions import BadInputError, bad_value
@@ -193,7 +194,7 @@ def load_shift_csv(
     return ShiftSplit(*(with_frame(ds, ds.frame[columns]) for ds in tables))
 
 
-def reweighing_weights(y, s) -> np.ndarray:
+def reweighing_weights(y: ArrayLike, s: ArrayLike) -> np.ndarray:
     """Kamiran–Calders reweighing: ``w(s, y) = P(s) P(y) / P(s, y)``, shape ``(n,)``.
 
     Frequencies are taken over the given samples. In the weighted data, label and group are

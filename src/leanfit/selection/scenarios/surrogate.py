@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.base import clone
 from sklearn.neural_network import MLPClassifier
 from tqdm.auto import tqdm
@@ -48,6 +49,9 @@ from leanfit.selection.scenarios._common import (
 )
 from leanfit.selection.trimming import random_trim, trim
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 SURROGATE_CASES = ("adult", "tweets")
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda a: a,
@@ -57,7 +61,7 @@ _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def mlp_hidden_features(mlp: MLPClassifier, X) -> np.ndarray:
+def mlp_hidden_features(mlp: MLPClassifier, X: ArrayLike) -> np.ndarray:
     """Activations of the last hidden layer of a fitted ``MLPClassifier``, shape ``(n, h)``.
 
     ``H₀ = X``, ``Hₗ = act(Hₗ₋₁ Wₗ + bₗ)`` for the hidden layers (``coefs_[:-1]``,
@@ -74,7 +78,7 @@ def mlp_hidden_features(mlp: MLPClassifier, X) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _minilm():
+def _minilm() -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     try:
         import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer
@@ -121,7 +125,9 @@ def embed_texts(
     return out
 
 
-def prediction_metrics(y_true, y_pred, s=None) -> dict[str, float]:
+def prediction_metrics(
+    y_true: ArrayLike, y_pred: ArrayLike, s: ArrayLike | None = None
+) -> dict[str, float]:
     """Accuracy, and with groups ``s`` (0/1) the signed / absolute DP gap and the EOP gap."""
     result = {"accuracy": accuracy(y_true, y_pred)}
     if s is not None:
@@ -177,8 +183,8 @@ class SurrogateConfig(ScenarioConfig):
 
 
 def _trimmed_runs(
-    case: str, mlp: MLPClassifier, X_train, y_train, keeps: dict[str, np.ndarray],
-    evaluate,
+    case: str, mlp: MLPClassifier, X_train: np.ndarray, y_train: np.ndarray,
+    keeps: dict[str, np.ndarray], evaluate: Callable[[MLPClassifier], dict[str, float]],
 ) -> list[dict]:  # fmt: skip
     """Retrain ``mlp`` (same initialization seed) on each keep-mask and evaluate it."""
     rows = []
