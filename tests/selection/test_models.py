@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from leanfit.exceptions import NotFittedError
-from leanfit.selection import LogisticRegressionL2
+from leanfit.selection import InfluenceTree, LogisticRegressionL2
 from leanfit.selection.models import (
     objective,
     objective_gradient,
@@ -160,7 +160,7 @@ def test_refit_after_removing_rows_needs_one_hessian(monkeypatch):
     np.testing.assert_allclose(inverse, expected, rtol=1e-7)
 
 
-@parametrize_with_checks([LogisticRegressionL2()])
+@parametrize_with_checks([LogisticRegressionL2(), InfluenceTree()])
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 

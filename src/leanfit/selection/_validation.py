@@ -17,7 +17,8 @@ from leanfit.exceptions import BadInputError, NotFittedError
 
 
 class NotNumericError(BadInputError, TypeError):
-    """An input holds values that are not numbers (a ``TypeError`` too, as NumPy raises)."""
+    """An input holds values of a type it cannot take, such as a dict where a number is due
+    (a ``TypeError`` too, as NumPy raises)."""
 
 
 class EstimatorNotFittedError(NotFittedError, SklearnNotFittedError):
@@ -33,6 +34,50 @@ def check_fitted(estimator: object, attribute: str) -> None:
         raise EstimatorNotFittedError(str(err)) from err
 
 
+def reject_sparse(X: object, name: str) -> None:
+    """Refuse a SciPy sparse matrix or array (the estimators work on dense rows)."""
+    if issparse(X):
+        raise BadInputError(
+            f"{name} is a sparse matrix: sparse input is not supported; pass {name}.toarray()"
+        )
+
+
+def require_2d(shape: tuple[int, ...], name: str) -> None:
+    """Refuse any ``shape`` but a table's of at least one row and one column (in the words
+    of scikit-learn's own checks)."""
+    if len(shape) != 2:
+        raise BadInputError(
+            f"{name} must be a non-empty 2-D array; got shape {shape}. Reshape your data "
+            "with reshape(-1, 1) if it has a single feature, reshape(1, -1) if a single sample"
+        )
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if shape[axis] == 0:
+            raise BadInputError(
+                f"{name} must be a non-empty 2-D array; found 0 {what}(s) (shape={shape}) "
+                "while a minimum of 1 is required."
+            )
+
+
+def target_vector(y: ArrayLike | None, name: str) -> np.ndarray:
+    """``y`` as a 1-D array: refused when None, raveled with a ``DataConversionWarning`` when a
+    column vector (n, 1), as scikit-learn's estimators do."""
+    if y is None:
+        raise BadInputError(
+            f"this estimator requires y to be passed, but the target {name} is None"
+        )
+    array = np.asarray(y)
+    if array.ndim == 2 and array.shape[1] == 1:
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected; it is raveled",
+            DataConversionWarning,
+            stacklevel=4,
+        )
+        array = array.ravel()
+    if array.ndim != 1:
+        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}")
+    return array
+
+
 def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
     """Return ``X`` as a finite float64 array of shape ``(n, d)`` with ``n, d >= 1``."""
     if isinstance(X, pd.DataFrame):
@@ -42,10 +87,7 @@ def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
                 f"{name} must be numeric here; columns {bad[:5]} are not (pass a DataFrame "
                 "to InfluenceSelector, whose preprocessor one-hot encodes them)"
             )
-    if issparse(X):
-        raise BadInputError(
-            f"{name} is a sparse matrix: sparse input is not supported; pass {name}.toarray()"
-        )
+    reject_sparse(X, name)
     try:
         raw = np.asarray(X)
         if raw.dtype.kind == "c":
@@ -57,17 +99,7 @@ def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
         if isinstance(err, BadInputError):
             raise
         raise BadInputError(f"{name} must hold numbers only; {err}") from err
-    if array.ndim != 2:
-        raise BadInputError(
-            f"{name} must be a non-empty 2-D array; got shape {array.shape}. Reshape your data "
-            "with reshape(-1, 1) if it has a single feature, reshape(1, -1) if a single sample"
-        )
-    for axis, what in ((0, "sample"), (1, "feature")):
-        if array.shape[axis] == 0:
-            raise BadInputError(
-                f"{name} must be a non-empty 2-D array; found 0 {what}(s) (shape={array.shape}) "
-                "while a minimum of 1 is required."
-            )
+    require_2d(array.shape, name)
     if not np.all(np.isfinite(array)):
         rows = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
         raise BadInputError(
@@ -115,20 +147,7 @@ def two_classes(y: ArrayLike | None, name: str, *, n: int) -> tuple[np.ndarray, 
     """``(classes, encoded)`` of a classifier's labels ``y`` (n,): the two sorted classes
     (``[0, 1]`` for 0/1 or boolean labels) and float64 ``1[yᵢ = classes[1]]``, as
     scikit-learn's binary classifiers encode them (the larger label is the positive class)."""
-    if y is None:
-        raise BadInputError(
-            f"this estimator requires y to be passed, but the target {name} is None"
-        )
-    array = np.asarray(y)
-    if array.ndim == 2 and array.shape[1] == 1:
-        warnings.warn(
-            f"A column-vector {name} was passed when a 1d array was expected; it is raveled",
-            DataConversionWarning,
-            stacklevel=3,
-        )
-        array = array.ravel()
-    if array.ndim != 1:
-        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}")
+    array = target_vector(y, name)
     check_length(array, name, n)
     numeric = pd.api.types.is_numeric_dtype(array.dtype) and not pd.isna(array).any()
     if array.dtype == bool or numeric:

@@ -23,8 +23,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import KFold
 from sklearn.tree import DecisionTreeRegressor
 
-from leanfit.exceptions import NotFittedError, bad_value
+from leanfit.exceptions import BadInputError, bad_value
 from leanfit.reports.plots import new_figure
+from leanfit.selection._validation import (
+    EstimatorNotFittedError,
+    NotNumericError,
+    reject_sparse,
+    require_2d,
+    target_vector,
+)
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 1.0, 10.0, 50.0, 100.0, 500.0)
 """The grid of shrinkage strengths λ searched by cross-validation (imodels' default grid)."""
@@ -340,15 +347,23 @@ class InfluenceTree(RegressorMixin, BaseEstimator):
             )
 
     def _as_frame(self, X: Any, fitting: bool) -> pd.DataFrame:
+        reject_sparse(X, "X")
         if isinstance(X, pd.DataFrame):
             frame = X.rename(columns=str)
         else:
             array = np.asarray(X)
-            if array.ndim != 2:
-                raise bad_value("X", f"an array of shape {array.shape}", "a 2-D table")
+            if array.dtype.kind == "c":
+                raise BadInputError("X holds complex numbers: Complex data not supported")
+            require_2d(array.shape, "X")
+            if not fitting and array.shape[1] != self.n_features_in_:
+                raise BadInputError(
+                    f"X has {array.shape[1]} features, but InfluenceTree is expecting "
+                    f"{self.n_features_in_} features as input (the columns it was fitted on)"
+                )
             frame = pd.DataFrame(array, columns=[f"x{j}" for j in range(array.shape[1])])
             frame = frame.infer_objects()
-        if frame.shape[1] == 0 or frame.columns.duplicated().any():
+        require_2d(frame.shape, "X")
+        if frame.columns.duplicated().any():
             raise bad_value("X", list(frame.columns), "a table with distinct column names")
         if fitting:
             return frame
@@ -359,7 +374,9 @@ class InfluenceTree(RegressorMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "estimator_"):
-            raise NotFittedError("this InfluenceTree is not fitted yet; call fit(X, influence)")
+            raise EstimatorNotFittedError(
+                "this InfluenceTree is not fitted yet; call fit(X, influence)"
+            )
 
     # ----------------------------------------------------------------- fitting
     def _grow(self, Z: np.ndarray, y: np.ndarray) -> DecisionTreeRegressor:
@@ -398,14 +415,22 @@ class InfluenceTree(RegressorMixin, BaseEstimator):
             ``self``, fitted.
         """
         frame = self._as_frame(X, fitting=True)
-        target = np.asarray(y, dtype=float)
+        target = target_vector(y, "y").astype(float)
         if target.shape != (len(frame),) or not np.all(np.isfinite(target)):
             raise bad_value(
                 "y", f"shape {target.shape}", f"{len(frame)} finite influence values, one per row"
             )
+        if len(frame) < 2:
+            raise BadInputError("X must hold at least 2 rows to grow a tree; got 1 sample")
         lam = self._validated_lambdas()
         self._check_params(len(frame))
-        encoding = _Encoding.fit(frame)
+        try:
+            encoding = _Encoding.fit(frame)
+        except TypeError as err:  # a cell pandas cannot hash as a category (a dict, a list)
+            raise NotNumericError(
+                f"X must hold a string or a number in every cell (argument must be a string "
+                f"or a number); {err}"
+            ) from err
         Z = encoding.transform(frame)
         cv_mse = self._cross_validate(Z, target, lam) if lam.size > 1 else np.full(1, np.nan)
         self.lambdas_ = lam
