@@ -129,17 +129,28 @@ def check_binary_labels(
         array = array.astype(np.int64)
     if not pd.api.types.is_numeric_dtype(array.dtype):
         raise BadInputError(
+            f"Unknown label type: {array.dtype}; "
             f"{name} must hold 0/1 labels (1 = favourable outcome); got dtype {array.dtype} "
             f"with values {sorted(map(str, pd.unique(array)))[:5]}"
         )
     values = set(np.unique(array[~pd.isna(array)]).tolist()) if array.size else set()
     if pd.isna(array).any() or not values <= {0, 1}:
+        continuous = array.dtype.kind == "f" and bool((array % 1 != 0).any())
+        prefix = (
+            "Unknown label type: continuous; "
+            if continuous
+            else "Only binary classification is supported; "
+            if len(values) > 2
+            else ""
+        )
         raise BadInputError(
-            f"{name} must hold 0/1 labels (1 = favourable outcome); got values "
+            prefix + f"{name} must hold 0/1 labels (1 = favourable outcome); got values "
             f"{sorted(map(str, pd.unique(array)))[:5]}"
         )
     if require_both and values != {0, 1}:
-        raise BadInputError(f"{name} must contain both classes 0 and 1; got only {sorted(values)}")
+        raise BadInputError(
+            f"{name} must contain both classes 0 and 1; got only 1 class: {sorted(values)}"
+        )
     return array.astype(np.float64)
 
 

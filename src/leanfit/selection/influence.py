@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils import Tags, TransformerTags
 from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
@@ -35,6 +36,9 @@ from leanfit.selection._validation import (
     check_fitted,
     check_length,
     check_matrix,
+    reject_sparse,
+    require_2d,
+    target_vector,
 )
 from leanfit.selection.models import LogisticRegressionL2, per_sample_gradients
 from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
@@ -173,19 +177,29 @@ def resolve_sensitive(
     return binary_groups(sensitive_features, "sensitive_features", n=n, privileged=privileged)
 
 
-# X: Any in these two helpers, as the rows given to fit may be anything features(X) accepts;
-# only len(X) is needed (and _n_rows reports an X without one).
+# X: Any in these helpers, as the rows given to fit may be anything features(X) accepts;
+# only their number is needed (and _n_rows reports an X without one).
 def _row_index(X: Any) -> pd.Index:
     if isinstance(X, pd.DataFrame | pd.Series):
         return X.index
-    return pd.RangeIndex(len(X))
+    return pd.RangeIndex(_n_rows(X, "X"))
 
 
 def _n_rows(X: Any, name: str) -> int:
     try:
         return len(X)
-    except TypeError as err:
+    except TypeError:
+        pass
+    try:
+        return int(np.asarray(X).shape[0])  # array-likes without len (NumPy's __array__)
+    except (TypeError, ValueError, IndexError) as err:
         raise bad_value(name, type(X).__name__, "an array-like of rows") from err
+
+
+def _n_columns(X: Any) -> int:
+    """Columns of a table or 2-D array-like (1 for a 1-D one)."""
+    shape = X.shape if isinstance(X, pd.DataFrame) else np.asarray(X).shape
+    return int(shape[1]) if len(shape) == 2 else 1
 
 
 class InfluenceSelector(ClassifierMixin, BaseEstimator):
@@ -290,10 +304,11 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         return clone(self.preprocessor)
 
     def _to_matrix(self, X: pd.DataFrame | ArrayLike, *, fit: bool) -> np.ndarray:
+        reject_sparse(X, "X")
         X = self._apply_features(X)
         if fit:
             self.preprocessor_ = self._resolve_preprocessor(X)
-            self.n_features_in_ = np.shape(X)[1] if np.ndim(X) == 2 else 1
+            self.n_features_in_ = _n_columns(X)
         if isinstance(self.preprocessor, str) and isinstance(X, pd.DataFrame):
             _check_no_missing(X)
         if self.preprocessor_ is not None:
@@ -315,9 +330,10 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             isinstance(self.chunk_size, int | np.integer) and self.chunk_size >= 1
         ):
             raise bad_value("chunk_size", self.chunk_size, "an integer >= 1")
-        check_length(np.asarray(y).reshape(-1), "y", _n_rows(X, "X"))
+        reject_sparse(X, "X")
+        check_length(target_vector(y, "y"), "y", _n_rows(X, "X"))
         Z = self._to_matrix(X, fit=True)
-        y = check_binary_labels(y, "y", n=Z.shape[0], require_both=True)
+        y = check_binary_labels(target_vector(y, "y"), "y", n=Z.shape[0], require_both=True)
         self.model_ = self._new_model().fit(Z, y)
         self._Z, self._y = Z, y
         self.train_index_ = _row_index(X)
@@ -333,25 +349,51 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
     def transform(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Model-space features ``features(X) → preprocessor``, shape ``(n, d)`` float64."""
         check_fitted(self, "model_")
+        if not isinstance(X, pd.DataFrame):
+            require_2d(np.asarray(X).shape, "X")
+        if self.features is None and _n_columns(X) != self.n_features_in_:
+            raise BadInputError(
+                f"X has {_n_columns(X)} features, but InfluenceSelector is expecting "
+                f"{self.n_features_in_} features as input (the columns it was fitted on)"
+            )
         Z = self._to_matrix(X, fit=False)
         if Z.shape[1] != self.model_.n_features_in_:
             raise BadInputError(
-                f"X gives {Z.shape[1]} features after preprocessing; the model was fitted on "
-                f"{self.model_.n_features_in_}"
+                f"X has {Z.shape[1]} features after preprocessing, but InfluenceSelector is "
+                f"expecting {self.model_.n_features_in_} features as input (as in fit)"
             )
         return Z
 
+    def fit_transform(self, X: pd.DataFrame | ArrayLike, y: ArrayLike) -> np.ndarray:
+        """:meth:`fit`, then the model-space features of ``X`` (:meth:`transform`)."""
+        return self.fit(X, y).transform(X)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # 0/1 labels, 1 = the favourable outcome
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64"])
+        return tags
+
     def decision_function(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Decision values ``z = wᵀx + b`` in model space, shape ``(n,)``."""
-        return self.model_.decision_function(self.transform(X))
+        Z = self.transform(X)
+        return self.model_.decision_function(Z)
 
     def predict_proba(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Probabilities ``[1 − σ(z), σ(z)]``, shape ``(n, 2)``."""
-        return self.model_.predict_proba(self.transform(X))
+        Z = self.transform(X)
+        return self.model_.predict_proba(Z)
 
     def predict(self, X: pd.DataFrame | ArrayLike) -> np.ndarray:
         """Labels ``1[z > 0]``, shape ``(n,)``."""
-        return self.model_.predict(self.transform(X))
+        Z = self.transform(X)
+        return self.model_.predict(Z)
+
+    @property
+    def n_iter_(self) -> int:
+        """Newton iterations of the fitted model (:class:`LogisticRegressionL2`)."""
+        check_fitted(self, "model_")
+        return int(self.model_.n_iter_)
 
     def retrain(self, keep: ArrayLike) -> InfluenceSelector:
         """A new selector fitted on the kept training rows, preprocessing held fixed.
