@@ -147,7 +147,7 @@ def test_report_and_config_show_the_choice(run):
     ("kwargs", "message"),
     [
         ({"budget": "auto", "objectives": ["utility"]}, "a list with 'fairness'"),
-        ({"budget": "most"}, "budget must be a count >= 1, a fraction in"),
+        ({"budget": "most"}, r"budget must be auto, a fraction in \(0, 1\) or a whole count"),
         ({"target_dp": 0.05}, "use them with budget='auto'"),
         ({"budget": "auto", "max_accuracy_drop": 2.0}, r"max_accuracy_drop must be .*\[0, 1\]"),
         ({"strategy": "greedy"}, "strategy must be one of"),

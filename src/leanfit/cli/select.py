@@ -36,22 +36,6 @@ OPTION_NAMES = {
 }
 
 
-def parse_budget(text: str) -> int | float | str:
-    """``--budget``: ``auto``, a fraction in (0, 1) or a whole count ≥ 1 (its range is checked
-    later, against the number of training rows)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if 0 < value < 1:
-        return value
-    if value >= 1 and value.is_integer():
-        return int(value)
-    raise bad_value("--budget", text, "auto, a fraction in (0, 1) or a whole count >= 1")
-
-
 def parse_fraction(text: str | None, option: str) -> float | None:
     """A number in [0, 1] given as text (``None`` when the option is absent)."""
     if text is None:
@@ -213,19 +197,21 @@ def _objectives(values: list[str] | None) -> list[str]:
 
 def _check_options(args: argparse.Namespace) -> dict:
     """The method options, checked before any data is read; errors name the options."""
-    budget = parse_budget(args.budget)
+    from leanfit.selection.budget import Budget
+
+    budget = Budget.parse(args.budget, "--budget")
     objectives = _objectives(args.objective)
     steering = {
         "max_accuracy_drop": parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop"),
         "target_dp": parse_fraction(args.target_dp, "--target-dp"),
     }
     given = [f"--{k.replace('_', '-')}" for k, v in steering.items() if v is not None]
-    if budget != "auto" and given:
+    if not budget.is_auto and given:
         raise BadInputError(
             f"{' and '.join(given)} choose the budget: use with --budget auto; got --budget "
             f"{args.budget}"
         )
-    if budget == "auto" and not {"fairness", "all"} & set(objectives):
+    if budget.is_auto and not {"fairness", "all"} & set(objectives):
         raise BadInputError(
             "--budget auto chooses the budget on the validation demographic-parity gap: add "
             f"fairness to --objective; got --objective {','.join(objectives)}"
@@ -241,13 +227,12 @@ def _check_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from leanfit.selection.influence import check_cardinality
-    from leanfit.selection.trimming import resolve_budget
     from leanfit.selection.workflow import run_selection
 
     options = _check_options(args)
     split = _load(args)
-    if options["budget"] != "auto":
-        resolve_budget(options["budget"], len(split.train), "--budget")
+    if not options["budget"].is_auto:
+        options["budget"].rows(len(split.train), "--budget")  # the range, named as the option
     max_categories = args.max_categories or None
     check_cardinality(split.train.X, max_categories, name="train", option="--max-categories")
     name = args.dataset or args.train.stem

@@ -29,6 +29,7 @@ and, choosing the budget on the validation set and protecting accuracy
 """
 
 from leanfit.selection.attacks import overshoot_attack, worst_case_margins
+from leanfit.selection.budget import Budget
 from leanfit.selection.explain import InfluenceTree, shrunk_node_values
 from leanfit.selection.influence import InfluenceSelector, make_preprocessor
 from leanfit.selection.metrics import (
@@ -82,6 +83,7 @@ from leanfit.selection.workflow import SelectionResult, run_selection
 
 __all__ = [
     "ADULT_L2_REG",
+    "Budget",
     "BudgetChoice",
     "DemographicParity",
     "EqualOpportunity",

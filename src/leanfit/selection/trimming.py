@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import check_binary_labels
+from leanfit.selection.budget import Budget
 from leanfit.selection.influence import InfluenceSelector, resolve_sensitive
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.models import LogisticRegressionL2
@@ -32,17 +33,9 @@ def resolve_budget(budget: object, n: int, name: str = "budget") -> int:
     """Number of samples a budget removes out of ``n``.
 
     ``budget`` is an integer count in ``[1, n − 1]`` or a float fraction in ``(0, 1)``
-    (``max(1, round(budget · n))``).
+    (``max(1, round(budget · n))``), or a :class:`~leanfit.selection.budget.Budget`.
     """
-    if isinstance(budget, bool) or not isinstance(budget, int | float | np.integer | np.floating):
-        raise bad_value(name, budget, f"a count in [1, {n - 1}] or a fraction in (0, 1)")
-    if isinstance(budget, int | np.integer):
-        if not 1 <= budget <= n - 1:
-            raise bad_value(name, budget, f"a count in [1, {n - 1}] (n = {n} training samples)")
-        return int(budget)
-    if not 0.0 < budget < 1.0:
-        raise bad_value(name, budget, "a fraction in the open interval (0, 1), or a count")
-    return max(1, round(budget * n))
+    return Budget.of(budget, name).rows(n, name)
 
 
 def _influence_values(influence: pd.DataFrame | pd.Series | ArrayLike) -> np.ndarray:

@@ -64,6 +64,7 @@ from leanfit._version import __version__
 from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
+from leanfit.selection.budget import Budget
 from leanfit.selection.explain import InfluenceTree
 from leanfit.selection.influence import MAX_CATEGORIES, InfluenceSelector, check_cardinality
 from leanfit.selection.objectives import (
@@ -89,11 +90,7 @@ from leanfit.selection.steering import (
     masks_curve,
     strategy_keep,
 )
-from leanfit.selection.trimming import (
-    resolve_budget,
-    summarize_curve,
-    trimming_curve,
-)
+from leanfit.selection.trimming import summarize_curve, trimming_curve
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +197,7 @@ def run_selection(
     *,
     out_dir: str | Path,
     objectives: str | Sequence[str] = "all",
-    budget: int | float | str = 0.05,
+    budget: Budget | int | float | str = 0.05,
     strategy: str = "plain",
     max_accuracy_drop: float | None = None,
     target_dp: float | None = None,
@@ -228,7 +225,7 @@ def run_selection(
     objectives : str or sequence of str, default "all"
         Among ``"utility"``, ``"fairness"`` (demographic parity), ``"eop"`` (equal
         opportunity), ``"robustness"``; ``"all"`` is all four.
-    budget : int, float or "auto", default 0.05
+    budget : Budget, int, float or "auto", default 0.05
         Rows each objective removes: a count ``≥ 1`` or a fraction in ``(0, 1)`` of the
         training rows; ``"auto"``: the count chosen on the validation set for the fairness
         objective (:func:`leanfit.selection.steering.choose_budget`; ``objectives`` must
@@ -276,8 +273,9 @@ def run_selection(
     names = resolve_objective_names(objectives)
     n = len(train)
     strategy = check_strategy(strategy)
+    budget = Budget.of(budget)
     auto = _check_auto(budget, names, max_accuracy_drop, target_dp)
-    count = 0 if auto else resolve_budget(budget, n)
+    count = 0 if auto else budget.rows(n)
     seeds = _check_int("seeds", seeds, 0)
     curve_points = _check_int("curve_points", curve_points, 1)
     max_rules = _check_int("max_rules", max_rules, 2)
@@ -289,7 +287,7 @@ def run_selection(
         "leanfit_version": __version__,
         "data": data_config(train, val, test, description),
         "objectives": names,
-        "budget": budget,
+        "budget": budget.value,
         "n_removed": count,
         "strategy": strategy,
         "max_accuracy_drop": (
@@ -316,15 +314,13 @@ def run_selection(
 
 
 def _check_auto(
-    budget: int | float | str,
+    budget: Budget,
     names: list[str],
     max_accuracy_drop: float | None,
     target_dp: float | None,
 ) -> bool:
-    """Whether ``budget`` is ``"auto"``; its options are checked (and refused without it)."""
-    if isinstance(budget, str):
-        if budget != "auto":
-            raise bad_value("budget", budget, "a count >= 1, a fraction in (0, 1) or 'auto'")
+    """Whether ``budget`` is ``auto``; its options are checked (and refused without it)."""
+    if budget.is_auto:
         if "fairness" not in names:
             raise bad_value(
                 "objectives",
@@ -340,7 +336,7 @@ def _check_auto(
     if max_accuracy_drop is not None or target_dp is not None:
         raise BadInputError(
             "max_accuracy_drop and target_dp choose the budget: use them with budget='auto'; "
-            f"got budget={budget!r}"
+            f"got budget={budget.value!r}"
         )
     return False
 
