@@ -52,11 +52,10 @@ from leanfit.selection import (
     constrained_trim,
     evaluate,
     pareto_trim,
-    predicted_change,
     random_trim,
-    scalarized_trim,
     trim,
 )
+from leanfit.selection.pareto import predicted_change, scalarized_trim
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = [0.01, 0.02, 0.03, 0.05, 0.075, 0.10]

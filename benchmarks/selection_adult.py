@@ -41,9 +41,9 @@ from leanfit.selection import (
     Utility,
     WorstCaseRobustness,
     adult_protocol,
-    summarize_curve,
     trimming_curve,
 )
+from leanfit.selection.trimming import summarize_curve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = [round(0.005 * k, 3) for k in range(1, 11)]

@@ -14,8 +14,8 @@ from leanfit.selection import (
     OvershootRobustness,
     Utility,
     WorstCaseRobustness,
-    make_preprocessor,
 )
+from leanfit.selection.influence import make_preprocessor
 from leanfit.selection.models import per_sample_gradients
 from tests.selection.conftest import make_problem
 

@@ -12,9 +12,9 @@ from leanfit.selection import (
     demographic_parity_difference,
     equal_opportunity_difference,
     evaluate,
-    overshoot_attack,
     robust_accuracy,
 )
+from leanfit.selection.attacks import overshoot_attack
 from tests.selection.conftest import make_problem
 
 

@@ -12,9 +12,9 @@ from leanfit.selection import (
     OvershootRobustness,
     Utility,
     WorstCaseRobustness,
-    resolve_objectives,
 )
 from leanfit.selection.attacks import overshoot_attack, worst_case_margins
+from leanfit.selection.objectives import resolve_objectives
 from tests.selection.conftest import make_problem
 from tests.selection.test_models import FD_RTOL, numerical_gradient
 

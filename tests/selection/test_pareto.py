@@ -15,12 +15,10 @@ from leanfit.selection import (
     InfluenceSelector,
     constrained_trim,
     pareto_trim,
-    predicted_change,
     retrain_and_evaluate,
-    scalarized_trim,
-    tradeoff_front,
     trim,
 )
+from leanfit.selection.pareto import predicted_change, scalarized_trim, tradeoff_front
 
 # Objective (fairness) and utility influences: negative = harmful.
 TABLE = pd.DataFrame(

@@ -10,12 +10,11 @@ from leanfit.selection import (
     OvershootRobustness,
     iterative_trim,
     random_trim,
-    resolve_budget,
     retrain_and_evaluate,
-    summarize_curve,
     trim,
     trimming_curve,
 )
+from leanfit.selection.trimming import resolve_budget, summarize_curve
 from tests.selection.conftest import make_problem
 
 

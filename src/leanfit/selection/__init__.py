@@ -28,10 +28,9 @@ and, choosing the budget on the validation set and protecting accuracy
                            max_accuracy_drop=0.01)
 """
 
-from leanfit.selection.attacks import overshoot_attack, worst_case_margins
 from leanfit.selection.budget import Budget
-from leanfit.selection.explain import InfluenceTree, shrunk_node_values
-from leanfit.selection.influence import InfluenceSelector, make_preprocessor
+from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import (
     accuracy,
     demographic_parity_difference,
@@ -47,14 +46,10 @@ from leanfit.selection.objectives import (
     OvershootRobustness,
     Utility,
     WorstCaseRobustness,
-    resolve_objectives,
 )
 from leanfit.selection.pareto import (
     constrained_trim,
     pareto_trim,
-    predicted_change,
-    scalarized_trim,
-    tradeoff_front,
 )
 from leanfit.selection.protocols import (
     ADULT_L2_REG,
@@ -65,17 +60,12 @@ from leanfit.selection.protocols import (
 )
 from leanfit.selection.steering import (
     BudgetChoice,
-    auto_counts,
     choose_budget,
-    masks_curve,
-    strategy_keep,
 )
 from leanfit.selection.trimming import (
     iterative_trim,
     random_trim,
-    resolve_budget,
     retrain_and_evaluate,
-    summarize_curve,
     trim,
     trimming_curve,
 )
@@ -98,32 +88,19 @@ __all__ = [
     "WorstCaseRobustness",
     "accuracy",
     "adult_protocol",
-    "auto_counts",
     "choose_budget",
     "constrained_trim",
     "demographic_parity_difference",
     "equal_opportunity_difference",
     "evaluate",
     "iterative_trim",
-    "make_preprocessor",
-    "masks_curve",
-    "overshoot_attack",
     "pareto_trim",
-    "predicted_change",
     "random_trim",
-    "resolve_budget",
-    "resolve_objectives",
     "retrain_and_evaluate",
     "robust_accuracy",
     "run_selection",
-    "scalarized_trim",
-    "shrunk_node_values",
     "split_csv",
     "split_dataset",
-    "strategy_keep",
-    "summarize_curve",
-    "tradeoff_front",
     "trim",
     "trimming_curve",
-    "worst_case_margins",
 ]

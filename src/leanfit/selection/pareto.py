@@ -128,7 +128,7 @@ def constrained_trim(
         beneficial, negative = harmful). Not modified.
     budget : int or float
         Count in ``[1, n − 1]`` or fraction in ``(0, 1)`` of the ``n`` rows
-        (:func:`leanfit.selection.resolve_budget`).
+        (:meth:`leanfit.selection.Budget.of`).
     objective, utility : str
         Column names of ``I_f`` and ``I_u``.
     tolerance : float, default 0.0

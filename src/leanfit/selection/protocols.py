@@ -78,7 +78,7 @@ def adult_protocol(random_state: int = DEFAULT_SEED) -> ProtocolSplit:
         ``fnlwgt`` and without missing values, rows indexed by their 0-based row number in
         ``adult.data`` / ``adult.test``; ``l2_reg = 2.2622``, ``fit_intercept =
         False``. Use ``.X``, ``.y`` and ``.s`` of each part; the default preprocessing
-        (:func:`leanfit.selection.make_preprocessor`) then gives the paper's features.
+        (:func:`leanfit.selection.influence.make_preprocessor`) then gives the paper's features.
     """
     train = load_adult("train")
     test = load_adult("test")
