@@ -135,7 +135,8 @@ def check_binary_labels(
         )
     values = set(np.unique(array[~pd.isna(array)]).tolist()) if array.size else set()
     if pd.isna(array).any() or not values <= {0, 1}:
-        continuous = array.dtype.kind == "f" and bool((array % 1 != 0).any())
+        finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array[:0]
+        continuous = bool((finite % 1 != 0).any())
         prefix = (
             "Unknown label type: continuous; "
             if continuous
