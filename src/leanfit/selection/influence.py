@@ -351,9 +351,10 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         check_fitted(self, "model_")
         if not isinstance(X, pd.DataFrame):
             require_2d(np.asarray(X).shape, "X")
-        if self.features is None and _n_columns(X) != self.n_features_in_:
+        columns = _n_columns(X)
+        if self.features is None and columns != self.n_features_in_:
             raise BadInputError(
-                f"X has {_n_columns(X)} features, but InfluenceSelector is expecting "
+                f"X has {columns} features, but InfluenceSelector is expecting "
                 f"{self.n_features_in_} features as input (the columns it was fitted on)"
             )
         Z = self._to_matrix(X, fit=False)

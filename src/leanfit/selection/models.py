@@ -278,12 +278,13 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         found = minimize(
             value_and_gradient, hessian, theta, tol=self.tol, max_iter=self.max_iter, chord=chord
         )
-        self._set_solution(found, X.shape[1])
-        self.classes_ = classes
-        return self
+        return self._set_solution(found, X.shape[1], classes)
 
-    def _set_solution(self, found: NewtonResult, n_features: int) -> LogisticRegressionL2:
-        """Store the minimizer ``found`` (warning if Newton did not converge)."""
+    def _set_solution(
+        self, found: NewtonResult, n_features: int, classes: np.ndarray | None = None
+    ) -> LogisticRegressionL2:
+        """Store the minimizer ``found`` (warning if Newton did not converge) and the two
+        ``classes`` (default ``[0, 1]``)."""
         if not found.converged:
             warnings.warn(
                 f"Newton did not converge in max_iter={self.max_iter} iterations; "
@@ -294,7 +295,7 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         self._set_theta(found.theta, n_features)
         self.hessian_cholesky_ = found.factor
         self.n_iter_ = found.n_iter
-        self.classes_ = np.array([0, 1])  # fit replaces them by the labels it was given
+        self.classes_ = np.array([0, 1]) if classes is None else classes
         self.n_features_in_ = n_features
         return self
 
