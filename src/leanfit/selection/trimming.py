@@ -330,7 +330,10 @@ def trimming_curve(
     counts = sorted({resolve_budget(b, n) for b in np.atleast_1d(np.asarray(budgets, object))})
     # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
     # that ``val_objective`` measures the cost the influence was computed for.
-    objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
+    objectives = selector.prepare_objectives(
+        X_val, y_val, sensitive_features=sensitive_features_val, objective=objective,
+        privileged=privileged,
+    )  # fmt: skip
     Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val: dict[str, Any] = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:

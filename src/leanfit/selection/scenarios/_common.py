@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 
 from leanfit.datasets import TABULAR, TabularDataset, load_adult
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.selection.config import ModelSettings
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.objectives import ObjectiveSpec
@@ -22,14 +22,6 @@ DROPPED = {"adult": ("fnlwgt",)}
 
 #: Test metrics reported by the tabular scenarios (see :func:`test_metrics`).
 METRICS = ("accuracy", "dp", "dp_abs", "eop_abs")
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """L2 logistic regression settings: ``L(θ) = Σᵢ ℓᵢ + (λ/2)‖w‖²``, optional intercept."""
-
-    l2_reg: float = 1.0
-    fit_intercept: bool = True
 
 
 #: Adult uses the paper's model (λ = 2.2622, no intercept, features standardized); the smaller

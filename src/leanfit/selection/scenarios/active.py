@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from leanfit.datasets import TabularDataset
+from leanfit.selection.config import ModelSettings
 from leanfit.selection.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.scenarios._common import (
-    ModelSettings,
     ScenarioConfig,
     check_choice,
     check_count,

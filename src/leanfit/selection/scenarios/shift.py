@@ -34,10 +34,10 @@ from numpy.typing import ArrayLike
 
 from leanfit.datasets import TabularDataset, load_csv
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.selection.config import ModelSettings
 from leanfit.selection.models import LogisticRegressionL2
 from leanfit.selection.objectives import DemographicParity
 from leanfit.selection.scenarios._common import (
-    ModelSettings,
     ScenarioConfig,
     check_choice,
     check_count,
