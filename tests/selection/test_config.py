@@ -9,8 +9,8 @@ from leanfit import __version__
 from leanfit.exceptions import BadInputError
 from leanfit.selection import Budget, ModelSettings, SelectionConfig
 from leanfit.selection.config import DataSummary, RunRecord
-from leanfit.selection.report import run_json
-from leanfit.selection.steering import choose_budget
+from leanfit.selection.explanation.report import run_json
+from leanfit.selection.policies.steering import choose_budget
 
 ALL = ("utility", "fairness", "eop", "robustness")
 

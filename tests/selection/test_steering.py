@@ -1,4 +1,4 @@
-"""Strategies and the budget chosen on validation (leanfit.selection.steering)."""
+"""Strategies and the budget chosen on validation (leanfit.selection.policies.steering)."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 
 from leanfit.exceptions import BadInputError
 from leanfit.selection import constrained_trim, pareto_trim, trim
-from leanfit.selection.steering import (
+from leanfit.selection.policies.steering import (
     AUTO_FRACTIONS,
     auto_counts,
     choose_budget,
@@ -169,7 +169,7 @@ def test_gap_standard_error():
 
 def test_masks_curve_retrains_each_mask_once(adult, monkeypatch):
     from leanfit.selection import InfluenceSelector, retrain_and_evaluate
-    from leanfit.selection.steering import masks_curve
+    from leanfit.selection.policies.steering import masks_curve
 
     split, selector = adult
     n = selector.train_index_.shape[0]

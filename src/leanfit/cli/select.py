@@ -19,13 +19,13 @@ from leanfit.exceptions import BadInputError, bad_value
 DATASETS = ("adult", "arrests", "bank", "compas", "german")
 #: ``leanfit.selection.config.OBJECTIVES``.
 OBJECTIVES = ("utility", "fairness", "eop", "robustness")
-#: ``leanfit.selection.steering.STRATEGIES``.
+#: ``leanfit.selection.policies.steering.STRATEGIES``.
 STRATEGIES = ("plain", "constrained", "pareto")
 #: ``leanfit.selection.protocols.DEFAULT_SEED``.
 DEFAULT_SEED = 42000
 #: ``leanfit.selection.influence.MAX_CATEGORIES``.
 MAX_CATEGORIES = 1000
-#: ``leanfit.selection.steering.DEFAULT_MAX_ACCURACY_DROP``.
+#: ``leanfit.selection.policies.steering.DEFAULT_MAX_ACCURACY_DROP``.
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: Options of the CSV input only.
 CSV_ONLY = ("target", "sensitive", "positive", "privileged", "categorical", "val")
@@ -197,7 +197,7 @@ def _objectives(values: list[str] | None) -> list[str]:
 
 def _check_options(args: argparse.Namespace) -> dict:
     """The method options, checked before any data is read; errors name the options."""
-    from leanfit.selection.budget import Budget
+    from leanfit.selection.policies.budget import Budget
 
     budget = Budget.parse(args.budget, "--budget")
     objectives = _objectives(args.objective)

@@ -23,7 +23,7 @@ or, end to end with a report (what ``leanfit select`` runs)::
     result = run_selection(split.train, split.val, split.test, config, out_dir="selection-adult")
 
 and, choosing the budget on the validation set and protecting accuracy
-(:mod:`leanfit.selection.steering`)::
+(:mod:`leanfit.selection.policies.steering`)::
 
     from leanfit.selection import Budget
 
@@ -32,9 +32,8 @@ and, choosing the budget on the validation set and protecting accuracy
     result = run_selection(split.train, split.val, split.test, auto, out_dir="selection-auto")
 """
 
-from leanfit.selection.budget import Budget
 from leanfit.selection.config import ModelSettings, RunRecord, SelectionConfig
-from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.explanation.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import (
     accuracy,
@@ -52,9 +51,21 @@ from leanfit.selection.objectives import (
     Utility,
     WorstCaseRobustness,
 )
-from leanfit.selection.pareto import (
+from leanfit.selection.policies.budget import Budget
+from leanfit.selection.policies.pareto import (
     constrained_trim,
     pareto_trim,
+)
+from leanfit.selection.policies.steering import (
+    BudgetChoice,
+    choose_budget,
+)
+from leanfit.selection.policies.trimming import (
+    iterative_trim,
+    random_trim,
+    retrain_and_evaluate,
+    trim,
+    trimming_curve,
 )
 from leanfit.selection.protocols import (
     ADULT_L2_REG,
@@ -62,17 +73,6 @@ from leanfit.selection.protocols import (
     adult_protocol,
     split_csv,
     split_dataset,
-)
-from leanfit.selection.steering import (
-    BudgetChoice,
-    choose_budget,
-)
-from leanfit.selection.trimming import (
-    iterative_trim,
-    random_trim,
-    retrain_and_evaluate,
-    trim,
-    trimming_curve,
 )
 from leanfit.selection.workflow import SelectionResult, run_selection
 

@@ -1,15 +1,15 @@
 """The settings of a selection run and the record of what it decided.
 
 :class:`SelectionConfig` is what :func:`leanfit.selection.run_selection` is asked to do: the
-objectives, the :class:`~leanfit.selection.budget.Budget`, the strategy, the model
+objectives, the :class:`~leanfit.selection.policies.budget.Budget`, the strategy, the model
 (:class:`ModelSettings`) and the sizes of the curves, rules and baseline. It is frozen and
 checked once, when it is built (``leanfit select`` builds it from its parsed options); the
 run reads its typed fields and never changes it.
 
 :class:`RunRecord` is what the run decided on the way (the count of rows removed, the grid of
 the curves, the automatic budget's choice, the trees' shrinkage): built once at the end of
-the computations and held by :class:`~leanfit.selection.report.SelectionResult`.
-``config.json`` is written from the two (:func:`leanfit.selection.report.run_json`).
+the computations and held by :class:`~leanfit.selection.explanation.report.SelectionResult`.
+``config.json`` is written from the two (:func:`leanfit.selection.explanation.report.run_json`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from leanfit.exceptions import BadInputError, bad_value
-from leanfit.selection.budget import Budget
 from leanfit.selection.influence import MAX_CATEGORIES
-from leanfit.selection.steering import (
+from leanfit.selection.policies.budget import Budget
+from leanfit.selection.policies.steering import (
     DEFAULT_MAX_ACCURACY_DROP,
     BudgetChoice,
     check_fraction,
@@ -101,16 +101,17 @@ class SelectionConfig:
     budget : Budget, default 5 %
         Rows each objective removes: a count, a fraction of the training rows, or ``auto``:
         the count chosen on the validation set for the fairness objective
-        (:func:`leanfit.selection.steering.choose_budget`; ``objectives`` must include
+        (:func:`leanfit.selection.policies.steering.choose_budget`; ``objectives`` must include
         ``"fairness"``), used by every objective. An int, a float or ``"auto"`` is turned into
         a :class:`Budget` (:meth:`Budget.of`). A count is checked against the training rows
         when the run starts.
     strategy : {"plain", "constrained", "pareto"}, default "plain"
         How the fairness, eop and robustness objectives pick their rows
-        (:mod:`leanfit.selection.steering`); not plain: the report also shows plain trimming.
+        (:mod:`leanfit.selection.policies.steering`); not plain: the report also shows plain
+        trimming.
     max_accuracy_drop : float in [0, 1] or None
         With ``budget`` auto only: the largest validation accuracy loss allowed; None there
-        becomes :data:`~leanfit.selection.steering.DEFAULT_MAX_ACCURACY_DROP` (0.01).
+        becomes :data:`~leanfit.selection.policies.steering.DEFAULT_MAX_ACCURACY_DROP` (0.01).
     target_dp : float in [0, 1] or None
         With ``budget`` auto only: the validation absolute DP gap to reach with the fewest rows.
     model : ModelSettings

@@ -10,7 +10,7 @@ are named below), it
 2. computes the influence of every training row on each validation objective
    (positive = beneficial, negative = harmful);
 3. for each objective, removes the ``budget`` most harmful rows (or the rows a
-   utility-protecting ``strategy`` picks, :mod:`leanfit.selection.steering`), retrains
+   utility-protecting ``strategy`` picks, :mod:`leanfit.selection.policies.steering`), retrains
    (preprocessing held fixed) and evaluates on the test table; with an ``auto`` budget it
    first chooses the count on the *validation* table from the fairness trimming curve;
 4. traces test metrics over a grid of budgets up to twice ``budget``, against removing
@@ -66,7 +66,14 @@ from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
 from leanfit.selection.config import RunRecord, SelectionConfig
-from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.explanation.explain import InfluenceTree
+from leanfit.selection.explanation.report import (
+    METRICS,
+    SelectionResult,
+    data_summary,
+    table_methods,
+    write_outputs,
+)
 from leanfit.selection.influence import InfluenceSelector, check_cardinality
 from leanfit.selection.objectives import (
     DemographicParity,
@@ -74,21 +81,14 @@ from leanfit.selection.objectives import (
     Objective,
     resolve_objectives,
 )
-from leanfit.selection.report import (
-    METRICS,
-    SelectionResult,
-    data_summary,
-    table_methods,
-    write_outputs,
-)
-from leanfit.selection.steering import (
+from leanfit.selection.policies.steering import (
     BudgetChoice,
     auto_counts,
     choose_budget,
     masks_curve,
     strategy_keep,
 )
-from leanfit.selection.trimming import summarize_curve, trimming_curve
+from leanfit.selection.policies.trimming import summarize_curve, trimming_curve
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError
 from leanfit.selection.attacks import worst_case_margins
 from leanfit.selection.objectives import DemographicParity
+from leanfit.selection.policies.trimming import trim
 from leanfit.selection.scenarios._common import (
     choose_budget_on_validation,
     evaluate_model,
@@ -33,7 +34,6 @@ from leanfit.selection.scenarios.poisoning import (
 )
 from leanfit.selection.scenarios.shift import make_shift, reweighing_weights
 from leanfit.selection.scenarios.surrogate import mlp_hidden_features
-from leanfit.selection.trimming import trim
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from leanfit.selection.config import ModelSettings
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.objectives import ObjectiveSpec
-from leanfit.selection.steering import choose_budget
+from leanfit.selection.policies.steering import choose_budget
 
 #: Columns left out of each vendored table (Adult's census sampling weight is not a feature,
 #: as in the paper's preprocessing).
@@ -204,8 +204,9 @@ def choose_budget_on_validation(
 ) -> float:
     """The trimming budget whose retrained model is best on validation data.
 
-    The rule of ``leanfit select --budget auto`` (:func:`leanfit.selection.steering.choose_budget`)
-    applied to the candidate keep-masks (budget → mask over ``selector``'s training rows):
+    The rule of ``leanfit select --budget auto``
+    (:func:`leanfit.selection.policies.steering.choose_budget`) applied to the candidate
+    keep-masks (budget → mask over ``selector``'s training rows):
     each is retrained and evaluated on ``val``; among those whose validation accuracy is at
     most ``max_accuracy_drop`` below the untrimmed model's, the one with the lowest validation
     cost (ties: the smaller budget), provided it is below the untrimmed model's. The cost is

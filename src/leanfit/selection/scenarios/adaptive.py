@@ -30,6 +30,7 @@ from leanfit.selection.attacks import check_eps, check_norm, worst_case_margins
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import linear_parameters
 from leanfit.selection.objectives import WorstCaseRobustness
+from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
     check_choice,
@@ -40,7 +41,6 @@ from leanfit.selection.scenarios._common import (
     model_settings,
     tabular_splits,
 )
-from leanfit.selection.trimming import random_trim, trim
 
 ADAPTIVE_DATASETS = ("adult", "german", "compas", "bank")
 

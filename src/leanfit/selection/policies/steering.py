@@ -1,7 +1,7 @@
 """Steering fairness trimming: which rows a strategy removes, and a budget chosen on validation.
 
 Strategies (for an objective column ``I_f`` and the utility column ``I_u`` of an influence
-table, both "positive = beneficial"; see :mod:`leanfit.selection.pareto`):
+table, both "positive = beneficial"; see :mod:`leanfit.selection.policies.pareto`):
 
 * ``"plain"`` — the ``k`` rows with the most negative ``I_f`` (:func:`leanfit.selection.trim`);
 * ``"constrained"`` — the same among rows whose removal is not predicted to cost utility,
@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from leanfit.exceptions import bad_value
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
-from leanfit.selection.pareto import constrained_trim, pareto_trim
-from leanfit.selection.trimming import evaluation_set, trim
+from leanfit.selection.policies.pareto import constrained_trim, pareto_trim
+from leanfit.selection.policies.trimming import evaluation_set, trim
 
 #: Trimming strategies, in report order.
 STRATEGIES = ("plain", "constrained", "pareto")

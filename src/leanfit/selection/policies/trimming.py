@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import check_binary_labels
-from leanfit.selection.budget import Budget
 from leanfit.selection.influence import InfluenceSelector, resolve_sensitive
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.models import LogisticRegressionL2
 from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
+from leanfit.selection.policies.budget import Budget
 
 METRIC_COLUMNS = ("accuracy", "dp", "dp_abs", "eop", "eop_abs", "robust_acc")
 
@@ -33,7 +33,7 @@ def resolve_budget(budget: object, n: int, name: str = "budget") -> int:
     """Number of samples a budget removes out of ``n``.
 
     ``budget`` is an integer count in ``[1, n − 1]`` or a float fraction in ``(0, 1)``
-    (``max(1, round(budget · n))``), or a :class:`~leanfit.selection.budget.Budget`.
+    (``max(1, round(budget · n))``), or a :class:`~leanfit.selection.policies.budget.Budget`.
     """
     return Budget.of(budget, name).rows(n, name)
 

@@ -29,9 +29,9 @@ from leanfit.reports import (
     write_report,
 )
 from leanfit.selection.config import DataSummary, RunRecord, SelectionConfig
-from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.explanation.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
-from leanfit.selection.steering import BudgetChoice
+from leanfit.selection.policies.steering import BudgetChoice
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SelectionResult:
     curve : DataFrame
         The trimming curves (:func:`leanfit.selection.trimming_curve`, tidy), plus the rows
         of the strategy (``method`` "<strategy>:<objective>",
-        :func:`leanfit.selection.steering.masks_curve`) when it is not plain.
+        :func:`leanfit.selection.policies.steering.masks_curve`) when it is not plain.
     rules : dict of str to DataFrame
         Per objective, :meth:`InfluenceTree.rules` (most harmful first).
     selector : InfluenceSelector
