@@ -55,7 +55,7 @@ from leanfit.selection import (
     random_trim,
     trim,
 )
-from leanfit.selection.pareto import predicted_change, scalarized_trim
+from leanfit.selection.policies.pareto import predicted_change, scalarized_trim
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = [0.01, 0.02, 0.03, 0.05, 0.075, 0.10]

@@ -43,7 +43,7 @@ from leanfit.selection import (
     adult_protocol,
     trimming_curve,
 )
-from leanfit.selection.trimming import summarize_curve
+from leanfit.selection.policies.trimming import summarize_curve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = [round(0.005 * k, 3) for k in range(1, 11)]

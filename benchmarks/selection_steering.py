@@ -15,7 +15,7 @@ Setting:
   = the halves of ``adult.test``, shuffled with seeds 0–4; λ = 2.2622, no intercept), where
   the default 5 % budget costs accuracy.
 * Influence on the validation rows for utility (log-loss) and the absolute DP gap of predicted
-  probabilities; selections by :func:`leanfit.selection.steering.strategy_keep`.
+  probabilities; selections by :func:`leanfit.selection.policies.steering.strategy_keep`.
 * Budgets: 5 % (the CLI default); ``auto``: :func:`choose_budget` on the validation curve of
   the same strategy (grid :func:`auto_counts`, 0.25 %–20 %), with ``max_accuracy_drop`` 0.01
   and no target, and with ``target_dp`` 0.02.
@@ -51,7 +51,7 @@ from leanfit.selection import (
     retrain_and_evaluate,
     split_dataset,
 )
-from leanfit.selection.steering import (
+from leanfit.selection.policies.steering import (
     STRATEGIES,
     auto_counts,
     choose_budget,

@@ -237,10 +237,11 @@ def test_auto_budget_and_strategy_without_positive_or_privileged(csv_files, tmp_
 def test_constants_mirror_the_library():
     from leanfit.cli import select as cli
     from leanfit.datasets import TABULAR
-    from leanfit.selection import influence, protocols, steering, workflow
+    from leanfit.selection import config, influence, protocols
+    from leanfit.selection.policies import steering
 
     assert cli.DATASETS == tuple(sorted(TABULAR))
-    assert cli.OBJECTIVES == workflow.OBJECTIVES and cli.STRATEGIES == steering.STRATEGIES
+    assert cli.OBJECTIVES == config.OBJECTIVES and cli.STRATEGIES == steering.STRATEGIES
     assert cli.DEFAULT_SEED == protocols.DEFAULT_SEED
     assert cli.MAX_CATEGORIES == influence.MAX_CATEGORIES
     assert cli.DEFAULT_MAX_ACCURACY_DROP == steering.DEFAULT_MAX_ACCURACY_DROP

@@ -95,18 +95,16 @@ def loftq_minilm_step(out: Path) -> str:
 
 def selection_step(out: Path) -> str:
     """Influence-based data selection on Adult (the paper's protocol), all objectives, 5 %."""
-    from leanfit.selection import adult_protocol, run_selection
+    from leanfit.selection import ModelSettings, SelectionConfig, adult_protocol, run_selection
 
     split = adult_protocol()
+    config = SelectionConfig(model=ModelSettings(split.l2_reg, split.fit_intercept))
     result = run_selection(
         split.train,
         split.val,
         split.test,
+        config,
         out_dir=out / "selection-adult",
-        objectives="all",
-        budget=0.05,
-        l2_reg=split.l2_reg,
-        fit_intercept=split.fit_intercept,
         overwrite=True,
         description=split.description,
     )

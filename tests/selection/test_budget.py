@@ -1,4 +1,4 @@
-"""The trimming budget, parsed once (leanfit.selection.budget)."""
+"""The trimming budget, parsed once (leanfit.selection.policies.budget)."""
 
 import math
 

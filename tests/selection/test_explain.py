@@ -13,7 +13,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from leanfit.datasets import load_adult
 from leanfit.exceptions import BadInputError, NotFittedError
-from leanfit.selection.explain import (
+from leanfit.selection.explanation.explain import (
     HARMFUL_COLOR,
     MISSING,
     InfluenceTree,

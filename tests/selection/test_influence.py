@@ -143,6 +143,46 @@ def test_retrain_keeps_preprocessing_and_equals_a_fit_on_the_kept_rows():
     assert selector.model_.theta_ is not retrained.model_.theta_
 
 
+def test_prepared_objectives_keep_the_attack_points_of_the_fitted_model():
+    X, y, _ = make_problem(n=100, d=3, seed=9)
+    Xv, yv, sv = make_problem(n=50, d=3, seed=10)
+    selector = InfluenceSelector(0.7).fit(X, y)
+    args = {"sensitive_features": sv, "objective": ["fairness", "robustness"]}
+    fairness, robustness = selector.prepare_objectives(Xv, yv, **args)
+    assert fairness == DemographicParity()  # nothing to fix: returned as is
+    np.testing.assert_array_equal(robustness.reference, selector.model_.theta_)
+    # At θ̂ the prepared objectives are the ones influence and objective_values use.
+    pd.testing.assert_series_equal(
+        selector.objective_values(Xv, yv, **args),
+        selector.objective_values(Xv, yv, sensitive_features=sv, objective=[fairness, robustness]),
+    )
+    # After retraining, the prepared attack stays that of θ̂ (the cost the influence predicts);
+    # the name alone prepares a new attack at the retrained model.
+    retrained = selector.retrain(np.arange(100) % 3 != 0)
+    fixed = retrained.objective_values(Xv, yv, objective=robustness).iloc[0]
+    moved = retrained.objective_values(Xv, yv, objective="robustness").iloc[0]
+    theta = retrained.model_.theta_
+    assert fixed == robustness.value(theta, retrained.transform(Xv), yv)
+    assert fixed != moved
+
+
+def test_a_label_names_the_influence_column_and_changes_nothing_else():
+    X, y, _ = make_problem(n=80, d=3, seed=11)
+    Xv, yv, sv = make_problem(n=40, d=3, seed=12)
+    selector = InfluenceSelector(1.0).fit(X, y)
+    plain = [DemographicParity(absolute=True), EqualOpportunity(absolute=True)]
+    labelled = [
+        DemographicParity(absolute=True, label="fairness"),
+        EqualOpportunity(absolute=True, label="eop"),
+    ]
+    before = selector.influence(Xv, yv, sensitive_features=sv, objective=plain)
+    after = selector.influence(Xv, yv, sensitive_features=sv, objective=labelled)
+    assert list(before.columns) == ["fairness_abs", "eop_abs"]
+    assert list(after.columns) == ["fairness", "eop"]
+    # The same computation: only the column names differ.
+    np.testing.assert_array_equal(after.to_numpy(), before.to_numpy())
+
+
 def test_scikit_learn_estimator_contract():
     preprocessor = make_preprocessor(pd.DataFrame({"a": [1.0, 2.0]}))
     params = {

@@ -18,7 +18,7 @@ from leanfit.selection import (
     retrain_and_evaluate,
     trim,
 )
-from leanfit.selection.pareto import predicted_change, scalarized_trim, tradeoff_front
+from leanfit.selection.policies.pareto import predicted_change, scalarized_trim, tradeoff_front
 
 # Objective (fairness) and utility influences: negative = harmful.
 TABLE = pd.DataFrame(

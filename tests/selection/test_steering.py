@@ -1,4 +1,4 @@
-"""Strategies and the budget chosen on validation (leanfit.selection.steering)."""
+"""Strategies and the budget chosen on validation (leanfit.selection.policies.steering)."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 
 from leanfit.exceptions import BadInputError
 from leanfit.selection import constrained_trim, pareto_trim, trim
-from leanfit.selection.steering import (
+from leanfit.selection.policies.steering import (
     AUTO_FRACTIONS,
     auto_counts,
     choose_budget,
@@ -67,6 +67,44 @@ def test_nothing_removed_when_no_budget_helps():
 def test_ties_go_to_the_smaller_budget_and_rows_may_come_unsorted():
     tied = curve([(30, 0.8, 0.05), (0, 0.8, 0.2), (10, 0.8, 0.05)])
     assert choose_budget(tied).n_removed == 10
+
+
+def test_another_criterion_is_lowered_by_the_same_rule():
+    # A cost in its own column (here an error rate under attack), the gap left aside: the
+    # admissible count with the lowest cost, ties to the smaller count, 0 if none helps.
+    costs = CURVE.assign(attacked_error=[0.40, 0.35, 0.30, 0.30, 0.10, 0.05])
+    choice = choose_budget(costs, max_accuracy_drop=0.01, criterion="attacked_error")
+    assert (choice.n_removed, choice.rule) == (20, "lowest-gap")
+    assert "attacked_error 0.4000 → 0.3000" in choice.reason and "|DP|" not in choice.reason
+    assert list(choice.curve.columns[:5]) == [
+        "n_removed",
+        "budget",
+        "rows_removed",
+        "accuracy",
+        "dp",
+    ]
+    assert choose_budget(costs, max_accuracy_drop=0.05, criterion="attacked_error").n_removed == 80
+    assert choose_budget(costs, max_accuracy_drop=0.1, criterion="attacked_error").n_removed == 160
+    # The target applies to the criterion.
+    reached = choose_budget(
+        costs, max_accuracy_drop=0.05, target_dp=0.3, criterion="attacked_error"
+    )
+    assert (reached.n_removed, reached.rule) == (20, "target")
+    flat = CURVE.assign(attacked_error=0.4)
+    assert choose_budget(flat, criterion="attacked_error").rule == "none"
+    with pytest.raises(BadInputError, match="criterion must be a column of curve"):
+        choose_budget(CURVE, criterion="attacked_error")
+
+
+def test_rows_with_the_same_count_keep_their_order():
+    # Two requested fractions may round to the same count (same rows, same metrics): both
+    # are marked chosen, in the order given, so that a caller can take the first.
+    twice = curve([(0, 0.8, 0.2), (10, 0.8, 0.05), (10, 0.8, 0.05)]).assign(budget=[0, 0.01, 0.011])
+    choice = choose_budget(twice)
+    assert choice.n_removed == 10 and list(choice.curve.budget[choice.curve.chosen]) == [
+        0.01,
+        0.011,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -131,7 +169,7 @@ def test_gap_standard_error():
 
 def test_masks_curve_retrains_each_mask_once(adult, monkeypatch):
     from leanfit.selection import InfluenceSelector, retrain_and_evaluate
-    from leanfit.selection.steering import masks_curve
+    from leanfit.selection.policies.steering import masks_curve
 
     split, selector = adult
     n = selector.train_index_.shape[0]

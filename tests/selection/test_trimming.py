@@ -14,7 +14,7 @@ from leanfit.selection import (
     trim,
     trimming_curve,
 )
-from leanfit.selection.trimming import resolve_budget, summarize_curve
+from leanfit.selection.policies.trimming import resolve_budget, summarize_curve
 from tests.selection.conftest import make_problem
 
 

@@ -14,9 +14,11 @@ from leanfit import __version__
 from leanfit.datasets import load_adult, load_german
 from leanfit.exceptions import BadInputError
 from leanfit.selection import (
+    Budget,
     DemographicParity,
     EqualOpportunity,
     InfluenceSelector,
+    SelectionConfig,
     evaluate,
     retrain_and_evaluate,
     run_selection,
@@ -24,8 +26,9 @@ from leanfit.selection import (
     split_dataset,
     trim,
 )
+from leanfit.selection.config import resolve_objective_names
 from leanfit.selection.protocols import split_halves
-from leanfit.selection.workflow import curve_budgets, min_rule_rows, resolve_objective_names
+from leanfit.selection.workflow import curve_budgets, min_rule_rows
 
 OBJECTIVES = ["utility", "fairness", "eop", "robustness"]
 BUDGET = 0.05
@@ -45,9 +48,8 @@ def run(german, tmp_path_factory):
         german.train,
         german.val,
         german.test,
+        SelectionConfig(budget=Budget(fraction=BUDGET), seeds=2),
         out_dir=out,
-        budget=BUDGET,
-        seeds=2,
         progress=False,
         description=german.description,
     )
@@ -189,9 +191,8 @@ def test_fairness_does_not_depend_on_which_group_is_called_privileged(run, germa
     # sign of every signed gap but leaves the influence, hence the rows trimmed, unchanged.
     result, _ = run
     flipped = [replace(getattr(german, p), privileged="female") for p in ("train", "val", "test")]
-    other = run_selection(
-        *flipped, out_dir=tmp_path / "o", objectives=["fairness", "eop"], seeds=0, progress=False
-    )
+    config = SelectionConfig(objectives=("fairness", "eop"), seeds=0)
+    other = run_selection(*flipped, config, out_dir=tmp_path / "o", progress=False)
     # Same computation with the group labels swapped: equal up to float rounding.
     np.testing.assert_allclose(
         other.influence.to_numpy(), result.influence[["fairness", "eop"]].to_numpy(), rtol=1e-9
@@ -222,19 +223,20 @@ def test_an_existing_output_is_refused_and_kept(german, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"objectives": "speed"}, "objective must be one of"),
-        ({"objectives": []}, "objectives must be a non-empty list"),
-        ({"budget": 0}, "budget must be"),
+        ({"objectives": ("speed",)}, "objective must be one of"),
+        ({"objectives": ()}, "objectives must be a non-empty list"),
+        ({"budget": Budget(count=0)}, "budget must be"),
         ({"budget": 1.5}, "budget must be"),
         ({"budget": 600}, r"budget must be a count in \[1, 599\]"),
         ({"seeds": -1}, "seeds must be an integer >= 0"),
         ({"max_rules": 1}, "max_rules must be an integer >= 2"),
-        ({"fit_intercept": "yes"}, "fit_intercept must be True or False"),
     ],
 )
 def test_bad_parameters_are_named(german, tmp_path, kwargs, message):
+    # Checked when the config is built, except a count, checked against the training rows.
     with pytest.raises(BadInputError, match=message):
-        run_selection(german.train, german.val, german.test, out_dir=tmp_path / "o", **kwargs)
+        config = SelectionConfig(**kwargs)
+        run_selection(german.train, german.val, german.test, config, out_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
@@ -249,11 +251,11 @@ def test_tables_must_agree(german, tmp_path):
 
 
 def test_objective_names_and_curve_grid():
-    assert resolve_objective_names("all") == OBJECTIVES
-    assert resolve_objective_names(["robustness", "utility", "utility"]) == [
+    assert resolve_objective_names("all") == tuple(OBJECTIVES)
+    assert resolve_objective_names(["robustness", "utility", "utility"]) == (
         "utility",
         "robustness",
-    ]
+    )
     assert curve_budgets(30, 600) == [15, 30, 45, 60]
     assert curve_budgets(30, 600, points=3) == [20, 30, 40, 60]  # the budget itself is kept
     assert curve_budgets(400, 600) == [200, 400, 599]  # capped at n − 1
@@ -297,10 +299,10 @@ def test_a_budget_that_overshoots_is_reported(run, tmp_path, caplog):
     # Bank: 14 validation rows under 25, 3 of them positive, so the equal-opportunity gap
     # swings past zero long before 100 rows are removed; the validation cost then rises.
     bank = split_dataset("bank")
+    config = SelectionConfig(objectives=("eop",), budget=Budget(count=100), seeds=0, curve_points=2)
     result = run_selection(
-        bank.train, bank.val, bank.test, out_dir=tmp_path / "bank", objectives="eop",
-        budget=100, seeds=0, curve_points=2, progress=False,
-    )  # fmt: skip
+        bank.train, bank.val, bank.test, config, out_dir=tmp_path / "bank", progress=False
+    )
     cost = result.curve.set_index("n_removed")["val_objective"]
     assert cost.loc[100] > cost.loc[0]
     assert len(result.notes) == 1 and "raised the validation eop cost" in result.notes[0]

@@ -10,8 +10,10 @@ import pytest
 from leanfit.datasets import load_arrests
 from leanfit.exceptions import BadInputError
 from leanfit.selection import (
+    Budget,
     DemographicParity,
     InfluenceSelector,
+    SelectionConfig,
     constrained_trim,
     retrain_and_evaluate,
     run_selection,
@@ -33,11 +35,10 @@ def steered(split, out, test=None):
         split.train,
         split.val,
         split.test if test is None else test,
+        SelectionConfig(
+            objectives=("fairness",), budget=Budget.of("auto"), strategy="constrained", seeds=1
+        ),
         out_dir=out,
-        objectives=["fairness"],
-        budget="auto",
-        strategy="constrained",
-        seeds=1,
         progress=False,
         description=split.description,
     )
@@ -66,7 +67,7 @@ def test_the_budget_is_chosen_on_validation(run, arrests, direct):
     selector, influence = direct
     choice = run.budget_choice
     count = run.n_removed
-    assert count == choice.n_removed == run.config["n_removed"] and count > 0
+    assert count == choice.n_removed == run.record.n_removed and count > 0
     keep = constrained_trim(influence, count)
     np.testing.assert_array_equal(run.keep["fairness"], keep)
     # The chosen point of the validation curve is the constrained selection evaluated on the
@@ -146,17 +147,16 @@ def test_report_and_config_show_the_choice(run):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"budget": "auto", "objectives": ["utility"]}, "a list with 'fairness'"),
+        ({"budget": "auto", "objectives": ("utility",)}, "a list with 'fairness'"),
         ({"budget": "most"}, r"budget must be auto, a fraction in \(0, 1\) or a whole count"),
         ({"target_dp": 0.05}, "use them with budget='auto'"),
         ({"budget": "auto", "max_accuracy_drop": 2.0}, r"max_accuracy_drop must be .*\[0, 1\]"),
         ({"strategy": "greedy"}, "strategy must be one of"),
     ],
 )
-def test_bad_steering_parameters(arrests, tmp_path, kwargs, message):
+def test_bad_steering_parameters(kwargs, message):
     with pytest.raises(BadInputError, match=message):
-        run_selection(arrests.train, arrests.val, arrests.test, out_dir=tmp_path / "o", **kwargs)
-    assert not (tmp_path / "o").exists()
+        SelectionConfig(**kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,15 @@ from leanfit.exceptions import BadInputError, bad_value
 
 #: The vendored tables (``leanfit.datasets.TABULAR``).
 DATASETS = ("adult", "arrests", "bank", "compas", "german")
-#: ``leanfit.selection.workflow.OBJECTIVES``.
+#: ``leanfit.selection.config.OBJECTIVES``.
 OBJECTIVES = ("utility", "fairness", "eop", "robustness")
-#: ``leanfit.selection.steering.STRATEGIES``.
+#: ``leanfit.selection.policies.steering.STRATEGIES``.
 STRATEGIES = ("plain", "constrained", "pareto")
 #: ``leanfit.selection.protocols.DEFAULT_SEED``.
 DEFAULT_SEED = 42000
 #: ``leanfit.selection.influence.MAX_CATEGORIES``.
 MAX_CATEGORIES = 1000
-#: ``leanfit.selection.steering.DEFAULT_MAX_ACCURACY_DROP``.
+#: ``leanfit.selection.policies.steering.DEFAULT_MAX_ACCURACY_DROP``.
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: Options of the CSV input only.
 CSV_ONLY = ("target", "sensitive", "positive", "privileged", "categorical", "val")
@@ -197,7 +197,7 @@ def _objectives(values: list[str] | None) -> list[str]:
 
 def _check_options(args: argparse.Namespace) -> dict:
     """The method options, checked before any data is read; errors name the options."""
-    from leanfit.selection.budget import Budget
+    from leanfit.selection.policies.budget import Budget
 
     budget = Budget.parse(args.budget, "--budget")
     objectives = _objectives(args.objective)
@@ -226,6 +226,7 @@ def _check_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from leanfit.selection.config import ModelSettings, SelectionConfig
     from leanfit.selection.influence import check_cardinality
     from leanfit.selection.workflow import run_selection
 
@@ -235,22 +236,30 @@ def run(args: argparse.Namespace) -> int:
         options["budget"].rows(len(split.train), "--budget")  # the range, named as the option
     max_categories = args.max_categories or None
     check_cardinality(split.train.X, max_categories, name="train", option="--max-categories")
+    config = SelectionConfig(
+        objectives=tuple(options["objectives"]),
+        budget=options["budget"],
+        strategy=args.strategy,
+        max_accuracy_drop=options["max_accuracy_drop"],
+        target_dp=options["target_dp"],
+        model=ModelSettings(
+            split.l2_reg if args.l2 is None else args.l2,
+            split.fit_intercept if args.intercept is None else args.intercept,
+        ),
+        seeds=args.seeds,
+        seed=args.seed,
+        max_categories=max_categories,
+    )
     name = args.dataset or args.train.stem
     result = run_selection(
         split.train,
         split.val,
         split.test,
+        config,
         out_dir=args.out or Path(f"selection-{name}"),
-        strategy=args.strategy,
-        l2_reg=split.l2_reg if args.l2 is None else args.l2,
-        fit_intercept=split.fit_intercept if args.intercept is None else args.intercept,
-        seeds=args.seeds,
-        seed=args.seed,
-        max_categories=max_categories,
         overwrite=args.overwrite,
         progress=not args.quiet,
         description=split.description,
-        **options,
     )
     print(result.summary())
     return 0

@@ -16,20 +16,24 @@ or, end to end with a report (what ``leanfit select`` runs)::
 
     from leanfit.selection import adult_protocol, run_selection
 
+    from leanfit.selection import ModelSettings, SelectionConfig
+
     split = adult_protocol()
-    result = run_selection(split.train, split.val, split.test, out_dir="selection-adult",
-                           l2_reg=split.l2_reg, fit_intercept=split.fit_intercept)
+    config = SelectionConfig(model=ModelSettings(split.l2_reg, split.fit_intercept))
+    result = run_selection(split.train, split.val, split.test, config, out_dir="selection-adult")
 
 and, choosing the budget on the validation set and protecting accuracy
-(:mod:`leanfit.selection.steering`)::
+(:mod:`leanfit.selection.policies.steering`)::
 
-    result = run_selection(split.train, split.val, split.test, out_dir="selection-auto",
-                           objectives=["fairness"], budget="auto", strategy="constrained",
-                           max_accuracy_drop=0.01)
+    from leanfit.selection import Budget
+
+    auto = SelectionConfig(objectives=("fairness",), budget=Budget.of("auto"),
+                           strategy="constrained", max_accuracy_drop=0.01)
+    result = run_selection(split.train, split.val, split.test, auto, out_dir="selection-auto")
 """
 
-from leanfit.selection.budget import Budget
-from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.config import ModelSettings, RunRecord, SelectionConfig
+from leanfit.selection.explanation.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import (
     accuracy,
@@ -47,9 +51,21 @@ from leanfit.selection.objectives import (
     Utility,
     WorstCaseRobustness,
 )
-from leanfit.selection.pareto import (
+from leanfit.selection.policies.budget import Budget
+from leanfit.selection.policies.pareto import (
     constrained_trim,
     pareto_trim,
+)
+from leanfit.selection.policies.steering import (
+    BudgetChoice,
+    choose_budget,
+)
+from leanfit.selection.policies.trimming import (
+    iterative_trim,
+    random_trim,
+    retrain_and_evaluate,
+    trim,
+    trimming_curve,
 )
 from leanfit.selection.protocols import (
     ADULT_L2_REG,
@@ -57,17 +73,6 @@ from leanfit.selection.protocols import (
     adult_protocol,
     split_csv,
     split_dataset,
-)
-from leanfit.selection.steering import (
-    BudgetChoice,
-    choose_budget,
-)
-from leanfit.selection.trimming import (
-    iterative_trim,
-    random_trim,
-    retrain_and_evaluate,
-    trim,
-    trimming_curve,
 )
 from leanfit.selection.workflow import SelectionResult, run_selection
 
@@ -80,9 +85,12 @@ __all__ = [
     "InfluenceSelector",
     "InfluenceTree",
     "LogisticRegressionL2",
+    "ModelSettings",
     "Objective",
     "OvershootRobustness",
     "ProtocolSplit",
+    "RunRecord",
+    "SelectionConfig",
     "SelectionResult",
     "Utility",
     "WorstCaseRobustness",

@@ -455,6 +455,24 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         theta = self.model_.theta_
         return [o.prepare(theta, Z, y, s) for o in objectives], Z, y, s
 
+    def prepare_objectives(
+        self,
+        X_val: pd.DataFrame | ArrayLike,
+        y_val: ArrayLike,
+        *,
+        sensitive_features: str | ArrayLike | None = None,
+        objective: ObjectiveSpec = "utility",
+        privileged: object = None,
+    ) -> list[Objective]:
+        """The objectives with their parts held fixed at the fitted ``θ̂`` on this validation
+        set (:meth:`Objective.prepare`; same arguments as :meth:`influence`).
+
+        The overshoot robustness objective keeps the attack points of ``θ̂``: passed to
+        :meth:`objective_values` of a retrained selector, it measures the validation cost the
+        influence was computed for. The other objectives come back unchanged.
+        """
+        return self._prepared(X_val, y_val, sensitive_features, privileged, objective)[0]
+
     def influence(
         self,
         X_val: pd.DataFrame | ArrayLike,

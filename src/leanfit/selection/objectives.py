@@ -28,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 import numpy as np
 from scipy.special import expit
@@ -44,16 +44,32 @@ from leanfit.selection.attacks import (
 from leanfit.selection.models import decision, log_loss_terms, pullback, residuals, split_theta
 
 
+@dataclass(frozen=True, kw_only=True)
 class Objective(ABC):
-    """A differentiable validation cost ``f(θ)``; see the module docstring for the sign."""
+    """A differentiable validation cost ``f(θ)``; see the module docstring for the sign.
+
+    Attributes
+    ----------
+    label : str, optional
+        The column name of the objective in influence tables and trimming curves, instead of
+        its default (:attr:`default_name`); e.g. ``DemographicParity(absolute=True,
+        label="fairness")`` is the ``fairness`` column of ``leanfit select``.
+    """
 
     #: Whether the objective needs the sensitive attribute ``s``.
-    needs_sensitive: bool = False
+    needs_sensitive: ClassVar[bool] = False
+
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Column name used in influence tables: ``label`` if given, else the default."""
+        return self.default_name if self.label is None else self.label
 
     @property
     @abstractmethod
-    def name(self) -> str:
-        """Column name used in influence tables."""
+    def default_name(self) -> str:
+        """The column name of the objective without a ``label``."""
 
     def prepare(
         self, theta: np.ndarray, X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
@@ -83,7 +99,7 @@ class Utility(Objective):
     """Summed validation log-loss ``f = Σⱼ ℓ(xⱼ, yⱼ; θ)``; ``∇f = Σⱼ (σ(zⱼ) − yⱼ) x̃ⱼ``."""
 
     @property
-    def name(self) -> str:
+    def default_name(self) -> str:
         return "utility"
 
     def value(
@@ -122,7 +138,7 @@ class _ProbabilityGap(Objective):
     """
 
     absolute: bool = False
-    needs_sensitive = True
+    needs_sensitive: ClassVar[bool] = True
 
     @abstractmethod
     def _subset(self, y: np.ndarray) -> np.ndarray:
@@ -154,7 +170,7 @@ class DemographicParity(_ProbabilityGap):
     """Demographic parity gap ``mean σ(z) | s=1 − mean σ(z) | s=0`` (signed by default)."""
 
     @property
-    def name(self) -> str:
+    def default_name(self) -> str:
         return "fairness_abs" if self.absolute else "fairness"
 
     def _subset(self, y: np.ndarray) -> np.ndarray:
@@ -166,7 +182,7 @@ class EqualOpportunity(_ProbabilityGap):
     """Equal-opportunity gap: the demographic parity gap among points with ``y = 1``."""
 
     @property
-    def name(self) -> str:
+    def default_name(self) -> str:
         return "eop_abs" if self.absolute else "eop"
 
     def _subset(self, y: np.ndarray) -> np.ndarray:
@@ -186,7 +202,7 @@ class OvershootRobustness(Objective):
     reference: np.ndarray | None = None
 
     @property
-    def name(self) -> str:
+    def default_name(self) -> str:
         return "robustness"
 
     def prepare(
@@ -236,7 +252,7 @@ class WorstCaseRobustness(Objective):
         check_norm(self.norm)
 
     @property
-    def name(self) -> str:
+    def default_name(self) -> str:
         return f"robustness_{self.norm}"
 
     def _margins(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:

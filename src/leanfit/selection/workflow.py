@@ -2,16 +2,17 @@
 
 :func:`run_selection` is what ``leanfit select`` runs. Given train / validation / test tables
 (:class:`~leanfit.datasets.TabularDataset`, e.g. from :func:`split_dataset` or
-:func:`split_csv`), it
+:func:`split_csv`) and a :class:`~leanfit.selection.config.SelectionConfig` (whose fields
+are named below), it
 
 1. fits an :class:`InfluenceSelector` (L2 logistic regression, one-hot + standardized
    features) on the training table;
 2. computes the influence of every training row on each validation objective
    (positive = beneficial, negative = harmful);
 3. for each objective, removes the ``budget`` most harmful rows (or the rows a
-   utility-protecting ``strategy`` picks, :mod:`leanfit.selection.steering`), retrains
-   (preprocessing held fixed) and evaluates on the test table; ``budget="auto"`` first
-   chooses the count on the *validation* table from the fairness trimming curve;
+   utility-protecting ``strategy`` picks, :mod:`leanfit.selection.policies.steering`), retrains
+   (preprocessing held fixed) and evaluates on the test table; with an ``auto`` budget it
+   first chooses the count on the *validation* table from the fairness trimming curve;
 4. traces test metrics over a grid of budgets up to twice ``budget``, against removing
    rows at random (mean ± standard deviation over ``seeds`` random orders);
 5. explains each objective's influence by an :class:`InfluenceTree` fitted on the original,
@@ -33,8 +34,10 @@ Output files (``<objective>`` is ``utility``, ``fairness``, ``eop`` or ``robustn
 ``rules_<obj>.csv`` / ``.md``  the tree's leaves as rules, most harmful first
 ``*.png``                      influence by sensitive group, trimming curves, one tree per
                                objective; ``budget_choice.png`` with ``budget="auto"``
-``config.json``                every parameter, the data description, the assumptions made
-                               for the user, the leanfit version; with ``budget="auto"``,
+``config.json``                every setting, the data description, the assumptions made
+                               for the user, what the run decided (:class:`RunRecord`:
+                               ``n_removed``, ``curve_budgets``, ``tree_lambdas``), the
+                               leanfit version; with an ``auto`` budget,
                                ``budget_choice``: the validation curve, the chosen count and
                                the rule that chose it
 =============================  ===============================================================
@@ -55,76 +58,49 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from leanfit._version import __version__
 from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
-from leanfit.selection.budget import Budget
-from leanfit.selection.explain import InfluenceTree
-from leanfit.selection.influence import MAX_CATEGORIES, InfluenceSelector, check_cardinality
+from leanfit.selection.config import RunRecord, SelectionConfig
+from leanfit.selection.explanation.explain import InfluenceTree
+from leanfit.selection.explanation.report import (
+    METRICS,
+    SelectionResult,
+    data_summary,
+    table_methods,
+    write_outputs,
+)
+from leanfit.selection.influence import InfluenceSelector, check_cardinality
 from leanfit.selection.objectives import (
     DemographicParity,
     EqualOpportunity,
     Objective,
     resolve_objectives,
 )
-from leanfit.selection.report import (
-    METRICS,
-    SelectionResult,
-    data_config,
-    table_methods,
-    write_outputs,
-)
-from leanfit.selection.steering import (
-    DEFAULT_MAX_ACCURACY_DROP,
+from leanfit.selection.policies.steering import (
     BudgetChoice,
     auto_counts,
-    check_fraction,
-    check_strategy,
     choose_budget,
     masks_curve,
     strategy_keep,
 )
-from leanfit.selection.trimming import summarize_curve, trimming_curve
+from leanfit.selection.policies.trimming import summarize_curve, trimming_curve
 
 logger = logging.getLogger(__name__)
 
-#: Objective names ``run_selection`` accepts, in report order; ``"all"`` means all four.
-OBJECTIVES = ("utility", "fairness", "eop", "robustness")
-
 
 def objective_of(name: str) -> Objective:
-    """The influence objective of a workflow objective name (fairness gaps in absolute value)."""
+    """The influence objective of a workflow objective name, labelled with that name (the
+    fairness gaps in absolute value)."""
     if name == "fairness":
-        return DemographicParity(absolute=True)
+        return DemographicParity(absolute=True, label=name)
     if name == "eop":
-        return EqualOpportunity(absolute=True)
+        return EqualOpportunity(absolute=True, label=name)
     return resolve_objectives(name)[0]
-
-
-def resolve_objective_names(objectives: str | Sequence[str]) -> list[str]:
-    """Objective names in report order, without repeats; ``"all"`` stands for all four.
-
-    Accepted names: ``"utility"``, ``"fairness"`` (demographic parity), ``"eop"`` (equal
-    opportunity), ``"robustness"``, ``"all"``.
-    """
-    items = [objectives] if isinstance(objectives, str) else list(objectives)
-    if not items:
-        raise bad_value("objectives", objectives, f"a non-empty list of {[*OBJECTIVES, 'all']}")
-    chosen: set[str] = set()
-    for item in items:
-        if item == "all":
-            chosen.update(OBJECTIVES)
-        elif item in OBJECTIVES:
-            chosen.add(item)
-        else:
-            raise bad_value("objective", item, f"one of {[*OBJECTIVES, 'all']}")
-    return [name for name in OBJECTIVES if name in chosen]
 
 
 def curve_budgets(count: int, n: int, points: int = 4) -> list[int]:
@@ -158,12 +134,6 @@ def _check_parts(train: TabularDataset, val: TabularDataset, test: TabularDatase
                 )
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise bad_value(name, value, f"an integer >= {low}")
-    return int(value)
-
-
 def _metrics_table(
     curve: pd.DataFrame, count: int, names: Sequence[str], strategy: str
 ) -> pd.DataFrame:
@@ -194,20 +164,9 @@ def run_selection(
     train: TabularDataset,
     val: TabularDataset,
     test: TabularDataset,
+    config: SelectionConfig | None = None,
     *,
     out_dir: str | Path,
-    objectives: str | Sequence[str] = "all",
-    budget: Budget | int | float | str = 0.05,
-    strategy: str = "plain",
-    max_accuracy_drop: float | None = None,
-    target_dp: float | None = None,
-    l2_reg: float = 1.0,
-    fit_intercept: bool = True,
-    seeds: int = 3,
-    seed: int = 0,
-    curve_points: int = 4,
-    max_rules: int = 12,
-    max_categories: int | None = MAX_CATEGORIES,
     overwrite: bool = False,
     progress: bool = True,
     description: str = "",
@@ -220,38 +179,12 @@ def run_selection(
         The tables (same columns, target and sensitive attribute). Influence is measured on
         ``val``, metrics on ``test``. A sensitive column with more than two values is
         reduced to privileged versus the rest (``TabularDataset.s``). Not modified.
+    config : SelectionConfig, optional
+        The objectives, budget, strategy, model and sizes (default: ``SelectionConfig()``,
+        all four objectives, 5 % of the rows, plain trimming, λ = 1 with an intercept). A
+        budget given as a count must lie in ``[1, n_train − 1]``.
     out_dir : path
         Directory to create; refused if it exists unless ``overwrite``.
-    objectives : str or sequence of str, default "all"
-        Among ``"utility"``, ``"fairness"`` (demographic parity), ``"eop"`` (equal
-        opportunity), ``"robustness"``; ``"all"`` is all four.
-    budget : Budget, int, float or "auto", default 0.05
-        Rows each objective removes: a count ``≥ 1`` or a fraction in ``(0, 1)`` of the
-        training rows; ``"auto"``: the count chosen on the validation set for the fairness
-        objective (:func:`leanfit.selection.steering.choose_budget`; ``objectives`` must
-        include ``"fairness"``), used by every objective.
-    strategy : {"plain", "constrained", "pareto"}, default "plain"
-        How the fairness, eop and robustness objectives pick their rows
-        (:mod:`leanfit.selection.steering`); not plain: the report also shows plain trimming.
-    max_accuracy_drop : float in [0, 1], optional
-        With ``budget="auto"``: the largest validation accuracy loss allowed (default 0.01).
-    target_dp : float in [0, 1], optional
-        With ``budget="auto"``: the validation absolute DP gap to reach with the fewest rows.
-    l2_reg, fit_intercept
-        The model (:class:`InfluenceSelector`); the paper's Adult model is λ = 2.2622
-        without intercept.
-    seeds : int, default 3
-        Random-removal repetitions of the baseline (0: no baseline).
-    seed : int, default 0
-        Seeds the random removals and the trees' cross-validation folds.
-    curve_points : int, default 4
-        Budgets of the trimming curves: ``curve_points`` counts evenly spaced up to twice
-        ``budget`` (:func:`curve_budgets`), plus 0.
-    max_rules : int, default 12
-        Leaves of each influence tree; each covers at least :func:`min_rule_rows` rows.
-    max_categories : int or None, default 1000
-        Refuse a categorical column with more distinct values in ``train``
-        (:func:`~leanfit.selection.influence.check_cardinality`); None: no limit.
     overwrite : bool, default False
         Replace an existing ``out_dir``.
     progress : bool, default True
@@ -262,157 +195,105 @@ def run_selection(
     Returns
     -------
     SelectionResult
+        The tables of the run, its ``config`` and its ``record`` (what it decided).
 
     Raises
     ------
     BadInputError
-        Bad parameters or tables (the message names the argument), or an existing
-        ``out_dir`` without ``overwrite``.
+        Bad tables (the message names the argument), a budget count out of range, or an
+        existing ``out_dir`` without ``overwrite``.
     """
+    config = SelectionConfig() if config is None else config
+    if not isinstance(config, SelectionConfig):
+        raise bad_value("config", type(config).__name__, "a SelectionConfig")
     _check_parts(train, val, test)
-    names = resolve_objective_names(objectives)
-    n = len(train)
-    strategy = check_strategy(strategy)
-    budget = Budget.of(budget)
-    auto = _check_auto(budget, names, max_accuracy_drop, target_dp)
-    count = 0 if auto else budget.rows(n)
-    seeds = _check_int("seeds", seeds, 0)
-    curve_points = _check_int("curve_points", curve_points, 1)
-    max_rules = _check_int("max_rules", max_rules, 2)
-    if not isinstance(fit_intercept, bool):
-        raise bad_value("fit_intercept", fit_intercept, "True or False")
-    check_cardinality(train.X, max_categories, name="train")
+    # The budget becomes a count once, here (auto: after the choice on validation).
+    count = None if config.budget.is_auto else config.budget.rows(len(train))
+    check_cardinality(train.X, config.max_categories, name="train")
     out_dir = Path(out_dir)
-    config: dict[str, Any] = {
-        "leanfit_version": __version__,
-        "data": data_config(train, val, test, description),
-        "objectives": names,
-        "budget": budget.value,
-        "n_removed": count,
-        "strategy": strategy,
-        "max_accuracy_drop": (
-            (DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
-            if auto
-            else None
-        ),
-        "target_dp": target_dp,
-        "assumptions": list(train.assumptions),
-        "l2_reg": l2_reg,
-        "fit_intercept": fit_intercept,
-        "seeds": seeds,
-        "seed": seed,
-        "curve_budgets": auto_counts(n) if auto else curve_budgets(count, n, curve_points),
-        "max_rules": max_rules,
-        "max_categories": max_categories,
-        "min_rule_rows": min_rule_rows(n),
-    }
     with atomic_output(out_dir, overwrite=overwrite) as tmp:
-        result = _select(train, val, test, out_dir, config, progress)
+        result = _select(train, val, test, config, count, out_dir, description, progress)
         tmp.mkdir()
         write_outputs(tmp, result, train)
     return result
-
-
-def _check_auto(
-    budget: Budget,
-    names: list[str],
-    max_accuracy_drop: float | None,
-    target_dp: float | None,
-) -> bool:
-    """Whether ``budget`` is ``auto``; its options are checked (and refused without it)."""
-    if budget.is_auto:
-        if "fairness" not in names:
-            raise bad_value(
-                "objectives",
-                names,
-                "a list with 'fairness' when budget='auto' (the budget is "
-                "chosen on the validation demographic-parity gap)",
-            )
-        if max_accuracy_drop is not None:
-            check_fraction(max_accuracy_drop, "max_accuracy_drop")
-        if target_dp is not None:
-            check_fraction(target_dp, "target_dp")
-        return True
-    if max_accuracy_drop is not None or target_dp is not None:
-        raise BadInputError(
-            "max_accuracy_drop and target_dp choose the budget: use them with budget='auto'; "
-            f"got budget={budget.value!r}"
-        )
-    return False
 
 
 def _select(
     train: TabularDataset,
     val: TabularDataset,
     test: TabularDataset,
+    config: SelectionConfig,
+    count: int | None,
     out_dir: Path,
-    config: dict,
+    description: str,
     progress: bool,
 ) -> SelectionResult:
-    """The computations of :func:`run_selection` (parameters already checked, in ``config``)."""
-    names, strategy = config["objectives"], config["strategy"]
+    """The computations of :func:`run_selection`; ``count`` is the budget's count, None for
+    auto."""
+    names, strategy, n = list(config.objectives), config.strategy, len(train)
     selector = InfluenceSelector(
-        config["l2_reg"],
-        fit_intercept=config["fit_intercept"],
-        max_categories=config["max_categories"],
-        random_state=config["seed"],
+        config.model.l2_reg,
+        fit_intercept=config.model.fit_intercept,
+        max_categories=config.max_categories,
+        random_state=config.seed,
     ).fit(train.X, train.y)
     # The strategies protect utility: its influence is needed even if not an objective.
-    scored = [*names, "utility"] if strategy != "plain" and "utility" not in names else names
-    objectives = [objective_of(name) for name in scored]
+    scored = [*names, "utility"] if config.steered and "utility" not in names else names
+    objectives = [objective_of(name) for name in scored]  # columns named as in ``scored``
     scores = selector.influence(
         val.X, val.y, objective=objectives, sensitive_features=val.s.to_numpy()
     )
+    grid = auto_counts(n) if count is None else curve_budgets(count, n, config.curve_points)
     choice = None
-    if config["budget"] == "auto":
-        choice = _choose_budget(selector, scores.set_axis(scored, axis=1), val, config, progress)
-        config["n_removed"] = choice.n_removed
-        config["budget_choice"] = choice.as_dict()
-    count = config["n_removed"]
+    if count is None:
+        choice = _choose_budget(selector, scores, val, config, grid, progress)
+        count = choice.n_removed
     curve = trimming_curve(
         selector,
         val.X,
         val.y,
         test.X,
         test.y,
-        budgets=config["curve_budgets"],
+        budgets=grid,
         objective=objectives[: len(names)],
         sensitive_features_val=val.s.to_numpy(),
         sensitive_features_test=test.s.to_numpy(),
-        n_random=config["seeds"],
+        n_random=config.seeds,
         influence=scores,
         progress=progress,
     )
-    # Columns and methods named by the workflow's names ("fairness", not "fairness_abs").
-    scores = scores.set_axis(scored, axis=1)
     influence = scores[names]
-    renamed = {
-        f"influence:{o.name}": f"influence:{n}" for o, n in zip(objectives, names, strict=False)
-    }
-    curve["method"] = curve["method"].replace(renamed)
-    steered = [name for name in names if name != "utility"] if strategy != "plain" else []
-    if steered:
+    if config.steered:
         curve = pd.concat(
-            [curve, *(_strategy_curve(selector, scores, name, test, config) for name in steered)],
+            [curve, *(_strategy_curve(selector, scores, name, test, strategy, grid)
+                      for name in config.steered)],
             ignore_index=True,
-        )
+        )  # fmt: skip
     trees = {
         name: InfluenceTree(
-            max_leaf_nodes=config["max_rules"],
-            min_samples_leaf=config["min_rule_rows"],
-            random_state=config["seed"],
+            max_leaf_nodes=config.max_rules,
+            min_samples_leaf=min_rule_rows(n),
+            random_state=config.seed,
         ).fit(train.X, influence[name].to_numpy())
         for name in names
     }
-    config["tree_lambdas"] = {name: tree.lambda_ for name, tree in trees.items()}
     keep = {
-        name: strategy_keep(scores, name, count, strategy if name in steered else "plain")
+        name: strategy_keep(scores, name, count, strategy if name in config.steered else "plain")
         for name in names
     }
+    record = RunRecord(
+        data=data_summary(train, val, test, description),
+        n_removed=count,
+        curve_budgets=tuple(grid),
+        min_rule_rows=min_rule_rows(n),
+        tree_lambdas={name: tree.lambda_ for name, tree in trees.items()},
+        budget_choice=choice,
+    )
+    plain = [name for name in names if name not in config.steered]
     return SelectionResult(
         out_dir=out_dir,
-        objectives=tuple(names),
-        n_removed=count,
+        config=config,
+        record=record,
         influence=influence,
         keep=keep,
         metrics=_metrics_table(curve, count, names, strategy),
@@ -420,10 +301,7 @@ def _select(
         rules={name: tree.rules() for name, tree in trees.items()},
         selector=selector,
         trees=trees,
-        config=config,
-        notes=tuple(_overshoots(curve, [n for n in names if n not in steered], count)),
-        strategy=strategy,
-        budget_choice=choice,
+        notes=tuple(_overshoots(curve, plain, count)),
     )
 
 
@@ -431,28 +309,32 @@ def _choose_budget(
     selector: InfluenceSelector,
     scores: pd.DataFrame,
     val: TabularDataset,
-    config: dict,
+    config: SelectionConfig,
+    grid: Sequence[int],
     progress: bool,
 ) -> BudgetChoice:
     """The automatic budget: the strategy's fairness selections evaluated on validation."""
-    strategy = config["strategy"]
-    masks = {
-        k: strategy_keep(scores, "fairness", k, strategy) for k in [0, *config["curve_budgets"]]
-    }
+    strategy = config.strategy
+    masks = {k: strategy_keep(scores, "fairness", k, strategy) for k in [0, *grid]}
     curve = masks_curve(
         selector, masks, val.X, val.y, val.s.to_numpy(), f"{strategy}:fairness", progress
     )
+    assert config.max_accuracy_drop is not None  # set with auto (SelectionConfig)
     return choose_budget(
-        curve, max_accuracy_drop=config["max_accuracy_drop"], target_dp=config["target_dp"]
+        curve, max_accuracy_drop=config.max_accuracy_drop, target_dp=config.target_dp
     )
 
 
 def _strategy_curve(
-    selector: InfluenceSelector, scores: pd.DataFrame, name: str, test: TabularDataset, config: dict
+    selector: InfluenceSelector,
+    scores: pd.DataFrame,
+    name: str,
+    test: TabularDataset,
+    strategy: str,
+    grid: Sequence[int],
 ) -> pd.DataFrame:
     """Test metrics of the strategy's selections for ``name`` at 0 and every curve budget."""
-    strategy = config["strategy"]
-    masks = {k: strategy_keep(scores, name, k, strategy) for k in [0, *config["curve_budgets"]]}
+    masks = {k: strategy_keep(scores, name, k, strategy) for k in [0, *grid]}
     return masks_curve(selector, masks, test.X, test.y, test.s.to_numpy(), f"{strategy}:{name}")
 
 

@@ -9,7 +9,18 @@ from sklearn.neural_network import MLPClassifier
 from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError
 from leanfit.selection.attacks import worst_case_margins
-from leanfit.selection.scenarios._common import load_table, with_frame
+from leanfit.selection.objectives import DemographicParity
+from leanfit.selection.policies.trimming import trim
+from leanfit.selection.scenarios._common import (
+    choose_budget_on_validation,
+    evaluate_model,
+    fit_selector,
+    influence_scores,
+    load_table,
+    model_settings,
+    random_split,
+    with_frame,
+)
 from leanfit.selection.scenarios.active import seed_rows, top_k
 from leanfit.selection.scenarios.adaptive import attacked_accuracy, worst_case_perturbation
 from leanfit.selection.scenarios.online import batch_stream, flip_labels
@@ -259,3 +270,34 @@ def test_seed_rows_contain_both_labels():
     rows = seed_rows(ds, 10, np.random.default_rng(0))
     assert len(rows) == len(set(rows)) == 10
     assert set(ds.y.to_numpy()[rows]) == {0, 1}
+
+
+# --------------------------------------------------------------------------- budget choice
+
+
+def test_scenarios_choose_their_budget_by_the_rule_of_select():
+    train, val = random_split(load_table("german"), [0.6, 0.4], np.random.default_rng(0))
+    selector = fit_selector(train, model_settings("german"))
+    scores = influence_scores(selector, val, DemographicParity(absolute=True))
+    keeps = {b: trim(scores, b) for b in (0.01, 0.02, 0.05, 0.1, 0.2)}
+    base = evaluate_model(selector, selector.model_, val)
+    after = {b: evaluate_model(selector, selector.retrain(k).model_, val) for b, k in keeps.items()}
+
+    def expected(cost, limit):
+        """The rule written out: the lowest cost among the budgets within the accuracy
+        limit (ties: the smaller budget), if lower than the untrimmed model's; else 0."""
+        within = [b for b in keeps if base["accuracy"] - after[b]["accuracy"] <= limit + 1e-12]
+        best = min(within, key=lambda b: (cost(after[b]), b), default=None)
+        return best if best is not None and cost(after[best]) < cost(base) else 0.0
+
+    for limit in (0.0, 0.02, 0.1):
+        chosen = choose_budget_on_validation(selector, keeps, val, max_accuracy_drop=limit)
+        assert chosen == expected(lambda m: m["dp_abs"], limit)
+    assert choose_budget_on_validation(selector, keeps, val, max_accuracy_drop=0.1) > 0
+
+    # Another cost (here the validation error) is lowered by the same rule.
+    def error(selector, model, val):
+        return 1.0 - evaluate_model(selector, model, val)["accuracy"]
+
+    chosen = choose_budget_on_validation(selector, keeps, val, cost=error, max_accuracy_drop=0.1)
+    assert chosen == expected(lambda m: 1.0 - m["accuracy"], 0.1)

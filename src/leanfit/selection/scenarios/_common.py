@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import numpy as np
@@ -12,9 +11,11 @@ import pandas as pd
 
 from leanfit.datasets import TABULAR, TabularDataset, load_adult
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.selection.config import ModelSettings
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.objectives import ObjectiveSpec
+from leanfit.selection.policies.steering import choose_budget
 
 #: Columns left out of each vendored table (Adult's census sampling weight is not a feature,
 #: as in the paper's preprocessing).
@@ -22,14 +23,6 @@ DROPPED = {"adult": ("fnlwgt",)}
 
 #: Test metrics reported by the tabular scenarios (see :func:`test_metrics`).
 METRICS = ("accuracy", "dp", "dp_abs", "eop_abs")
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """L2 logistic regression settings: ``L(θ) = Σᵢ ℓᵢ + (λ/2)‖w‖²``, optional intercept."""
-
-    l2_reg: float = 1.0
-    fit_intercept: bool = True
 
 
 #: Adult uses the paper's model (λ = 2.2622, no intercept, features standardized); the smaller
@@ -201,37 +194,40 @@ class ScenarioConfig:
         return cls(**{**cls.QUICK, **overrides})
 
 
-def fairness_criterion(selector: InfluenceSelector, model: object, val: TabularDataset) -> float:
-    """Minus the absolute demographic parity gap of ``model``'s predictions on ``val``."""
-    return -evaluate_model(selector, model, val)["dp_abs"]
-
-
 def choose_budget_on_validation(
     selector: InfluenceSelector,
     keeps: dict[float, np.ndarray],
     val: TabularDataset,
     *,
-    criterion: Callable[[InfluenceSelector, object, TabularDataset], float] = fairness_criterion,
+    cost: Callable[[InfluenceSelector, object, TabularDataset], float] | None = None,
     max_accuracy_drop: float = 0.02,
 ) -> float:
     """The trimming budget whose retrained model is best on validation data.
 
-    Among the candidate keep-masks (budget → mask over ``selector``'s training rows), the one
-    whose retrained model maximizes ``criterion(selector, model, val)`` (default: the
-    smallest absolute demographic parity gap of its predictions), provided its validation
-    accuracy is at most ``max_accuracy_drop`` below the untrimmed model's. Returns 0.0 (no
-    trimming) when no candidate beats the untrimmed model under that constraint.
+    The rule of ``leanfit select --budget auto``
+    (:func:`leanfit.selection.policies.steering.choose_budget`) applied to the candidate
+    keep-masks (budget → mask over ``selector``'s training rows):
+    each is retrained and evaluated on ``val``; among those whose validation accuracy is at
+    most ``max_accuracy_drop`` below the untrimmed model's, the one with the lowest validation
+    cost (ties: the smaller budget), provided it is below the untrimmed model's. The cost is
+    the absolute demographic parity gap of the predictions, or ``cost(selector, model, val)``
+    if given. Returns 0.0 (no trimming) when no candidate lowers the cost under that
+    constraint.
     """
-    base_accuracy = evaluate_model(selector, selector.model_, val)["accuracy"]
-    best_budget, best_value = 0.0, criterion(selector, selector.model_, val)
-    for budget, keep in keeps.items():
-        model = selector.retrain(keep).model_
-        if evaluate_model(selector, model, val)["accuracy"] < base_accuracy - max_accuracy_drop:
-            continue
-        value = criterion(selector, model, val)
-        if value > best_value:
-            best_budget, best_value = budget, value
-    return best_budget
+    n = selector.train_index_.shape[0]
+    candidates = [(0.0, np.ones(n, dtype=bool), selector.model_)]
+    candidates += [(b, keeps[b], selector.retrain(keeps[b]).model_) for b in sorted(keeps)]
+    rows = []
+    for budget, keep, model in candidates:
+        metrics = evaluate_model(selector, model, val)
+        removed = int(n - np.count_nonzero(keep))
+        value = metrics["dp_abs"] if cost is None else cost(selector, model, val)
+        rows.append({"n_removed": removed, "budget": budget, "rows_removed": removed,
+                     **metrics, "cost": value})  # fmt: skip
+    choice = choose_budget(
+        pd.DataFrame(rows), max_accuracy_drop=max_accuracy_drop, criterion="cost"
+    )
+    return float(choice.curve.budget[choice.curve.chosen].iloc[0])
 
 
 def tabular_splits(

@@ -2,7 +2,7 @@
 
 A small labelled seed set and a large unlabelled pool. Each round, the model is fitted on the
 labelled points and the utility influence of each labelled point on a clean validation set
-is computed; an :class:`~leanfit.selection.explain.InfluenceTree` learns to predict that
+is computed; an :class:`~leanfit.selection.explanation.explain.InfluenceTree` learns to predict that
 influence from the readable features; it then predicts the influence of every pool point,
 and the points with the highest predicted influence (the most beneficial) are queried, i.e.
 their labels revealed and added to the labelled set. Compared with random sampling and with
@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from leanfit.datasets import TabularDataset
-from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.config import ModelSettings
+from leanfit.selection.explanation.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.scenarios._common import (
-    ModelSettings,
     ScenarioConfig,
     check_choice,
     check_count,

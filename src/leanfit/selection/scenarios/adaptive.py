@@ -30,6 +30,7 @@ from leanfit.selection.attacks import check_eps, check_norm, worst_case_margins
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import linear_parameters
 from leanfit.selection.objectives import WorstCaseRobustness
+from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
     check_choice,
@@ -40,7 +41,6 @@ from leanfit.selection.scenarios._common import (
     model_settings,
     tabular_splits,
 )
-from leanfit.selection.trimming import random_trim, trim
 
 ADAPTIVE_DATASETS = ("adult", "german", "compas", "bank")
 
@@ -88,16 +88,17 @@ def attacked_accuracy(
     return float(np.mean(margins > 0))
 
 
-def robustness_criterion(
+def attacked_error(
     eps: float, norm: str
 ) -> Callable[[InfluenceSelector, object, TabularDataset], float]:
-    """Validation criterion: accuracy when every validation point is attacked."""
+    """Validation cost: the error rate when every validation point is attacked (one minus
+    :func:`attacked_accuracy`)."""
 
-    def criterion(selector: InfluenceSelector, model: object, val: TabularDataset) -> float:
+    def cost(selector: InfluenceSelector, model: object, val: TabularDataset) -> float:
         Z, y = selector.transform(val.X), val.y.to_numpy(dtype=float)
-        return attacked_accuracy(model, Z, y, np.ones(len(y), dtype=bool), eps, norm)
+        return 1.0 - attacked_accuracy(model, Z, y, np.ones(len(y), dtype=bool), eps, norm)
 
-    return criterion
+    return cost
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def run_adaptive(config: AdaptiveConfig, seed: int = 0) -> pd.DataFrame:
     scores = influence_scores(selector, val, WorstCaseRobustness(eps=config.eps, norm=config.norm))
     keeps = {b: trim(scores, b) for b in config.budgets}
     budget = choose_budget_on_validation(
-        selector, keeps, val, criterion=robustness_criterion(config.eps, config.norm),
+        selector, keeps, val, cost=attacked_error(config.eps, config.norm),
         max_accuracy_drop=config.max_accuracy_drop,
     )  # fmt: skip
     models = {"original": selector.model_}

@@ -20,6 +20,7 @@ import pandas as pd
 
 from leanfit.datasets import TabularDataset
 from leanfit.selection.influence import InfluenceSelector
+from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
     check_choice,
@@ -35,7 +36,6 @@ from leanfit.selection.scenarios._common import (
     tabular_splits,
     with_frame,
 )
-from leanfit.selection.trimming import random_trim, trim
 
 ONLINE_DATASETS = ("adult", "compas", "bank")
 ONLINE_METHODS = ("none", "random", "influence")

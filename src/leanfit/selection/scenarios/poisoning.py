@@ -42,6 +42,7 @@ import pandas as pd
 from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.objectives import DemographicParity
+from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
     check_choice,
@@ -57,7 +58,6 @@ from leanfit.selection.scenarios._common import (
     random_split,
     with_frame,
 )
-from leanfit.selection.trimming import random_trim, trim
 
 ANCHORING = ("random", "non-random")
 POISONING_DATASETS = ("german", "compas", "adult", "bank")

@@ -34,10 +34,11 @@ from numpy.typing import ArrayLike
 
 from leanfit.datasets import TabularDataset, load_csv
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.selection.config import ModelSettings
 from leanfit.selection.models import LogisticRegressionL2
 from leanfit.selection.objectives import DemographicParity
+from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
-    ModelSettings,
     ScenarioConfig,
     check_choice,
     check_count,
@@ -53,7 +54,6 @@ from leanfit.selection.scenarios._common import (
     subset,
     with_frame,
 )
-from leanfit.selection.trimming import random_trim, trim
 
 SHIFT_DATASETS = ("adult", "german", "compas")
 SHIFT_KINDS = ("age", "group", "country")

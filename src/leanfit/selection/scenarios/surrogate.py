@@ -40,6 +40,7 @@ from leanfit.selection.metrics import (
     equal_opportunity_difference,
 )
 from leanfit.selection.objectives import DemographicParity
+from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
     check_choice,
@@ -47,7 +48,6 @@ from leanfit.selection.scenarios._common import (
     check_fraction,
     tabular_splits,
 )
-from leanfit.selection.trimming import random_trim, trim
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -1,7 +1,7 @@
 """Steering fairness trimming: which rows a strategy removes, and a budget chosen on validation.
 
 Strategies (for an objective column ``I_f`` and the utility column ``I_u`` of an influence
-table, both "positive = beneficial"; see :mod:`leanfit.selection.pareto`):
+table, both "positive = beneficial"; see :mod:`leanfit.selection.policies.pareto`):
 
 * ``"plain"`` — the ``k`` rows with the most negative ``I_f`` (:func:`leanfit.selection.trim`);
 * ``"constrained"`` — the same among rows whose removal is not predicted to cost utility,
@@ -11,16 +11,21 @@ table, both "positive = beneficial"; see :mod:`leanfit.selection.pareto`):
 
 Budget chosen on the validation set (:func:`choose_budget`): the strategy's selection is
 retrained at every count of a grid (:func:`auto_counts`) and evaluated on the *validation*
-rows. With ``a(k)`` the validation accuracy and ``d(k)`` the absolute demographic-parity gap
-after removing ``k`` rows (``k = 0``: untrimmed), a count is *admissible* when
-``a(0) − a(k) ≤ max_accuracy_drop``. The chosen count is
+rows. With ``a(k)`` the validation accuracy and ``d(k)`` the validation cost to lower after
+removing ``k`` rows (``k = 0``: untrimmed), a count is *admissible* when
+``a(0) − a(k) ≤ max_accuracy_drop`` (a drop equal to the limit is admissible). The chosen
+count is
 
-* with a target gap ``t``: the smallest admissible ``k`` with ``d(k) ≤ t`` (``0`` if the
-  untrimmed gap already is); if none reaches it, the admissible ``k`` with the lowest ``d(k)``;
+* with a target ``t``: the smallest admissible ``k`` with ``d(k) ≤ t`` (``0`` if the
+  untrimmed cost already is); if none reaches it, the admissible ``k`` with the lowest ``d(k)``;
 * without a target: the admissible ``k`` with the lowest ``d(k)`` (ties: the smallest ``k``);
 
-and ``0`` (nothing removed) when no admissible count lowers the gap. The test set plays no
-part in the choice.
+and ``0`` (nothing removed) when no admissible count lowers the cost. The cost is a column of
+the validation curve, the ``criterion`` of :func:`choose_budget`: by default the absolute
+demographic-parity gap ``dp_abs`` (what ``leanfit select --budget auto`` lowers); the
+scenarios (:mod:`leanfit.selection.scenarios`) choose among their candidate budgets by the
+same rule, some with another cost (e.g. the validation error under attack). The test set
+plays no part in the choice.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from tqdm.auto import tqdm
 from leanfit.exceptions import bad_value
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
-from leanfit.selection.pareto import constrained_trim, pareto_trim
-from leanfit.selection.trimming import evaluation_set, trim
+from leanfit.selection.policies.pareto import constrained_trim, pareto_trim
+from leanfit.selection.policies.trimming import evaluation_set, trim
 
 #: Trimming strategies, in report order.
 STRATEGIES = ("plain", "constrained", "pareto")
@@ -217,6 +222,7 @@ def choose_budget(
     *,
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
     target_dp: float | None = None,
+    criterion: str = "dp_abs",
 ) -> BudgetChoice:
     """Pick the count on a validation curve (the rule is in the module docstring).
 
@@ -224,12 +230,17 @@ def choose_budget(
     ----------
     curve : DataFrame
         Validation metrics per requested count, one row per count, ``0`` included: columns
-        ``n_removed``, ``budget``, ``rows_removed``, ``accuracy``, ``dp``, ``dp_abs`` and
-        optionally ``dp_se``, quoted in the reason (as :func:`masks_curve` returns them).
+        ``n_removed``, ``budget``, ``rows_removed``, ``accuracy``, ``criterion`` and
+        optionally ``dp``, ``dp_abs`` and ``dp_se``, quoted in the reason (as
+        :func:`masks_curve` returns them). Rows with the same ``n_removed`` are kept in
+        their order.
     max_accuracy_drop : float in [0, 1]
         Largest admissible loss of validation accuracy (``0.01``: one point).
     target_dp : float in [0, 1], optional
-        Absolute DP gap to reach.
+        Value of ``criterion`` to reach (by default the absolute DP gap).
+    criterion : str, default "dp_abs"
+        The column of ``curve`` holding the validation cost to lower: the absolute
+        demographic-parity gap, or another cost such as an error rate under attack.
 
     Returns
     -------
@@ -237,8 +248,11 @@ def choose_budget(
     """
     limit = check_fraction(max_accuracy_drop, "max_accuracy_drop")
     target = None if target_dp is None else check_fraction(target_dp, "target_dp")
-    table = curve.sort_values("n_removed").reset_index(drop=True)
+    if criterion not in curve.columns:
+        raise bad_value("criterion", criterion, f"a column of curve ({list(curve.columns)})")
+    table = curve.sort_values("n_removed", kind="stable").reset_index(drop=True)
     columns = ["n_removed", "budget", "rows_removed", "accuracy", "dp", "dp_abs", "dp_se"]
+    columns += [] if criterion in columns else [criterion]
     table = table[[c for c in columns if c in table.columns]].copy()
     if table.n_removed.iloc[0] != 0:
         raise bad_value("curve", list(table.n_removed), "counts starting at 0 (untrimmed)")
@@ -247,39 +261,40 @@ def choose_budget(
     # 1e-12: accuracies are ratios of counts; a drop equal to the limit is admissible.
     table["admissible"] = (table.n_removed > 0) & (table.accuracy_drop <= limit + 1e-12)
     admissible = table[table.admissible]
-    lowest = admissible.sort_values(["dp_abs", "n_removed"]).head(1)
+    lowest = admissible.sort_values([criterion, "n_removed"], kind="stable").head(1)
     drop_text = f"validation accuracy drop of at most {limit:.3f}"
-    if target is not None and base.dp_abs <= target:
+    cost = "|DP|" if criterion == "dp_abs" else criterion
+    if target is not None and base[criterion] <= target:
         count, rule = 0, "target"
         reason = (
-            f"the untrimmed validation |DP| {base.dp_abs:.4f} is already at most the target "
-            f"{target:.4f}: nothing is removed."
+            f"the untrimmed validation {cost} {base[criterion]:.4f} is already at most the "
+            f"target {target:.4f}: nothing is removed."
         )
-    elif target is not None and (admissible.dp_abs <= target).any():
-        point = admissible[admissible.dp_abs <= target].iloc[0]
+    elif target is not None and (admissible[criterion] <= target).any():
+        point = admissible[admissible[criterion] <= target].iloc[0]
         count, rule = int(point.n_removed), "target"
         reason = (
-            f"the smallest budget on the grid whose validation |DP| ({point.dp_abs:.4f}) is at "
-            f"most the target {target:.4f} with a {drop_text}: "
+            f"the smallest budget on the grid whose validation {cost} ({point[criterion]:.4f}) "
+            f"is at most the target {target:.4f} with a {drop_text}: "
             f"{count:,} rows, validation accuracy {point.accuracy:.4f} "
             f"({-point.accuracy_drop:+.4f})."
         )
-    elif len(lowest) and lowest.dp_abs.iloc[0] < base.dp_abs:
+    elif len(lowest) and lowest[criterion].iloc[0] < base[criterion]:
         point = lowest.iloc[0]
         count = int(point.n_removed)
         rule = "lowest-gap" if target is None else "target-missed"
         missed = (
             ""
             if target is None
-            else f"no budget on the grid reaches the target |DP| {target:.4f} within the "
+            else f"no budget on the grid reaches the target {cost} {target:.4f} within the "
             "accuracy limit; "
         )
         reason = (
-            f"{missed}the budget with the lowest validation |DP| among those with a "
-            f"{drop_text}: {count:,} rows, |DP| {base.dp_abs:.4f} → {point.dp_abs:.4f}, "
-            f"accuracy {base.accuracy:.4f} → {point.accuracy:.4f}."
+            f"{missed}the budget with the lowest validation {cost} among those with a "
+            f"{drop_text}: {count:,} rows, {cost} {base[criterion]:.4f} → "
+            f"{point[criterion]:.4f}, accuracy {base.accuracy:.4f} → {point.accuracy:.4f}."
         )
-        if "dp_se" in table.columns and target is None:
+        if "dp_se" in table.columns and criterion == "dp_abs" and target is None:
             reason += (
                 f" Differences of validation |DP| below its standard error ({point.dp_se:.4f} "
                 "here) are within sampling noise: a target gap stops at the first budget "
@@ -288,9 +303,9 @@ def choose_budget(
     else:
         count, rule = 0, "none"
         reason = (
-            f"no budget on the grid lowers the validation |DP| ({base.dp_abs:.4f}) with a "
-            f"{drop_text}: nothing is removed; allow a larger drop to trade accuracy for "
-            "fairness."
+            f"no budget on the grid lowers the validation {cost} ({base[criterion]:.4f}) with "
+            f"a {drop_text}: nothing is removed; allow a larger drop to trade accuracy for "
+            f"{'fairness' if criterion == 'dp_abs' else criterion}."
         )
     table["chosen"] = table.n_removed == count
     return BudgetChoice(count, rule, reason, table, limit, target)

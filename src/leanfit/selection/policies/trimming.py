@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import check_binary_labels
-from leanfit.selection.budget import Budget
 from leanfit.selection.influence import InfluenceSelector, resolve_sensitive
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.models import LogisticRegressionL2
 from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
+from leanfit.selection.policies.budget import Budget
 
 METRIC_COLUMNS = ("accuracy", "dp", "dp_abs", "eop", "eop_abs", "robust_acc")
 
@@ -33,7 +33,7 @@ def resolve_budget(budget: object, n: int, name: str = "budget") -> int:
     """Number of samples a budget removes out of ``n``.
 
     ``budget`` is an integer count in ``[1, n − 1]`` or a float fraction in ``(0, 1)``
-    (``max(1, round(budget · n))``), or a :class:`~leanfit.selection.budget.Budget`.
+    (``max(1, round(budget · n))``), or a :class:`~leanfit.selection.policies.budget.Budget`.
     """
     return Budget.of(budget, name).rows(n, name)
 
@@ -330,7 +330,10 @@ def trimming_curve(
     counts = sorted({resolve_budget(b, n) for b in np.atleast_1d(np.asarray(budgets, object))})
     # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
     # that ``val_objective`` measures the cost the influence was computed for.
-    objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
+    objectives = selector.prepare_objectives(
+        X_val, y_val, sensitive_features=sensitive_features_val, objective=objective,
+        privileged=privileged,
+    )  # fmt: skip
     Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val: dict[str, Any] = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:

@@ -60,7 +60,7 @@ from numpy.typing import ArrayLike
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.influence import check_keep_mask
-from leanfit.selection.trimming import resolve_budget
+from leanfit.selection.policies.trimming import resolve_budget
 
 #: Bisection steps of :func:`pareto_trim` on the weight in [0, 1] (float64 resolution).
 _BISECTION_STEPS = 60

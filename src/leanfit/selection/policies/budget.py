@@ -1,7 +1,7 @@
 """The trimming budget: how many training rows a selection removes.
 
 A budget is a whole count of rows, a fraction of the training rows, or ``auto`` (chosen on
-the validation set, :func:`leanfit.selection.steering.choose_budget`). :class:`Budget` is
+the validation set, :func:`leanfit.selection.policies.steering.choose_budget`). :class:`Budget` is
 parsed once, from the command line's text (:meth:`Budget.parse`) or from the Python value
 (:meth:`Budget.of`: an int, a float or ``"auto"``), and turned into a count of rows once the
 number of training rows is known (:meth:`Budget.rows`).

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from leanfit._version import __version__
 from leanfit.datasets import TabularDataset
 from leanfit.reports import (
     Image,
@@ -28,9 +28,10 @@ from leanfit.reports import (
     trimming_curves,
     write_report,
 )
-from leanfit.selection.explain import InfluenceTree
+from leanfit.selection.config import DataSummary, RunRecord, SelectionConfig
+from leanfit.selection.explanation.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
-from leanfit.selection.steering import BudgetChoice
+from leanfit.selection.policies.steering import BudgetChoice
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,11 @@ class SelectionResult:
     ----------
     out_dir : Path
         The output directory; ``report`` is ``out_dir / "report.md"``.
-    objectives : tuple of str
-        The objectives, in report order.
-    n_removed : int
-        Training rows each objective's trimming may remove (the budget as a count; with
-        ``budget="auto"`` the count chosen on the validation set, possibly 0).
+    config : SelectionConfig
+        The settings of the run.
+    record : RunRecord
+        What the run decided: the count removed, the grid of the curves, the automatic
+        budget's choice, the trees' shrinkage.
     influence : DataFrame, shape (n_train, n_objectives)
         Influence of each training row (index: the training table's) on each objective.
     keep : dict of str to ndarray of bool, shape (n_train,)
@@ -108,27 +109,21 @@ class SelectionResult:
     curve : DataFrame
         The trimming curves (:func:`leanfit.selection.trimming_curve`, tidy), plus the rows
         of the strategy (``method`` "<strategy>:<objective>",
-        :func:`leanfit.selection.steering.masks_curve`) when it is not plain.
+        :func:`leanfit.selection.policies.steering.masks_curve`) when it is not plain.
     rules : dict of str to DataFrame
         Per objective, :meth:`InfluenceTree.rules` (most harmful first).
     selector : InfluenceSelector
         The model fitted on the whole training table.
     trees : dict of str to InfluenceTree
-    config : dict
-        What ``config.json`` holds.
     notes : tuple of str
         Warnings about the run, also logged and written in the report: each objective whose
         validation cost *rose* after trimming ``n_removed`` rows (the budget overshoots what
         first-order influence predicts; a smaller budget helps).
-    strategy : str
-        ``"plain"``, ``"constrained"`` or ``"pareto"`` (:mod:`leanfit.selection.steering`).
-    budget_choice : BudgetChoice or None
-        With ``budget="auto"``: the validation curve and the rule that chose ``n_removed``.
     """
 
     out_dir: Path
-    objectives: tuple[str, ...]
-    n_removed: int
+    config: SelectionConfig
+    record: RunRecord
     influence: pd.DataFrame
     keep: dict[str, np.ndarray]
     metrics: pd.DataFrame
@@ -136,10 +131,17 @@ class SelectionResult:
     rules: dict[str, pd.DataFrame]
     selector: InfluenceSelector
     trees: dict[str, InfluenceTree]
-    config: dict[str, Any]
     notes: tuple[str, ...] = ()
-    strategy: str = "plain"
-    budget_choice: BudgetChoice | None = None
+
+    @property
+    def n_removed(self) -> int:
+        """Training rows each objective's trimming may remove (``record.n_removed``)."""
+        return self.record.n_removed
+
+    @property
+    def budget_choice(self) -> BudgetChoice | None:
+        """With ``budget`` auto, how the count was chosen (``record.budget_choice``)."""
+        return self.record.budget_choice
 
     @property
     def report(self) -> Path:
@@ -151,11 +153,12 @@ class SelectionResult:
         n = self.influence.shape[0]
         table = metrics_markdown(self.metrics, precision=3)
         how = "" if self.budget_choice is None else " (budget chosen on validation)"
-        assumed = "".join(f"assumed: {note}\n" for note in self.config["assumptions"])
+        assumed = "".join(f"assumed: {note}\n" for note in self.record.data.assumptions)
         return (
-            f"{self.config['data']['name']}: {n:,} training rows; each objective removes "
+            f"{self.record.data.name}: {n:,} training rows; each objective removes "
             f"up to {self.n_removed:,} ({self.n_removed / n:.1%}){how}, strategy "
-            f"{self.strategy}; test-set metrics:\n\n{table}\n{assumed}report: {self.report}"
+            f"{self.config.strategy}; test-set metrics:\n\n{table}\n{assumed}"
+            f"report: {self.report}"
         )
 
 
@@ -301,22 +304,68 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def data_config(
+def data_summary(
     train: TabularDataset, val: TabularDataset, test: TabularDataset, description: str
-) -> dict:
-    return {
-        "name": train.name.removesuffix("-train"),
-        "description": description,
-        "target": train.target,
-        "positive": train.positive,
-        "sensitive": train.sensitive,
-        "privileged": train.privileged,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
-        "features": list(train.X.columns),
-        "categorical": train.categorical,
+) -> DataSummary:
+    """The description of the tables (``description``: how they were made)."""
+    return DataSummary(
+        name=train.name.removesuffix("-train"),
+        description=description,
+        target=train.target,
+        positive=train.positive,
+        sensitive=train.sensitive,
+        privileged=train.privileged,
+        n_train=len(train),
+        n_val=len(val),
+        n_test=len(test),
+        features=tuple(train.X.columns),
+        categorical=tuple(train.categorical),
+        assumptions=tuple(train.assumptions),
+    )
+
+
+def run_json(config: SelectionConfig, record: RunRecord) -> dict[str, object]:
+    """What ``config.json`` holds: every setting, the data, what the run decided, the version.
+
+    ``budget`` is the count, the fraction or ``"auto"``; ``n_removed`` the count removed;
+    ``budget_choice`` (auto only) the validation curve and the rule
+    (:meth:`BudgetChoice.as_dict`); ``tree_lambdas`` the trees' shrinkage.
+    """
+    data = record.data
+    values: dict[str, object] = {
+        "leanfit_version": __version__,
+        "data": {
+            "name": data.name,
+            "description": data.description,
+            "target": data.target,
+            "positive": data.positive,
+            "sensitive": data.sensitive,
+            "privileged": data.privileged,
+            "n_train": data.n_train,
+            "n_val": data.n_val,
+            "n_test": data.n_test,
+            "features": list(data.features),
+            "categorical": list(data.categorical),
+        },
+        "objectives": list(config.objectives),
+        "budget": config.budget.value,
+        "n_removed": record.n_removed,
+        "strategy": config.strategy,
+        "max_accuracy_drop": config.max_accuracy_drop,
+        "target_dp": config.target_dp,
+        "assumptions": list(data.assumptions),
+        "l2_reg": config.model.l2_reg,
+        "fit_intercept": config.model.fit_intercept,
+        "seeds": config.seeds,
+        "seed": config.seed,
+        "curve_budgets": list(record.curve_budgets),
+        "max_rules": config.max_rules,
+        "max_categories": config.max_categories,
+        "min_rule_rows": record.min_rule_rows,
     }
+    if record.budget_choice is not None:
+        values["budget_choice"] = record.budget_choice.as_dict()
+    return values | {"tree_lambdas": dict(record.tree_lambdas)}
 
 
 def _write_tables(tmp: Path, train: TabularDataset, result: SelectionResult) -> None:
@@ -374,31 +423,30 @@ def _budget_section(choice: BudgetChoice, figure: Path) -> tuple[str, list]:
 
 
 def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
-    config = result.config
+    config, data = result.config, result.record.data
     n = result.influence.shape[0]
-    data = config["data"]
     setting = (
-        f"{data['description']}\n\n"
-        f"Train / validation / test: {data['n_train']:,} / {data['n_val']:,} / "
-        f"{data['n_test']:,} rows; target `{data['target']}` = {data['positive']!s} is the "
-        f"favourable outcome; sensitive attribute `{data['sensitive']}`, privileged group "
-        f"{data['privileged']!s}. L2 logistic regression, λ = {config['l2_reg']:g}, "
-        f"{'with' if config['fit_intercept'] else 'no'} intercept, "
+        f"{data.description}\n\n"
+        f"Train / validation / test: {data.n_train:,} / {data.n_val:,} / "
+        f"{data.n_test:,} rows; target `{data.target}` = {data.positive!s} is the "
+        f"favourable outcome; sensitive attribute `{data.sensitive}`, privileged group "
+        f"{data.privileged!s}. L2 logistic regression, λ = {config.model.l2_reg:g}, "
+        f"{'with' if config.model.fit_intercept else 'no'} intercept, "
         f"{result.selector.model_.coef_.shape[0]} features after one-hot encoding and "
         "standardization.\n\n"
         "Influence of a training row on a validation objective f: "
         "I(z) = ∇ℓ(z)ᵀ H⁻¹ ∇f ≈ f(without z) − f. Every objective is a cost, so a positive "
         "influence marks a beneficial row, a negative one a harmful row. Objectives: "
-        + "; ".join(f"**{name}**: {DESCRIPTIONS[name]}" for name in result.objectives)
+        + "; ".join(f"**{name}**: {DESCRIPTIONS[name]}" for name in config.objectives)
         + ".\n\n"
         f"Trimming removes up to {result.n_removed:,} rows ({result.n_removed / n:.1%}) for "
         f"each objective{' (chosen on the validation set, below)' if result.budget_choice else ''}"
-        f", selected by the **{result.strategy}** strategy: {STRATEGY_TEXT[result.strategy]} "
+        f", selected by the **{config.strategy}** strategy: {STRATEGY_TEXT[config.strategy]} "
         "It retrains (preprocessing fixed) and evaluates on the test set, which plays no part "
         "in any choice."
     )
-    if config["assumptions"]:
-        setting += "\n\nAssumed (no option given): " + "; ".join(config["assumptions"]) + "."
+    if data.assumptions:
+        setting += "\n\nAssumed (no option given): " + "; ".join(data.assumptions) + "."
     before_after = (
         "DP and EOP: difference of selection rate and of true positive rate, privileged minus "
         "unprivileged (signed), and fairlearn's absolute difference. Robust accuracy: "
@@ -434,7 +482,7 @@ def _report_sections(result: SelectionResult, figures: dict[str, Path]) -> list:
             ],
         ),
     ]
-    for name in result.objectives:
+    for name in config.objectives:
         rules = result.rules[name]
         top = rules.head(5).drop(columns="leaf")
         sections.append(
@@ -463,20 +511,26 @@ def write_outputs(tmp: Path, result: SelectionResult, train: TabularDataset) -> 
         ),
         "curves": save_figure(
             _curve_figure(
-                result.curve, list(result.objectives), result.n_removed, n, result.strategy
+                result.curve,
+                list(result.config.objectives),
+                result.n_removed,
+                n,
+                result.config.strategy,
             ),
             tmp / "trimming_curves.png",
         ),
     }
     if result.budget_choice is not None:
         figures["budget"] = save_figure(
-            _budget_figure(result.budget_choice, result.strategy), tmp / "budget_choice.png"
+            _budget_figure(result.budget_choice, result.config.strategy),
+            tmp / "budget_choice.png",
         )
     for name, tree in result.trees.items():
         figures[f"tree_{name}"] = save_figure(_tree_figure(tree, name), tmp / f"tree_{name}.png")
-    title = f"Influence-based data selection: {result.config['data']['name']}"
+    title = f"Influence-based data selection: {result.record.data.name}"
     write_report(tmp / "report.md", title, _report_sections(result, figures))
-    text = json.dumps(result.config, indent=2, ensure_ascii=False, default=_json_default)
+    values = run_json(result.config, result.record)
+    text = json.dumps(values, indent=2, ensure_ascii=False, default=_json_default)
     (tmp / "config.json").write_text(text + "\n", encoding="utf-8")
 
 
