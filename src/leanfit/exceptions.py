@@ -10,15 +10,11 @@ from __future__ import annotations
 
 
 class LeanfitError(Exception):
-    """Base class of every error leanfit raises on purpose."""
+    """Base class of every error leanfit raises on purpose.
 
-
-class BadInputError(LeanfitError, ValueError):
-    """An argument, a table or a tensor is not acceptable.
-
-    The message names the argument, the allowed values and the value received. The error
-    also carries them, so that a caller that calls the parameter otherwise (the command line
-    calls ``learning_rate`` ``--lr``) can say it in its own words with :meth:`naming`.
+    An error about a parameter carries it, with the value received and what is allowed,
+    so that a caller that calls the parameter otherwise (the command line calls
+    ``learning_rate`` ``--lr``) can say it in its own words with :meth:`naming`.
 
     Parameters
     ----------
@@ -64,6 +60,14 @@ class BadInputError(LeanfitError, ValueError):
         if self.param is not None and message.startswith(f"{self.param} "):
             return name + message[len(self.param) :]
         return f"{name}: {message}"
+
+
+class BadInputError(LeanfitError, ValueError):
+    """An argument, a table or a tensor is not acceptable.
+
+    The message names the argument, the allowed values and the value received; an error
+    about a parameter also carries them (:class:`LeanfitError`).
+    """
 
 
 class NotFittedError(LeanfitError, ValueError, AttributeError):

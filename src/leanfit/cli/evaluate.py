@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from leanfit.cli.finetune import set_threads
+    from leanfit.cli import set_threads
     from leanfit.finetune.runs import DataSpec, evaluate_directory
 
     set_threads(args.threads)

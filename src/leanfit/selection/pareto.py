@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from leanfit.checks import check_fraction
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.influence import check_keep_mask
 from leanfit.selection.trimming import resolve_budget
@@ -156,10 +157,7 @@ def _scale(values: np.ndarray) -> float:
 
 
 def _check_weight(weight: object, name: str = "utility_weight") -> float:
-    value = _finite(weight, name, "a number in [0, 1]")
-    if not 0.0 <= value <= 1.0:
-        raise bad_value(name, weight, "a number in [0, 1]")
-    return value
+    return check_fraction(name, weight)
 
 
 def _scalarized_order(harm: np.ndarray, cost: np.ndarray, weight: float) -> np.ndarray:

@@ -325,7 +325,7 @@ def _check_auto(
             raise bad_value(
                 "objectives",
                 names,
-                "a list with 'fairness' when budget='auto' (the budget is "
+                "a list with 'fairness' when the budget is 'auto' (the budget is "
                 "chosen on the validation demographic-parity gap)",
             )
         if max_accuracy_drop is not None:
@@ -333,11 +333,15 @@ def _check_auto(
         if target_dp is not None:
             check_fraction(target_dp, "target_dp")
         return True
-    if max_accuracy_drop is not None or target_dp is not None:
-        raise BadInputError(
-            "max_accuracy_drop and target_dp choose the budget: use them with budget='auto'; "
-            f"got budget={budget.value!r}"
-        )
+    given = {"max_accuracy_drop": max_accuracy_drop, "target_dp": target_dp}
+    for name, value in given.items():
+        if value is not None:
+            raise BadInputError(
+                f"{name} chooses the budget: use it with the budget 'auto'; got the budget "
+                f"{budget.value!r}",
+                param=name,
+                value=value,
+            )
     return False
 
 
