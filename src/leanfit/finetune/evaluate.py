@@ -85,7 +85,7 @@ def sliding_windows(n_tokens: int, *, max_length: int, stride: int) -> list[tupl
     max_length = check_int("max_length", max_length, low=2)
     stride = check_int("stride", stride, low=1)
     if stride >= max_length:
-        raise bad_value("stride", stride, f"an integer in [1, max_length={max_length})")
+        raise bad_value("stride", stride, f"an int in [1, {max_length - 1}] (below max_length)")
     windows = []
     scored_until = 1
     for begin in range(0, n_tokens, stride):

@@ -209,7 +209,8 @@ def _check_data(name: str, data: object, task: str, max_length: int) -> None:
         length = data.shape[1]
     if length > max_length:
         raise BadInputError(
-            f"{name} has sequences of {length} tokens, more than config.max_length={max_length}"
+            f"{name} has sequences of {length} tokens, more than config.max_length ({max_length})",
+            param=name,
         )
 
 

@@ -136,13 +136,15 @@ def _check_no_missing(X: pd.DataFrame) -> None:
     if missing:
         raise BadInputError(
             f"X has missing values in columns {missing[:10]}; drop or impute them, or pass a "
-            "preprocessor that imputes"
+            "preprocessor that imputes",
+            param="X",
         )
     numeric = [c for c in X.columns if pd.api.types.is_float_dtype(X[c])]
     infinite = [c for c in numeric if np.isinf(X[c].to_numpy(dtype=np.float64)).any()]
     if infinite:
         raise BadInputError(
-            f"X has infinite values in columns {infinite[:10]}; drop, clip or impute them"
+            f"X has infinite values in columns {infinite[:10]}; drop, clip or impute them",
+            param="X",
         )
 
 
@@ -350,13 +352,15 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         if self.features is None and columns != self.n_features_in_:
             raise BadInputError(
                 f"X has {columns} features, but InfluenceSelector is expecting "
-                f"{self.n_features_in_} features as input (the columns it was fitted on)"
+                f"{self.n_features_in_} features as input (the columns it was fitted on)",
+                param="X",
             )
         Z = self._to_matrix(X, fit=False)
         if Z.shape[1] != self.model_.n_features_in_:
             raise BadInputError(
                 f"X has {Z.shape[1]} features after preprocessing, but InfluenceSelector is "
-                f"expecting {self.model_.n_features_in_} features as input (as in fit)"
+                f"expecting {self.model_.n_features_in_} features as input (as in fit)",
+                param="X",
             )
         return Z
 
@@ -434,7 +438,10 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         s = resolve_sensitive(X_val, sensitive_features, privileged, n=n_val)
         needing = [o.name for o in objectives if o.needs_sensitive]
         if needing and s is None:
-            raise BadInputError(f"sensitive_features is required for objectives {needing}")
+            raise BadInputError(
+                f"sensitive_features is required for objectives {needing}",
+                param="sensitive_features",
+            )
         return self.transform(X_val), y, s
 
     def _prepared(
