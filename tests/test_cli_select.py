@@ -164,7 +164,7 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
         (["--budget", "0"], "--budget must be"),
         (["--budget", "five"], "--budget must be"),
         (["--budget", "600"], "--budget must be a count in [1, 599]"),
-        (["--objective", "speed"], "--objective must be one of"),
+        (["--objective", "speed"], "--objective must be names among"),
         (["--seeds", "-1"], "--seeds must be an integer >= 0"),
         (["--l2", "-1"], "--l2 must be a finite number > 0"),
         (["--target", "credit"], "--dataset excludes"),

@@ -123,7 +123,7 @@ def resolve_objective_names(objectives: str | Sequence[str]) -> list[str]:
         elif item in OBJECTIVES:
             chosen.add(item)
         else:
-            raise bad_value("objective", item, f"one of {[*OBJECTIVES, 'all']}")
+            raise bad_value("objectives", item, f"names among {[*OBJECTIVES, 'all']}")
     return [name for name in OBJECTIVES if name in chosen]
 
 
