@@ -19,13 +19,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from leanfit.finetune.options import DataSpec, FinetuneConfig
+    from leanfit.finetune.options import DataSpec, EvaluateConfig, FinetuneConfig
     from leanfit.finetune.runs import evaluate_directory, finetune_directory, load_run
     from leanfit.finetune.training import FinetuneResult, finetune
 
 #: The module of :mod:`leanfit.finetune` that defines each public name.
 HOMES = {
     "DataSpec": "options",
+    "EvaluateConfig": "options",
     "evaluate_directory": "runs",
     "finetune_directory": "runs",
     "load_run": "runs",
@@ -45,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DataSpec",
+    "EvaluateConfig",
     "FinetuneConfig",
     "FinetuneResult",
     "evaluate_directory",

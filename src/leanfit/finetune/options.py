@@ -1,8 +1,9 @@
-"""The settings of a fine-tuning run (:class:`FinetuneConfig`, :class:`DataSpec`) and their
-allowed values.
+"""The settings of a fine-tuning run (:class:`FinetuneConfig`, :class:`DataSpec`) and of its
+evaluation (:class:`EvaluateConfig`), and their allowed values.
 
-Light enough for the CLI parser to import: ``leanfit finetune`` derives its options from the
-config's fields (:func:`leanfit.cli.add_config_options`), each default written once, here.
+Light enough for the CLI parser to import: ``leanfit finetune`` and ``leanfit evaluate``
+derive their options from the configs' fields (:func:`leanfit.cli.add_config_options`),
+each default written once, here.
 """
 
 from __future__ import annotations
@@ -258,3 +259,32 @@ class DataSpec:
         if Path(self.source).exists():
             values["source"] = str(Path(self.source).resolve())
         return values
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of :func:`~leanfit.finetune.runs.evaluate_directory`.
+
+    Parameters
+    ----------
+    max_tokens : int
+        Held-out tokens scored by the perplexity (causal LM).
+    window, stride : int
+        Perplexity windows of ``window`` tokens moved by ``stride`` (``stride < window``):
+        every scored token after the first window has at least ``window - stride`` tokens of
+        context.
+    fidelity_examples : int
+        Held-out blocks (causal LM: next-token KL) or texts (classification: embedding
+        cosine) compared with the original model.
+    """
+
+    max_tokens: int = field(default=4096, metadata={"help": "held-out tokens scored"})
+    window: int = field(default=256, metadata={"help": "perplexity window"})
+    stride: int = field(default=128, metadata={"help": "perplexity stride"})
+    fidelity_examples: int = field(default=64, metadata={"help": "blocks/texts for KL or cosine"})
+
+    def __post_init__(self) -> None:
+        check_int("max_tokens", self.max_tokens, low=2)
+        check_int("window", self.window, low=2)
+        check_int("stride", self.stride, low=1, high=self.window - 1)
+        check_int("fidelity_examples", self.fidelity_examples, low=1)

@@ -53,7 +53,7 @@ from leanfit.finetune.evaluate import (
     next_token_kl,
     perplexity,
 )
-from leanfit.finetune.options import DataSpec, FinetuneConfig
+from leanfit.finetune.options import DataSpec, EvaluateConfig, FinetuneConfig
 from leanfit.finetune.training import FinetuneResult, finetune, refuse_existing_run
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
@@ -451,10 +451,7 @@ def evaluate_directory(
     task: str | None = None,
     data: DataSpec | None = None,
     base: str | Path | None = None,
-    max_tokens: int = 4096,
-    window: int = 256,
-    stride: int = 128,
-    fidelity_examples: int = 64,
+    settings: EvaluateConfig | None = None,
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -462,7 +459,8 @@ def evaluate_directory(
 
     A run directory (``leanfit finetune`` output) is evaluated on its own held-out data with
     its trained adapter; a quantized directory with its saved adapter (causal LM) or as an
-    encoder (fidelity only: an untrained head has no meaningful accuracy).
+    encoder (fidelity only: an untrained head has no meaningful accuracy). ``settings``
+    (default :class:`~leanfit.finetune.options.EvaluateConfig`) sets how much is scored.
 
     Metrics
     -------
@@ -484,6 +482,9 @@ def evaluate_directory(
         The metrics plus ``task``, ``init``, ``path`` and the evaluation settings.
     """
     path = Path(path)
+    settings = EvaluateConfig() if settings is None else settings
+    max_tokens, window, stride = settings.max_tokens, settings.window, settings.stride
+    fidelity_examples = settings.fidelity_examples
     if (path / RUN_FILE).is_file():
         record = read_run(path)
         config = FinetuneConfig.load(path / "config.json")
