@@ -6,6 +6,11 @@ arguments that returns the exit code. The CLI holds no logic that the Python API
 Start-up stays short: only the module of the subcommand being run is imported (and it
 imports torch, scikit-learn, ... only inside its ``run``). ``leanfit --help`` lists the
 subcommands from :data:`SUBCOMMANDS` without importing any of them.
+
+An option stores into the name of the Python API parameter it sets (its ``dest``), and
+options of a config class are derived from its fields (:func:`add_config_options`). An error
+about a parameter is printed with the option that sets it, found in the parser's own table
+(:func:`option_table`); the library never sees option names.
 """
 
 from __future__ import annotations
