@@ -142,13 +142,11 @@ def _option_settings(field: dataclasses.Field, hint: object) -> dict[str, Any]:
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
     if field.default is not None:
         help_text += f" (default {field.default})"
-    choices = field.metadata.get("choices")
     return {
         "dest": field.name,
         "type": kinds[0],
         "default": field.default,
-        "choices": choices,
-        "metavar": None if choices else config_option(field)[2:].upper().replace("-", "_"),
+        "choices": field.metadata.get("choices"),
         "help": help_text,
     }
 
