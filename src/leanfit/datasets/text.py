@@ -75,10 +75,14 @@ def require_columns(frame: object, **columns: str) -> pd.DataFrame:
         if column not in frame.columns:
             raise BadInputError(
                 f"{argument} {column!r} is not a column of the data; "
-                f"columns are {list(frame.columns)}"
+                f"columns are {list(frame.columns)}",
+                param=argument,
+                value=column,
             )
         if frame[column].isna().any():
-            raise BadInputError(f"{argument} {column!r} has missing values")
+            raise BadInputError(
+                f"{argument} {column!r} has missing values", param=argument, value=column
+            )
     if len(frame) == 0:
         raise BadInputError("frame is empty; the data needs at least one row")
     return frame
