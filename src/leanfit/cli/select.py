@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from leanfit.selection.budget import Budget
     from leanfit.selection.workflow import run_selection
 
-    budget = Budget.parse(args.budget, "budget")
+    budget = Budget.parse(args.budget)
     split = _load(args)
     name = args.dataset or args.train.stem
     result = run_selection(
