@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from leanfit import __version__
 from leanfit.cli import main
@@ -81,24 +82,53 @@ def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
 
 
 def test_api_errors_are_said_with_the_options_that_set_them():
-    from leanfit.cli import build_parser, in_option_names, option_names, parser_of
-    from leanfit.cli.finetune import API_NAMES
+    from leanfit.cli import build_parser, in_command_words, option_table, parser_of
+    from leanfit.exceptions import BadInputError, MissingResourceError, bad_value
 
-    options = option_names(parser_of(build_parser(["finetune"]), "finetune"), API_NAMES)
+    options = option_table(parser_of(build_parser(["finetune"]), "finetune"))
     assert options["learning_rate"] == "--lr" and options["batch_size"] == "--batch-size"
-    cases = {
-        "out_dir '/runs/a' exists; pass overwrite=True to replace it":
-            "--out '/runs/a' exists; pass --overwrite to replace it",
-        "learning_rate must be a finite number > 0; got -1.0":
-            "--lr must be a finite number > 0; got -1.0",
-        "give steps or epochs, not both; got steps=3, epochs=1.0":
-            "give steps or epochs, not both; got --steps 3, --epochs 1.0",
-        "task must be one of ['causal-lm']; got 'x'":
-            "--task must be one of ['causal-lm']; got 'x'",
-        "schedule='cosine' needs steps": "--schedule cosine needs steps",
-        # prose, tensor and file names keep their words
-        "the seed of model.max_length_head.weight is the steps count":
-            "the seed of model.max_length_head.weight is the steps count",
-    }  # fmt: skip
-    for api, cli in cases.items():
-        assert in_option_names(api, options) == cli
+    assert options["out_dir"] == "--out" and options["directory"] == "DIR"
+    cases = [
+        (bad_value("learning_rate", -1.0, "a finite number > 0"),
+         "--lr must be a finite number > 0; got -1.0"),
+        (BadInputError("out_dir '/runs/a' exists; pass --overwrite to replace it",
+                       param="out_dir"),
+         "--out '/runs/a' exists; pass --overwrite to replace it"),
+        (BadInputError("give steps or epochs, not both; got steps 3 and epochs 1",
+                       param="epochs"),
+         "--epochs: give steps or epochs, not both; got steps 3 and epochs 1"),
+        (MissingResourceError("task data is not there", param="task"),
+         "--task data is not there"),
+        # no parameter, or one the command has no option for: the message as it is
+        (BadInputError("the seed of model.max_length_head.weight is the steps count"),
+         "the seed of model.max_length_head.weight is the steps count"),
+        (bad_value("weight_decay", -1, "a finite number >= 0"),
+         "weight_decay must be a finite number >= 0; got -1"),
+    ]  # fmt: skip
+    for err, cli in cases:
+        assert in_command_words(err, options) == cli
+
+
+def test_config_options_write_each_default_once():
+    import argparse
+    import dataclasses
+
+    from leanfit.cli import add_config_options, config_from_args
+    from leanfit.finetune.options import FinetuneConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, FinetuneConfig)
+    assert config_from_args(FinetuneConfig, parser.parse_args([])) == FinetuneConfig()
+    args = parser.parse_args(["--lr", "0.01", "--no-gradient-checkpointing", "--steps", "3"])
+    config = config_from_args(FinetuneConfig, args)
+    assert (config.learning_rate, config.gradient_checkpointing) == (0.01, False)
+    assert (config.steps, config.epochs) == (3, None)
+    text = parser.format_help()
+    assert "peak learning rate (default 0.0002)" in " ".join(text.split())
+    exposed = [f for f in dataclasses.fields(FinetuneConfig) if "help" in f.metadata]
+    assert {f.name for f in dataclasses.fields(FinetuneConfig)} - {f.name for f in exposed} == {
+        "weight_decay",
+        "max_grad_norm",
+    }
+    with pytest.raises(SystemExit):  # one group: --steps and --epochs exclude each other
+        parser.parse_args(["--steps", "3", "--epochs", "1"])

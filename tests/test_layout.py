@@ -17,6 +17,7 @@ LAYERS = {
 
 SHARED = (
     "leanfit.exceptions",
+    "leanfit.checks",
     "leanfit.io",
     "leanfit.heap",
     "leanfit.quiet",

@@ -123,13 +123,13 @@ def test_load_csv(table):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"target": "nope", "sensitive": "g"}, "target='nope' is not a column"),
+        ({"target": "nope", "sensitive": "g"}, "target 'nope' is not a column"),
         (
             {"target": "label", "sensitive": "x", "positive": "yes"},
             "sensitive column 'x' must have exactly two distinct values",
         ),
-        ({"target": "label", "sensitive": "g", "privileged": "a"}, "pass positive="),
-        ({"target": "label", "sensitive": "g", "positive": "maybe"}, "positive= must be one of"),
+        ({"target": "label", "sensitive": "g", "privileged": "a"}, "positive is needed: column"),
+        ({"target": "label", "sensitive": "g", "positive": "maybe"}, "positive must be one of"),
     ],
 )
 def test_load_csv_errors(table, kwargs, message):

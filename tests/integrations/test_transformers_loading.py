@@ -465,7 +465,7 @@ def test_a_plain_checkpoint_cannot_be_quantized_on_load(tmp_path):
         (
             lambda q: q["groups"][0].update(bits=5),
             CorruptArtifactError,
-            r"bits must be one of \(2, 3, 4\) for method='nf'; got 5",
+            r"bits must be one of \(2, 3, 4\) with method 'nf'; got 5",
         ),
         (
             lambda q: q["groups"][0].update(modules=["h.0.attn.c_attn", "h.0.mlp.c_fc"]),

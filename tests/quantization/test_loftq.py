@@ -161,7 +161,7 @@ def test_randomized_svd_gives_the_exact_loftq_error(minilm_weights):
         ({"svd": "full"}, "svd must be one of \\('randomized', 'exact'\\); got 'full'"),
         ({"lora_alpha": 0}, "lora_alpha must be a finite number > 0, or None; got 0"),
         ({"lora_alpha": math.nan}, "lora_alpha must be a finite number > 0"),
-        ({"bits": 8}, "bits must be one of \\(2, 3, 4\\) for method='nf'; got 8"),
+        ({"bits": 8}, "bits must be one of \\(2, 3, 4\\) with method 'nf'; got 8"),
         ({"block_size": 0}, "block_size must be an int >= 1; got 0"),
         ({"seed": -1}, "seed must be an int >= 0"),
     ],

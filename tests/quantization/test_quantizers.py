@@ -287,7 +287,7 @@ def test_cuda_matches_cpu():
         ({"block_size": 0}, "block_size must be an int >= 1; got 0"),
         ({"block_size": 1.5}, "block_size must be an int >= 1; got 1.5"),
         ({"block_size": True}, "block_size must be an int >= 1; got True"),
-        ({"bits": 8}, "bits must be one of \\(2, 3, 4\\) for method='nf'; got 8"),
+        ({"bits": 8}, "bits must be one of \\(2, 3, 4\\) with method 'nf'; got 8"),
         ({"bits": 5, "method": "uniform"}, "bits must be one of \\(2, 3, 4, 8\\)"),
         ({"method": "int"}, "method must be one of \\['nf', 'uniform'\\]; got 'int'"),
         ({"double_quant": 1}, "double_quant must be a bool"),

@@ -1,8 +1,11 @@
 """The bad-input matrix (docs/bad-inputs.md): every row is a case here.
 
-Each case feeds one bad input to the public API and checks the error class and that the
-message names the argument or tensor. CLI cases run ``leanfit`` as a real subprocess and
-check exit code 2, a single ``leanfit COMMAND: error: ...`` line and no traceback.
+Each case feeds one bad input to the public API and checks the error class, that the
+message names the argument or tensor, and the parameter the error carries
+(``LeanfitError.param``; None for an error about data, a file or a combination). CLI cases
+run ``leanfit`` as a real subprocess and check exit code 2, a single
+``leanfit COMMAND: error: ...`` line, no traceback, and the option that the parser's table
+gives for the error's parameter, which the line starts with.
 ``docs/bad-inputs.md`` is generated from these cases (``python -m
 tests.reliability.test_bad_inputs``) and a test keeps it in sync.
 """
@@ -64,6 +67,7 @@ class Case:
     error: type[LeanfitError]
     match: str
     call: Callable[[Path], object]
+    param: str | None = None
 
 
 def weight(rows=8, cols=16, seed=0):
@@ -379,8 +383,9 @@ CASES = [
         "quantization",
         "bits=5",
         BadInputError,
-        r"bits must be one of \(2, 3, 4\) for method='nf'; got 5",
+        r"bits must be one of \(2, 3, 4\) with method 'nf'; got 5",
         lambda t: loftq_decompose(weight(), bits=5, rank=2),
+        param="bits",
     ),
     Case(
         "q-bits-nf8",
@@ -389,6 +394,7 @@ CASES = [
         BadInputError,
         "bits must be one of",
         lambda t: quantize(weight(), 8, "nf"),
+        param="bits",
     ),
     Case(
         "q-bits-plan",
@@ -397,6 +403,7 @@ CASES = [
         BadInputError,
         r"bits must be one of \(2, 3, 4, 8\); got 1",
         lambda t: plan_bits(targets(), bits=1),
+        param="bits",
     ),
     Case(
         "q-method",
@@ -405,6 +412,7 @@ CASES = [
         BadInputError,
         "method must be one of",
         lambda t: quantize(weight(), 4, "fp4"),
+        param="method",
     ),
     Case(
         "q-rank-too-big",
@@ -413,6 +421,7 @@ CASES = [
         BadInputError,
         r"rank must be an int in \[1, 7\]; got 8",
         lambda t: loftq_decompose(weight(), rank=8),
+        param="rank",
     ),
     Case(
         "q-rank-zero",
@@ -421,6 +430,7 @@ CASES = [
         BadInputError,
         r"rank must be an int in \[1, 7\]; got 0",
         lambda t: loftq_decompose(weight(), rank=0),
+        param="rank",
     ),
     Case(
         "q-block-zero",
@@ -429,6 +439,7 @@ CASES = [
         BadInputError,
         "block_size must be an int >= 1; got 0",
         lambda t: loftq_decompose(weight(), rank=2, block_size=0),
+        param="block_size",
     ),
     Case(
         "q-block-float",
@@ -437,6 +448,7 @@ CASES = [
         BadInputError,
         "block_size must be an int >= 1; got 64.0",
         lambda t: quantize(weight(), 4, "nf", 64.0),
+        param="block_size",
     ),
     Case(
         "q-weight-empty",
@@ -445,6 +457,7 @@ CASES = [
         BadInputError,
         r"weight must be a non-empty",
         lambda t: loftq_decompose(torch.empty(0, 16)),
+        param="weight",
     ),
     Case(
         "q-weight-1d",
@@ -453,6 +466,7 @@ CASES = [
         BadInputError,
         "weight must be a 2-D floating-point tensor",
         lambda t: loftq_decompose(torch.ones(16)),
+        param="weight",
     ),
     Case(
         "q-target-zero-size",
@@ -634,6 +648,7 @@ CASES = [
         BadInputError,
         "sensitive_features must be a column of X_val",
         lambda t: influence_with("race"),
+        param="sensitive_features",
     ),
     Case(
         "s-sensitive-constant",
@@ -642,6 +657,7 @@ CASES = [
         BadInputError,
         "sensitive_features must have exactly two groups",
         lambda t: influence_with(np.ones(120)),
+        param="sensitive_features",
     ),
     Case(
         "s-sensitive-nan",
@@ -650,6 +666,7 @@ CASES = [
         BadInputError,
         "sensitive_features must not have missing values",
         lambda t: influence_with(np.r_[np.ones(60), np.full(60, np.nan)]),
+        param="sensitive_features",
     ),
     Case(
         "s-sensitive-length",
@@ -658,6 +675,7 @@ CASES = [
         BadInputError,
         r"sensitive_features must have one entry per row of X \(120\); got 119",
         lambda t: influence_with(np.r_[np.ones(60), np.zeros(59)]),
+        param="sensitive_features",
     ),
     Case(
         "s-empty-group",
@@ -668,6 +686,7 @@ CASES = [
         lambda t: demographic_parity_difference(
             np.ones(10), np.ones(10), sensitive_features=np.zeros(10)
         ),
+        param="sensitive_features",
     ),
     Case(
         "s-single-class",
@@ -676,6 +695,7 @@ CASES = [
         BadInputError,
         "y must contain both classes",
         lambda t: fit_with(lambda X, y: (X, np.zeros_like(y))),
+        param="y",
     ),
     Case(
         "s-labels-not-binary",
@@ -684,6 +704,7 @@ CASES = [
         BadInputError,
         "y must hold 0/1 labels",
         lambda t: fit_with(lambda X, y: (X, y + (y == 1))),
+        param="y",
     ),
     Case(
         "s-labels-text",
@@ -692,6 +713,7 @@ CASES = [
         BadInputError,
         "y must hold 0/1 labels",
         lambda t: fit_with(lambda X, y: (X, np.where(y == 1, "yes", "no"))),
+        param="y",
     ),
     Case(
         "s-nan-feature",
@@ -700,6 +722,7 @@ CASES = [
         BadInputError,
         r"X has missing values in columns \['b'\]",
         lambda t: fit_with(lambda X, y: (X.assign(b=X.b.where(X.index != 3)), y)),
+        param="X",
     ),
     Case(
         "s-inf-feature",
@@ -708,6 +731,7 @@ CASES = [
         BadInputError,
         r"X has infinite values in columns \['b'\]",
         lambda t: fit_with(lambda X, y: (X.assign(b=X.b.where(X.index != 3, np.inf)), y)),
+        param="X",
     ),
     Case(
         "s-non-numeric",
@@ -716,6 +740,7 @@ CASES = [
         BadInputError,
         r"X must be numeric here; columns \['c', 'g'\]",
         lambda t: InfluenceSelector(1.0, preprocessor=None).fit(*frame_and_labels()),
+        param="X",
     ),
     Case(
         "s-lengths",
@@ -724,16 +749,18 @@ CASES = [
         BadInputError,
         r"y must have one entry per row of X \(120\); got 117",
         lambda t: fit_with(lambda X, y: (X, y[:-3])),
+        param="y",
     ),
     Case(
         "s-high-cardinality",
         "selection",
         "categorical column with one value per row",
         BadInputError,
-        r"categorical column 'id' of X has 120 distinct values.*max_categories",
+        r"categorical column 'id' of X has 120 distinct values, more than the limit of 100",
         lambda t: InfluenceSelector(1.0, max_categories=100).fit(
             *high_cardinality(*frame_and_labels())
         ),
+        param="max_categories",
     ),
     Case(
         "s-budget-zero",
@@ -742,6 +769,7 @@ CASES = [
         BadInputError,
         r"budget must be a fraction in the open interval \(0, 1\)",
         lambda t: trim(scores(), 0.0),
+        param="budget",
     ),
     Case(
         "s-budget-one",
@@ -750,6 +778,7 @@ CASES = [
         BadInputError,
         r"budget must be a fraction in the open interval",
         lambda t: trim(scores(), 1.0),
+        param="budget",
     ),
     Case(
         "s-budget-above-n",
@@ -758,6 +787,7 @@ CASES = [
         BadInputError,
         r"budget must be a count in \[1, 49\]",
         lambda t: trim(scores(), 60),
+        param="budget",
     ),
     Case(
         "s-budget-nan",
@@ -766,6 +796,7 @@ CASES = [
         BadInputError,
         "budget must be",
         lambda t: trim(scores(), float("nan")),
+        param="budget",
     ),
     Case(
         "s-influence-nan",
@@ -774,6 +805,7 @@ CASES = [
         BadInputError,
         "influence",
         lambda t: trim(pd.Series([0.1, np.nan, 0.3]), 1),
+        param="influence",
     ),
     Case(
         "s-tree-nan",
@@ -782,6 +814,7 @@ CASES = [
         BadInputError,
         "y",
         lambda t: InfluenceTree().fit(*frame_and_labels()[:1], np.r_[np.nan, np.zeros(119)]),
+        param="y",
     ),
     Case(
         "s-evaluate-lengths",
@@ -795,6 +828,7 @@ CASES = [
             fitted()[2],
             sensitive_features=np.ones(5),
         ),
+        param="sensitive_features",
     ),
     Case(
         "s-identical-one-class",
@@ -803,6 +837,7 @@ CASES = [
         BadInputError,
         "both classes",
         lambda t: InfluenceSelector(1.0).fit(pd.DataFrame({"a": [1.0] * 30}), np.ones(30)),
+        param="y",
     ),
     Case(
         "s-csv-missing",
@@ -825,8 +860,9 @@ CASES = [
         "data",
         "target column absent",
         BadInputError,
-        r"target='label' is not a column",
+        r"target 'label' is not a column",
         lambda t: load_changed(t, lambda f: f, target="label"),
+        param="target",
     ),
     Case(
         "s-csv-constant-sensitive",
@@ -849,8 +885,9 @@ CASES = [
         "data",
         "privileged value not in the column",
         BadInputError,
-        r"privileged= must be one of \['F', 'M'\]; got 'X'",
+        r"privileged must be one of \['F', 'M'\]; got 'X'",
         lambda t: load_changed(t, lambda f: f, privileged="X"),
+        param="privileged",
     ),
     # -- quantization: LoftQ outputs ----------------------------------------------------
     Case(
@@ -904,6 +941,7 @@ CASES = [
         BadInputError,
         r"max_memory_bytes must be an int >= 1 \(bytes\), or None; got 0",
         lambda t: quantize_with_budget(t, 0),
+        param="max_memory_bytes",
     ),
     Case(
         "q-size-unit",
@@ -912,6 +950,7 @@ CASES = [
         BadInputError,
         r"--max-memory must be a size such as 4GB, 500MB, 1\.5GiB or a number of bytes; got 'lots'",
         lambda t: parse_size("lots", "--max-memory"),
+        param="--max-memory",
     ),
     Case(
         "q-size-zero",
@@ -920,33 +959,37 @@ CASES = [
         BadInputError,
         r"--max-shard-size must be a size of at least 1 byte; got '0'",
         lambda t: parse_size("0", "--max-shard-size"),
+        param="--max-shard-size",
     ),
     Case(
         "q-max-memory-estimate",
         "quantization",
         "max_memory_bytes below the estimated peak",
         BadInputError,
-        r"max_memory must cover the estimated peak memory .* \(baseline .* working set of "
+        r"max_memory_bytes must cover the estimated peak memory .* \(baseline .* working set of "
         r".* shard buffer .*\); got 1 MB",
         lambda t: quantize_with_budget(t, 10**6),
+        param="max_memory_bytes",
     ),
     Case(
         "q-max-memory-workers",
         "quantization",
         "max_memory_bytes below the estimate of 2 workers",
         BadInputError,
-        r"max_memory must cover the estimated peak memory .* working set of .* × 2 workers",
+        r"max_memory_bytes must cover the estimated peak memory .* working set of .* × 2 workers",
         lambda t: quantize_with_budget(t, 10**6, workers=2),
+        param="max_memory_bytes",
     ),
     Case(
         "q-max-memory-calibration",
         "quantization",
         "max_memory_bytes with calibration",
         BadInputError,
-        r"max_memory does not count calibration's activations .* run without --max-memory",
+        r"max_memory_bytes does not count calibration's activations .* run without it",
         lambda t: quantize_with_budget(
             t, 10**9, LoftQConfig(rank=2, iters=1, calibration="pride_and_prejudice")
         ),
+        param="max_memory_bytes",
     ),
     Case(
         "q-workers-zero",
@@ -955,6 +998,7 @@ CASES = [
         BadInputError,
         r"workers must be an int >= 1; got 0",
         lambda t: quantize_with_workers(t, 0),
+        param="workers",
     ),
     Case(
         "q-workers-bool",
@@ -963,6 +1007,7 @@ CASES = [
         BadInputError,
         r"workers must be an int >= 1; got True",
         lambda t: quantize_with_workers(t, True),
+        param="workers",
     ),
     Case(
         "q-workers-calibration",
@@ -1011,6 +1056,7 @@ def test_bad_input_raises_a_leanfit_error_naming_it(case, tmp_path):
     with pytest.raises(case.error, match=case.match) as info:
         case.call(tmp_path)
     assert isinstance(info.value, LeanfitError)
+    assert info.value.param == case.param
     assert "\n" not in str(info.value)  # one line, for the CLI's one-line message
 
 
@@ -1023,6 +1069,7 @@ class CliCase:
     input: str
     match: str
     args: Callable[[Path], list[str]]
+    option: str | None = None
 
 
 def select_csv(change=lambda f: f, *extra):
@@ -1140,68 +1187,79 @@ CLI_CASES = [
             "--max-categories",
             "50",
         ),
+        option="--max-categories",
     ),
     CliCase(
         "cli-select-budget-range",
         "--budget 1.5",
         "--budget must be auto, a fraction",
         select_csv(lambda f: f, "--budget", "1.5"),
+        option="--budget",
     ),
     CliCase(
         "cli-select-budget-above-n",
         "--budget 500 with 120 rows",
         r"--budget must be a count in \[1, 119\]",
         select_csv(lambda f: f, "--budget", "500"),
+        option="--budget",
     ),
     CliCase(
         "cli-select-positive-unconventional",
         "target values A / B (neither favourable by convention), no --positive",
-        r"target column 'y' has values \['A', 'B'\] and neither is favourable by convention; "
-        r"say which one counts as 1, e\.g\. --positive B",
+        r"--positive is needed: target column 'y' has values \['A', 'B'\] and neither is "
+        r"favourable by convention; say which one counts as 1 \(e\.g\. B\)",
         select_csv(lambda f: f.assign(y=np.where(f.y == 1, "A", "B"))),
+        option="--positive",
     ),
     CliCase(
         "cli-select-positive-unknown",
         "--positive naming no target value",
         r"--positive must be one of \['0', '1'\]; got 'yes'",
         select_csv(lambda f: f, "--positive", "yes"),
+        option="--positive",
     ),
     CliCase(
         "cli-select-target-not-a-column",
         "--target naming no column",
-        r"--target label is not a column of .*train\.csv",
+        r"--target 'label' is not a column of .*train\.csv",
         lambda t: [*select_csv()(t), "--target", "label"],
+        option="--target",
     ),
     CliCase(
         "cli-select-categorical-unknown",
         "--categorical naming no column",
         r"--categorical must be columns of .*train\.csv; got \['nope'\]",
         select_csv(lambda f: f, "--categorical", "nope"),
+        option="--categorical",
     ),
     CliCase(
         "cli-select-target-dp-fixed-budget",
         "--target-dp with a fixed --budget",
-        r"--target-dp choose the budget: use with --budget auto; got --budget 0\.05",
+        r"--target-dp chooses the budget: use it with the budget 'auto'; got the budget 0\.05",
         select_csv(lambda f: f, "--target-dp", "0.05"),
+        option="--target-dp",
     ),
     CliCase(
         "cli-select-auto-without-fairness",
         "--budget auto --objective utility",
-        r"--budget auto chooses the budget on the validation demographic-parity gap: add "
-        r"fairness to --objective",
+        r"--objective must be a list with 'fairness' when the budget is 'auto' \(the budget "
+        r"is chosen on the validation demographic-parity gap\); got \['utility'\]",
         select_csv(lambda f: f, "--budget", "auto", "--objective", "utility"),
+        option="--objective",
     ),
     CliCase(
         "cli-select-max-accuracy-drop",
         "--max-accuracy-drop 1.5",
-        r"--max-accuracy-drop must be a number in \[0, 1\]; got '1\.5'",
+        r"--max-accuracy-drop must be a number in \[0, 1\]; got 1\.5",
         select_csv(lambda f: f, "--budget", "auto", "--max-accuracy-drop", "1.5"),
+        option="--max-accuracy-drop",
     ),
     CliCase(
         "cli-select-l2",
         "--l2 0",
-        r"--l2 must be a number > 0; got 0\.0",
+        r"--l2 must be a finite number > 0; got 0\.0",
         select_csv(lambda f: f, "--l2", "0"),
+        option="--l2",
     ),
     CliCase(
         "cli-select-test-too-small",
@@ -1213,12 +1271,14 @@ CLI_CASES = [
             str(csv_with(t, lambda f: f.groupby(["y", "g"]).head(1).head(3), "small.csv")),
             *select_csv()(t)[5:],
         ],
+        option="--test",
     ),
     CliCase(
         "cli-select-million-categories",
         "1,000,000-value categorical column",
-        r"categorical column 'user' of train has 1,000,000 distinct values.*--max-categories",
+        r"--max-categories: categorical column 'user' of train has 1,000,000 distinct values",
         million_categories,
+        option="--max-categories",
     ),
     CliCase(
         "cli-select-out-exists",
@@ -1247,38 +1307,44 @@ CLI_CASES = [
     CliCase(
         "cli-quantize-bits",
         "--bits 5",
-        r"--bits must be one of \(2, 3, 4\) for --method nf; got 5",
+        r"--bits must be one of \(2, 3, 4\) with method 'nf'; got 5",
         quantize_cli(tiny_model, "--bits", "5"),
+        option="--bits",
     ),
     CliCase(
         "cli-quantize-rank",
         "--rank 16 with 16 × 32 matrices",
-        r"--rank must be below min\(n_out, n_in\) of every target; got --rank 16",
+        r"--rank must be below min\(n_out, n_in\) of every target; got 16",
         lambda t: [*quantize_cli(tiny_model)(t), "--rank", "16"],
+        option="--rank",
     ),
     CliCase(
         "cli-quantize-block-size",
         "--block-size 0",
         r"--block-size must be an int >= 1; got 0",
         quantize_cli(tiny_model, "--block-size", "0"),
+        option="--block-size",
     ),
     CliCase(
         "cli-quantize-bits-budget",
         "--bits-budget 2.4 (below every target at 2 bits: 2.5 stored bits/param)",
         r"--bits-budget must be a number in \[2\.5000, 4\.5000\]: stored bits per parameter",
         quantize_cli(tiny_model, "--bits-budget", "2.4"),
+        option="--bits-budget",
     ),
     CliCase(
         "cli-quantize-calib-tokens",
         "--calibration pride_and_prejudice --calib-tokens 0",
         r"--calib-tokens must be an int >= 2; got 0",
         quantize_cli(tiny_model, "--calibration", "pride_and_prejudice", "--calib-tokens", "0"),
+        option="--calib-tokens",
     ),
     CliCase(
         "cli-quantize-calibration-missing",
         "--calibration naming a file that does not exist",
         r"--calibration must be one of \['pride_and_prejudice'\] or an existing text file",
         lambda t: [*quantize_cli(tiny_model)(t), "--calibration", str(t / "absent.txt")],
+        option="--calibration",
     ),
     CliCase(
         "cli-quantize-calibration-model",
@@ -1309,6 +1375,7 @@ CLI_CASES = [
         "--workers 0",
         r"--workers must be an int >= 1; got 0",
         quantize_cli(tiny_model, "--workers", "0"),
+        option="--workers",
     ),
     CliCase(
         "cli-quantize-unknown-type",
@@ -1333,6 +1400,7 @@ CLI_CASES = [
         "--max-memory 1MB (below the estimated peak)",
         r"--max-memory must cover the estimated peak memory .* got 1 MB",
         quantize_cli(tiny_model, "--max-memory", "1MB"),
+        option="--max-memory",
     ),
     CliCase(
         "cli-quantize-unfinished",
@@ -1357,18 +1425,21 @@ CLI_CASES = [
         "a negative --lr",
         r"--lr must be a finite number > 0; got -1\.0",
         finetune_cli("--lr", "-1"),
+        option="--lr",
     ),
     CliCase(
         "cli-finetune-column-of-a-built-in",
         "--label-column with a built-in data set",
         r"--label-column stars: columns are chosen in a CSV file only; .* 'tweets' has its own",
         finetune_cli("--label-column", "stars"),
+        option="--label-column",
     ),
     CliCase(
         "cli-finetune-out-exists",
         "--out that exists (refused before any loading)",
         r"--out '.*out' exists; pass --overwrite to replace it",
         existing(finetune_cli()),
+        option="--out",
     ),
 ]
 
@@ -1397,7 +1468,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"leanfit {args[0]}: error: ")
+    assert lines[0].startswith(f"leanfit {args[0]}: error: {case.option or ''}")
     assert re.search(case.match, lines[0]), lines[0]
     # options, never Python keyword syntax such as ``positive=`` or ``overwrite=True``
     assert not PYTHON_KEYWORD.search(lines[0]), lines[0]
@@ -1415,6 +1486,9 @@ def matrix_markdown() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
+    def code(name: str | None) -> str:
+        return "" if name is None else f"`{name}`"
+
     def excerpt(pattern: str) -> str:
         plain = pattern.replace("\\", "").replace(".*", " … ")
         return plain.replace("^", "")
@@ -1425,33 +1499,38 @@ def matrix_markdown() -> str:
         "What leanfit does with inputs it cannot use. Every row is a test: "
         "`tests/reliability/test_bad_inputs.py::<test>[<id>]`. Every error is a "
         "`leanfit.exceptions.LeanfitError` whose message is one line that names the argument, "
-        "column or tensor and says what is accepted. On the command line the same message is "
-        "printed as `leanfit COMMAND: error: …` with exit code 2 and no traceback.",
+        "column or tensor and says what is accepted; an error about a parameter also carries "
+        "it (`err.param`, with `err.value` and `err.allowed`). On the command line the same "
+        "message is printed as `leanfit COMMAND: error: …` with exit code 2 and no traceback, "
+        "the parameter called by the option that sets it.",
         "",
         "Message excerpts are the regular expressions the tests match, with `.*` shown as `…`.",
         "",
         "## Python API",
         "",
-        "| area | input | error class | message excerpt | test id |",
-        "|---|---|---|---|---|",
+        "| area | input | error class | parameter | message excerpt | test id |",
+        "|---|---|---|---|---|---|",
     ]
     for case in CASES:
         lines.append(
             f"| {case.area} | {cell(case.input)} | `{case.error.__name__}` | "
-            f"{cell(excerpt(case.match))} | `{case.id}` |"
+            f"{code(case.param)} | {cell(excerpt(case.match))} | `{case.id}` |"
         )
     lines += [
         "",
-        "## Command line (`leanfit select`, `leanfit data`, `leanfit quantize`, as a subprocess)",
+        "## Command line (`leanfit select`, `leanfit data`, `leanfit quantize`, "
+        "`leanfit finetune`, as a subprocess)",
         "",
-        "Exit code 2, one line on stderr, no traceback, and no output directory left behind.",
+        "Exit code 2, one line on stderr, no traceback, and no output directory left behind. "
+        "The line starts with the option (when the error is about one).",
         "",
-        "| area | input | error class | message excerpt | test id |",
-        "|---|---|---|---|---|",
+        "| area | input | error class | option | message excerpt | test id |",
+        "|---|---|---|---|---|---|",
     ]
     for case in CLI_CASES:
         lines.append(
-            f"| cli | {cell(case.input)} | exit 2 | {cell(excerpt(case.match))} | `{case.id}` |"
+            f"| cli | {cell(case.input)} | exit 2 | {code(case.option)} | "
+            f"{cell(excerpt(case.match))} | `{case.id}` |"
         )
     lines += [
         "",

@@ -46,7 +46,9 @@ def test_parse_size_refuses(text):
 def test_budget_below_the_estimate_is_refused_before_writing(model, tmp_path):
     estimate = estimate_checkpoint_memory(model, CONFIG)
     budget = estimate.baseline // 2  # below what the process already holds
-    with pytest.raises(BadInputError, match=r"max_memory must cover the estimated peak memory"):
+    with pytest.raises(
+        BadInputError, match=r"max_memory_bytes must cover the estimated peak memory"
+    ):
         quantize_here(model, tmp_path, max_memory_bytes=budget)
     assert list(tmp_path.iterdir()) == []  # neither the output nor a partial run
 

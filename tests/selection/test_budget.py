@@ -50,9 +50,10 @@ def test_values_that_are_no_budget(value, message):
 
 
 @pytest.mark.parametrize(("text"), ["1.5", "-3", "x", "", "inf"])
-def test_words_that_are_no_budget_name_the_option(text):
-    with pytest.raises(BadInputError, match="--budget must be auto, a fraction in"):
+def test_words_that_are_no_budget_are_errors_about_the_budget(text):
+    with pytest.raises(BadInputError, match="budget must be auto, a fraction in") as info:
         Budget.parse(text)
+    assert (info.value.param, info.value.value) == ("budget", text)
 
 
 def test_a_count_is_checked_against_the_rows_and_auto_has_none():

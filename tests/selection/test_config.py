@@ -47,28 +47,30 @@ def test_a_config_is_frozen_and_compares_by_value():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"objectives": ("speed",)}, r"objective must be one of \['utility'"),
+        ({"objectives": ("speed",)}, r"objectives must be one of \['utility'"),
         ({"objectives": ()}, "objectives must be a non-empty list"),
         ({"budget": "most"}, r"budget must be auto, a fraction in \(0, 1\) or a whole count"),
         ({"budget": 1.5}, r"budget must be a fraction in the open interval \(0, 1\)"),
         ({"strategy": "greedy"}, "strategy must be one of"),
-        ({"target_dp": 0.05}, "use them with budget='auto'; got budget=0.05"),
-        ({"max_accuracy_drop": 0.01}, "use them with budget='auto'"),
+        ({"target_dp": 0.05}, "target_dp chooses the budget: use it with the budget 'auto'; got the budget 0.05"),
+        ({"max_accuracy_drop": 0.01}, "max_accuracy_drop chooses the budget"),
         ({"budget": "auto", "objectives": ("utility",)}, "a list with 'fairness'"),
         ({"budget": "auto", "max_accuracy_drop": 2.0}, r"max_accuracy_drop must be .*\[0, 1\]"),
         ({"budget": "auto", "target_dp": -0.1}, r"target_dp must be .*\[0, 1\]"),
         ({"model": {"l2_reg": 1.0}}, "model must be a ModelSettings"),
-        ({"seeds": -1}, "seeds must be an integer >= 0"),
-        ({"seed": 1.5}, "seed must be an integer >= 0"),
-        ({"curve_points": 0}, "curve_points must be an integer >= 1"),
-        ({"max_rules": 1}, "max_rules must be an integer >= 2"),
-        ({"max_categories": 0}, "max_categories must be an integer >= 1"),
-        ({"seeds": True}, "seeds must be an integer >= 0"),
+        ({"seeds": -1}, "seeds must be an int >= 0"),
+        ({"seed": 1.5}, "seed must be an int >= 0"),
+        ({"curve_points": 0}, "curve_points must be an int >= 1"),
+        ({"max_rules": 1}, "max_rules must be an int >= 2"),
+        ({"max_categories": 0}, "max_categories must be an int >= 1"),
+        ({"seeds": True}, "seeds must be an int >= 0"),
     ],
 )
 def test_bad_fields_are_named(kwargs, message):
-    with pytest.raises(BadInputError, match=message):
+    with pytest.raises(BadInputError, match=message) as caught:
         SelectionConfig(**kwargs)
+    # The error names the field whose value is wrong (the last one given, for the auto rule).
+    assert caught.value.param == list(kwargs)[-1]
 
 
 @pytest.mark.parametrize(

@@ -223,13 +223,13 @@ def test_an_existing_output_is_refused_and_kept(german, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"objectives": ("speed",)}, "objective must be one of"),
+        ({"objectives": ("speed",)}, "objectives must be one of"),
         ({"objectives": ()}, "objectives must be a non-empty list"),
         ({"budget": Budget(count=0)}, "budget must be"),
         ({"budget": 1.5}, "budget must be"),
         ({"budget": 600}, r"budget must be a count in \[1, 599\]"),
-        ({"seeds": -1}, "seeds must be an integer >= 0"),
-        ({"max_rules": 1}, "max_rules must be an integer >= 2"),
+        ({"seeds": -1}, "seeds must be an int >= 0"),
+        ({"max_rules": 1}, "max_rules must be an int >= 2"),
     ],
 )
 def test_bad_parameters_are_named(german, tmp_path, kwargs, message):
@@ -291,7 +291,7 @@ def test_split_csv_with_and_without_validation_file(tmp_path, german):
     with pytest.raises(BadInputError, match="categorical must be feature columns"):
         split_csv(paths["train"], paths["test"], categorical=["credit"], **common)
     pd.DataFrame({"a": [1, 2]}).to_csv(tmp_path / "other.csv", index=False)
-    with pytest.raises(BadInputError, match="target='credit' is not a column"):
+    with pytest.raises(BadInputError, match="target 'credit' is not a column"):
         split_csv(paths["train"], tmp_path / "other.csv", **common)
 
 

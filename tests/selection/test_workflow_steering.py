@@ -149,7 +149,7 @@ def test_report_and_config_show_the_choice(run):
     [
         ({"budget": "auto", "objectives": ("utility",)}, "a list with 'fairness'"),
         ({"budget": "most"}, r"budget must be auto, a fraction in \(0, 1\) or a whole count"),
-        ({"target_dp": 0.05}, "use them with budget='auto'"),
+        ({"target_dp": 0.05}, "target_dp chooses the budget: use it with the budget 'auto'"),
         ({"budget": "auto", "max_accuracy_drop": 2.0}, r"max_accuracy_drop must be .*\[0, 1\]"),
         ({"strategy": "greedy"}, "strategy must be one of"),
     ],
@@ -169,20 +169,18 @@ def arrests_csv(tmp_path_factory):
 
 
 def test_conventional_values_are_assumed_and_stated(arrests_csv):
-    options = {f: f"--{f}" for f in ("target", "sensitive", "positive", "privileged")}
     split = split_csv(
         arrests_csv / "train.csv",
         arrests_csv / "test.csv",
         target="released",
         sensitive="colour",
         assume_conventions=True,
-        names=options,
     )
     assert (split.train.positive, split.train.privileged) == ("Yes", "White")
     assert split.test.positive == "Yes" and split.val.privileged == "White"
     first, second = split.train.assumptions
     assert first.startswith("target `released`: Yes taken as the favourable outcome")
-    assert first.endswith("give --positive to choose")
+    assert first.endswith("give positive to choose")
     rates = (
         load_arrests()
         .frame.iloc[:4000]
@@ -194,7 +192,7 @@ def test_conventional_values_are_assumed_and_stated(arrests_csv):
 
 
 def test_without_conventions_the_python_api_still_asks(arrests_csv):
-    with pytest.raises(BadInputError, match="pass positive= to say which one counts as 1"):
+    with pytest.raises(BadInputError, match="positive is needed: .* say which one counts as 1"):
         split_csv(
             arrests_csv / "train.csv",
             arrests_csv / "test.csv",
@@ -203,16 +201,16 @@ def test_without_conventions_the_python_api_still_asks(arrests_csv):
         )
 
 
-def test_an_unconventional_target_is_an_error_naming_the_option(arrests_csv, tmp_path):
+def test_an_unconventional_target_is_an_error_about_positive(arrests_csv, tmp_path):
     frame = pd.read_csv(arrests_csv / "train.csv")
     frame["released"] = frame.released.map({"Yes": "summons", "No": "held"})
     frame.to_csv(tmp_path / "train.csv", index=False)
-    with pytest.raises(BadInputError, match=r"neither is favourable .* e\.g\. --positive summons"):
+    with pytest.raises(BadInputError, match=r"neither is favourable .* \(e\.g\. summons\)") as info:
         split_csv(
             tmp_path / "train.csv",
             arrests_csv / "test.csv",
             target="released",
             sensitive="colour",
             assume_conventions=True,
-            names={"positive": "--positive"},
         )
+    assert info.value.param == "positive"

@@ -287,7 +287,7 @@ def select_targets(
         raise BadInputError(
             f"the default targets of model_type {model_type!r} ({ALL_LINEAR}) are found in the "
             "model transformers builds from the checkpoint's config, and it builds none here; "
-            "pass the layers to quantize with --target (Python: patterns=[...]), "
+            "pass the layers to quantize with --target (in Python: patterns), "
             "e.g. --target q_proj --target v_proj"
         )
     if patterns is None and rule != ALL_LINEAR:

@@ -6,22 +6,31 @@ arguments that returns the exit code. The CLI holds no logic that the Python API
 Start-up stays short: only the module of the subcommand being run is imported (and it
 imports torch, scikit-learn, ... only inside its ``run``). ``leanfit --help`` lists the
 subcommands from :data:`SUBCOMMANDS` without importing any of them.
+
+An option stores into the name of the Python API parameter it sets (its ``dest``), and
+options of a config class are derived from its fields (:func:`add_config_options`). An error
+about a parameter is printed with the option that sets it, found in the parser's own table
+(:func:`option_table`); the library never sees option names.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import logging
 import os
-import re
 import sys
+import typing
 from collections.abc import Collection, Mapping, Sequence
 from importlib import import_module
+from typing import Any, TypeVar
 
 from leanfit._version import __version__
 from leanfit.exceptions import LeanfitError
 from leanfit.quiet import dependency_noise_dropped
+
+C = TypeVar("C")
 
 #: Subcommand name (also its module under ``leanfit.cli``) -> its line in ``leanfit --help``.
 SUBCOMMANDS = {
@@ -71,33 +80,96 @@ def build_parser(complete: Collection[str] | None = None) -> argparse.ArgumentPa
     return parser
 
 
-def option_names(parser: argparse.ArgumentParser, aliases: Mapping[str, str]) -> dict[str, str]:
-    """The option that sets each parameter of the Python API, ``name -> --option``: every
-    option's destination (``first_high_layers -> --first-high-layers``), and the ``aliases``
-    of a subcommand for the API names that differ from it (``learning_rate -> lr``)."""
-    options = {
+def option_table(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The parser's own table of what sets each parameter: ``dest -> option`` (its longest
+    spelling, ``learning_rate -> --lr``), and ``dest -> METAVAR`` for a positional argument.
+
+    An option whose Python API parameter has another name than the option declares it as
+    its ``dest`` (``--lr`` sets ``learning_rate``), so that an error about the parameter
+    (:attr:`~leanfit.exceptions.LeanfitError.param`) is said with the option.
+    """
+    return {
         action.dest: max(action.option_strings, key=len)
+        if action.option_strings
+        else str(action.metavar or action.dest)
         for action in parser._actions
-        if action.option_strings and action.dest != "help"
+        if action.dest not in ("help", argparse.SUPPRESS)
     }
-    return options | {name: options[dest] for name, dest in aliases.items() if dest in options}
 
 
-def in_option_names(message: str, options: Mapping[str, str]) -> str:
-    """An error of the Python API said in the command's words: ``overwrite=True`` becomes
-    ``--overwrite``, ``bits=4`` and ``method='nf'`` become ``--bits 4`` and ``--method nf``,
-    and a parameter name becomes its option where it is a name: anywhere when it holds an
-    underscore (``first_high_layers``; prose has none), else where it starts the message or
-    a clause (``rank must be …``)."""
-    for name, option in sorted(options.items(), key=lambda item: -len(item[0])):
-        word = re.escape(name)
-        message = re.sub(rf"\b{word}=True\b", option, message)
-        message = re.sub(rf"\b{word}=(['\"]?)([^\s,;)'\"]+)\1", rf"{option} \2", message)
-        if "_" in name:
-            message = re.sub(rf"(?<![\w.-]){word}(?![\w.])", option, message)
-        else:
-            message = re.sub(rf"(^|; |: ){word}(?= must\b)", rf"\g<1>{option}", message)
-    return message
+def in_command_words(err: LeanfitError, options: Mapping[str, str]) -> str:
+    """The message of ``err`` with its parameter called by the option that sets it."""
+    if err.param is not None and err.param in options:
+        return err.naming(options[err.param])
+    return str(err)
+
+
+def config_option(field: dataclasses.Field) -> str:
+    """The option of a config field: its ``option`` metadata, else ``--field-name``."""
+    return str(field.metadata.get("option", "--" + field.name.replace("_", "-")))
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Add to ``parser`` an option for each field of the dataclass ``config_type`` whose
+    metadata has a ``help``, so that each default and help text is written once, in the
+    config class.
+
+    The option (:func:`config_option`) stores into the field's name, with the field's type
+    and default and the metadata's ``choices``; its help ends with the default unless that
+    is None. A bool field is a switch to the other value (name it ``--no-...`` when the
+    default is True). Fields of the same metadata ``group`` exclude each other.
+    """
+    hints = typing.get_type_hints(config_type)
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for field in dataclasses.fields(config_type):
+        if "help" not in field.metadata:
+            continue
+        group = field.metadata.get("group")
+        owner: argparse._ActionsContainer = parser
+        if group is not None:
+            if group not in groups:
+                groups[group] = parser.add_mutually_exclusive_group()
+            owner = groups[group]
+        owner.add_argument(config_option(field), **_option_settings(field, hints[field.name]))
+
+
+def _option_settings(field: dataclasses.Field, hint: object) -> dict[str, Any]:
+    """The keyword arguments of ``add_argument`` for a config field of type ``hint``."""
+    help_text = str(field.metadata["help"])
+    if hint is bool:
+        action = "store_false" if field.default else "store_true"
+        return {"dest": field.name, "action": action, "help": help_text}
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    if field.default is not None:
+        help_text += f" (default {field.default})"
+    return {
+        "dest": field.name,
+        "type": kinds[0],
+        "default": field.default,
+        "choices": field.metadata.get("choices"),
+        "help": help_text,
+    }
+
+
+def config_from_args(config_type: type[C], args: argparse.Namespace, **values: object) -> C:
+    """The config of the options :func:`add_config_options` added, as parsed in ``args``;
+    ``values`` sets the fields that are no such option."""
+    options = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_type)  # type: ignore[arg-type]
+        if "help" in field.metadata
+    }
+    return config_type(**options, **values)
+
+
+def set_threads(threads: int | None) -> None:
+    """Give torch ``threads`` CPU threads (None: leave torch's choice)."""
+    import torch
+
+    from leanfit.checks import check_int
+
+    if threads is not None:
+        torch.set_num_threads(check_int("threads", threads, low=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,13 +198,8 @@ def _run(argv: list[str]) -> int:
     try:
         return int(args.func(args))
     except LeanfitError as err:
-        subcommand = import_module(f"leanfit.cli.{args.command}")
-        options = option_names(
-            parser_of(parser, args.command), getattr(subcommand, "API_NAMES", {})
-        )
-        print(
-            f"leanfit {args.command}: error: {in_option_names(str(err), options)}", file=sys.stderr
-        )
+        options = option_table(parser_of(parser, args.command))
+        print(f"leanfit {args.command}: error: {in_command_words(err, options)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"leanfit {args.command}: interrupted", file=sys.stderr)

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from leanfit.cli import SUBCOMMANDS
+from leanfit.cli import SUBCOMMANDS, add_config_options, config_from_args, set_threads
+from leanfit.finetune.options import DataSpec, EvaluateConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,14 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", choices=["causal-lm", "classification"], help="for a DIR")
     parser.add_argument("--text", help="causal LM data for a DIR (pride_and_prejudice or file)")
     parser.add_argument("--base", type=Path, help="original checkpoint (default: recorded)")
-    parser.add_argument(
-        "--max-tokens", type=int, default=4096, help="held-out tokens scored (4096)"
-    )
-    parser.add_argument("--window", type=int, default=256, help="perplexity window (256)")
-    parser.add_argument("--stride", type=int, default=128, help="perplexity stride (128)")
-    parser.add_argument(
-        "--fidelity-examples", type=int, default=64, help="blocks/texts for KL or cosine (64)"
-    )
+    add_config_options(parser, EvaluateConfig)
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from leanfit.cli.finetune import set_threads
-    from leanfit.finetune.runs import DataSpec, evaluate_directory
+    from leanfit.finetune.runs import evaluate_directory
 
     set_threads(args.threads)
     result = evaluate_directory(
@@ -48,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         data=None if args.text is None else DataSpec(args.text),
         base=args.base,
-        max_tokens=args.max_tokens,
-        window=args.window,
-        stride=args.stride,
-        fidelity_examples=args.fidelity_examples,
+        settings=config_from_args(EvaluateConfig, args),
         progress=not args.quiet,
     )
     text = json.dumps(result, indent=2)

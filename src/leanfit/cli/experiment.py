@@ -99,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     scenario = get_scenario(args.scenario)
-    if args.seeds < 1:
-        raise BadInputError(f"--seeds must be an integer >= 1; got {args.seeds}")
     if args.out.exists() and not args.overwrite:
         raise BadInputError(f"output {str(args.out)!r} exists; pass --overwrite to replace it")
     base = scenario.config_type.QUICK if args.quick else {}

@@ -8,17 +8,6 @@ from pathlib import Path
 from leanfit.cli import SUBCOMMANDS
 from leanfit.pretrained import PACKAGES, model_path
 
-#: Parameters of LoftQConfig and quantize_checkpoint that an option of another name sets (an error
-#: names the option: :func:`leanfit.cli.in_option_names`).
-API_NAMES = {
-    "lora_alpha": "alpha",
-    "targets": "target",
-    "patterns": "target",
-    "out_dir": "out",
-    "max_shard_bytes": "max_shard_size",
-    "max_memory_bytes": "max_memory",
-}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -36,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a transformers directory (safetensors), a .gguf file, or a packaged model: "
         + ", ".join(sorted(PACKAGES)),
     )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", dest="out_dir", type=Path, required=True, help="output directory")
     parser.add_argument("--bits", type=int, default=2, help="bits per weight (default 2)")
     mixed = parser.add_mutually_exclusive_group()
     mixed.add_argument(
@@ -60,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--high-bits", type=int, default=4, help="bits of the first layers (default 4)"
     )
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank r (default 16)")
-    parser.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
+    parser.add_argument(
+        "--alpha", dest="lora_alpha", type=float, help="LoRA alpha (default: the rank)"
+    )
     parser.add_argument(
         "--iters", type=int, default=5, help="LoftQ alternating steps T (default 5)"
     )
@@ -74,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--target",
+        dest="targets",
         action="append",
         metavar="PATTERN",
         help="module name or regex to quantize (repeatable; default: the model type's table "
@@ -127,12 +119,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-memory",
+        dest="max_memory_bytes",
         metavar="SIZE",
         help="memory budget, e.g. 4GB or 500MB: refuse up front if the estimated peak is "
         "over it, stop (resumable) if the run goes over it",
     )
     parser.add_argument(
         "--max-shard-size",
+        dest="max_shard_bytes",
         metavar="SIZE",
         default="64MiB",
         help="backbone shard size, e.g. 64MiB (default), 10MB; smaller shards use less memory",
@@ -169,9 +163,8 @@ def resolve_model(model: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from leanfit.exceptions import BadInputError, bad_value
+    from leanfit.cli import set_threads
+    from leanfit.exceptions import BadInputError
     from leanfit.pipeline.memory import parse_size
     from leanfit.pipeline.walker import quantize_checkpoint
     from leanfit.quantization.config import LoftQConfig
@@ -183,13 +176,13 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         block_size=args.block_size,
         svd=args.svd,
-        lora_alpha=args.alpha,
+        lora_alpha=args.lora_alpha,
         double_quant=args.double_quant,
         avg_bits=args.avg_bits,
         first_high_layers=args.first_high_layers,
         high_bits=args.high_bits,
         bits_budget=args.bits_budget,
-        targets=tuple(args.target) if args.target else None,
+        targets=tuple(args.targets) if args.targets else None,
         include_conv=args.include_conv,
         seed=args.seed,
         init=args.init,
@@ -197,21 +190,18 @@ def run(args: argparse.Namespace) -> int:
         calib_tokens=args.calib_tokens,
         calib_damp=args.calib_damp,
     )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise bad_value("--threads", args.threads, "an int >= 1")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     options = {
         "overwrite": args.overwrite,
         "progress": not args.quiet,
         "export_dequantized": args.export_dequantized,
-        "max_shard_bytes": parse_size(args.max_shard_size, "--max-shard-size"),
+        "max_shard_bytes": parse_size(args.max_shard_bytes, "max_shard_bytes"),
         "resume": args.resume,
     }
     if args.scheduler:
         from leanfit.pipeline.distributed import quantize_checkpoint_distributed
 
-        if args.max_memory is not None:
+        if args.max_memory_bytes is not None:
             raise BadInputError(
                 "--max-memory bounds one process; it cannot be combined with --scheduler "
                 "(give the Dask workers a memory limit instead)"
@@ -222,15 +212,17 @@ def run(args: argparse.Namespace) -> int:
                 "workers quantize the layers (give the cluster more workers instead)"
             )
         report = quantize_checkpoint_distributed(
-            resolve_model(args.model), args.out, config, client=args.scheduler, **options
+            resolve_model(args.model), args.out_dir, config, client=args.scheduler, **options
         )
     else:
         max_memory = (
-            None if args.max_memory is None else parse_size(args.max_memory, "--max-memory")
+            None
+            if args.max_memory_bytes is None
+            else parse_size(args.max_memory_bytes, "max_memory_bytes")
         )
         report = quantize_checkpoint(
             resolve_model(args.model),
-            args.out,
+            args.out_dir,
             config,
             max_memory_bytes=max_memory,
             workers=args.workers,
@@ -257,6 +249,6 @@ def run(args: argparse.Namespace) -> int:
         )
     print(
         f"time {totals['seconds']:.1f} s, peak RSS {totals['peak_rss_mb']:.0f} MB; "
-        f"wrote {args.out} (backbone/, adapter/, loftq_report.md)"
+        f"wrote {args.out_dir} (backbone/, adapter/, loftq_report.md)"
     )
     return 0

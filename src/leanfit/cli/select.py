@@ -5,7 +5,9 @@ optionally ``--val``). Everything else is :func:`leanfit.selection.run_selection
 
 Imports of numpy, pandas, scikit-learn and :mod:`leanfit.selection` happen inside
 :func:`run`, so that ``leanfit --help`` stays quick; the constants below mirror the library's
-(a test keeps them equal). Every option is checked here, and every error names the option.
+defaults (a test keeps them equal). The library checks every value; an option whose
+parameter has another name declares it as its ``dest`` (``--l2`` sets ``l2_reg``), so that
+errors name the option (:func:`leanfit.cli.option_table`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from leanfit.exceptions import BadInputError, bad_value
+from leanfit.exceptions import BadInputError
 
 #: The vendored tables (``leanfit.datasets.TABULAR``).
 DATASETS = ("adult", "arrests", "bank", "compas", "german")
-#: ``leanfit.selection.config.OBJECTIVES``.
-OBJECTIVES = ("utility", "fairness", "eop", "robustness")
-#: ``leanfit.selection.policies.steering.STRATEGIES``.
-STRATEGIES = ("plain", "constrained", "pareto")
 #: ``leanfit.selection.protocols.DEFAULT_SEED``.
 DEFAULT_SEED = 42000
 #: ``leanfit.selection.influence.MAX_CATEGORIES``.
@@ -29,24 +27,6 @@ MAX_CATEGORIES = 1000
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: Options of the CSV input only.
 CSV_ONLY = ("target", "sensitive", "positive", "privileged", "categorical", "val")
-#: How library messages must call the arguments the CLI passes on.
-OPTION_NAMES = {
-    name: f"--{name}"
-    for name in ("target", "sensitive", "positive", "privileged", "categorical", "test")
-}
-
-
-def parse_fraction(text: str | None, option: str) -> float | None:
-    """A number in [0, 1] given as text (``None`` when the option is absent)."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise bad_value(option, text, "a number in [0, 1]")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,8 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--objective",
         action="append",
         metavar="NAME[,NAME...]",
-        help=f"among {', '.join(OBJECTIVES)}, all (default all; fairness = demographic "
-        "parity; repeatable)",
+        dest="objectives",
+        help="among utility, fairness, eop, robustness, all (default all; fairness = "
+        "demographic parity; repeatable)",
     )
     method.add_argument(
         "--budget",
@@ -109,7 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     method.add_argument(
         "--strategy",
-        choices=STRATEGIES,
         default="plain",
         help="how fairness, eop and robustness pick rows: plain (most harmful), constrained "
         "(most harmful among rows whose removal costs no utility), pareto (largest gain with "
@@ -117,19 +97,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     method.add_argument(
         "--max-accuracy-drop",
+        type=float,
         metavar="X",
         help="with --budget auto: largest validation accuracy loss allowed, in [0, 1] "
         f"(default {DEFAULT_MAX_ACCURACY_DROP})",
     )
     method.add_argument(
         "--target-dp",
+        type=float,
         metavar="X",
         help="with --budget auto: the smallest budget whose validation |DP| is at most X "
         "(default: the lowest |DP| within --max-accuracy-drop)",
     )
-    method.add_argument("--l2", type=float, help="L2 penalty λ (default: 2.2622 on adult, else 1)")
+    method.add_argument(
+        "--l2", dest="l2_reg", type=float, help="L2 penalty λ (default: 2.2622 on adult, else 1)"
+    )
     method.add_argument(
         "--intercept",
+        dest="fit_intercept",
         action=argparse.BooleanOptionalAction,
         help="fit an intercept (default: no on adult, yes otherwise)",
     )
@@ -145,7 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{MAX_CATEGORIES}; 0: no limit)",
     )
     output = parser.add_argument_group("output")
-    output.add_argument("--out", type=Path, help="output directory (default selection-NAME)")
+    output.add_argument(
+        "--out", dest="out_dir", type=Path, help="output directory (default selection-NAME)"
+    )
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -183,72 +170,29 @@ def _load(args: argparse.Namespace):
         categorical=_split_list(args.categorical),
         random_state=args.seed,
         assume_conventions=True,
-        names=OPTION_NAMES,
     )
-
-
-def _objectives(values: list[str] | None) -> list[str]:
-    names = _split_list(values) or ["all"]
-    for name in names:
-        if name not in (*OBJECTIVES, "all"):
-            raise bad_value("--objective", name, f"one of {[*OBJECTIVES, 'all']}")
-    return names
-
-
-def _check_options(args: argparse.Namespace) -> dict:
-    """The method options, checked before any data is read; errors name the options."""
-    from leanfit.selection.policies.budget import Budget
-
-    budget = Budget.parse(args.budget, "--budget")
-    objectives = _objectives(args.objective)
-    steering = {
-        "max_accuracy_drop": parse_fraction(args.max_accuracy_drop, "--max-accuracy-drop"),
-        "target_dp": parse_fraction(args.target_dp, "--target-dp"),
-    }
-    given = [f"--{k.replace('_', '-')}" for k, v in steering.items() if v is not None]
-    if not budget.is_auto and given:
-        raise BadInputError(
-            f"{' and '.join(given)} choose the budget: use with --budget auto; got --budget "
-            f"{args.budget}"
-        )
-    if budget.is_auto and not {"fairness", "all"} & set(objectives):
-        raise BadInputError(
-            "--budget auto chooses the budget on the validation demographic-parity gap: add "
-            f"fairness to --objective; got --objective {','.join(objectives)}"
-        )
-    if args.seeds < 0:
-        raise bad_value("--seeds", args.seeds, "an integer >= 0")
-    if args.max_categories < 0:
-        raise bad_value("--max-categories", args.max_categories, "an integer >= 0 (0: no limit)")
-    if args.l2 is not None and not args.l2 > 0:
-        raise bad_value("--l2", args.l2, "a number > 0")
-    return {"budget": budget, "objectives": objectives, **steering}
 
 
 def run(args: argparse.Namespace) -> int:
     from leanfit.selection.config import ModelSettings, SelectionConfig
-    from leanfit.selection.influence import check_cardinality
+    from leanfit.selection.policies.budget import Budget
     from leanfit.selection.workflow import run_selection
 
-    options = _check_options(args)
+    budget = Budget.parse(args.budget)
     split = _load(args)
-    if not options["budget"].is_auto:
-        options["budget"].rows(len(split.train), "--budget")  # the range, named as the option
-    max_categories = args.max_categories or None
-    check_cardinality(split.train.X, max_categories, name="train", option="--max-categories")
     config = SelectionConfig(
-        objectives=tuple(options["objectives"]),
-        budget=options["budget"],
+        objectives=tuple(_split_list(args.objectives) or ["all"]),
+        budget=budget,
         strategy=args.strategy,
-        max_accuracy_drop=options["max_accuracy_drop"],
-        target_dp=options["target_dp"],
+        max_accuracy_drop=args.max_accuracy_drop,
+        target_dp=args.target_dp,
         model=ModelSettings(
-            split.l2_reg if args.l2 is None else args.l2,
-            split.fit_intercept if args.intercept is None else args.intercept,
+            split.l2_reg if args.l2_reg is None else args.l2_reg,
+            split.fit_intercept if args.fit_intercept is None else args.fit_intercept,
         ),
         seeds=args.seeds,
         seed=args.seed,
-        max_categories=max_categories,
+        max_categories=args.max_categories or None,
     )
     name = args.dataset or args.train.stem
     result = run_selection(
@@ -256,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         split.val,
         split.test,
         config,
-        out_dir=args.out or Path(f"selection-{name}"),
+        out_dir=args.out_dir or Path(f"selection-{name}"),
         overwrite=args.overwrite,
         progress=not args.quiet,
         description=split.description,

@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 
 from leanfit.datasets._files import read_vendored
-from leanfit.exceptions import BadInputError, CorruptArtifactError, MissingResourceError
+from leanfit.exceptions import (
+    BadInputError,
+    CorruptArtifactError,
+    MissingResourceError,
+    bad_value,
+)
 
 
 @dataclass(frozen=True)
@@ -208,27 +213,6 @@ def _match_text(value: object, distinct) -> object:
 #: lower case). A target whose two values are one of each is read without ``positive``.
 FAVOURABLE_WORDS = ("1", "true", "t", "yes", "y", ">50k", "good", "approved", "positive")
 UNFAVOURABLE_WORDS = ("0", "false", "f", "no", "n", "<=50k", "bad", "denied", "negative")
-#: How error messages call the arguments of :func:`load_csv` (``leanfit select`` passes its
-#: command-line options instead, e.g. ``{"positive": "--positive"}``).
-PYTHON_NAMES = {
-    "target": "target",
-    "sensitive": "sensitive",
-    "positive": "positive",
-    "privileged": "privileged",
-}
-
-
-def _quote(option: str, value: object) -> str:
-    """An argument with its value as the user writes it: ``--positive Y`` on a command line,
-    ``positive='Y'`` in Python."""
-    if option.startswith("--"):
-        return f"{option} {value}"
-    return f"{option}={value!r}"
-
-
-def _label(option: str) -> str:
-    """An argument's name in a message: ``--positive`` or ``positive=``."""
-    return option if option.startswith("--") else f"{option}="
 
 
 def conventional_favourable(values) -> object | None:
@@ -260,17 +244,15 @@ def _two_values(column: pd.Series, role: str) -> np.ndarray:
     return distinct
 
 
-def _given_value(distinct, value: object, option: str) -> object:
-    """The value of ``distinct`` that ``value`` names, or an error naming ``option``."""
+def _given_value(distinct, value: object, name: str) -> object:
+    """The value of ``distinct`` that ``value`` names, or an error about parameter ``name``."""
     value = _match_text(value, distinct)
     if value not in set(distinct):
-        raise BadInputError(
-            f"{_label(option)} must be one of {sorted(map(str, distinct))}; got {value!r}"
-        )
+        raise bad_value(name, value, f"one of {sorted(map(str, distinct))}")
     return value
 
 
-def _favourable(column: pd.Series, option: str, assume: bool) -> tuple[object, str | None]:
+def _favourable(column: pd.Series, assume: bool) -> tuple[object, str | None]:
     """The target value counted as 1 when ``positive`` is not given, and the assumption."""
     distinct = _two_values(column, "target")
     if set(distinct) <= {0, 1}:
@@ -278,24 +260,26 @@ def _favourable(column: pd.Series, option: str, assume: bool) -> tuple[object, s
     values = sorted(map(str, distinct))
     if not assume:
         raise BadInputError(
-            f"column {column.name!r} has values {values}; pass {_label(option)} to say which "
-            "one counts as 1"
+            f"positive is needed: column {column.name!r} has values {values}; say which one "
+            "counts as 1",
+            param="positive",
         )
     choice = conventional_favourable(distinct)
     if choice is None:
         raise BadInputError(
-            f"target column {column.name!r} has values {values} and neither is favourable by "
-            f"convention; say which one counts as 1, e.g. {_quote(option, values[-1])}"
+            f"positive is needed: target column {column.name!r} has values {values} and "
+            f"neither is favourable by convention; say which one counts as 1 (e.g. {values[-1]})",
+            param="positive",
         )
     other = next(v for v in distinct if v != choice)
     return choice, (
         f"target `{column.name}`: {choice!s} taken as the favourable outcome (label 1) and "
-        f"{other!s} as the unfavourable one, by convention; give {option} to choose"
+        f"{other!s} as the unfavourable one, by convention; give positive to choose"
     )
 
 
 def _privileged(
-    frame: pd.DataFrame, sensitive: str, y: pd.Series, option: str, assume: bool
+    frame: pd.DataFrame, sensitive: str, y: pd.Series, assume: bool
 ) -> tuple[object, str | None]:
     """The privileged group when ``privileged`` is not given, and the assumption."""
     distinct = _two_values(frame[sensitive], "sensitive")
@@ -303,8 +287,9 @@ def _privileged(
         return 1, None
     if not assume:
         raise BadInputError(
-            f"column {sensitive!r} has values {sorted(map(str, distinct))}; pass "
-            f"{_label(option)} to say which one counts as 1"
+            f"privileged is needed: column {sensitive!r} has values "
+            f"{sorted(map(str, distinct))}; say which one counts as 1",
+            param="privileged",
         )
     rates = y.groupby(frame[sensitive]).mean()
     ordered = sorted(distinct, key=lambda v: (-rates.get(v, 0.0), str(v)))
@@ -312,7 +297,7 @@ def _privileged(
     return choice, (
         f"sensitive `{sensitive}`: {choice!s} taken as the privileged group, the group with "
         f"the higher rate of the favourable outcome in this file ({rates[choice]:.3f} vs "
-        f"{rates[other]:.3f} for {other!s}); give {option} to choose"
+        f"{rates[other]:.3f} for {other!s}); give privileged to choose"
     )
 
 
@@ -324,7 +309,6 @@ def load_csv(
     positive: object = None,
     privileged: object = None,
     assume_conventions: bool = False,
-    names: dict[str, str] | None = None,
 ) -> TabularDataset:
     """Load a user's own table.
 
@@ -345,9 +329,6 @@ def load_csv(
         …; an error if neither value is); when ``privileged`` is not given, take the group
         with the higher rate of the favourable outcome in this file. Each choice is stated
         in ``TabularDataset.assumptions``.
-    names : dict, optional
-        How error messages and assumptions call ``target``, ``sensitive``, ``positive`` and
-        ``privileged`` (default: these Python names; ``leanfit select`` passes its options).
 
     Raises
     ------
@@ -356,7 +337,6 @@ def load_csv(
     BadInputError
         The file is not a readable CSV, a column is missing, or a column is not binary.
     """
-    options = PYTHON_NAMES | (names or {})
     path = Path(path)
     if not path.is_file():
         raise MissingResourceError(f"path: no such file {str(path)!r}")
@@ -368,24 +348,23 @@ def load_csv(
     for argument, column in (("target", target), ("sensitive", sensitive)):
         if column not in frame.columns:
             raise BadInputError(
-                f"{_quote(options[argument], column)} is not a column of {path}; columns: "
-                f"{list(frame.columns)}"
+                f"{argument} {column!r} is not a column of {path}; columns: {list(frame.columns)}",
+                param=argument,
+                value=column,
             )
     assumptions = []
     if positive is None:
-        positive, note = _favourable(frame[target], options["positive"], assume_conventions)
+        positive, note = _favourable(frame[target], assume_conventions)
         assumptions.append(note)
     else:
-        positive = _given_value(_two_values(frame[target], "target"), positive, options["positive"])
+        positive = _given_value(_two_values(frame[target], "target"), positive, "positive")
     if privileged is None:
         y = (frame[target] == positive).astype(float)
-        privileged, note = _privileged(
-            frame, sensitive, y, options["privileged"], assume_conventions
-        )
+        privileged, note = _privileged(frame, sensitive, y, assume_conventions)
         assumptions.append(note)
     else:
         distinct = _two_values(frame[sensitive], "sensitive")
-        privileged = _given_value(distinct, privileged, options["privileged"])
+        privileged = _given_value(distinct, privileged, "privileged")
     stated = tuple(note for note in assumptions if note is not None)
     return TabularDataset(
         frame, target, positive, sensitive, privileged, name=path.stem, assumptions=stated

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from leanfit.checks import check_fraction, check_int
 from leanfit.datasets._files import read_vendored
 from leanfit.exceptions import BadInputError, bad_value
 
@@ -68,18 +68,6 @@ def load_text(name: str) -> pd.DataFrame:
     )
 
 
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise bad_value(name, value, f"an integer >= {minimum}")
-    return int(value)
-
-
-def check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise bad_value(name, value, "a number strictly between 0 and 1")
-    return float(value)
-
-
 def require_columns(frame: object, **columns: str) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
         raise bad_value("frame", type(frame).__name__, "a pandas DataFrame")
@@ -87,10 +75,14 @@ def require_columns(frame: object, **columns: str) -> pd.DataFrame:
         if column not in frame.columns:
             raise BadInputError(
                 f"{argument} {column!r} is not a column of the data; "
-                f"columns are {list(frame.columns)}"
+                f"columns are {list(frame.columns)}",
+                param=argument,
+                value=column,
             )
         if frame[column].isna().any():
-            raise BadInputError(f"{argument} {column!r} has missing values")
+            raise BadInputError(
+                f"{argument} {column!r} has missing values", param=argument, value=column
+            )
     if len(frame) == 0:
         raise BadInputError("frame is empty; the data needs at least one row")
     return frame
@@ -123,7 +115,7 @@ def causal_lm_blocks(texts: Sequence[str], tokenizer: Any, block_size: int) -> A
         ``block_size`` < 2, ``texts`` empty or not strings, no EOS token, or fewer than
         ``block_size`` tokens in total.
     """
-    block_size = check_positive_int("block_size", block_size, minimum=2)
+    block_size = check_int("block_size", block_size, low=2)
     if isinstance(texts, str):
         raise bad_value("texts", texts[:40], "a sequence of strings, not one string")
     texts = list(texts)
@@ -173,7 +165,7 @@ def split_chapters(frame: pd.DataFrame, held_out: float = 0.1) -> tuple[pd.DataF
         Both sorted by chapter, index reset.
     """
     frame = require_columns(frame, chapter_column="chapter", text_column="text")
-    held_out = check_fraction("held_out", held_out)
+    held_out = check_fraction("held_out", held_out, closed=False)
     if len(frame) < 2:
         raise BadInputError(f"frame has {len(frame)} chapter; a split needs at least 2")
     ordered = frame.sort_values("chapter", kind="stable").reset_index(drop=True)

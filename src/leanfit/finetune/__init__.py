@@ -1,7 +1,7 @@
 """LoRA fine-tuning and evaluation of a LoftQ output (through PEFT).
 
 - :mod:`~leanfit.finetune.training`: :func:`finetune`, the training loop with checkpoints
-  and resume, configured by :class:`FinetuneConfig`;
+  and resume, configured by :class:`FinetuneConfig` (:mod:`~leanfit.finetune.options`);
 - :mod:`~leanfit.finetune.data`: causal-LM blocks and classification data;
 - :mod:`~leanfit.finetune.evaluate`: perplexity, accuracy, KL to the original model;
 - :mod:`~leanfit.finetune.losses`: causal-LM losses a chunk of tokens at a time;
@@ -19,16 +19,18 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from leanfit.finetune.runs import DataSpec, evaluate_directory, finetune_directory, load_run
-    from leanfit.finetune.training import FinetuneConfig, FinetuneResult, finetune
+    from leanfit.finetune.options import DataSpec, EvaluateConfig, FinetuneConfig
+    from leanfit.finetune.runs import evaluate_directory, finetune_directory, load_run
+    from leanfit.finetune.training import FinetuneResult, finetune
 
 #: The module of :mod:`leanfit.finetune` that defines each public name.
 HOMES = {
-    "DataSpec": "runs",
+    "DataSpec": "options",
+    "EvaluateConfig": "options",
     "evaluate_directory": "runs",
     "finetune_directory": "runs",
     "load_run": "runs",
-    "FinetuneConfig": "training",
+    "FinetuneConfig": "options",
     "FinetuneResult": "training",
     "finetune": "training",
 }
@@ -44,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DataSpec",
+    "EvaluateConfig",
     "FinetuneConfig",
     "FinetuneResult",
     "evaluate_directory",

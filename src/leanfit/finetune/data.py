@@ -19,14 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from leanfit.checks import check_fraction, check_int
 from leanfit.datasets import load_text, load_tweets
-from leanfit.datasets.text import (
-    causal_lm_blocks,
-    check_fraction,
-    check_positive_int,
-    require_columns,
-    split_chapters,
-)
+from leanfit.datasets.text import causal_lm_blocks, require_columns, split_chapters
 from leanfit.exceptions import BadInputError, bad_value
 
 #: Built-in data sets: name -> (task, loader of a DataFrame, text column, label column).
@@ -53,7 +48,7 @@ def split_rows(
     """
     if not isinstance(frame, pd.DataFrame):
         raise bad_value("frame", type(frame).__name__, "a pandas DataFrame")
-    eval_fraction = check_fraction("eval_fraction", eval_fraction)
+    eval_fraction = check_fraction("eval_fraction", eval_fraction, closed=False)
     if len(frame) < 2:
         raise BadInputError(f"frame has {len(frame)} row(s); a split needs at least 2")
     order = np.random.default_rng(seed).permutation(len(frame))
@@ -162,7 +157,7 @@ def classification_data(
         ``label_names``.
     """
     frame = require_columns(frame, text_column=text_column, label_column=label_column)
-    max_length = check_positive_int("max_length", max_length, minimum=2)
+    max_length = check_int("max_length", max_length, low=2)
     labels = frame[label_column].astype(str)
     if label_names is None:
         names = tuple(sorted(labels.unique()))
@@ -246,7 +241,7 @@ def load_data(
     if name not in BUILTIN_DATA:
         raise bad_value("name", name, f"one of {sorted(BUILTIN_DATA)}")
     if max_examples is not None:
-        max_examples = check_positive_int("max_examples", max_examples)
+        max_examples = check_int("max_examples", max_examples, low=1)
     task, loader, text_column, label_column = BUILTIN_DATA[name]
     frame = loader()
     if task == "causal-lm":

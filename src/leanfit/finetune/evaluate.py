@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from leanfit.checks import check_int
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.finetune.losses import causal_lm_loss, row_chunks, split_causal_lm, token_nll
 
@@ -42,12 +43,6 @@ def _inference(*models: torch.nn.Module) -> Iterator[None]:
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_value(name, value, f"an integer >= {minimum}")
-    return value
 
 
 def _check_token_ids(name: str, token_ids: object, ndim: int) -> torch.Tensor:
@@ -86,11 +81,11 @@ def sliding_windows(n_tokens: int, *, max_length: int, stride: int) -> list[tupl
     -------
     list of (begin, end, first_scored)
     """
-    n_tokens = _check_int("n_tokens", n_tokens, 2)
-    max_length = _check_int("max_length", max_length, 2)
-    stride = _check_int("stride", stride, 1)
+    n_tokens = check_int("n_tokens", n_tokens, low=2)
+    max_length = check_int("max_length", max_length, low=2)
+    stride = check_int("stride", stride, low=1)
     if stride >= max_length:
-        raise bad_value("stride", stride, f"an integer in [1, max_length={max_length})")
+        raise bad_value("stride", stride, f"an int in [1, {max_length - 1}] (below max_length)")
     windows = []
     scored_until = 1
     for begin in range(0, n_tokens, stride):
@@ -164,7 +159,7 @@ def causal_lm_metrics(
     dict with ``loss`` (mean NLL in nats) and ``perplexity`` (``exp(loss)``)
     """
     blocks = _check_token_ids("blocks", blocks, ndim=2)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, low=1)
     if blocks.shape[1] < 2:
         raise bad_value("blocks", tuple(blocks.shape), "blocks of at least 2 tokens")
     device = _device(model)
@@ -202,7 +197,7 @@ def classification_logits(
     model: torch.nn.Module, data: ClassificationData, *, batch_size: int = 32
 ) -> torch.Tensor:
     """Logits of a sequence classifier, float32 on the CPU, shape (n, n_classes)."""
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, low=1)
     device = _device(model)
     outputs = []
     with _inference(model):
@@ -270,7 +265,7 @@ def next_token_kl(
     float
     """
     token_ids = _check_token_ids("token_ids", token_ids, ndim=2)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, low=1)
     total = 0.0
     with _inference(model, reference):
         probe = token_ids[:1]
@@ -335,8 +330,8 @@ def embedding_cosine(
             texts if isinstance(texts, str) else list(texts)[:3],
             "a non-empty sequence of strings",
         )
-    max_length = _check_int("max_length", max_length, 2)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    max_length = check_int("max_length", max_length, low=2)
+    batch_size = check_int("batch_size", batch_size, low=1)
     texts = list(texts)
     cosines = []
     with _inference(model, reference):

@@ -23,7 +23,6 @@ PEFT's ``modules_to_save``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +53,8 @@ from leanfit.finetune.evaluate import (
     next_token_kl,
     perplexity,
 )
-from leanfit.finetune.training import (
-    FinetuneConfig,
-    FinetuneResult,
-    finetune,
-    refuse_existing_run,
-)
+from leanfit.finetune.options import DataSpec, EvaluateConfig, FinetuneConfig
+from leanfit.finetune.training import FinetuneResult, finetune, refuse_existing_run
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quiet import dependency_noise_dropped
@@ -71,69 +66,6 @@ INITS = ("loftq", "qlora", "full-precision")
 RUN_FILE = "leanfit_run.json"
 PEFT_TASKS = {"causal-lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
 LOAD_TASKS = {"causal-lm": "causal-lm", "classification": "sequence-classification"}
-
-
-def _int_at_least(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the training and held-out data come from.
-
-    Parameters
-    ----------
-    source : str
-        A built-in name (``"pride_and_prejudice"`` for causal LM, ``"tweets"`` for
-        classification) or a file: plain text (causal LM) or CSV (classification).
-    text_column, label_column : str
-        CSV columns (classification). A built-in knows its own: other names are refused.
-    eval_fraction : float in (0, 1)
-        Held out: the last chapters (built-in book), the last paragraphs (a text file, split on
-        blank lines), or a random ``eval_fraction`` of the rows drawn with ``seed`` (tables).
-    seed : int
-        Seeds the row split of tables.
-    max_examples : int, optional
-        At most this many training and this many held-out examples (blocks or rows).
-    """
-
-    source: str
-    text_column: str = "text"
-    label_column: str = "label"
-    eval_fraction: float = 0.1
-    seed: int = 0
-    max_examples: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("source", "text_column", "label_column"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise bad_value(name, getattr(self, name), "a non-empty string")
-        fraction = self.eval_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise bad_value("eval_fraction", fraction, "a number in (0, 1)")
-        if not 0 < fraction < 1:
-            raise bad_value("eval_fraction", fraction, "a number in (0, 1)")
-        if not _int_at_least(self.seed, 0):
-            raise bad_value("seed", self.seed, "an int >= 0")
-        if self.max_examples is not None and not _int_at_least(self.max_examples, 1):
-            raise bad_value("max_examples", self.max_examples, "None or an int >= 1")
-        chosen = [
-            f"{field.name}={getattr(self, field.name)!r}"
-            for field in fields(self)
-            if field.name in ("text_column", "label_column")
-            and getattr(self, field.name) != field.default
-        ]
-        if self.source in BUILTIN_DATA and chosen:
-            raise BadInputError(
-                f"{' and '.join(chosen)}: columns are chosen in a CSV file only; the built-in "
-                f"data set {self.source!r} has its own"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dict(self.__dict__)
-        if Path(self.source).exists():
-            values["source"] = str(Path(self.source).resolve())
-        return values
 
 
 def tokenizer_of(directory: str | Path) -> Any:
@@ -519,10 +451,7 @@ def evaluate_directory(
     task: str | None = None,
     data: DataSpec | None = None,
     base: str | Path | None = None,
-    max_tokens: int = 4096,
-    window: int = 256,
-    stride: int = 128,
-    fidelity_examples: int = 64,
+    settings: EvaluateConfig | None = None,
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -530,7 +459,8 @@ def evaluate_directory(
 
     A run directory (``leanfit finetune`` output) is evaluated on its own held-out data with
     its trained adapter; a quantized directory with its saved adapter (causal LM) or as an
-    encoder (fidelity only: an untrained head has no meaningful accuracy).
+    encoder (fidelity only: an untrained head has no meaningful accuracy). ``settings``
+    (default :class:`~leanfit.finetune.options.EvaluateConfig`) sets how much is scored.
 
     Metrics
     -------
@@ -552,6 +482,9 @@ def evaluate_directory(
         The metrics plus ``task``, ``init``, ``path`` and the evaluation settings.
     """
     path = Path(path)
+    settings = EvaluateConfig() if settings is None else settings
+    max_tokens, window, stride = settings.max_tokens, settings.window, settings.stride
+    fidelity_examples = settings.fidelity_examples
     if (path / RUN_FILE).is_file():
         record = read_run(path)
         config = FinetuneConfig.load(path / "config.json")
@@ -613,7 +546,6 @@ def evaluate_directory(
 
 __all__ = [
     "INITS",
-    "DataSpec",
     "backbone_memory",
     "build_model",
     "evaluate_directory",

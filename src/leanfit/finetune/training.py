@@ -30,8 +30,6 @@ No pickle is written or read: tensors go to safetensors, everything else to JSON
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
 import os
 import re
@@ -49,12 +47,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from leanfit.checkpoints.layout import sort_adapter_targets
+from leanfit.checks import check_choice
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.finetune.data import ClassificationData, fingerprint
 from leanfit.finetune.evaluate import causal_lm_metrics, classification_metrics
 from leanfit.finetune.losses import CausalLMSplit, causal_lm_loss, split_causal_lm
 from leanfit.finetune.memory import checkpointing, peak_memory, store_frozen
-from leanfit.finetune.options import DEVICES, DTYPES, SCHEDULES, TASKS
+from leanfit.finetune.options import DEVICES, SCHEDULES, FinetuneConfig
 from leanfit.io import atomic_output, read_json, write_json
 from leanfit.quiet import dependency_noise_dropped
 
@@ -66,166 +65,6 @@ MEASURED = ("memory", "step_seconds")  # metrics.json fields that measure the ru
 LAYOUT = ("adapter", "checkpoints", "config.json", "labels.json", "metrics.json", "run.json")
 
 TrainData = torch.Tensor | ClassificationData
-
-
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise bad_value(name, value, f"one of {list(allowed)}")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_value(name, value, f"an integer >= {minimum}")
-
-
-def _check_number(name: str, value: object, *, positive: bool) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or (value <= 0 if positive else value < 0)
-    ):
-        raise bad_value(name, value, "a finite number " + ("> 0" if positive else ">= 0"))
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of a fine-tuning run, saved as ``config.json`` beside its outputs.
-
-    Parameters
-    ----------
-    task : {"causal-lm", "classification"}
-    steps : int, optional
-        Optimizer steps. Give ``steps`` or ``epochs``, not both; with neither, one epoch.
-    epochs : int, optional
-        Passes over the training data; the run makes ``ceil(epochs * ceil(n / batch_size) /
-        grad_accum)`` steps.
-    batch_size : int
-        Examples per micro-batch (also the evaluation batch size).
-    grad_accum : int
-        Micro-batches per optimizer step.
-    learning_rate : float
-        Peak learning rate of AdamW.
-    schedule : {"linear", "cosine", "constant"}
-        Decay after warmup, see :func:`lr_multiplier`.
-    warmup_steps : int
-        Steps of linear warmup.
-    weight_decay : float
-        AdamW's decoupled weight decay, applied to matrices only (not to biases or other
-        1-D parameters).
-    max_grad_norm : float or None
-        Clip the global gradient norm to this value; ``None`` disables clipping.
-    seed : int
-        Seeds the data order and dropout.
-    eval_every : int
-        Evaluate every this many steps (0: only after the last step); the last step is
-        always evaluated when evaluation data is given.
-    checkpoint_every : int
-        Checkpoint every this many steps (0: no checkpoints, no resume).
-    max_length : int
-        Tokens per sequence: the block length for causal LM, the truncation length for
-        classification. The data preparation uses it; training checks the data respects it.
-    device : {"auto", "cpu", "cuda"}
-        ``"auto"`` picks CUDA when available.
-    dtype : {"float32", "bfloat16"}
-        Compute precision; ``"bfloat16"`` runs the forward pass under autocast (packed
-        layers dequantize straight to bfloat16), while the trainable parameters and
-        optimizer state stay in their own (float32) precision.
-    frozen_dtype : {"float32", "bfloat16"}
-        Storage of the frozen floating-point tensors (embeddings, norms, biases, an untrained
-        output head); ``"bfloat16"`` halves them and needs ``dtype="bfloat16"``. Packed
-        weights and their statistics, and the trained parameters, are never converted.
-    gradient_checkpointing : bool
-        Keep only each block's input for backward and recompute the block there
-        (transformers' ``gradient_checkpointing_enable``, non-reentrant): activation memory
-        drops from every intermediate tensor of every block to one hidden state per block,
-        for one more forward pass of compute. On by default, because holding the model in
-        little memory while it trains is why a backbone is quantized; the losses and
-        gradients are the same.
-    """
-
-    task: str = "causal-lm"
-    steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 2e-4
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    max_length: int = 256
-    device: str = "auto"
-    dtype: str = "float32"
-    frozen_dtype: str = "float32"
-    gradient_checkpointing: bool = True
-
-    def __post_init__(self) -> None:
-        _check_choice("task", self.task, TASKS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("frozen_dtype", self.frozen_dtype, DTYPES)
-        if self.frozen_dtype == "bfloat16" and self.dtype != "bfloat16":
-            raise bad_value(
-                "frozen_dtype", self.frozen_dtype, "'float32' unless dtype is 'bfloat16'"
-            )
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise bad_value("gradient_checkpointing", self.gradient_checkpointing, "a bool")
-        if self.steps is not None and self.epochs is not None:
-            raise BadInputError(
-                f"give steps or epochs, not both; got steps={self.steps!r}, epochs={self.epochs!r}"
-            )
-        if self.steps is None and self.epochs is None:
-            object.__setattr__(self, "epochs", 1)  # the documented default: one epoch
-        if self.steps is not None:
-            _check_int("steps", self.steps, 1)
-        if self.epochs is not None:
-            _check_int("epochs", self.epochs, 1)
-        for name in ("batch_size", "grad_accum"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("max_length", self.max_length, 2)
-        for name in ("warmup_steps", "seed", "eval_every", "checkpoint_every"):
-            _check_int(name, getattr(self, name), 0)
-        _check_number("learning_rate", self.learning_rate, positive=True)
-        _check_number("weight_decay", self.weight_decay, positive=False)
-        if self.max_grad_norm is not None:
-            _check_number("max_grad_norm", self.max_grad_norm, positive=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-compatible dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        if not isinstance(values, Mapping):
-            raise bad_value("values", type(values).__name__, "a mapping of FinetuneConfig fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BadInputError(
-                f"unknown FinetuneConfig fields {unknown}; known are {sorted(known)}"
-            )
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> FinetuneConfig:
-        return cls.from_dict(json.loads(text))
-
-    @classmethod
-    def load(cls, path: str | Path) -> FinetuneConfig:
-        """Read a run's ``config.json``; CorruptArtifactError if unreadable or invalid."""
-        try:
-            return cls.from_dict(read_json(path))
-        except BadInputError as err:
-            raise CorruptArtifactError(f"invalid FinetuneConfig {str(path)!r}: {err}") from err
 
 
 @dataclass
@@ -291,11 +130,15 @@ def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: s
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA if available else CPU; ``"cuda"`` requires CUDA."""
-    _check_choice("device", name, DEVICES)
+    check_choice("device", name, DEVICES)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
+        raise BadInputError(
+            "device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'",
+            param="device",
+            value=name,
+        )
     return torch.device(name)
 
 
@@ -366,7 +209,8 @@ def _check_data(name: str, data: object, task: str, max_length: int) -> None:
         length = data.shape[1]
     if length > max_length:
         raise BadInputError(
-            f"{name} has sequences of {length} tokens, more than config.max_length={max_length}"
+            f"{name} has sequences of {length} tokens, more than config.max_length ({max_length})",
+            param=name,
         )
 
 
@@ -529,7 +373,11 @@ def refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
         ``out_dir`` exists and ``overwrite`` is false.
     """
     if out_dir.exists() and not overwrite:
-        raise BadInputError(f"out_dir {str(out_dir)!r} exists; pass overwrite=True to replace it")
+        raise BadInputError(
+            f"out_dir {str(out_dir)!r} exists; pass --overwrite to replace it",
+            param="out_dir",
+            value=str(out_dir),
+        )
 
 
 def finetune(

@@ -87,7 +87,9 @@ def calibration_texts(source: str) -> list[str]:
         if not path.is_file():
             raise MissingResourceError(
                 f"calibration must be one of {list(BUILTIN_TEXTS)} or an existing text file; "
-                f"got {source!r}, which is neither"
+                f"got {source!r}, which is neither",
+                param="calibration",
+                value=source,
             )
         frame = paragraph_chapters(path, "calibration file")
         if len(frame) < 2:

@@ -139,8 +139,10 @@ class MemoryEstimate:
                 "--max-memory, or quantize on a machine with more memory"
             )
         raise BadInputError(
-            f"max_memory must cover the estimated peak memory {self.describe()}; got "
-            f"{format_size(budget)}: {advice}"
+            f"max_memory_bytes must cover the estimated peak memory {self.describe()}; got "
+            f"{format_size(budget)}: {advice}",
+            param="max_memory_bytes",
+            value=budget,
         )
 
 

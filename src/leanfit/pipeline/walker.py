@@ -68,8 +68,10 @@ def _check_rank(targets: list[Target], rank: int) -> None:
         limit = min(target.matrix_shape) - 1
         if rank > limit:
             raise BadInputError(
-                f"rank must be below min(n_out, n_in) of every target; got rank={rank} for "
-                f"{target.name!r} of matrix shape {target.matrix_shape} (at most {limit})"
+                f"rank must be below min(n_out, n_in) of every target; got {rank} for "
+                f"{target.name!r} of matrix shape {target.matrix_shape} (at most {limit})",
+                param="rank",
+                value=rank,
             )
 
 
@@ -172,8 +174,10 @@ def walk(
         )
     if config.calibration is not None and max_memory_bytes is not None:
         raise BadInputError(
-            "max_memory does not count calibration's activations and float64 Gram matrices, "
-            "so it cannot bound a calibrated run; run without --max-memory"
+            "max_memory_bytes does not count calibration's activations and float64 Gram "
+            "matrices, so it cannot bound a calibrated run; run without it",
+            param="max_memory_bytes",
+            value=max_memory_bytes,
         )
     if config.calibration is not None and compute is not compute_locally:
         raise BadInputError(

@@ -63,7 +63,7 @@ def check_quantization_args(bits: object, method: object, block_size: object) ->
         raise bad_value("method", method, f"one of {sorted(METHODS)}")
     allowed = METHODS[str(method)]
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
-        raise bad_value("bits", bits, f"one of {allowed} for method={method!r}")
+        raise bad_value("bits", bits, f"one of {allowed} with method {method!r}")
     _check_int("block_size", block_size, 1)
 
 

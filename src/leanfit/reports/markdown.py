@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from leanfit.checks import is_number
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.io import atomic_output
 
@@ -57,10 +58,6 @@ def _is_missing(value: object) -> bool:
     return pd is not None and (value is pd.NA or value is pd.NaT)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _format_cell(value: object, floatfmt: str) -> str:
     if _is_missing(value):
         return ""
@@ -91,7 +88,7 @@ def _record_columns(
     numeric = []
     for j in range(len(columns)):
         present = [row[j] for row in rows if not _is_missing(row[j])]
-        numeric.append(bool(present) and all(_is_number(v) for v in present))
+        numeric.append(bool(present) and all(is_number(v) for v in present))
     return columns, rows, numeric
 
 

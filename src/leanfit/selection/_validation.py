@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
-from leanfit.exceptions import BadInputError, NotFittedError
+from leanfit.exceptions import BadInputError, NotFittedError, bad_value
 
 
 class NotNumericError(BadInputError, TypeError):
@@ -38,7 +38,8 @@ def reject_sparse(X: object, name: str) -> None:
     """Refuse a SciPy sparse matrix or array (the estimators work on dense rows)."""
     if issparse(X):
         raise BadInputError(
-            f"{name} is a sparse matrix: sparse input is not supported; pass {name}.toarray()"
+            f"{name} is a sparse matrix: sparse input is not supported; pass {name}.toarray()",
+            param=name,
         )
 
 
@@ -48,13 +49,15 @@ def require_2d(shape: tuple[int, ...], name: str) -> None:
     if len(shape) != 2:
         raise BadInputError(
             f"{name} must be a non-empty 2-D array; got shape {shape}. Reshape your data "
-            "with reshape(-1, 1) if it has a single feature, reshape(1, -1) if a single sample"
+            "with reshape(-1, 1) if it has a single feature, reshape(1, -1) if a single sample",
+            param=name,
         )
     for axis, what in ((0, "sample"), (1, "feature")):
         if shape[axis] == 0:
             raise BadInputError(
                 f"{name} must be a non-empty 2-D array; found 0 {what}(s) (shape={shape}) "
-                "while a minimum of 1 is required."
+                "while a minimum of 1 is required.",
+                param=name,
             )
 
 
@@ -63,7 +66,8 @@ def target_vector(y: ArrayLike | None, name: str) -> np.ndarray:
     column vector (n, 1), as scikit-learn's estimators do."""
     if y is None:
         raise BadInputError(
-            f"this estimator requires y to be passed, but the target {name} is None"
+            f"this estimator requires y to be passed, but the target {name} is None",
+            param=name,
         )
     array = np.asarray(y)
     if array.ndim == 2 and array.shape[1] == 1:
@@ -74,7 +78,7 @@ def target_vector(y: ArrayLike | None, name: str) -> np.ndarray:
         )
         array = array.ravel()
     if array.ndim != 1:
-        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}")
+        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}", param=name)
     return array
 
 
@@ -85,26 +89,30 @@ def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
         if bad:
             raise BadInputError(
                 f"{name} must be numeric here; columns {bad[:5]} are not (pass a DataFrame "
-                "to InfluenceSelector, whose preprocessor one-hot encodes them)"
+                "to InfluenceSelector, whose preprocessor one-hot encodes them)",
+                param=name,
             )
     reject_sparse(X, name)
     try:
         raw = np.asarray(X)
         if raw.dtype.kind == "c":
-            raise BadInputError(f"{name} holds complex numbers: Complex data not supported")
+            raise BadInputError(
+                f"{name} holds complex numbers: Complex data not supported", param=name
+            )
         array = raw.astype(np.float64)
     except TypeError as err:
         raise NotNumericError(f"{name} must hold numbers only; {err}") from err
     except ValueError as err:
         if isinstance(err, BadInputError):
             raise
-        raise BadInputError(f"{name} must hold numbers only; {err}") from err
+        raise BadInputError(f"{name} must hold numbers only; {err}", param=name) from err
     require_2d(array.shape, name)
     if not np.all(np.isfinite(array)):
         rows = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
         raise BadInputError(
             f"{name} must be finite; {len(rows)} rows hold NaN or infinity (first rows "
-            f"{rows[:5].tolist()}); drop or impute them"
+            f"{rows[:5].tolist()}); drop or impute them",
+            param=name,
         )
     return array
 
@@ -113,7 +121,8 @@ def check_length(values: np.ndarray, name: str, n: int | None, other: str = "X")
     """Raise if ``values`` does not have ``n`` entries (``n = None``: no check)."""
     if n is not None and values.shape[0] != n:
         raise BadInputError(
-            f"{name} must have one entry per row of {other} ({n}); got {values.shape[0]}"
+            f"{name} must have one entry per row of {other} ({n}); got {values.shape[0]}",
+            param=name,
         )
 
 
@@ -123,7 +132,7 @@ def check_binary_labels(
     """Return 0/1 labels as float64 of shape ``(n,)`` (1 = favourable outcome)."""
     array = np.asarray(y)
     if array.ndim != 1:
-        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}")
+        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}", param=name)
     check_length(array, name, n)
     if array.dtype == bool:
         array = array.astype(np.int64)
@@ -131,7 +140,8 @@ def check_binary_labels(
         raise BadInputError(
             f"Unknown label type: {array.dtype}; "
             f"{name} must hold 0/1 labels (1 = favourable outcome); got dtype {array.dtype} "
-            f"with values {sorted(map(str, pd.unique(array)))[:5]}"
+            f"with values {sorted(map(str, pd.unique(array)))[:5]}",
+            param=name,
         )
     values = set(np.unique(array[~pd.isna(array)]).tolist()) if array.size else set()
     if pd.isna(array).any() or not values <= {0, 1}:
@@ -146,11 +156,13 @@ def check_binary_labels(
         )
         raise BadInputError(
             prefix + f"{name} must hold 0/1 labels (1 = favourable outcome); got values "
-            f"{sorted(map(str, pd.unique(array)))[:5]}"
+            f"{sorted(map(str, pd.unique(array)))[:5]}",
+            param=name,
         )
     if require_both and values != {0, 1}:
         raise BadInputError(
-            f"{name} must contain both classes 0 and 1; got only 1 class: {sorted(values)}"
+            f"{name} must contain both classes 0 and 1; got only 1 class: {sorted(values)}",
+            param=name,
         )
     return array.astype(np.float64)
 
@@ -165,12 +177,15 @@ def two_classes(y: ArrayLike | None, name: str, *, n: int) -> tuple[np.ndarray, 
     if array.dtype == bool or numeric:
         kind = type_of_target(array)
         if kind not in ("binary", "multiclass"):
-            raise BadInputError(f"Unknown label type: {kind}; {name} must hold two classes")
+            raise BadInputError(
+                f"Unknown label type: {kind}; {name} must hold two classes", param=name
+            )
     classes = np.unique(array.astype(np.int64) if array.dtype == bool else array)
     if classes.shape[0] != 2:
         raise BadInputError(
             f"{name} must hold exactly two classes: Only binary classification is supported; "
-            f"got {classes.shape[0]} class(es): {sorted(map(str, classes))[:5]}"
+            f"got {classes.shape[0]} class(es): {sorted(map(str, classes))[:5]}",
+            param=name,
         )
     if set(classes.tolist()) == {0, 1}:
         classes = np.array([0, 1])
@@ -187,29 +202,30 @@ def binary_groups(
     """
     array = np.asarray(sensitive, dtype=object)
     if array.ndim != 1:
-        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}")
+        raise BadInputError(f"{name} must be 1-D; got shape {array.shape}", param=name)
     check_length(array, name, n)
     missing = pd.isna(array)
     if missing.any():
         raise BadInputError(
-            f"{name} must not have missing values; {int(missing.sum())} are missing"
+            f"{name} must not have missing values; {int(missing.sum())} are missing",
+            param=name,
         )
     distinct = list(pd.unique(array))
     if len(distinct) != 2:
         raise BadInputError(
             f"{name} must have exactly two groups (both present); got {len(distinct)}: "
-            f"{sorted(map(str, distinct))[:5]}"
+            f"{sorted(map(str, distinct))[:5]}",
+            param=name,
         )
     if privileged is None:
         if set(distinct) <= {0, 1}:  # also matches True/False
             privileged = 1
         else:
             raise BadInputError(
-                f"{name} has values {sorted(map(str, distinct))}; pass privileged= to say "
-                "which one is the privileged group"
+                f"privileged is needed: {name} has values {sorted(map(str, distinct))}; say "
+                "which one is the privileged group",
+                param="privileged",
             )
     if privileged not in set(distinct):
-        raise BadInputError(
-            f"privileged must be one of {sorted(map(str, distinct))}; got {privileged!r}"
-        )
+        raise bad_value("privileged", privileged, f"one of {sorted(map(str, distinct))}")
     return (array == privileged).astype(np.int64)

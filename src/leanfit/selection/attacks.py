@@ -15,27 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from leanfit.exceptions import BadInputError, bad_value
+from leanfit.checks import check_choice, check_number
+from leanfit.exceptions import BadInputError
 
 NORMS = ("l2", "linf")
 
 
 def check_norm(norm: str) -> str:
     """Return ``norm`` if it is ``"l2"`` or ``"linf"``, else raise naming ``norm``."""
-    if norm not in NORMS:
-        raise bad_value("norm", norm, f"one of {list(NORMS)}")
-    return norm
+    return check_choice("norm", norm, NORMS)
 
 
 def check_eps(eps: float) -> float:
     """Return ``eps`` as float if it is finite and >= 0, else raise naming ``eps``."""
-    if (
-        isinstance(eps, bool)
-        or not isinstance(eps, int | float | np.floating)
-        or not (np.isfinite(eps) and eps >= 0)
-    ):
-        raise bad_value("eps", eps, "a finite number >= 0")
-    return float(eps)
+    return check_number("eps", eps, low=0)
 
 
 def dual_norm(w: np.ndarray, norm: str) -> float:

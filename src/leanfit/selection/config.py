@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from leanfit.checks import check_fraction, check_int
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.influence import MAX_CATEGORIES
 from leanfit.selection.policies.budget import Budget
 from leanfit.selection.policies.steering import (
     DEFAULT_MAX_ACCURACY_DROP,
     BudgetChoice,
-    check_fraction,
     check_strategy,
 )
 
@@ -52,14 +52,8 @@ def resolve_objective_names(objectives: str | Sequence[str]) -> tuple[str, ...]:
         elif item in OBJECTIVES:
             chosen.add(item)
         else:
-            raise bad_value("objective", item, f"one of {[*OBJECTIVES, 'all']}")
+            raise bad_value("objectives", item, f"one of {[*OBJECTIVES, 'all']}")
     return tuple(name for name in OBJECTIVES if name in chosen)
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise bad_value(name, value, f"an integer >= {low}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -156,34 +150,40 @@ class SelectionConfig:
         set_field(self, "strategy", check_strategy(self.strategy))
         set_field(self, "max_accuracy_drop", self._checked_accuracy_drop())
         if self.target_dp is not None:
-            set_field(self, "target_dp", check_fraction(self.target_dp, "target_dp"))
+            set_field(self, "target_dp", check_fraction("target_dp", self.target_dp))
         if not isinstance(self.model, ModelSettings):
             raise bad_value("model", self.model, "a ModelSettings")
         for name, low in (("seeds", 0), ("seed", 0), ("curve_points", 1), ("max_rules", 2)):
-            set_field(self, name, _check_int(name, getattr(self, name), low))
+            set_field(self, name, check_int(name, getattr(self, name), low=low))
         if self.max_categories is not None:
-            set_field(self, "max_categories", _check_int("max_categories", self.max_categories, 1))
+            set_field(
+                self, "max_categories", check_int("max_categories", self.max_categories, low=1)
+            )
 
     def _checked_accuracy_drop(self) -> float | None:
         """``max_accuracy_drop`` checked against the budget: its value (the default with
         ``auto``), or an error for the options of auto given without it."""
         if not self.budget.is_auto:
-            if self.max_accuracy_drop is not None or self.target_dp is not None:
-                raise BadInputError(
-                    "max_accuracy_drop and target_dp choose the budget: use them with "
-                    f"budget='auto'; got budget={self.budget.value!r}"
-                )
+            given = {"max_accuracy_drop": self.max_accuracy_drop, "target_dp": self.target_dp}
+            for name, value in given.items():
+                if value is not None:
+                    raise BadInputError(
+                        f"{name} chooses the budget: use it with the budget 'auto'; got the "
+                        f"budget {self.budget.value!r}",
+                        param=name,
+                        value=value,
+                    )
             return None
         if "fairness" not in self.objectives:
             raise bad_value(
                 "objectives",
                 list(self.objectives),
-                "a list with 'fairness' when budget='auto' (the budget is "
+                "a list with 'fairness' when the budget is 'auto' (the budget is "
                 "chosen on the validation demographic-parity gap)",
             )
         if self.max_accuracy_drop is None:
             return DEFAULT_MAX_ACCURACY_DROP
-        return check_fraction(self.max_accuracy_drop, "max_accuracy_drop")
+        return check_fraction("max_accuracy_drop", self.max_accuracy_drop)
 
     @property
     def steered(self) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import Tags, TransformerTags
 from tqdm.auto import tqdm
 
+from leanfit.checks import is_int
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import (
     binary_groups,
@@ -47,16 +48,14 @@ MAX_CATEGORIES = 1000
 """Default limit on the distinct values of a categorical column (see :func:`check_cardinality`)."""
 
 
-def check_cardinality(
-    X: pd.DataFrame, max_categories: int | None, name: str = "X", option: str = "max_categories"
-) -> None:
+def check_cardinality(X: pd.DataFrame, max_categories: int | None, name: str = "X") -> None:
     """Refuse a categorical (non-numeric) column of ``X`` with more than ``max_categories``
     distinct values; ``None`` means no limit.
 
     One-hot encoding gives one feature per value: an identifier-like column (a user id, a
     free-text field) with a million values would make a million features, a Hessian of
-    10¹² entries and a model that merely memorizes rows. ``option`` is how messages call the
-    limit (``leanfit select`` passes ``"--max-categories"``).
+    10¹² entries and a model that merely memorizes rows. The error is about
+    ``max_categories``.
 
     Raises
     ------
@@ -65,15 +64,9 @@ def check_cardinality(
     """
     if max_categories is None:
         return
-    if isinstance(max_categories, bool) or not isinstance(max_categories, int | np.integer):
-        raise bad_value(option, max_categories, "a positive integer or None")
-    if max_categories < 1:
-        raise bad_value(option, max_categories, "a positive integer or None")
-    if option.startswith("--"):
-        limit, way_out = f"{option} {max_categories:,}", f"{option} N; 0 for no limit"
-    else:
-        limit = f"{option}={max_categories:,}"
-        way_out = f"{option}=, --max-categories; None / 0 for no limit"
+    if not is_int(max_categories) or max_categories < 1:
+        raise bad_value("max_categories", max_categories, "an int >= 1, or None")
+    limit = int(max_categories)
     for column in X.columns:
         if pd.api.types.is_numeric_dtype(X[column]):
             continue
@@ -81,9 +74,11 @@ def check_cardinality(
         if distinct > max_categories:
             raise BadInputError(
                 f"categorical column {column!r} of {name} has {distinct:,} distinct values, "
-                f"more than {limit} (one-hot encoding would make {distinct:,} features); drop "
-                f"the column, group its values into fewer categories, or raise the limit "
-                f"({way_out})"
+                f"more than the limit of {limit:,} (one-hot encoding would make {distinct:,} "
+                "features); drop the column, group its values into fewer categories, or raise "
+                "the limit (or lift it)",
+                param="max_categories",
+                value=max_categories,
             )
 
 
@@ -141,13 +136,15 @@ def _check_no_missing(X: pd.DataFrame) -> None:
     if missing:
         raise BadInputError(
             f"X has missing values in columns {missing[:10]}; drop or impute them, or pass a "
-            "preprocessor that imputes"
+            "preprocessor that imputes",
+            param="X",
         )
     numeric = [c for c in X.columns if pd.api.types.is_float_dtype(X[c])]
     infinite = [c for c in numeric if np.isinf(X[c].to_numpy(dtype=np.float64)).any()]
     if infinite:
         raise BadInputError(
-            f"X has infinite values in columns {infinite[:10]}; drop, clip or impute them"
+            f"X has infinite values in columns {infinite[:10]}; drop, clip or impute them",
+            param="X",
         )
 
 
@@ -355,13 +352,15 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         if self.features is None and columns != self.n_features_in_:
             raise BadInputError(
                 f"X has {columns} features, but InfluenceSelector is expecting "
-                f"{self.n_features_in_} features as input (the columns it was fitted on)"
+                f"{self.n_features_in_} features as input (the columns it was fitted on)",
+                param="X",
             )
         Z = self._to_matrix(X, fit=False)
         if Z.shape[1] != self.model_.n_features_in_:
             raise BadInputError(
                 f"X has {Z.shape[1]} features after preprocessing, but InfluenceSelector is "
-                f"expecting {self.model_.n_features_in_} features as input (as in fit)"
+                f"expecting {self.model_.n_features_in_} features as input (as in fit)",
+                param="X",
             )
         return Z
 
@@ -439,7 +438,10 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         s = resolve_sensitive(X_val, sensitive_features, privileged, n=n_val)
         needing = [o.name for o in objectives if o.needs_sensitive]
         if needing and s is None:
-            raise BadInputError(f"sensitive_features is required for objectives {needing}")
+            raise BadInputError(
+                f"sensitive_features is required for objectives {needing}",
+                param="sensitive_features",
+            )
         return self.transform(X_val), y, s
 
     def _prepared(

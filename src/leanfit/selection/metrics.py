@@ -60,19 +60,26 @@ def _rate_difference(
         if groups.shape != y_pred.shape:
             raise BadInputError(
                 f"sensitive_features must have one entry per prediction ({y_pred.shape[0]}); "
-                f"got shape {groups.shape}"
+                f"got shape {groups.shape}",
+                param="sensitive_features",
             )
         if pd.isna(groups).any():
-            raise BadInputError("sensitive_features must not have missing values")
+            raise BadInputError(
+                "sensitive_features must not have missing values", param="sensitive_features"
+            )
     rates = {}
     for group in pd.unique(groups):
         members = subset & (groups == group)
         if not members.any():
-            raise BadInputError(f"sensitive_features group {group!r} has no points for {what}")
+            raise BadInputError(
+                f"sensitive_features group {group!r} has no points for {what}",
+                param="sensitive_features",
+            )
         rates[group] = float(y_pred[members].mean())
     if len(rates) < 2:
         raise BadInputError(
-            f"sensitive_features must contain at least two groups; got {list(rates)}"
+            f"sensitive_features must contain at least two groups; got {list(rates)}",
+            param="sensitive_features",
         )
     if signed:
         return rates[1] - rates[0]
@@ -191,7 +198,7 @@ def robust_accuracy(
     if attack not in NORMS:
         raise bad_value("attack", attack, f"one of {list(ATTACKS)}")
     if eps is None:
-        raise BadInputError(f"eps is required for attack={attack!r}")
+        raise BadInputError(f"eps is required for attack={attack!r}", param="eps")
     return float(np.mean(worst_case_margins(X, y, w, b, check_eps(eps), attack) > 0))
 
 

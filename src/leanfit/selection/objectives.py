@@ -116,14 +116,17 @@ class Utility(Objective):
 def _gap_weights(s: np.ndarray | None, subset: np.ndarray, what: str) -> np.ndarray:
     """Weights ``cⱼ`` with ``Σ cⱼ vⱼ = mean v | s=1 − mean v | s=0`` over ``subset``."""
     if s is None:
-        raise BadInputError(f"sensitive_features is required for the {what} objective")
+        raise BadInputError(
+            f"sensitive_features is required for the {what} objective", param="sensitive_features"
+        )
     privileged = subset & (s == 1)
     unprivileged = subset & (s == 0)
     if not privileged.any() or not unprivileged.any():
         raise BadInputError(
             f"sensitive_features must contain both groups among the validation points used "
             f"by the {what} objective; got {int(privileged.sum())} privileged and "
-            f"{int(unprivileged.sum())} unprivileged"
+            f"{int(unprivileged.sum())} unprivileged",
+            param="sensitive_features",
         )
     return privileged / privileged.sum() - unprivileged / unprivileged.sum()
 

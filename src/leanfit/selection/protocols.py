@@ -53,17 +53,15 @@ def _part(ds: TabularDataset, frame: pd.DataFrame, name: str) -> TabularDataset:
     return replace(ds, frame=frame, name=name)
 
 
-def split_halves(
-    frame: pd.DataFrame, random_state: int, name: str = "test"
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_halves(frame: pd.DataFrame, random_state: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's 50/50 split of a held-out file: ``(test, validation)``, shuffled.
 
     As in the authors' code: ``train_test_split(frame, test_size=0.5, shuffle=True)``, the
     first part is the test set, the second the validation set. Rows keep their index.
-    ``name`` is how a message calls the file (``leanfit select``: ``--test``).
+    An error names ``test``, the file of :func:`split_csv` that is split.
     """
     if len(frame) < 4:
-        raise bad_value(name, f"a table of {len(frame)} rows", "at least 4 rows to split")
+        raise bad_value("test", f"a table of {len(frame)} rows", "at least 4 rows to split")
     test, val = train_test_split(frame, test_size=0.5, random_state=random_state, shuffle=True)
     return test, val
 
@@ -137,15 +135,13 @@ def split_dataset(name: str, *, random_state: int = DEFAULT_SEED) -> ProtocolSpl
     )
 
 
-def _as_categorical(
-    ds: TabularDataset, columns: Sequence[str], path: Path, option: str = "categorical"
-) -> TabularDataset:
+def _as_categorical(ds: TabularDataset, columns: Sequence[str], path: Path) -> TabularDataset:
     """``ds`` with ``columns`` turned into text (missing values stay missing)."""
     unknown = [c for c in columns if c not in ds.frame.columns]
     if unknown:
-        raise bad_value(option, unknown, f"columns of {path}")
+        raise bad_value("categorical", unknown, f"columns of {path}")
     if ds.target in columns:
-        raise bad_value(option, ds.target, "feature columns (not the target)")
+        raise bad_value("categorical", ds.target, "feature columns (not the target)")
     frame = ds.frame.copy()
     for column in columns:
         frame[column] = frame[column].astype("string")
@@ -165,7 +161,6 @@ def split_csv(
     categorical: Sequence[str] = (),
     random_state: int = DEFAULT_SEED,
     assume_conventions: bool = False,
-    names: dict[str, str] | None = None,
 ) -> ProtocolSplit:
     """A user's CSV files as train / validation / test.
 
@@ -185,10 +180,6 @@ def split_csv(
     assume_conventions : bool, default False
         Without ``positive`` / ``privileged``, choose them by convention on the training file
         (:func:`leanfit.datasets.load_csv`); the choices are in ``train.assumptions``.
-    names : dict, optional
-        How error messages call ``target``, ``sensitive``, ``positive``, ``privileged``,
-        ``categorical`` and ``test`` (``leanfit select`` passes its options, e.g.
-        ``"--positive"``).
 
     Returns
     -------
@@ -205,7 +196,6 @@ def split_csv(
         positive=positive,
         privileged=privileged,
         assume_conventions=assume_conventions,
-        names=names,
     )
     parts = {"train": first}
     for part, path in list(paths.items())[1:]:
@@ -215,7 +205,6 @@ def split_csv(
             sensitive=sensitive,
             positive=first.positive,
             privileged=first.privileged,
-            names=names,
         )
         if list(ds.frame.columns) != list(first.frame.columns):
             raise BadInputError(
@@ -224,17 +213,13 @@ def split_csv(
             )
         parts[part] = ds
     if val is None:
-        test_name = (names or {}).get("test", "test")
-        test_frame, val_frame = split_halves(parts["test"].frame, random_state, test_name)
+        test_frame, val_frame = split_halves(parts["test"].frame, random_state)
         parts["val"] = replace(parts["test"], frame=val_frame)
         parts["test"] = replace(parts["test"], frame=test_frame)
         how = f"validation and test = the halves of {paths['test'].name} (seed {random_state})"
     else:
         how = f"validation = {paths['val'].name}, test = {paths['test'].name}"
-    option = (names or {}).get("categorical", "categorical")
-    parts = {
-        k: _as_categorical(v, list(categorical), paths["train"], option) for k, v in parts.items()
-    }
+    parts = {k: _as_categorical(v, list(categorical), paths["train"]) for k, v in parts.items()}
     return ProtocolSplit(
         train=_part(parts["train"], parts["train"].frame, f"{first.name}-train"),
         val=_part(parts["val"], parts["val"].frame, f"{first.name}-val"),

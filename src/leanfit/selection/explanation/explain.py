@@ -353,12 +353,15 @@ class InfluenceTree(RegressorMixin, BaseEstimator):
         else:
             array = np.asarray(X)
             if array.dtype.kind == "c":
-                raise BadInputError("X holds complex numbers: Complex data not supported")
+                raise BadInputError(
+                    "X holds complex numbers: Complex data not supported", param="X"
+                )
             require_2d(array.shape, "X")
             if not fitting and array.shape[1] != self.n_features_in_:
                 raise BadInputError(
                     f"X has {array.shape[1]} features, but InfluenceTree is expecting "
-                    f"{self.n_features_in_} features as input (the columns it was fitted on)"
+                    f"{self.n_features_in_} features as input (the columns it was fitted on)",
+                    param="X",
                 )
             frame = pd.DataFrame(array, columns=[f"x{j}" for j in range(array.shape[1])])
             frame = frame.infer_objects()
@@ -421,7 +424,9 @@ class InfluenceTree(RegressorMixin, BaseEstimator):
                 "y", f"shape {target.shape}", f"{len(frame)} finite influence values, one per row"
             )
         if len(frame) < 2:
-            raise BadInputError("X must hold at least 2 rows to grow a tree; got 1 sample")
+            raise BadInputError(
+                "X must hold at least 2 rows to grow a tree; got 1 sample", param="X"
+            )
         lam = self._validated_lambdas()
         self._check_params(len(frame))
         try:

@@ -52,7 +52,7 @@ class Budget:
         return cls(fraction=float(value))
 
     @classmethod
-    def parse(cls, text: str, name: str = "--budget") -> Budget:
+    def parse(cls, text: str, name: str = "budget") -> Budget:
         """The budget a command-line word means: ``auto``, a fraction in (0, 1) or a whole
         count ≥ 1 (``300`` and ``300.0`` alike)."""
         if text.strip().lower() == "auto":

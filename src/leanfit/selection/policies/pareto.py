@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from leanfit.checks import check_fraction, check_number
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.influence import check_keep_mask
 from leanfit.selection.policies.trimming import resolve_budget
@@ -90,14 +91,6 @@ def _columns(
             )
         values.append(array)
     return values[0], values[1]
-
-
-def _finite(value: object, name: str, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise bad_value(name, value, allowed)
-    if not np.isfinite(value):
-        raise bad_value(name, value, allowed)
-    return float(value)
 
 
 def _remove_first(order: np.ndarray, count: int, n: int) -> np.ndarray:
@@ -142,7 +135,7 @@ def constrained_trim(
         ``True`` for the rows to keep. Ties broken by position.
     """
     harm, cost = _columns(influence, objective, utility)
-    tau = _finite(tolerance, "tolerance", "a finite number (units of the utility influence)")
+    tau = check_number("tolerance", tolerance)
     count = resolve_budget(budget, harm.size)
     candidates = np.flatnonzero((harm < 0) & (cost <= tau))
     order = candidates[np.argsort(harm[candidates], kind="stable")]
@@ -156,10 +149,7 @@ def _scale(values: np.ndarray) -> float:
 
 
 def _check_weight(weight: object, name: str = "utility_weight") -> float:
-    value = _finite(weight, name, "a number in [0, 1]")
-    if not 0.0 <= value <= 1.0:
-        raise bad_value(name, weight, "a number in [0, 1]")
-    return value
+    return check_fraction(name, weight)
 
 
 def _scalarized_order(harm: np.ndarray, cost: np.ndarray, weight: float) -> np.ndarray:
@@ -260,7 +250,7 @@ def pareto_trim(
         If no selection reaches ``U ≤ B`` (possible only for ``B < 0``).
     """
     harm, cost = _columns(influence, objective, utility)
-    limit = _finite(max_utility_loss, "max_utility_loss", "a finite number")
+    limit = check_number("max_utility_loss", max_utility_loss)
     count = resolve_budget(budget, harm.size)
 
     def utility_change(weight: float) -> tuple[float, np.ndarray]:

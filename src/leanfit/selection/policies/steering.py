@@ -38,6 +38,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
+from leanfit.checks import check_fraction
 from leanfit.exceptions import bad_value
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
@@ -57,15 +58,6 @@ def check_strategy(strategy: object, name: str = "strategy") -> str:
     if strategy not in STRATEGIES:
         raise bad_value(name, strategy, f"one of {list(STRATEGIES)}")
     return str(strategy)
-
-
-def check_fraction(value: object, name: str) -> float:
-    """A number in ``[0, 1]`` (an accuracy drop or a gap), else an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise bad_value(name, value, "a number in [0, 1]")
-    if not 0.0 <= float(value) <= 1.0:
-        raise bad_value(name, value, "a number in [0, 1]")
-    return float(value)
 
 
 def strategy_keep(
@@ -246,8 +238,8 @@ def choose_budget(
     -------
     BudgetChoice
     """
-    limit = check_fraction(max_accuracy_drop, "max_accuracy_drop")
-    target = None if target_dp is None else check_fraction(target_dp, "target_dp")
+    limit = check_fraction("max_accuracy_drop", max_accuracy_drop)
+    target = None if target_dp is None else check_fraction("target_dp", target_dp)
     if criterion not in curve.columns:
         raise bad_value("criterion", criterion, f"a column of curve ({list(curve.columns)})")
     table = curve.sort_values("n_removed", kind="stable").reset_index(drop=True)
