@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leanfit._version import __version__
 from leanfit.checkpoints.targets import Target
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.io import read_json, write_json
 from leanfit.quantization.quantizers import check_quantization_args
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 FORMAT = "leanfit-loftq"
 FORMAT_VERSION = 2
@@ -258,3 +261,35 @@ def peft_task_type(architecture: str | None) -> str | None:
     ``from_pretrained`` returns a ``PeftModelForCausalLM`` with ``generate``), else None."""
     causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
     return "CAUSAL_LM" if causal else None
+
+
+def lora_config(
+    adapter: Path, task_type: str | None, target_modules: Iterable[str] | None = None
+) -> LoraConfig:
+    """PEFT's config of a leanfit adapter: its rank and alpha (:func:`read_adapter_config`),
+    no dropout, no bias, nothing else of the file passed on.
+
+    Parameters
+    ----------
+    adapter : Path
+        The adapter directory (``OUT/adapter``).
+    task_type : str or None
+        PEFT's task type (e.g. ``"CAUSAL_LM"``, :func:`peft_task_type`).
+    target_modules : iterable of str, optional
+        The model's names of the targets; default: the adapter's (the checkpoint's names).
+    """
+    from leanfit.quiet import dependency_noise_dropped
+
+    with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
+        from peft import LoraConfig
+
+    saved = read_adapter_config(adapter)
+    modules = saved["target_modules"] if target_modules is None else target_modules
+    return LoraConfig(
+        r=saved["r"],
+        lora_alpha=saved["lora_alpha"],
+        target_modules=sorted(modules),
+        task_type=task_type,
+        lora_dropout=0.0,
+        bias="none",
+    )

@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from leanfit.checkpoints.layout import (
     ADAPTER,
     BACKBONE,
-    read_adapter_config,
+    lora_config,
     read_quantization_config,
 )
 from leanfit.checkpoints.loading import load
@@ -65,7 +65,7 @@ from leanfit.quantization.nn import QuantLinear
 from leanfit.quiet import dependency_noise_dropped
 
 with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
-    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+    from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 
 INITS = ("loftq", "qlora", "full-precision")
 RUN_FILE = "leanfit_run.json"
@@ -275,18 +275,6 @@ def load_reference(source: str | Path, task: str) -> Any:
         transformers_logging.set_verbosity(verbosity)
 
 
-def _lora_config(directory: Path, task: str) -> LoraConfig:
-    saved = read_adapter_config(directory / ADAPTER)
-    return LoraConfig(
-        r=saved["r"],
-        lora_alpha=saved["lora_alpha"],
-        target_modules=saved["target_modules"],
-        lora_dropout=0.0,
-        bias="none",
-        task_type=PEFT_TASKS[task],
-    )
-
-
 def _lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
 
@@ -328,7 +316,7 @@ def build_model(
         raise bad_value("num_labels", num_labels, "an int >= 2 for classification")
     directory = Path(directory)
     read_quantization_config(directory)
-    lora = _lora_config(directory, task)
+    lora = lora_config(directory / ADAPTER, PEFT_TASKS[task])
     with torch.random.fork_rng(devices=[]), dependency_noise_dropped():
         torch.manual_seed(seed)
         if init == "full-precision":
