@@ -172,7 +172,8 @@ class LeanfitHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
-        """Swap every target of the config for a :class:`QuantLinear` skeleton."""
+        """Swap every target of the config for a :class:`QuantLinear` skeleton, which
+        transformers then leaves out of its initialization of missing weights."""
         settings = self.quantization_config.settings()
         conv = sorted(m for m, s in settings.items() if s["kind"] == "conv")
         if conv:
@@ -210,6 +211,10 @@ class LeanfitHfQuantizer(HfQuantizer):
             setting = settings[module]
             original = model.get_submodule(name)
             layer = quant_linear_skeleton(module, original, setting, setting["transposed"])
+            # Nothing of it for transformers to initialize: its tensors come from the backbone
+            # (a missing one is refused after loading), and initializing it would dequantize
+            # its weight for nothing.
+            layer._is_hf_initialized = True
             replace_module(model, name, layer)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
