@@ -232,9 +232,10 @@ def test_a_class_transformers_cannot_build_is_named(tmp_path):
         load(tmp_path / "out", task="base")
 
 
-def test_experts_that_transformers_fuses_are_named(tmp_path):
-    """Not supported: transformers 5 merges Mixtral's per-expert weights into one parameter
-    when loading; ``load`` says so instead of failing on a missing tensor."""
+def test_experts_that_transformers_fuses_load_beside_packed_attention(tmp_path):
+    """transformers 5 merges Mixtral's per-expert weights into one parameter when loading;
+    ``load`` builds the model as ``from_pretrained`` does, so the experts (not targets by
+    default) are merged and the attention targets packed."""
     mixtral = Architecture(
         "mixtral",
         "MixtralConfig",
@@ -243,5 +244,13 @@ def test_experts_that_transformers_fuses_are_named(tmp_path):
     )
     save_checkpoint(mixtral, tmp_path / "source")
     quantize(tmp_path / "source", tmp_path / "out", "--iters", "1")
-    with pytest.raises(BadInputError, match=r"merges backbone tensor .*experts\.0\.w1"):
-        load(tmp_path / "out")
+    model = load(tmp_path / "out").eval()
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 2 * 4  # q, k, v, o
+    reference = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "source").eval()
+    merge_into(reference, tmp_path / "out")
+    inputs = example_inputs(mixtral, reference.config)
+    # Same float32 weights, x·Qᵀ + s·(x·Aᵀ)·Bᵀ against x·(Q + s·B·A)ᵀ: as in
+    # test_output_is_q_plus_scaled_ba_in_float.
+    torch.testing.assert_close(
+        outputs(model, inputs)["first"], outputs(reference, inputs)["first"], rtol=0, atol=1e-4
+    )

@@ -220,7 +220,8 @@ def _load_packed(
                 raise BadInputError(
                     f"transformers merges backbone tensor {name!r} with others into one "
                     f"parameter of {type(model).__name__} when loading (e.g. the experts of a "
-                    "mixture-of-experts layer); leanfit's load does not make that merge"
+                    "mixture-of-experts layer); load_into does not make that merge: load the "
+                    "output with load(directory)"
                 )
             elif new not in buffers:  # e.g. position_ids, a non-persistent buffer today
                 raise CorruptArtifactError(
