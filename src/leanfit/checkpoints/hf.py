@@ -214,7 +214,7 @@ class LeanfitHfQuantizer(HfQuantizer):
             # Nothing of it for transformers to initialize: its tensors come from the backbone
             # (a missing one is refused after loading), and initializing it would dequantize
             # its weight for nothing.
-            layer._is_hf_initialized = True
+            layer._is_hf_initialized = True  # type: ignore[assignment]
             replace_module(model, name, layer)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
