@@ -276,7 +276,7 @@ def _from_pretrained(
     keys = ModelKeys(model, ())
     name = type(model).__name__
     dropped, fresh = sorted(info["unexpected_keys"]), sorted(info["missing_keys"])
-    if strict and all(keys.renamed(module) == placed[module] for module in placed):
+    if strict and all(keys.renamed(f"{m}.weight") == f"{placed[m]}.weight" for m in placed):
         if fresh:
             raise CorruptArtifactError(
                 f"the backbone lacks {len(fresh)} tensors of the model, e.g. {fresh[:3]}"

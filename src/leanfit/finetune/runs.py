@@ -62,7 +62,7 @@ from leanfit.finetune.training import (
 )
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
-from leanfit.quiet import dependency_noise_dropped
+from leanfit.quiet import dependency_noise_dropped, transformers_loading_quiet
 
 with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
     from peft import PeftModel, get_peft_model, set_peft_model_state_dict
@@ -262,17 +262,12 @@ def load_original(source: str | Path, task: str, *, num_labels: int | None = Non
 
 def load_reference(source: str | Path, task: str) -> Any:
     """:func:`load_original` in eval mode, as the reference of a fidelity measure, without
-    transformers' loading report: the reference is built for a measure leanfit chose (e.g. the
-    base model of a masked-LM checkpoint, whose head is dropped and pooler absent), so the
-    mismatches the report lists are expected and not about the user's run."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
+    transformers' loading report and progress bar: the reference is built for a measure
+    leanfit chose (e.g. the base model of a masked-LM checkpoint, whose head is dropped and
+    pooler absent), so the mismatches the report lists are expected and not about the
+    user's run."""
+    with transformers_loading_quiet():
         return load_original(source, task).eval()
-    finally:
-        transformers_logging.set_verbosity(verbosity)
 
 
 def _lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
