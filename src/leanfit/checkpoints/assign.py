@@ -208,13 +208,21 @@ def _on_meta(model: nn.Module, name: str) -> bool:
 
 
 def weight_map(backbone: Path) -> dict[str, Path]:
-    """Backbone tensor name → its shard file, from the index (every shard checked to exist)."""
+    """Backbone tensor name → its shard file, from the index: checked to hold what
+    transformers reads of it (``metadata``, a non-empty ``weight_map``), and every shard to
+    exist."""
     index = backbone / INDEX_FILE
     try:
-        weight_map = read_json(index)["weight_map"]
+        content = read_json(index)
+        weight_map = content["weight_map"]
         paths = {name: backbone / file for name, file in weight_map.items()}
     except (KeyError, TypeError, AttributeError) as err:
         raise CorruptArtifactError(f"{str(index)!r} is missing or invalid: {err}") from err
+    if not paths or not isinstance(content.get("metadata"), dict):
+        raise CorruptArtifactError(
+            f"{str(index)!r} must hold metadata (an object) and a weight_map naming the "
+            f"backbone's tensors; got {len(paths)} names, metadata {content.get('metadata')!r}"
+        )
     outside = sorted({p.name for p in paths.values()} - set(map(str, weight_map.values())))
     if outside:
         raise CorruptArtifactError(

@@ -253,7 +253,8 @@ def _from_pretrained(
     by leanfit's warnings: backbone tensors the model lacks are dropped, parameters the
     backbone lacks newly initialized. When ``strict`` (the class the backbone was saved as)
     and the model's layout is the backbone's (no base-model prefix added or stripped), both
-    are refused as a damaged artifact."""
+    are refused as a damaged artifact; otherwise so is a missing tensor of the base model in a
+    module whose other tensors the backbone holds."""
     from leanfit.checkpoints.hf import LeanfitHfQuantizer
 
     try:
@@ -276,15 +277,16 @@ def _from_pretrained(
     keys = ModelKeys(model, ())
     name = type(model).__name__
     dropped, fresh = sorted(info["unexpected_keys"]), sorted(info["missing_keys"])
-    if strict and all(keys.renamed(f"{m}.weight") == f"{placed[m]}.weight" for m in placed):
-        if fresh:
-            raise CorruptArtifactError(
-                f"the backbone lacks {len(fresh)} tensors of the model, e.g. {fresh[:3]}"
-            )
-        if dropped:
-            raise CorruptArtifactError(
-                f"backbone tensors {dropped[:3]} are not in the model built ({name})"
-            )
+    same_layout = all(keys.renamed(f"{m}.weight") == f"{placed[m]}.weight" for m in placed)
+    lacking = fresh if strict and same_layout else _in_damaged_modules(model, fresh, keys)
+    if lacking:
+        raise CorruptArtifactError(
+            f"the backbone lacks {len(lacking)} tensors of the model, e.g. {lacking[:3]}"
+        )
+    if strict and same_layout and dropped:
+        raise CorruptArtifactError(
+            f"backbone tensors {dropped[:3]} are not in the model built ({name})"
+        )
     if dropped:
         logger.warning(
             "%d backbone tensors are not part of %s and are not loaded, e.g. %s",
@@ -300,3 +302,14 @@ def _from_pretrained(
             fresh[:3],
         )
     return model, placed
+
+
+def _in_damaged_modules(model: nn.Module, missing: list[str], keys: ModelKeys) -> list[str]:
+    """The ``missing`` names that no model would lack: in the base model, of a module whose
+    other tensors the backbone holds (a new head, or a module the saved class did not have
+    such as a pooler, is missing whole)."""
+    absent = set(missing)
+    present = {name.rpartition(".")[0] for name in model.state_dict() if name not in absent}
+    return [
+        name for name in missing if keys.in_base_model(name) and name.rpartition(".")[0] in present
+    ]
