@@ -163,7 +163,8 @@ def load(
     renames, ties and initializes as for any checkpoint); then ``PeftModel.from_pretrained``
     attaches ``adapter/``. Each target then computes ``x·(Q + (alpha/r)·lora_B·lora_A)ᵀ + b``.
     An output with convolution targets, which ``from_pretrained`` cannot load packed, is
-    loaded into the model built on the meta device (:func:`load_into`).
+    filled tensor by tensor into the model built on the meta device, which must then have
+    the backbone's layout (:func:`leanfit.checkpoints.assign.load_packed`).
 
     Parameters
     ----------
