@@ -212,6 +212,24 @@ def test_the_installed_command_quantizes_a_vision_transformer(tmp_path):
     assert len(targets_of(tmp_path / "out")) == 2 * 6  # q, k, v, o, fc1, fc2 of two blocks
 
 
+def test_a_convolution_target_loads_tensor_by_tensor(tmp_path):
+    """``from_pretrained`` cannot load a convolution target packed; ``load`` fills the model
+    itself (ViT's names renamed as transformers 5 renames them) and computes Q + s·B·A."""
+    (vit,) = [a for a in ARCHITECTURES if a.id == "vit"]
+    save_checkpoint(vit, tmp_path / "source")
+    targets = ["--target", "patch_embeddings.projection", "--target", "attention.query"]
+    quantize(tmp_path / "source", tmp_path / "out", *targets, "--include-conv", "--iters", "1")
+    model = load(tmp_path / "out").eval()
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 2  # the queries
+    reference = transformers.ViTForImageClassification.from_pretrained(tmp_path / "source")
+    merge_into(reference.eval(), tmp_path / "out")
+    inputs = example_inputs(vit, reference.config)
+    # As in test_output_is_q_plus_scaled_ba_in_float.
+    torch.testing.assert_close(
+        outputs(model, inputs)["first"], outputs(reference, inputs)["first"], rtol=0, atol=1e-4
+    )
+
+
 def edit_json(path: Path, **values) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
