@@ -1,4 +1,4 @@
-"""Two messages of leanfit's dependencies dropped while leanfit itself runs, nowhere else.
+"""Messages of leanfit's dependencies dropped while leanfit itself runs, nowhere else.
 
 Neither is about the user's run:
 
@@ -10,7 +10,9 @@ Neither is about the user's run:
   wraps a model; the FutureWarning (raised inside transformers) is for PEFT's authors.
 
 :func:`dependency_noise_dropped` drops them only inside its block, so importing leanfit
-changes no warning filter or logger of the host program.
+changes no warning filter or logger of the host program. :func:`transformers_loading_quiet`
+silences transformers' load report and progress bar while leanfit loads a backbone (leanfit
+reports what was dropped or initialized in its own words).
 """
 
 from __future__ import annotations
@@ -54,3 +56,22 @@ def dependency_noise_dropped() -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(notice)
+
+
+@contextlib.contextmanager
+def transformers_loading_quiet() -> Iterator[None]:
+    """Within the block, transformers logs errors only and shows no progress bar (its load
+    report and "Loading weights" bar, which leanfit replaces by its own warnings); its
+    verbosity and progress-bar setting are restored on exit."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()

@@ -212,6 +212,24 @@ def test_the_installed_command_quantizes_a_vision_transformer(tmp_path):
     assert len(targets_of(tmp_path / "out")) == 2 * 6  # q, k, v, o, fc1, fc2 of two blocks
 
 
+def test_a_convolution_target_loads_tensor_by_tensor(tmp_path):
+    """``from_pretrained`` cannot load a convolution target packed; ``load`` fills the model
+    itself (ViT's names renamed as transformers 5 renames them) and computes Q + s·B·A."""
+    (vit,) = [a for a in ARCHITECTURES if a.id == "vit"]
+    save_checkpoint(vit, tmp_path / "source")
+    targets = ["--target", "patch_embeddings.projection", "--target", "attention.query"]
+    quantize(tmp_path / "source", tmp_path / "out", *targets, "--include-conv", "--iters", "1")
+    model = load(tmp_path / "out").eval()
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 2  # the queries
+    reference = transformers.ViTForImageClassification.from_pretrained(tmp_path / "source")
+    merge_into(reference.eval(), tmp_path / "out")
+    inputs = example_inputs(vit, reference.config)
+    # As in test_output_is_q_plus_scaled_ba_in_float.
+    torch.testing.assert_close(
+        outputs(model, inputs)["first"], outputs(reference, inputs)["first"], rtol=0, atol=1e-4
+    )
+
+
 def edit_json(path: Path, **values) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
@@ -232,9 +250,10 @@ def test_a_class_transformers_cannot_build_is_named(tmp_path):
         load(tmp_path / "out", task="base")
 
 
-def test_experts_that_transformers_fuses_are_named(tmp_path):
-    """Not supported: transformers 5 merges Mixtral's per-expert weights into one parameter
-    when loading; ``load`` says so instead of failing on a missing tensor."""
+def test_experts_that_transformers_fuses_load_beside_packed_attention(tmp_path):
+    """transformers 5 merges Mixtral's per-expert weights into one parameter when loading;
+    ``load`` builds the model as ``from_pretrained`` does, so the experts (not targets by
+    default) are merged and the attention targets packed."""
     mixtral = Architecture(
         "mixtral",
         "MixtralConfig",
@@ -243,5 +262,13 @@ def test_experts_that_transformers_fuses_are_named(tmp_path):
     )
     save_checkpoint(mixtral, tmp_path / "source")
     quantize(tmp_path / "source", tmp_path / "out", "--iters", "1")
-    with pytest.raises(BadInputError, match=r"merges backbone tensor .*experts\.0\.w1"):
-        load(tmp_path / "out")
+    model = load(tmp_path / "out").eval()
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 2 * 4  # q, k, v, o
+    reference = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "source").eval()
+    merge_into(reference, tmp_path / "out")
+    inputs = example_inputs(mixtral, reference.config)
+    # Same float32 weights, x·Qᵀ + s·(x·Aᵀ)·Bᵀ against x·(Q + s·B·A)ᵀ: as in
+    # test_output_is_q_plus_scaled_ba_in_float.
+    torch.testing.assert_close(
+        outputs(model, inputs)["first"], outputs(reference, inputs)["first"], rtol=0, atol=1e-4
+    )

@@ -267,6 +267,29 @@ def test_a_base_model_checkpoint_loads_under_a_head_class(tmp_path, caplog):
     assert torch.equal(got, want)
 
 
+def test_load_is_from_pretrained_then_peft_new_head_included(tmp_path):
+    """``load(OUT)`` is ``from_pretrained`` and ``PeftModel.from_pretrained`` with
+    ``peft_arguments``: the same model, the head transformers initializes for a base-model
+    checkpoint under a head class included (same seed, same draws)."""
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY_BERT)).save_pretrained(tmp_path / "bert")
+    edit_json(
+        tmp_path / "bert" / "config.json", lambda v: v.update(architectures=["BertForMaskedLM"])
+    )
+    out = tmp_path / "loftq"
+    quantize_checkpoint(tmp_path / "bert", out, LoftQConfig(bits=4, rank=4), progress=False)
+    torch.manual_seed(1)
+    masked = AutoModelForMaskedLM.from_pretrained(out / "backbone")
+    reference = PeftModel.from_pretrained(
+        masked, out / "adapter", **peft_arguments(masked, out / "adapter")
+    ).eval()
+    torch.manual_seed(1)
+    loaded = load(out).eval()
+    ids = torch.arange(10).reshape(2, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
 # -------------------------------------------------------------- generate, pipeline, saving
 
 

@@ -7,16 +7,20 @@
   their matrix view.
 - :mod:`~leanfit.checkpoints.layout`, :mod:`~leanfit.checkpoints.writer`,
   :mod:`~leanfit.checkpoints.loading`: the output directory's format, its streaming writer,
-  and :func:`load` (a ``PeftModel`` on :class:`~leanfit.quantization.QuantLinear` layers).
+  and :func:`load` (a ``PeftModel`` on :class:`~leanfit.quantization.QuantLinear` layers,
+  built by ``from_pretrained``); :mod:`~leanfit.checkpoints.assign` fills a model tensor by
+  tensor where ``from_pretrained`` cannot (:func:`load_into`), and :func:`merge_into`;
+  :mod:`~leanfit.checkpoints.swap` puts the packed layers in place for both.
 - :mod:`~leanfit.checkpoints.hf`: quant_method ``"leanfit"`` for transformers, so that
   ``from_pretrained(OUT/backbone)`` loads the backbone packed (imported on demand).
 - :mod:`~leanfit.checkpoints.resume`: the journal that lets a killed run continue.
 - :mod:`~leanfit.checkpoints.synthetic`: large synthetic checkpoints for load tests.
 """
 
+from leanfit.checkpoints.assign import merge_into
 from leanfit.checkpoints.base import Checkpoint, ModuleSource, TensorSource
 from leanfit.checkpoints.layout import read_quantization_config
-from leanfit.checkpoints.loading import load, load_into, merge_into
+from leanfit.checkpoints.loading import load, load_into
 from leanfit.checkpoints.source import open_checkpoint
 
 __all__ = [

@@ -52,9 +52,10 @@ from leanfit.checkpoints.layout import (
     FORMAT_VERSION,
     QUANT_METHOD,
     SETTINGS,
+    lora_config,
     peft_task_type,
-    read_adapter_config,
 )
+from leanfit.checkpoints.swap import quant_linear_skeleton, replace_module
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.nn import QuantLinear
 from leanfit.quantization.quantizers import check_quantization_args
@@ -171,7 +172,8 @@ class LeanfitHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
-        """Swap every target of the config for a :class:`QuantLinear` skeleton."""
+        """Swap every target of the config for a :class:`QuantLinear` skeleton, which
+        transformers then leaves out of its initialization of missing weights."""
         settings = self.quantization_config.settings()
         conv = sorted(m for m, s in settings.items() if s["kind"] == "conv")
         if conv:
@@ -206,9 +208,14 @@ class LeanfitHfQuantizer(HfQuantizer):
             )
         self.module_names = {module: name for module, name in names.items() if name is not None}
         for module, name in self.module_names.items():
-            parent, _, child = name.rpartition(".")
-            layer = _skeleton(module, model.get_submodule(name), settings[module])
-            setattr(model.get_submodule(parent), child, layer)
+            setting = settings[module]
+            original = model.get_submodule(name)
+            layer = quant_linear_skeleton(module, original, setting, setting["transposed"])
+            # Nothing of it for transformers to initialize: its tensors come from the backbone
+            # (a missing one is refused after loading), and initializing it would dequantize
+            # its weight for nothing.
+            layer._is_hf_initialized = True  # type: ignore[assignment]
+            replace_module(model, name, layer)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         """Refuse a model whose targets' tensors were not all in the backbone's shards."""
@@ -241,8 +248,7 @@ class LeanfitHfQuantizer(HfQuantizer):
                 linear.weight.copy_(layer.quantized.dequantize())
                 if layer.bias is not None:
                     linear.bias.copy_(layer.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, linear)
+            replace_module(model, name, linear)
         return model
 
     def is_serializable(self) -> bool:
@@ -252,34 +258,6 @@ class LeanfitHfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         """LoRA adapters on the packed layers train (the packed weights stay frozen)."""
         return True
-
-
-def _skeleton(module: str, original: nn.Module, setting: dict[str, Any]) -> QuantLinear:
-    """An all-zero :class:`QuantLinear` in place of the linear module ``original`` (on its
-    device, usually meta); its matrix is ``(out, in)``, the transposed weight for Conv1D."""
-    weight = getattr(original, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise CorruptArtifactError(
-            f"target {module!r} must be a linear layer of the model; got "
-            f"{type(original).__name__} with weight "
-            f"{None if weight is None else tuple(weight.shape)}"
-        )
-    if setting["transposed"] and isinstance(original, nn.Linear):
-        raise CorruptArtifactError(
-            f"target {module!r} is stored transposed (a GPT-2 Conv1D), but the model's module "
-            "there is an nn.Linear"
-        )
-    n_out, n_in = weight.shape[::-1] if setting["transposed"] else weight.shape
-    return QuantLinear(
-        n_in,
-        n_out,
-        getattr(original, "bias", None) is not None,
-        bits=setting["bits"],
-        method=setting["method"],
-        block_size=setting["block_size"],
-        double_quant=setting["double_quant"],
-        device=weight.device,
-    )
 
 
 def peft_arguments(model: nn.Module, adapter: str | Path) -> dict[str, Any]:
@@ -305,8 +283,6 @@ def peft_arguments(model: nn.Module, adapter: str | Path) -> dict[str, Any]:
     BadInputError
         ``model`` was not loaded from a leanfit backbone.
     """
-    from peft import LoraConfig
-
     quantizer = getattr(model, "hf_quantizer", None)
     if not isinstance(quantizer, LeanfitHfQuantizer):
         raise bad_value(
@@ -317,15 +293,7 @@ def peft_arguments(model: nn.Module, adapter: str | Path) -> dict[str, Any]:
     placed = quantizer.module_names
     if all(stored == name for stored, name in placed.items()):
         return {}
-    saved = read_adapter_config(Path(adapter))
-    config = LoraConfig(
-        r=saved["r"],
-        lora_alpha=saved["lora_alpha"],
-        target_modules=sorted(placed.values()),  # the model's names
-        task_type=peft_task_type(type(model).__name__),
-        lora_dropout=0.0,
-        bias="none",
-    )
+    config = lora_config(Path(adapter), peft_task_type(type(model).__name__), placed.values())
     return {"config": config, **adapter_key_mapping(placed)}
 
 

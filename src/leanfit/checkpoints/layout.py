@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from safetensors import SafetensorError, safe_open
 
 from leanfit._version import __version__
-from leanfit.checkpoints.targets import Target
+from leanfit.checkpoints.targets import Target, lora_shapes_for_peft
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.io import read_json, write_json
 from leanfit.quantization.quantizers import check_quantization_args
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 FORMAT = "leanfit-loftq"
 FORMAT_VERSION = 2
@@ -258,3 +263,82 @@ def peft_task_type(architecture: str | None) -> str | None:
     ``from_pretrained`` returns a ``PeftModelForCausalLM`` with ``generate``), else None."""
     causal = architecture is not None and architecture.endswith(("ForCausalLM", "LMHeadModel"))
     return "CAUSAL_LM" if causal else None
+
+
+def lora_config(
+    adapter: Path, task_type: str | None, target_modules: Iterable[str] | None = None
+) -> LoraConfig:
+    """PEFT's config of a leanfit adapter: its rank and alpha (:func:`read_adapter_config`),
+    no dropout, no bias, nothing else of the file passed on.
+
+    Parameters
+    ----------
+    adapter : Path
+        The adapter directory (``OUT/adapter``).
+    task_type : str or None
+        PEFT's task type (e.g. ``"CAUSAL_LM"``, :func:`peft_task_type`).
+    target_modules : iterable of str, optional
+        The model's names of the targets; default: the adapter's (the checkpoint's names).
+    """
+    from leanfit.quiet import dependency_noise_dropped
+
+    with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
+        from peft import LoraConfig
+
+    saved = read_adapter_config(adapter)
+    modules = saved["target_modules"] if target_modules is None else target_modules
+    return LoraConfig(
+        r=saved["r"],
+        lora_alpha=saved["lora_alpha"],
+        target_modules=sorted(modules),
+        task_type=task_type,
+        lora_dropout=0.0,
+        bias="none",
+    )
+
+
+def check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
+    """Check that the adapter holds exactly lora_A and lora_B of every target, in PEFT's
+    shapes.
+
+    Raises
+    ------
+    CorruptArtifactError
+        A file is missing or unreadable, the adapter targets other modules than the
+        backbone, or a tensor is missing, unexpected or of the wrong shape.
+    """
+    config_path, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+    if not config_path.is_file() or not weights.is_file():
+        raise CorruptArtifactError(
+            f"adapter {str(adapter)!r} must hold {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        )
+    config = read_adapter_config(adapter)
+    rank, modules = config["r"], config["target_modules"]
+    if sorted(modules) != sorted(targets):
+        raise CorruptArtifactError(
+            f"{str(config_path)!r} targets {len(modules)} modules, the backbone {len(targets)}: "
+            f"e.g. {sorted(set(modules) ^ set(targets))[:3]} differ"
+        )
+    expected = {}
+    for module, target in targets.items():
+        shape_a, shape_b = lora_shapes_for_peft(target, rank)
+        expected[f"{PEFT_PREFIX}{module}.lora_A.weight"] = shape_a
+        expected[f"{PEFT_PREFIX}{module}.lora_B.weight"] = shape_b
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except SafetensorError as err:
+        raise CorruptArtifactError(f"cannot read {str(weights)!r}: {err}") from err
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise CorruptArtifactError(
+            f"{str(weights)!r} must hold lora_A and lora_B of each target; "
+            f"missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    wrong = [(n, stored[n], shape) for n, shape in expected.items() if stored[n] != tuple(shape)]
+    if wrong:
+        name, got, shape = wrong[0]
+        raise CorruptArtifactError(
+            f"adapter tensor {name!r} must have shape {tuple(shape)} (r={rank}); got {got} "
+            f"({len(wrong)} tensors have wrong shapes)"
+        )

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from leanfit.checkpoints.layout import (
     ADAPTER,
     BACKBONE,
-    read_adapter_config,
+    lora_config,
     read_quantization_config,
 )
 from leanfit.checkpoints.loading import load
@@ -57,10 +57,10 @@ from leanfit.finetune.options import DataSpec, EvaluateConfig, FinetuneConfig
 from leanfit.finetune.training import FinetuneResult, finetune, refuse_existing_run
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear
-from leanfit.quiet import dependency_noise_dropped
+from leanfit.quiet import dependency_noise_dropped, transformers_loading_quiet
 
 with dependency_noise_dropped():  # PEFT imports bitsandbytes (its CPU kernel notice)
-    from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+    from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 
 INITS = ("loftq", "qlora", "full-precision")
 RUN_FILE = "leanfit_run.json"
@@ -194,29 +194,12 @@ def load_original(source: str | Path, task: str, *, num_labels: int | None = Non
 
 def load_reference(source: str | Path, task: str) -> Any:
     """:func:`load_original` in eval mode, as the reference of a fidelity measure, without
-    transformers' loading report: the reference is built for a measure leanfit chose (e.g. the
-    base model of a masked-LM checkpoint, whose head is dropped and pooler absent), so the
-    mismatches the report lists are expected and not about the user's run."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
+    transformers' loading report and progress bar: the reference is built for a measure
+    leanfit chose (e.g. the base model of a masked-LM checkpoint, whose head is dropped and
+    pooler absent), so the mismatches the report lists are expected and not about the
+    user's run."""
+    with transformers_loading_quiet():
         return load_original(source, task).eval()
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-
-
-def _lora_config(directory: Path, task: str) -> LoraConfig:
-    saved = read_adapter_config(directory / ADAPTER)
-    return LoraConfig(
-        r=saved["r"],
-        lora_alpha=saved["lora_alpha"],
-        target_modules=saved["target_modules"],
-        lora_dropout=0.0,
-        bias="none",
-        task_type=PEFT_TASKS[task],
-    )
 
 
 def _lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -260,7 +243,7 @@ def build_model(
         raise bad_value("num_labels", num_labels, "an int >= 2 for classification")
     directory = Path(directory)
     read_quantization_config(directory)
-    lora = _lora_config(directory, task)
+    lora = lora_config(directory / ADAPTER, PEFT_TASKS[task])
     with torch.random.fork_rng(devices=[]), dependency_noise_dropped():
         torch.manual_seed(seed)
         if init == "full-precision":
