@@ -41,6 +41,7 @@ from leanfit.selection._validation import (
     target_vector,
 )
 from leanfit.selection.models import LogisticRegressionL2, per_sample_gradients
+from leanfit.selection.newton import hessian_factor
 from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
 
 MAX_CATEGORIES = 1000
@@ -332,7 +333,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             raise bad_value("chunk_size", self.chunk_size, "an integer >= 1")
         reject_sparse(X, "X")
         check_length(target_vector(y, "y"), "y", _n_rows(X, "X"))
-        Z = self._to_matrix(X, fit=True)
+        Z = _owned(self._to_matrix(X, fit=True), X)
         y = check_binary_labels(target_vector(y, "y"), "y", n=Z.shape[0], require_both=True)
         self.model_ = self._new_model().fit(Z, y)
         self._Z, self._y = Z, y
@@ -400,9 +401,13 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         """A new selector fitted on the kept training rows, preprocessing held fixed.
 
         The preprocessor is *not* refitted (the feature space, and hence the robustness
-        attack points, stay comparable); the model is refitted to the same tolerance from
-        a warm start at the current ``θ̂`` (the optimum is unique, so this equals training
-        from scratch).
+        attack points, stay comparable). The model is refitted to the same tolerance from
+        a warm start at the current ``θ̂``, by chord steps on the current Hessian factor
+        (:mod:`leanfit.selection.newton`): removing a few percent of the rows moves the
+        optimum little, so this takes a few gradient passes and usually no new Hessian. The
+        optimum is unique, so the result equals training from scratch to the tolerance. The
+        new model's Hessian factor is computed when :meth:`influence` first needs it
+        (``model_.hessian_cholesky_`` is None until then).
 
         Parameters
         ----------
@@ -416,12 +421,19 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         new.preprocessor_ = self.preprocessor_
         new.n_features_in_ = self.n_features_in_
         new.feature_names_out_ = self.feature_names_out_
-        model = copy.deepcopy(self.model_).set_params(warm_start=True)
-        new.model_ = model.fit(self._Z[keep], self._y[keep]).set_params(warm_start=False)
         new._Z, new._y = self._Z[keep], self._y[keep]
+        self._hessian_factor()  # the chord steps' matrix (a retrained selector may lack it)
+        model = copy.deepcopy(self.model_).set_params(warm_start=True)
+        new.model_ = model._fit(new._Z, new._y, None, factor=False).set_params(warm_start=False)
         new.train_index_ = self.train_index_[keep]
         new.classes_ = self.classes_
         return new
+
+    def _hessian_factor(self) -> Any:
+        """The Cholesky factor of the training Hessian at ``θ̂``, computed once."""
+        if self.model_.hessian_cholesky_ is None:
+            self.model_.hessian_cholesky_ = hessian_factor(self.model_.hessian(self._Z))
+        return self.model_.hessian_cholesky_
 
     # -- influence --------------------------------------------------------------------------
 
@@ -495,6 +507,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         )
         theta = self.model_.theta_
         gradients = np.column_stack([o.gradient(theta, Z, y, s) for o in objectives])
+        self._hessian_factor()  # a retrained selector's model may not have it yet
         directions = self.model_.solve_hessian(gradients)  # H⁻¹∇f, shape (p, k)
         scores = np.empty((self._Z.shape[0], len(objectives)))
         starts = range(0, self._Z.shape[0], self.chunk_size)
@@ -521,6 +534,14 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         return pd.Series(
             [o.value(theta, Z, y, s) for o in objectives], index=[o.name for o in objectives]
         )
+
+
+def _owned(Z: np.ndarray, X: object) -> np.ndarray:
+    """``Z``, or a copy of it when it may be (a view of) the caller's ``X``: the selector
+    keeps its training matrix, which the caller must stay free to change."""
+    if Z.flags.owndata and not (isinstance(X, np.ndarray) and np.may_share_memory(Z, X)):
+        return Z
+    return Z.copy()
 
 
 def check_keep_mask(keep: ArrayLike, n: int) -> np.ndarray:

@@ -8,12 +8,16 @@ below 1e-2, where the quadratic model is exact to rounding; before that, backtra
 the step until the Armijo condition ``L(θ − tΔ) ≤ L(θ) − 1e-4 · t · decrement`` holds.
 
 Warm start (a refit after removing a few rows) may pass the Cholesky factor of the old
-Hessian as ``chord``: steps ``Δ = H₀⁻¹ ∇L(θ)`` then need a gradient each and no new Hessian.
-They converge linearly, at a rate of about ``‖I − H₀⁻¹ H‖``, small when few rows changed; the
-chord steps stop as soon as a step fails to shrink by half, or to lower the objective while
-that is still above rounding, and Newton continues from there. Either way the result is
-Newton's: the same stopping rule, and the factor returned is that of the Hessian at the
-final θ.
+Hessian ``H₀`` as ``chord``: chord steps ``Δₖ = H₀⁻¹ ∇L(θₖ)`` then need a gradient each and no
+new Hessian. Near the optimum ``θ*`` they contract the error linearly,
+``θₖ₊₁ − θ* ≈ (I − H₀⁻¹ H*)(θₖ − θ*)``, at a rate ``ρ ≈ ‖I − H₀⁻¹ H*‖``, small when few rows
+changed; the ratio ``q = ‖Δₖ‖ / ‖Δₖ₋₁‖`` of successive steps measures it. The chord steps
+stop as soon as a step fails to shrink by half (``q > 1/2``), or to lower the objective while
+that is still above rounding, and Newton continues from there. They stop *converged* when a
+step that shrank by half meets the tolerance below: the step is taken, and the error left,
+at most ``q/(1 − q) ‖Δₖ‖ ≤ ‖Δₖ‖`` for a contraction with ``q ≤ 1/2``, is within the
+tolerance, as after Newton's last step. The Hessian at the final θ is then factored only if
+``factor=True`` (a refit that is only evaluated does not need it).
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ class NewtonResult:
     Attributes
     ----------
     theta : ndarray of shape (p,)
-    factor : tuple
-        ``scipy.linalg.cho_factor`` of the Hessian at ``theta``.
+    factor : tuple or None
+        ``scipy.linalg.cho_factor`` of the Hessian at ``theta``; None when chord steps
+        converged and ``minimize`` was called with ``factor=False``.
     n_iter : int
         Newton steps taken (chord steps not counted).
     converged : bool
@@ -64,7 +69,8 @@ class NewtonResult:
     converged: bool
 
 
-def _factor(hessian: np.ndarray) -> Any:
+def hessian_factor(hessian: np.ndarray) -> Any:
+    """``cho_factor`` of a Hessian; a ``LeanfitError`` if it is not positive definite."""
     try:
         return cho_factor(hessian)
     except LinAlgError as err:
@@ -82,21 +88,29 @@ def _chord(
     grad: np.ndarray,
     chord: Any,
     tol: float,
-) -> tuple[np.ndarray, float, np.ndarray]:
-    """Chord steps from ``theta`` while they lower the objective and shrink by half."""
+) -> tuple[np.ndarray, tuple[float, np.ndarray] | None]:
+    """Chord steps from ``theta`` while they lower the objective and shrink by half.
+
+    Returns the last iterate and its ``(L, ∇L)``, or None in their place when it meets the
+    tolerance (converged; its objective is then not evaluated).
+    """
     previous = np.inf
     for _ in range(MAX_CHORD_STEPS):
         step = cho_solve(chord, grad)
         size = float(np.max(np.abs(step)))
-        if _small(step, theta, tol) or size > 0.5 * previous:
+        if size > 0.5 * previous:
             break
         candidate = theta - step
+        if np.isfinite(previous) and _small(step, candidate, tol):
+            return candidate, None  # a contraction (q ≤ 1/2): the error left is ≤ this step
+        if _small(step, theta, tol):
+            break
         new_loss, new_grad = value_and_gradient(candidate)
         # Near the optimum the change of L is rounding: the shrinking step is the check there.
         if not (new_loss <= loss or float(grad @ step) < FULL_STEP_DECREMENT):
             break
         theta, loss, grad, previous = candidate, new_loss, new_grad, size
-    return theta, loss, grad
+    return theta, (loss, grad)
 
 
 def minimize(
@@ -107,6 +121,7 @@ def minimize(
     tol: float,
     max_iter: int,
     chord: Any = None,
+    factor: bool = True,
 ) -> NewtonResult:
     """Minimize ``L`` from ``theta`` (see the module docstring for the iteration).
 
@@ -122,6 +137,9 @@ def minimize(
         Newton steps at most.
     chord : tuple, optional
         ``cho_factor`` of a Hessian near the optimum (a warm start's): chord steps first.
+    factor : bool, default True
+        Return the Cholesky factor of the Hessian at the minimizer even when chord steps
+        converged (one more Hessian); with False, ``NewtonResult.factor`` is then None.
 
     Raises
     ------
@@ -130,14 +148,17 @@ def minimize(
     """
     loss, grad = value_and_gradient(theta)
     if chord is not None:
-        theta, loss, grad = _chord(value_and_gradient, theta, loss, grad, chord, tol)
+        theta, state = _chord(value_and_gradient, theta, loss, grad, chord, tol)
+        if state is None and not factor:
+            return NewtonResult(theta, None, 0, True)
+        loss, grad = value_and_gradient(theta) if state is None else state
     for iteration in range(max_iter + 1):
-        factor = _factor(hessian(theta))
-        step = cho_solve(factor, grad)
+        factored = hessian_factor(hessian(theta))
+        step = cho_solve(factored, grad)
         if _small(step, theta, tol):
-            return NewtonResult(theta, factor, iteration, True)
+            return NewtonResult(theta, factored, iteration, True)
         if iteration == max_iter:
-            return NewtonResult(theta, factor, iteration, False)
+            return NewtonResult(theta, factored, iteration, False)
         decrement = float(grad @ step)
         t = 1.0
         while True:

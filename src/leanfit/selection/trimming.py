@@ -330,7 +330,9 @@ def trimming_curve(
     counts = sorted({resolve_budget(b, n) for b in np.atleast_1d(np.asarray(budgets, object))})
     # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
     # that ``val_objective`` measures the cost the influence was computed for.
-    objectives = selector._prepared(X_val, y_val, sensitive_features_val, privileged, objective)[0]
+    objectives, Z_val, labels_val, s_val = selector._prepared(
+        X_val, y_val, sensitive_features_val, privileged, objective
+    )
     Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val: dict[str, Any] = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:
@@ -362,7 +364,7 @@ def trimming_curve(
     rows = []
     for obj in objectives:
         method = f"influence:{obj.name}"
-        start = float(selector.objective_values(X_val, y_val, objective=obj, **val).iloc[0])
+        start = float(obj.value(selector.model_.theta_, Z_val, labels_val, s_val))
         rows.append(point(selector.model_, method, pd.NA, 0, start))
         if influence is not None:
             order = np.argsort(_influence_values(influence[obj.name]), kind="stable")
@@ -383,7 +385,7 @@ def trimming_curve(
             )
         for count in counts:
             retrained = selector.retrain(_mask_without(order, count, n))
-            now = float(retrained.objective_values(X_val, y_val, objective=obj, **val).iloc[0])
+            now = float(obj.value(retrained.model_.theta_, Z_val, labels_val, s_val))
             rows.append(point(retrained.model_, method, pd.NA, count, now))
             bar.update()
             if stop_at_zero and np.sign(now) != np.sign(start):
