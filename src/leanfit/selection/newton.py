@@ -7,16 +7,18 @@ full step ``θ − Δ`` is taken once the Newton decrement ``∇Lᵀ H⁻¹ ∇L
 below 1e-2, where the quadratic model is exact to rounding; before that, backtracking halves
 the step until the Armijo condition ``L(θ − tΔ) ≤ L(θ) − 1e-4 · t · decrement`` holds.
 
-Warm start (a refit after removing a few rows) may pass the Cholesky factor of the old
-Hessian ``H₀`` as ``chord``: chord steps ``Δₖ = H₀⁻¹ ∇L(θₖ)`` then need a gradient each and no
-new Hessian. Near the optimum ``θ*`` they contract the error linearly,
-``θₖ₊₁ − θ* ≈ (I − H₀⁻¹ H*)(θₖ − θ*)``, at a rate ``ρ ≈ ‖I − H₀⁻¹ H*‖``, small when few rows
-changed; the ratio ``q = ‖Δₖ‖ / ‖Δₖ₋₁‖`` of successive steps measures it. The chord steps
-stop as soon as a step fails to shrink by half (``q > 1/2``), or to lower the objective while
-that is still above rounding, and Newton continues from there. They stop *converged* when a
-step that shrank by half meets the tolerance below: the step is taken, and the error left,
-at most ``q/(1 − q) ‖Δₖ‖ ≤ ‖Δₖ‖`` for a contraction with ``q ≤ 1/2``, is within the
-tolerance, as after Newton's last step. The Hessian at the final θ is then factored only if
+Chord steps. With the Cholesky factor of a Hessian ``H₀`` taken near the current iterate
+(that of the previous Newton step, or of a warm start's optimum passed as ``chord``: a refit
+after removing a few rows), steps ``Δₖ = H₀⁻¹ ∇L(θₖ)`` need a gradient each and no new
+Hessian (a Hessian costs about ``p/2`` gradients). Near the optimum ``θ*`` they contract the
+error linearly, ``θₖ₊₁ − θ* ≈ (I − H₀⁻¹ H*)(θₖ − θ*)``, at a rate ``ρ ≈ ‖I − H₀⁻¹ H*‖``; the
+ratio ``q = ‖Δₖ‖ / ‖Δₖ₋₁‖`` of successive steps measures it. Chord steps are taken before
+every Newton step while they shrink by half (``q ≤ 1/2``) and lower the objective (while
+that is still above rounding); then Newton computes a new Hessian, whose factor serves the
+next chord steps (Shamanskii's variant of Newton). The chord steps stop *converged* when a
+step that shrank by half meets the tolerance: the step is taken, and the error left, at most
+``q/(1 − q) ‖Δₖ‖ ≤ ‖Δₖ‖`` for a contraction with ``q ≤ 1/2``, is within the tolerance, as
+after Newton's last step. The Hessian at the final θ is then factored only if
 ``factor=True`` (a refit that is only evaluated does not need it).
 """
 
@@ -58,7 +60,8 @@ class NewtonResult:
         ``scipy.linalg.cho_factor`` of the Hessian at ``theta``; None when chord steps
         converged and ``minimize`` was called with ``factor=False``.
     n_iter : int
-        Newton steps taken (chord steps not counted).
+        Newton steps taken, i.e. Hessians computed before the last (chord steps not
+        counted).
     converged : bool
         False when ``max_iter`` Newton steps did not meet the tolerance.
     """
@@ -122,6 +125,7 @@ def minimize(
     max_iter: int,
     chord: Any = None,
     factor: bool = True,
+    reuse: bool = True,
 ) -> NewtonResult:
     """Minimize ``L`` from ``theta`` (see the module docstring for the iteration).
 
@@ -137,6 +141,9 @@ def minimize(
         Newton steps at most.
     chord : tuple, optional
         ``cho_factor`` of a Hessian near the optimum (a warm start's): chord steps first.
+    reuse : bool, default True
+        Chord steps with the factor of every Newton step; False when a gradient costs as
+        much as a Hessian (one pass over chunked data yields both).
     factor : bool, default True
         Return the Cholesky factor of the Hessian at the minimizer even when chord steps
         converged (one more Hessian); with False, ``NewtonResult.factor`` is then None.
@@ -147,12 +154,13 @@ def minimize(
         A Hessian is not positive definite.
     """
     loss, grad = value_and_gradient(theta)
-    if chord is not None:
-        theta, state = _chord(value_and_gradient, theta, loss, grad, chord, tol)
-        if state is None and not factor:
-            return NewtonResult(theta, None, 0, True)
-        loss, grad = value_and_gradient(theta) if state is None else state
+    factored = chord
     for iteration in range(max_iter + 1):
+        if factored is not None:
+            theta, state = _chord(value_and_gradient, theta, loss, grad, factored, tol)
+            if state is None and not factor:
+                return NewtonResult(theta, None, iteration, True)
+            loss, grad = value_and_gradient(theta) if state is None else state
         factored = hessian_factor(hessian(theta))
         step = cho_solve(factored, grad)
         if _small(step, theta, tol):
@@ -169,4 +177,6 @@ def minimize(
                 break
             t *= 0.5
         theta, loss, grad = candidate, new_loss, new_grad
+        if not reuse:
+            factored = None
     raise AssertionError("unreachable: the loop returns at max_iter")  # pragma: no cover
