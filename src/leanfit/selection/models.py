@@ -146,6 +146,10 @@ def objective_value_and_gradient(
     return float(s @ log_loss_terms(z, y) + 0.5 * l2_reg * (w @ w)), grad
 
 
+HESSIAN_ROWS = 32768
+"""Rows per block of :func:`objective_hessian` (its scratch memory: this many rows of X)."""
+
+
 def objective_hessian(
     theta: np.ndarray,
     X: np.ndarray,
@@ -157,9 +161,11 @@ def objective_hessian(
     prob = expit(decision(theta, X))
     a = _weights(sample_weight, n) * prob * (1.0 - prob)
     p = theta.shape[0]
-    hess = np.empty((p, p))
-    scaled = np.sqrt(a)[:, None] * X
-    hess[:d, :d] = scaled.T @ scaled  # AᵀA form: numpy computes it exactly symmetric (syrk)
+    hess = np.zeros((p, p))
+    root = np.sqrt(a)
+    for start in range(0, n, HESSIAN_ROWS):  # √a ⊙ X a block of rows at a time
+        scaled = root[start : start + HESSIAN_ROWS, None] * X[start : start + HESSIAN_ROWS]
+        hess[:d, :d] += scaled.T @ scaled  # AᵀA form: exactly symmetric (syrk)
     if p == d + 1:
         cross = X.T @ a
         hess[:d, d] = cross
@@ -271,8 +277,9 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
     def _fit(
         self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None, *, factor: bool
     ) -> LogisticRegressionL2:
-        """:meth:`fit`; with ``factor=False`` a warm start that converges by chord steps
-        leaves ``hessian_cholesky_`` None (no Hessian at the new ``theta_``)."""
+        """:meth:`fit`; with ``factor=False`` (a refit only evaluated), chord steps reuse
+        every Hessian factor (:mod:`leanfit.selection.newton`) and, when they converge,
+        ``hessian_cholesky_`` is None (no Hessian at the new ``theta_``)."""
         self._check_params()
         X = check_matrix(X, "X")
         classes, y = two_classes(y, "y", n=X.shape[0])
@@ -306,6 +313,9 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             chord=chord,
             factor=factor,
+            # A fit whose Hessian factor serves influence stays Newton to the end (quadratic
+            # convergence, far below the tolerance); a refit only evaluated reuses factors.
+            reuse=not factor,
         )
         return self._set_solution(found, X.shape[1], classes)
 

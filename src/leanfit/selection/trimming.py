@@ -384,9 +384,10 @@ def trimming_curve(
                 False,
             )
         for count in counts:
-            retrained = selector.retrain(_mask_without(order, count, n))
-            now = float(obj.value(retrained.model_.theta_, Z_val, labels_val, s_val))
-            rows.append(point(retrained.model_, method, pd.NA, count, now))
+            # Only the model is kept: the retrained selector's rows are freed at once.
+            model = selector.retrain(_mask_without(order, count, n)).model_
+            now = float(obj.value(model.theta_, Z_val, labels_val, s_val))
+            rows.append(point(model, method, pd.NA, count, now))
             bar.update()
             if stop_at_zero and np.sign(now) != np.sign(start):
                 bar.update(len(counts) - counts.index(count) - 1)
