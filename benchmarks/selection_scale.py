@@ -39,7 +39,7 @@ wall time, CPU time (user + system) and peak RSS of the child, from ``getrusage`
 Usage::
 
     python benchmarks/selection_scale.py            # n up to 10^7, then census
-    python benchmarks/selection_scale.py --quick    # n up to 10^6, then census
+    python benchmarks/selection_scale.py --quick    # n up to 10^6, no census
     python benchmarks/selection_scale.py --census   # census only
 
 Writes ``benchmarks/results/selection_scale.json`` and ``.md`` (``_quick`` in quick mode;
@@ -324,6 +324,8 @@ def census(out_dir: Path) -> dict:
 
 def census_markdown(row: dict, meta: dict) -> str:
     lines = [
+        "# Selection at scale: KDD census income",
+        "",
         "**(c) KDD census income**, the whole default command in a child process "
         f"({meta['machine']}, shared; load average {meta['load_before']} before):",
         "",
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_output(args.out / f"{name}.md", overwrite=True) as tmp:
         tmp.write_text(markdown(adult_row, rows, slope, meta))
     print(f"wrote {args.out / name}.json and .md")
+    if not args.quick:
+        run_census(args.out)
 
 
 def run_census(out: Path) -> dict:
