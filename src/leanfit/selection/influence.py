@@ -403,11 +403,12 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         The preprocessor is *not* refitted (the feature space, and hence the robustness
         attack points, stay comparable). The model is refitted to the same tolerance from
         a warm start at the current ``θ̂``, by chord steps on the current Hessian factor
-        (:mod:`leanfit.selection.newton`): removing a few percent of the rows moves the
-        optimum little, so this takes a few gradient passes and usually no new Hessian. The
-        optimum is unique, so the result equals training from scratch to the tolerance. The
-        new model's Hessian factor is computed when :meth:`influence` first needs it
-        (``model_.hessian_cholesky_`` is None until then).
+        (:mod:`leanfit.selection.newton`; a gradient each): when the removed rows move the
+        optimum little, that is all; when they move it far (removing the rows most harmful
+        to utility can), Newton steps follow, and each new factor serves further chord steps.
+        The optimum is unique, so the result equals training from scratch to the tolerance.
+        The Hessian at the new optimum is factored when :meth:`influence` first needs it
+        (``model_.hessian_cholesky_`` may be None until then).
 
         Parameters
         ----------
