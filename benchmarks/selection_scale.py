@@ -338,7 +338,7 @@ def census_markdown(row: dict, meta: dict) -> str:
         "",
         "Test metrics (`metrics.csv`):",
         "",
-        "| model | rows removed | accuracy | DP | |DP| | robust accuracy |",
+        "| model | rows removed | accuracy | DP | abs DP | robust accuracy |",
         "|---|---|---|---|---|---|",
     ]
     for m in row["metrics"]:
