@@ -95,11 +95,20 @@ def read_results(folder: Path | None = None) -> dict[str, str]:
     return {path.stem: path.read_text(encoding="utf-8") for path in paths}
 
 
+def producer(name: str) -> str:
+    """The script that writes result ``name``: ``benchmarks/NAME.py``, else the one whose name
+    ``name`` extends (``selection_scale_census`` comes from ``selection_scale.py``)."""
+    script = name
+    while not (ROOT / "benchmarks" / f"{script}.py").is_file() and "_" in script:
+        script = script.rsplit("_", 1)[0]
+    return script if (ROOT / "benchmarks" / f"{script}.py").is_file() else name
+
+
 def results_block(name: str, markdown: str) -> str:
     """A result with its headings demoted by two levels, followed by where it comes from."""
     lines = [f"##{line}" if line.startswith("#") else line for line in markdown.strip().split("\n")]
     origin = (
-        f"<sub>Produced by `benchmarks/{name}.py` into `benchmarks/results/{name}.md`, "
+        f"<sub>Produced by `benchmarks/{producer(name)}.py` into `benchmarks/results/{name}.md`, "
         "copied here by `scripts/update_readme.py`.</sub>"
     )
     return "\n".join([*lines, "", origin])

@@ -148,7 +148,7 @@ def test_prepared_objectives_keep_the_attack_points_of_the_fitted_model():
     Xv, yv, sv = make_problem(n=50, d=3, seed=10)
     selector = InfluenceSelector(0.7).fit(X, y)
     args = {"sensitive_features": sv, "objective": ["fairness", "robustness"]}
-    fairness, robustness = selector.prepare_objectives(Xv, yv, **args)
+    fairness, robustness = selector.prepare_validation(Xv, yv, **args).objectives
     assert fairness == DemographicParity()  # nothing to fix: returned as is
     np.testing.assert_array_equal(robustness.reference, selector.model_.theta_)
     # At θ̂ the prepared objectives are the ones influence and objective_values use.

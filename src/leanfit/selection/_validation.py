@@ -83,7 +83,10 @@ def target_vector(y: ArrayLike | None, name: str) -> np.ndarray:
 
 
 def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
-    """Return ``X`` as a finite float64 array of shape ``(n, d)`` with ``n, d >= 1``."""
+    """Return ``X`` as a finite float64 array of shape ``(n, d)`` with ``n, d >= 1``.
+
+    A float64 array is returned as is, not copied: callers only read it.
+    """
     if isinstance(X, pd.DataFrame):
         bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
         if bad:
@@ -99,7 +102,7 @@ def check_matrix(X: ArrayLike, name: str) -> np.ndarray:
             raise BadInputError(
                 f"{name} holds complex numbers: Complex data not supported", param=name
             )
-        array = raw.astype(np.float64)
+        array = raw.astype(np.float64, copy=False)
     except TypeError as err:
         raise NotNumericError(f"{name} must hold numbers only; {err}") from err
     except ValueError as err:

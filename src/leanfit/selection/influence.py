@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Collection, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ from leanfit.selection._validation import (
     target_vector,
 )
 from leanfit.selection.models import LogisticRegressionL2, per_sample_gradients
+from leanfit.selection.newton import hessian_factor
 from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
 
 MAX_CATEGORIES = 1000
@@ -199,6 +200,17 @@ def _n_columns(X: Any) -> int:
     return int(shape[1]) if len(shape) == 2 else 1
 
 
+class PreparedValidation(NamedTuple):
+    """A validation set ready for the objectives: ``objectives`` prepared at ``θ̂``, ``Z``
+    (n_val, p) the rows in the model's space, ``y`` (n_val,) 0/1 labels, ``s`` (n_val,) 0/1
+    groups or None."""
+
+    objectives: list[Objective]
+    Z: np.ndarray
+    y: np.ndarray
+    s: np.ndarray | None
+
+
 class InfluenceSelector(ClassifierMixin, BaseEstimator):
     """Fit an L2 logistic regression and score each training sample by its influence.
 
@@ -329,7 +341,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             raise bad_value("chunk_size", self.chunk_size, "an integer >= 1")
         reject_sparse(X, "X")
         check_length(target_vector(y, "y"), "y", _n_rows(X, "X"))
-        Z = self._to_matrix(X, fit=True)
+        Z = _owned(self._to_matrix(X, fit=True), X)
         y = check_binary_labels(target_vector(y, "y"), "y", n=Z.shape[0], require_both=True)
         self.model_ = self._new_model().fit(Z, y)
         self._Z, self._y = Z, y
@@ -399,9 +411,14 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         """A new selector fitted on the kept training rows, preprocessing held fixed.
 
         The preprocessor is *not* refitted (the feature space, and hence the robustness
-        attack points, stay comparable); the model is refitted to the same tolerance from
-        a warm start at the current ``θ̂`` (the optimum is unique, so this equals training
-        from scratch).
+        attack points, stay comparable). The model is refitted to the same tolerance from
+        a warm start at the current ``θ̂``, by chord steps on the current Hessian factor
+        (:mod:`leanfit.selection.newton`; a gradient each): when the removed rows move the
+        optimum little, that is all; when they move it far (removing the rows most harmful
+        to utility can), Newton steps follow, and each new factor serves further chord steps.
+        The optimum is unique, so the result equals training from scratch to the tolerance.
+        The Hessian at the new optimum is factored when :meth:`influence` first needs it
+        (``model_.hessian_cholesky_`` may be None until then).
 
         Parameters
         ----------
@@ -415,12 +432,19 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         new.preprocessor_ = self.preprocessor_
         new.n_features_in_ = self.n_features_in_
         new.feature_names_out_ = self.feature_names_out_
-        model = copy.deepcopy(self.model_).set_params(warm_start=True)
-        new.model_ = model.fit(self._Z[keep], self._y[keep]).set_params(warm_start=False)
         new._Z, new._y = self._Z[keep], self._y[keep]
+        self._hessian_factor()  # the chord steps' matrix (a retrained selector may lack it)
+        model = copy.deepcopy(self.model_).set_params(warm_start=True)
+        new.model_ = model._fit(new._Z, new._y, None, factor=False).set_params(warm_start=False)
         new.train_index_ = self.train_index_[keep]
         new.classes_ = self.classes_
         return new
+
+    def _hessian_factor(self) -> Any:
+        """The Cholesky factor of the training Hessian at ``θ̂``, computed once."""
+        if self.model_.hessian_cholesky_ is None:
+            self.model_.hessian_cholesky_ = hessian_factor(self.model_.hessian(self._Z))
+        return self.model_.hessian_cholesky_
 
     # -- influence --------------------------------------------------------------------------
 
@@ -444,20 +468,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             )
         return self.transform(X_val), y, s
 
-    def _prepared(
-        self,
-        X_val: pd.DataFrame | ArrayLike,
-        y_val: ArrayLike,
-        sensitive_features: str | ArrayLike | None,
-        privileged: object,
-        objective: ObjectiveSpec,
-    ) -> tuple[list[Objective], np.ndarray, np.ndarray, np.ndarray | None]:
-        objectives = resolve_objectives(objective)
-        Z, y, s = self._validation_set(X_val, y_val, sensitive_features, privileged, objectives)
-        theta = self.model_.theta_
-        return [o.prepare(theta, Z, y, s) for o in objectives], Z, y, s
-
-    def prepare_objectives(
+    def prepare_validation(
         self,
         X_val: pd.DataFrame | ArrayLike,
         y_val: ArrayLike,
@@ -465,15 +476,19 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
         sensitive_features: str | ArrayLike | None = None,
         objective: ObjectiveSpec = "utility",
         privileged: object = None,
-    ) -> list[Objective]:
-        """The objectives with their parts held fixed at the fitted ``θ̂`` on this validation
-        set (:meth:`Objective.prepare`; same arguments as :meth:`influence`).
+    ) -> PreparedValidation:
+        """The validation set in the model's space and its objectives with their parts held
+        fixed at the fitted ``θ̂`` (:meth:`Objective.prepare`; same arguments as
+        :meth:`influence`).
 
-        The overshoot robustness objective keeps the attack points of ``θ̂``: passed to
-        :meth:`objective_values` of a retrained selector, it measures the validation cost the
-        influence was computed for. The other objectives come back unchanged.
+        The overshoot robustness objective keeps the attack points of ``θ̂``: evaluated at the
+        parameters of a retrained model, ``objective.value(θ, Z, y, s)`` is the validation
+        cost the influence was computed for. The other objectives come back unchanged.
         """
-        return self._prepared(X_val, y_val, sensitive_features, privileged, objective)[0]
+        objectives = resolve_objectives(objective)
+        Z, y, s = self._validation_set(X_val, y_val, sensitive_features, privileged, objectives)
+        theta = self.model_.theta_
+        return PreparedValidation([o.prepare(theta, Z, y, s) for o in objectives], Z, y, s)
 
     def influence(
         self,
@@ -510,11 +525,16 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             Index ``train_index_``, one column per objective (its ``name``). Positive =
             beneficial (removal would raise the cost), negative = harmful.
         """
-        objectives, Z, y, s = self._prepared(
-            X_val, y_val, sensitive_features, privileged, objective
+        objectives, Z, y, s = self.prepare_validation(
+            X_val,
+            y_val,
+            sensitive_features=sensitive_features,
+            privileged=privileged,
+            objective=objective,
         )
         theta = self.model_.theta_
         gradients = np.column_stack([o.gradient(theta, Z, y, s) for o in objectives])
+        self._hessian_factor()  # a retrained selector's model may not have it yet
         directions = self.model_.solve_hessian(gradients)  # H⁻¹∇f, shape (p, k)
         scores = np.empty((self._Z.shape[0], len(objectives)))
         starts = range(0, self._Z.shape[0], self.chunk_size)
@@ -534,13 +554,25 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
     ) -> pd.Series:
         """The costs ``f(θ̂)`` on the validation set, one entry per objective (same
         arguments as :meth:`influence`)."""
-        objectives, Z, y, s = self._prepared(
-            X_val, y_val, sensitive_features, privileged, objective
+        objectives, Z, y, s = self.prepare_validation(
+            X_val,
+            y_val,
+            sensitive_features=sensitive_features,
+            privileged=privileged,
+            objective=objective,
         )
         theta = self.model_.theta_
         return pd.Series(
             [o.value(theta, Z, y, s) for o in objectives], index=[o.name for o in objectives]
         )
+
+
+def _owned(Z: np.ndarray, X: object) -> np.ndarray:
+    """``Z``, or a copy of it when it may be (a view of) the caller's ``X``: the selector
+    keeps its training matrix, which the caller must stay free to change."""
+    if Z.flags.owndata and not (isinstance(X, np.ndarray) and np.may_share_memory(Z, X)):
+        return Z
+    return Z.copy()
 
 
 def check_keep_mask(keep: ArrayLike, n: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Tags
 
-from leanfit.exceptions import BadInputError, bad_value
+from leanfit.exceptions import BadInputError, LeanfitError, bad_value
 from leanfit.selection._validation import check_fitted, check_matrix, two_classes
 from leanfit.selection.newton import NewtonResult, minimize
 
@@ -128,6 +128,28 @@ def objective_gradient(
     return grad
 
 
+def objective_value_and_gradient(
+    theta: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    l2_reg: float,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
+    """``(L(θ), ∇L(θ))`` as :func:`objective` and :func:`objective_gradient` compute them,
+    the decision values ``z = Xw + b`` computed once for both."""
+    d = X.shape[1]
+    s = _weights(sample_weight, X.shape[0])
+    z = decision(theta, X)
+    w = theta[:d]
+    grad = pullback(theta, X, s * residuals(z, y))
+    grad[:d] += l2_reg * w
+    return float(s @ log_loss_terms(z, y) + 0.5 * l2_reg * (w @ w)), grad
+
+
+HESSIAN_ROWS = 32768
+"""Rows per block of :func:`objective_hessian` (its scratch memory: this many rows of X)."""
+
+
 def objective_hessian(
     theta: np.ndarray,
     X: np.ndarray,
@@ -139,9 +161,11 @@ def objective_hessian(
     prob = expit(decision(theta, X))
     a = _weights(sample_weight, n) * prob * (1.0 - prob)
     p = theta.shape[0]
-    hess = np.empty((p, p))
-    scaled = np.sqrt(a)[:, None] * X
-    hess[:d, :d] = scaled.T @ scaled  # AᵀA form: numpy computes it exactly symmetric (syrk)
+    hess = np.zeros((p, p))
+    root = np.sqrt(a)
+    for start in range(0, n, HESSIAN_ROWS):  # √a ⊙ X a block of rows at a time
+        scaled = root[start : start + HESSIAN_ROWS, None] * X[start : start + HESSIAN_ROWS]
+        hess[:d, :d] += scaled.T @ scaled  # AᵀA form: exactly symmetric (syrk)
     if p == d + 1:
         cross = X.T @ a
         hess[:d, d] = cross
@@ -205,8 +229,9 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     n_iter_ : int
         Newton iterations used.
-    hessian_cholesky_ : tuple
-        ``scipy.linalg.cho_factor`` of the training Hessian at ``theta_``.
+    hessian_cholesky_ : tuple or None
+        ``scipy.linalg.cho_factor`` of the training Hessian at ``theta_`` (None only in
+        models refitted for evaluation by :meth:`InfluenceSelector.retrain`, until needed).
     """
 
     def __init__(
@@ -247,6 +272,14 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
             Non-numeric or non-finite ``X``, labels other than 0/1, a single class,
             mismatched lengths, negative or non-finite ``sample_weight``.
         """
+        return self._fit(X, y, sample_weight, factor=True)
+
+    def _fit(
+        self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None, *, factor: bool
+    ) -> LogisticRegressionL2:
+        """:meth:`fit`; with ``factor=False`` (a refit only evaluated), chord steps reuse
+        every Hessian factor (:mod:`leanfit.selection.newton`) and, when they converge,
+        ``hessian_cholesky_`` is None (no Hessian at the new ``theta_``)."""
         self._check_params()
         X = check_matrix(X, "X")
         classes, y = two_classes(y, "y", n=X.shape[0])
@@ -267,16 +300,22 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
             theta, chord = self.theta_.copy(), getattr(self, "hessian_cholesky_", None)
 
         def value_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            return (
-                objective(theta, X, y, self.l2_reg, sample_weight),
-                objective_gradient(theta, X, y, self.l2_reg, sample_weight),
-            )
+            return objective_value_and_gradient(theta, X, y, self.l2_reg, sample_weight)
 
         def hessian(theta: np.ndarray) -> np.ndarray:
             return objective_hessian(theta, X, self.l2_reg, sample_weight)
 
         found = minimize(
-            value_and_gradient, hessian, theta, tol=self.tol, max_iter=self.max_iter, chord=chord
+            value_and_gradient,
+            hessian,
+            theta,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            chord=chord,
+            factor=factor,
+            # A fit whose Hessian factor serves influence stays Newton to the end (quadratic
+            # convergence, far below the tolerance); a refit only evaluated reuses factors.
+            reuse=not factor,
         )
         return self._set_solution(found, X.shape[1], classes)
 
@@ -368,6 +407,11 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         ``v`` has shape ``(p,)`` or ``(p, k)``; the result has the same shape.
         """
         check_fitted(self, "hessian_cholesky_")
+        if self.hessian_cholesky_ is None:
+            raise LeanfitError(
+                "hessian_cholesky_ is None: this model was refitted for evaluation only "
+                "(InfluenceSelector.retrain); call fit to get the Hessian factor"
+            )
         v = np.asarray(v, dtype=np.float64)
         if v.shape[0] != self.theta_.shape[0] or v.ndim not in (1, 2):
             raise BadInputError(

@@ -7,13 +7,19 @@ full step ``θ − Δ`` is taken once the Newton decrement ``∇Lᵀ H⁻¹ ∇L
 below 1e-2, where the quadratic model is exact to rounding; before that, backtracking halves
 the step until the Armijo condition ``L(θ − tΔ) ≤ L(θ) − 1e-4 · t · decrement`` holds.
 
-Warm start (a refit after removing a few rows) may pass the Cholesky factor of the old
-Hessian as ``chord``: steps ``Δ = H₀⁻¹ ∇L(θ)`` then need a gradient each and no new Hessian.
-They converge linearly, at a rate of about ``‖I − H₀⁻¹ H‖``, small when few rows changed; the
-chord steps stop as soon as a step fails to shrink by half, or to lower the objective while
-that is still above rounding, and Newton continues from there. Either way the result is
-Newton's: the same stopping rule, and the factor returned is that of the Hessian at the
-final θ.
+Chord steps. With the Cholesky factor of a Hessian ``H₀`` taken near the current iterate
+(that of the previous Newton step, or of a warm start's optimum passed as ``chord``: a refit
+after removing a few rows), steps ``Δₖ = H₀⁻¹ ∇L(θₖ)`` need a gradient each and no new
+Hessian (a Hessian costs about ``p/2`` gradients). Near the optimum ``θ*`` they contract the
+error linearly, ``θₖ₊₁ − θ* ≈ (I − H₀⁻¹ H*)(θₖ − θ*)``, at a rate ``ρ ≈ ‖I − H₀⁻¹ H*‖``; the
+ratio ``q = ‖Δₖ‖ / ‖Δₖ₋₁‖`` of successive steps measures it. Chord steps are taken before
+every Newton step while they shrink by half (``q ≤ 1/2``) and lower the objective (while
+that is still above rounding); then Newton computes a new Hessian, whose factor serves the
+next chord steps (Shamanskii's variant of Newton). The chord steps stop *converged* when a
+step that shrank by half meets the tolerance: the step is taken, and the error left, at most
+``q/(1 − q) ‖Δₖ‖ ≤ ‖Δₖ‖`` for a contraction with ``q ≤ 1/2``, is within the tolerance, as
+after Newton's last step. The Hessian at the final θ is then factored only if
+``factor=True`` (a refit that is only evaluated does not need it).
 """
 
 from __future__ import annotations
@@ -50,10 +56,12 @@ class NewtonResult:
     Attributes
     ----------
     theta : ndarray of shape (p,)
-    factor : tuple
-        ``scipy.linalg.cho_factor`` of the Hessian at ``theta``.
+    factor : tuple or None
+        ``scipy.linalg.cho_factor`` of the Hessian at ``theta``; None when chord steps
+        converged and ``minimize`` was called with ``factor=False``.
     n_iter : int
-        Newton steps taken (chord steps not counted).
+        Newton steps taken, i.e. Hessians computed before the last (chord steps not
+        counted).
     converged : bool
         False when ``max_iter`` Newton steps did not meet the tolerance.
     """
@@ -64,7 +72,8 @@ class NewtonResult:
     converged: bool
 
 
-def _factor(hessian: np.ndarray) -> Any:
+def hessian_factor(hessian: np.ndarray) -> Any:
+    """``cho_factor`` of a Hessian; a ``LeanfitError`` if it is not positive definite."""
     try:
         return cho_factor(hessian)
     except LinAlgError as err:
@@ -82,21 +91,29 @@ def _chord(
     grad: np.ndarray,
     chord: Any,
     tol: float,
-) -> tuple[np.ndarray, float, np.ndarray]:
-    """Chord steps from ``theta`` while they lower the objective and shrink by half."""
+) -> tuple[np.ndarray, tuple[float, np.ndarray] | None]:
+    """Chord steps from ``theta`` while they lower the objective and shrink by half.
+
+    Returns the last iterate and its ``(L, ∇L)``, or None in their place when it meets the
+    tolerance (converged; its objective is then not evaluated).
+    """
     previous = np.inf
     for _ in range(MAX_CHORD_STEPS):
         step = cho_solve(chord, grad)
         size = float(np.max(np.abs(step)))
-        if _small(step, theta, tol) or size > 0.5 * previous:
+        if size > 0.5 * previous:
             break
         candidate = theta - step
+        if np.isfinite(previous) and _small(step, candidate, tol):
+            return candidate, None  # a contraction (q ≤ 1/2): the error left is ≤ this step
+        if _small(step, theta, tol):
+            break
         new_loss, new_grad = value_and_gradient(candidate)
         # Near the optimum the change of L is rounding: the shrinking step is the check there.
         if not (new_loss <= loss or float(grad @ step) < FULL_STEP_DECREMENT):
             break
         theta, loss, grad, previous = candidate, new_loss, new_grad, size
-    return theta, loss, grad
+    return theta, (loss, grad)
 
 
 def minimize(
@@ -107,6 +124,8 @@ def minimize(
     tol: float,
     max_iter: int,
     chord: Any = None,
+    factor: bool = True,
+    reuse: bool = True,
 ) -> NewtonResult:
     """Minimize ``L`` from ``theta`` (see the module docstring for the iteration).
 
@@ -122,6 +141,12 @@ def minimize(
         Newton steps at most.
     chord : tuple, optional
         ``cho_factor`` of a Hessian near the optimum (a warm start's): chord steps first.
+    reuse : bool, default True
+        Chord steps with the factor of every Newton step; False when a gradient costs as
+        much as a Hessian (one pass over chunked data yields both).
+    factor : bool, default True
+        Return the Cholesky factor of the Hessian at the minimizer even when chord steps
+        converged (one more Hessian); with False, ``NewtonResult.factor`` is then None.
 
     Raises
     ------
@@ -129,15 +154,19 @@ def minimize(
         A Hessian is not positive definite.
     """
     loss, grad = value_and_gradient(theta)
-    if chord is not None:
-        theta, loss, grad = _chord(value_and_gradient, theta, loss, grad, chord, tol)
+    factored = chord
     for iteration in range(max_iter + 1):
-        factor = _factor(hessian(theta))
-        step = cho_solve(factor, grad)
+        if factored is not None:
+            theta, state = _chord(value_and_gradient, theta, loss, grad, factored, tol)
+            if state is None and not factor:
+                return NewtonResult(theta, None, iteration, True)
+            loss, grad = value_and_gradient(theta) if state is None else state
+        factored = hessian_factor(hessian(theta))
+        step = cho_solve(factored, grad)
         if _small(step, theta, tol):
-            return NewtonResult(theta, factor, iteration, True)
+            return NewtonResult(theta, factored, iteration, True)
         if iteration == max_iter:
-            return NewtonResult(theta, factor, iteration, False)
+            return NewtonResult(theta, factored, iteration, False)
         decrement = float(grad @ step)
         t = 1.0
         while True:
@@ -148,4 +177,6 @@ def minimize(
                 break
             t *= 0.5
         theta, loss, grad = candidate, new_loss, new_grad
+        if not reuse:
+            factored = None
     raise AssertionError("unreachable: the loop returns at max_iter")  # pragma: no cover

@@ -145,7 +145,8 @@ def newton_fit(
             f"y must contain both classes 0 and 1; got {stats.n_positive} ones in "
             f"{stats.n_rows} rows"
         )
-    found = minimize(value_and_gradient, hessian, theta, tol=tol, max_iter=max_iter)
+    # One pass gives the gradient and the Hessian: chord steps would save nothing.
+    found = minimize(value_and_gradient, hessian, theta, tol=tol, max_iter=max_iter, reuse=False)
     return model._set_solution(found, n_features)
 
 

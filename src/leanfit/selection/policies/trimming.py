@@ -330,7 +330,7 @@ def trimming_curve(
     counts = sorted({resolve_budget(b, n) for b in np.atleast_1d(np.asarray(budgets, object))})
     # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
     # that ``val_objective`` measures the cost the influence was computed for.
-    objectives = selector.prepare_objectives(
+    objectives, Z_val, labels_val, s_val = selector.prepare_validation(
         X_val, y_val, sensitive_features=sensitive_features_val, objective=objective,
         privileged=privileged,
     )  # fmt: skip
@@ -365,7 +365,7 @@ def trimming_curve(
     rows = []
     for obj in objectives:
         method = f"influence:{obj.name}"
-        start = float(selector.objective_values(X_val, y_val, objective=obj, **val).iloc[0])
+        start = float(obj.value(selector.model_.theta_, Z_val, labels_val, s_val))
         rows.append(point(selector.model_, method, pd.NA, 0, start))
         if influence is not None:
             order = np.argsort(_influence_values(influence[obj.name]), kind="stable")
@@ -385,9 +385,10 @@ def trimming_curve(
                 False,
             )
         for count in counts:
-            retrained = selector.retrain(_mask_without(order, count, n))
-            now = float(retrained.objective_values(X_val, y_val, objective=obj, **val).iloc[0])
-            rows.append(point(retrained.model_, method, pd.NA, count, now))
+            # Only the model is kept: the retrained selector's rows are freed at once.
+            model = selector.retrain(_mask_without(order, count, n)).model_
+            now = float(obj.value(model.theta_, Z_val, labels_val, s_val))
+            rows.append(point(model, method, pd.NA, count, now))
             bar.update()
             if stop_at_zero and np.sign(now) != np.sign(start):
                 bar.update(len(counts) - counts.index(count) - 1)
