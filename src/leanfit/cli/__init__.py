@@ -178,12 +178,17 @@ def config_from_args(config_type: type[C], args: argparse.Namespace, **values: o
             continue
         value = getattr(args, field.name)
         if _is_tuple(hints[field.name]):
-            value = tuple(item.strip() for text in value or () for item in text.split(","))
-            value = tuple(item for item in value if item)
+            value = comma_items(value)
             if not value:
                 continue
         options[field.name] = value
     return config_type(**{**options, **values})
+
+
+def comma_items(values: Sequence[str] | None) -> tuple[str, ...]:
+    """The items of a repeatable option given as comma-separated lists (``["a,b", "c"]`` ->
+    ``("a", "b", "c")``), blanks left out; None (not given) has none."""
+    return tuple(item.strip() for text in values or () for item in text.split(",") if item.strip())
 
 
 def set_threads(threads: int | None) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from leanfit.cli import add_config_options, config_from_args
+from leanfit.cli import add_config_options, comma_items, config_from_args
 from leanfit.cli.data import TABULAR_NAMES
 from leanfit.exceptions import BadInputError
 from leanfit.selection.config import ModelSettings, SelectionConfig
@@ -95,11 +95,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _split_list(values: list[str] | None) -> list[str]:
-    """The items of a repeatable option given as comma-separated lists."""
-    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
-
-
 def _load(args: argparse.Namespace):
     from leanfit.selection.protocols import split_csv, split_dataset
 
@@ -125,7 +120,7 @@ def _load(args: argparse.Namespace):
         sensitive=args.sensitive,
         positive=args.positive,
         privileged=args.privileged,
-        categorical=_split_list(args.categorical),
+        categorical=list(comma_items(args.categorical)),
         random_state=args.seed,
         assume_conventions=True,
     )

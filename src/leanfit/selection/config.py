@@ -103,7 +103,7 @@ class SelectionConfig:
         trimming.
     max_accuracy_drop : float in [0, 1] or None
         With ``budget`` auto only: the largest validation accuracy loss allowed; None there
-        becomes :data:`DEFAULT_MAX_ACCURACY_DROP` (0.01).
+        becomes :data:`~leanfit.selection.defaults.DEFAULT_MAX_ACCURACY_DROP` (0.01).
     target_dp : float in [0, 1] or None
         With ``budget`` auto only: the validation absolute DP gap to reach with the fewest rows.
     model : ModelSettings
