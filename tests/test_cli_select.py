@@ -237,16 +237,36 @@ def test_auto_budget_and_strategy_without_positive_or_privileged(csv_files, tmp_
     ]
 
 
-def test_constants_mirror_the_library():
-    from leanfit.cli import select as cli
-    from leanfit.datasets import TABULAR
-    from leanfit.selection import influence, protocols
-    from leanfit.selection.policies import steering
+def test_method_options_are_the_config_fields_with_no_default_of_their_own():
+    import dataclasses
 
-    assert cli.DATASETS == tuple(sorted(TABULAR))
-    assert cli.DEFAULT_SEED == protocols.DEFAULT_SEED
-    assert cli.MAX_CATEGORIES == influence.MAX_CATEGORIES
-    assert cli.DEFAULT_MAX_ACCURACY_DROP == steering.DEFAULT_MAX_ACCURACY_DROP
+    from leanfit.cli import build_parser, config_from_args, config_option, parser_of
+    from leanfit.selection import Budget, SelectionConfig
+
+    parser = parser_of(build_parser(["select"]), "select")
+    by_dest = {action.dest: action for action in parser._actions}
+    exposed = [f for f in dataclasses.fields(SelectionConfig) if "help" in f.metadata]
+    assert {f.name for f in exposed} == {
+        "objectives", "budget", "strategy", "max_accuracy_drop", "target_dp", "seeds",
+        "max_categories",
+    }  # fmt: skip
+    for field in exposed:
+        action = by_dest[field.name]
+        assert action.option_strings == [config_option(field)]
+        assert action.help.startswith(field.metadata["help"])
+        # the parser has no default of its own: the field's, or none for a repeatable option
+        # (a tuple field), which then keeps the field's default
+        assert action.default is (None if isinstance(field.default, tuple) else field.default)
+    args = parser.parse_args(["--dataset", "german"])
+    config = config_from_args(SelectionConfig, args)
+    assert config == SelectionConfig()
+    args = parser.parse_args(
+        ["--dataset", "german", "--objective", "eop,utility", "--objective", "fairness",
+         "--budget", "auto", "--max-accuracy-drop", "0.02", "--seeds", "0"]
+    )  # fmt: skip
+    config = config_from_args(SelectionConfig, args)
+    assert config.objectives == ("utility", "fairness", "eop")
+    assert (config.budget, config.max_accuracy_drop, config.seeds) == (Budget(), 0.02, 0)
 
 
 def test_the_module_imports_no_heavy_library_at_top_level():
@@ -260,7 +280,11 @@ def test_the_module_imports_no_heavy_library_at_top_level():
     modules = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     modules += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     heavy = ("numpy", "pandas", "sklearn", "torch", "leanfit.selection", "leanfit.datasets")
-    assert modules and not [m for m in modules if m.startswith(heavy)], modules
+    # leanfit.selection.config declares the method options and, with its defaults, imports
+    # nothing heavy
+    # (tests/test_cli_imports.py runs the command and lists what it imported)
+    light = ("leanfit.selection.config", "leanfit.selection.defaults")
+    assert modules and not [m for m in modules if m.startswith(heavy) and m not in light]
 
 
 def test_every_option_is_documented_with_an_example():

@@ -21,6 +21,7 @@ SHARED = (
     "leanfit.io",
     "leanfit.heap",
     "leanfit.quiet",
+    "leanfit.lazy",
     "leanfit._version",
     "leanfit.datasets",
     "leanfit.reports",

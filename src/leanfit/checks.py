@@ -65,19 +65,31 @@ def check_number(
     return number
 
 
-def check_fraction(name: str, value: object, *, closed: bool = True) -> float:
-    """``value`` as a float if it is in ``[0, 1]`` (``(0, 1)`` unless ``closed``).
+def check_fraction(name: str, value: object, *, ends: str = "[]") -> float:
+    """``value`` as a float if it is in the interval from 0 to 1 whose brackets are ``ends``.
+
+    Parameters
+    ----------
+    ends : {"[]", "()", "(]", "[)"}
+        The interval as written in mathematics: ``"[]"`` is ``0 <= value <= 1``, ``"()"``
+        ``0 < value < 1``, ``"(]"`` ``0 < value <= 1`` (a share of rows, all of them allowed)
+        and ``"[)"`` ``0 <= value < 1``.
 
     Raises
     ------
     BadInputError
-        ``name must be a number in [0, 1]`` (or ``in the open interval (0, 1)``).
+        ``name must be a number in [0, 1]`` (``in the open interval (0, 1)``, ``in (0, 1]``,
+        ``in [0, 1)``).
     """
-    allowed = "a number in [0, 1]" if closed else "a number in the open interval (0, 1)"
+    low, high = ends[0], ends[1]
+    interval = f"the open interval {low}0, 1{high}" if ends == "()" else f"{low}0, 1{high}"
+    allowed = f"a number in {interval}"
     if not is_number(value):
         raise bad_value(name, value, allowed)
     number = float(value)  # type: ignore[arg-type]
-    if not (0.0 <= number <= 1.0 if closed else 0.0 < number < 1.0):
+    above_low = number >= 0.0 if low == "[" else number > 0.0
+    below_high = number <= 1.0 if high == "]" else number < 1.0
+    if not (above_low and below_high):
         raise bad_value(name, value, allowed)
     return number
 

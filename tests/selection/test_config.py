@@ -52,7 +52,10 @@ def test_a_config_is_frozen_and_compares_by_value():
         ({"budget": "most"}, r"budget must be auto, a fraction in \(0, 1\) or a whole count"),
         ({"budget": 1.5}, r"budget must be a fraction in the open interval \(0, 1\)"),
         ({"strategy": "greedy"}, "strategy must be one of"),
-        ({"target_dp": 0.05}, "target_dp chooses the budget: use it with the budget 'auto'; got"),
+        (
+            {"target_dp": 0.05},
+            "target_dp chooses the budget: use it with the budget 'auto'; got the budget 0.05",
+        ),
         ({"max_accuracy_drop": 0.01}, "max_accuracy_drop chooses the budget"),
         ({"budget": "auto", "objectives": ("utility",)}, "a list with 'fairness'"),
         ({"budget": "auto", "max_accuracy_drop": 2.0}, r"max_accuracy_drop must be .*\[0, 1\]"),

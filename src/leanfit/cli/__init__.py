@@ -115,9 +115,12 @@ def add_config_options(parser: argparse.ArgumentParser, config_type: type) -> No
     config class.
 
     The option (:func:`config_option`) stores into the field's name, with the field's type
-    and default and the metadata's ``choices``; its help ends with the default unless that
-    is None. A bool field is a switch to the other value (name it ``--no-...`` when the
-    default is True). Fields of the same metadata ``group`` exclude each other.
+    (or the metadata's ``type``, which turns the option's text into what the config accepts)
+    and default and the metadata's ``choices`` and ``metavar``; its help ends with the
+    default unless that is None. A bool field is a switch to the other value (name it
+    ``--no-...`` when the default is True). A tuple field is a repeatable option that takes
+    comma-separated items; not given, the field keeps its default. Fields of the same
+    metadata ``group`` exclude each other.
     """
     hints = typing.get_type_hints(config_type)
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
@@ -139,27 +142,53 @@ def _option_settings(field: dataclasses.Field, hint: object) -> dict[str, Any]:
     if hint is bool:
         action = "store_false" if field.default else "store_true"
         return {"dest": field.name, "action": action, "help": help_text}
+    settings: dict[str, Any] = {"dest": field.name, "metavar": field.metadata.get("metavar")}
+    if _is_tuple(hint):
+        shown = ",".join(str(item) for item in field.default)  # type: ignore[union-attr]
+        return {**settings, "action": "append", "help": f"{help_text} (default {shown})"}
     kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
     if field.default is not None:
         help_text += f" (default {field.default})"
     return {
-        "dest": field.name,
-        "type": kinds[0],
+        **settings,
+        "type": field.metadata.get("type", kinds[0]),
         "default": field.default,
         "choices": field.metadata.get("choices"),
         "help": help_text,
     }
 
 
+def _is_tuple(hint: object) -> bool:
+    """Whether a field of type ``hint`` holds a tuple."""
+    return typing.get_origin(hint) is tuple
+
+
 def config_from_args(config_type: type[C], args: argparse.Namespace, **values: object) -> C:
-    """The config of the options :func:`add_config_options` added, as parsed in ``args``;
-    ``values`` sets the fields that are no such option."""
-    options = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(config_type)  # type: ignore[arg-type]
-        if "help" in field.metadata
-    }
-    return config_type(**options, **values)
+    """The config of the options :func:`add_config_options` added, as parsed in ``args``.
+
+    ``values`` sets the fields that are no such option, or gives an option's value in the
+    config's terms where the command line spells it otherwise. A tuple field's option
+    given as ``a,b`` and ``c`` is ``("a", "b", "c")``; not given (or with no item), the field
+    keeps its default.
+    """
+    hints = typing.get_type_hints(config_type)
+    options: dict[str, object] = {}
+    for field in dataclasses.fields(config_type):  # type: ignore[arg-type]
+        if "help" not in field.metadata:
+            continue
+        value = getattr(args, field.name)
+        if _is_tuple(hints[field.name]):
+            value = comma_items(value)
+            if not value:
+                continue
+        options[field.name] = value
+    return config_type(**{**options, **values})
+
+
+def comma_items(values: Sequence[str] | None) -> tuple[str, ...]:
+    """The items of a repeatable option given as comma-separated lists (``["a,b", "c"]`` ->
+    ``("a", "b", "c")``), blanks left out; None (not given) has none."""
+    return tuple(item.strip() for text in values or () for item in text.split(",") if item.strip())
 
 
 def set_threads(threads: int | None) -> None:

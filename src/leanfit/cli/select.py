@@ -3,11 +3,13 @@
 Data: a vendored table (``--dataset``) or the user's CSV files (``--train``/``--test``,
 optionally ``--val``). Everything else is :func:`leanfit.selection.run_selection`.
 
-Imports of numpy, pandas, scikit-learn and :mod:`leanfit.selection` happen inside
-:func:`run`, so that ``leanfit --help`` stays quick; the constants below mirror the library's
-defaults (a test keeps them equal). The library checks every value; an option whose
-parameter has another name declares it as its ``dest`` (``--l2`` sets ``l2_reg``), so that
-errors name the option (:func:`leanfit.cli.option_table`).
+The method options are derived from the fields of
+:class:`~leanfit.selection.config.SelectionConfig` (:func:`leanfit.cli.add_config_options`),
+each default and help text written there once. Imports of numpy, pandas, scikit-learn and the
+heavy modules of :mod:`leanfit.selection` happen inside :func:`run`, so that ``leanfit --help``
+stays quick. The library checks every value; an option whose parameter has another name
+declares it as its ``dest`` (``--l2`` sets ``l2_reg``), so that errors name the option
+(:func:`leanfit.cli.option_table`).
 """
 
 from __future__ import annotations
@@ -15,16 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from leanfit.cli import add_config_options, comma_items, config_from_args
+from leanfit.cli.data import TABULAR_NAMES
 from leanfit.exceptions import BadInputError
+from leanfit.selection.config import ModelSettings, SelectionConfig
+from leanfit.selection.defaults import DEFAULT_SEED
 
-#: The vendored tables (``leanfit.datasets.TABULAR``).
-DATASETS = ("adult", "arrests", "bank", "compas", "german")
-#: ``leanfit.selection.protocols.DEFAULT_SEED``.
-DEFAULT_SEED = 42000
-#: ``leanfit.selection.influence.MAX_CATEGORIES``.
-MAX_CATEGORIES = 1000
-#: ``leanfit.selection.policies.steering.DEFAULT_MAX_ACCURACY_DROP``.
-DEFAULT_MAX_ACCURACY_DROP = 0.01
 #: Options of the CSV input only.
 CSV_ONLY = ("target", "sensitive", "positive", "privileged", "categorical", "val")
 
@@ -44,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation set only; the test set is never used for a choice.",
     )
     data = parser.add_argument_group("data (either --dataset or --train/--test)")
-    data.add_argument("--dataset", choices=DATASETS, help="a vendored data set")
+    data.add_argument("--dataset", choices=TABULAR_NAMES, help="a vendored data set")
     data.add_argument("--train", type=Path, help="training CSV file (header row)")
     data.add_argument("--val", type=Path, help="validation CSV (default: half of --test)")
     data.add_argument("--test", type=Path, help="test CSV file")
@@ -66,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="COL[,COL...]",
         help="numeric-coded columns to treat as categories (string columns always are)",
     )
+    # The seed of the splits is the protocol's (DEFAULT_SEED), not SelectionConfig.seed's
+    # default: it is a data option, and the run passes it on to the config.
     data.add_argument(
         "--seed",
         type=int,
@@ -73,42 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"seed of the splits, random removals and rule trees (default {DEFAULT_SEED})",
     )
     method = parser.add_argument_group("method")
-    method.add_argument(
-        "--objective",
-        action="append",
-        metavar="NAME[,NAME...]",
-        dest="objectives",
-        help="among utility, fairness, eop, robustness, all (default all; fairness = "
-        "demographic parity; repeatable)",
-    )
-    method.add_argument(
-        "--budget",
-        default="0.05",
-        help="rows to remove per objective: fraction in (0, 1), count >= 1, or auto (chosen "
-        "on the validation fairness curve; see --max-accuracy-drop, --target-dp) "
-        "(default 0.05)",
-    )
-    method.add_argument(
-        "--strategy",
-        default="plain",
-        help="how fairness, eop and robustness pick rows: plain (most harmful), constrained "
-        "(most harmful among rows whose removal costs no utility), pareto (largest gain with "
-        "no predicted utility loss in total) (default plain)",
-    )
-    method.add_argument(
-        "--max-accuracy-drop",
-        type=float,
-        metavar="X",
-        help="with --budget auto: largest validation accuracy loss allowed, in [0, 1] "
-        f"(default {DEFAULT_MAX_ACCURACY_DROP})",
-    )
-    method.add_argument(
-        "--target-dp",
-        type=float,
-        metavar="X",
-        help="with --budget auto: the smallest budget whose validation |DP| is at most X "
-        "(default: the lowest |DP| within --max-accuracy-drop)",
-    )
+    add_config_options(method, SelectionConfig)
+    # The model's options default to the data's protocol (the paper's Adult model, else
+    # ModelSettings' defaults), so None here means "the protocol's", not a default of the
+    # parser's own.
     method.add_argument(
         "--l2", dest="l2_reg", type=float, help="L2 penalty λ (default: 2.2622 on adult, else 1)"
     )
@@ -118,17 +86,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="fit an intercept (default: no on adult, yes otherwise)",
     )
-    method.add_argument(
-        "--seeds", type=int, default=3, help="random-removal repetitions (default 3)"
-    )
-    method.add_argument(
-        "--max-categories",
-        type=int,
-        default=MAX_CATEGORIES,
-        metavar="N",
-        help="refuse a categorical column with more than N distinct values (default "
-        f"{MAX_CATEGORIES}; 0: no limit)",
-    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--out", dest="out_dir", type=Path, help="output directory (default selection-NAME)"
@@ -136,10 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
-
-
-def _split_list(values: list[str] | None) -> list[str]:
-    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
 
 
 def _load(args: argparse.Namespace):
@@ -167,32 +120,26 @@ def _load(args: argparse.Namespace):
         sensitive=args.sensitive,
         positive=args.positive,
         privileged=args.privileged,
-        categorical=_split_list(args.categorical),
+        categorical=list(comma_items(args.categorical)),
         random_state=args.seed,
         assume_conventions=True,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from leanfit.selection.config import ModelSettings, SelectionConfig
-    from leanfit.selection.policies.budget import Budget
     from leanfit.selection.workflow import run_selection
 
-    budget = Budget.parse(args.budget)
     split = _load(args)
-    config = SelectionConfig(
-        objectives=tuple(_split_list(args.objectives) or ["all"]),
-        budget=budget,
-        strategy=args.strategy,
-        max_accuracy_drop=args.max_accuracy_drop,
-        target_dp=args.target_dp,
-        model=ModelSettings(
-            split.l2_reg if args.l2_reg is None else args.l2_reg,
-            split.fit_intercept if args.fit_intercept is None else args.fit_intercept,
-        ),
-        seeds=args.seeds,
+    model = ModelSettings(
+        split.l2_reg if args.l2_reg is None else args.l2_reg,
+        split.fit_intercept if args.fit_intercept is None else args.fit_intercept,
+    )
+    config = config_from_args(
+        SelectionConfig,
+        args,
+        model=model,
         seed=args.seed,
-        max_categories=args.max_categories or None,
+        max_categories=args.max_categories or None,  # --max-categories 0: no limit
     )
     name = args.dataset or args.train.stem
     result = run_selection(

@@ -165,7 +165,7 @@ def split_chapters(frame: pd.DataFrame, held_out: float = 0.1) -> tuple[pd.DataF
         Both sorted by chapter, index reset.
     """
     frame = require_columns(frame, chapter_column="chapter", text_column="text")
-    held_out = check_fraction("held_out", held_out, closed=False)
+    held_out = check_fraction("held_out", held_out, ends="()")
     if len(frame) < 2:
         raise BadInputError(f"frame has {len(frame)} chapter; a split needs at least 2")
     ordered = frame.sort_values("chapter", kind="stable").reset_index(drop=True)

@@ -15,8 +15,9 @@ The names below are imported from their modules on first use, so that importing 
 neither torch nor PEFT.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from leanfit.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from leanfit.finetune.options import DataSpec, EvaluateConfig, FinetuneConfig
@@ -36,13 +37,7 @@ HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{HOMES[name]}"), name)
-    globals()[name] = value  # later uses skip this function
-    return value
-
+__getattr__ = lazy_attributes(__name__, HOMES)
 
 __all__ = [
     "DataSpec",

@@ -48,7 +48,7 @@ def split_rows(
     """
     if not isinstance(frame, pd.DataFrame):
         raise bad_value("frame", type(frame).__name__, "a pandas DataFrame")
-    eval_fraction = check_fraction("eval_fraction", eval_fraction, closed=False)
+    eval_fraction = check_fraction("eval_fraction", eval_fraction, ends="()")
     if len(frame) < 2:
         raise BadInputError(f"frame has {len(frame)} row(s); a split needs at least 2")
     order = np.random.default_rng(seed).permutation(len(frame))

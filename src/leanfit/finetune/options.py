@@ -237,7 +237,7 @@ class DataSpec:
         for name in ("source", "text_column", "label_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad_value(name, getattr(self, name), "a non-empty string")
-        check_fraction("eval_fraction", self.eval_fraction, closed=False)
+        check_fraction("eval_fraction", self.eval_fraction, ends="()")
         check_int("seed", self.seed, low=0)
         if self.max_examples is not None:
             check_int("max_examples", self.max_examples, low=1)

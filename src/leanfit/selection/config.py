@@ -10,30 +10,32 @@ run reads its typed fields and never changes it.
 the curves, the automatic budget's choice, the trees' shrinkage): built once at the end of
 the computations and held by :class:`~leanfit.selection.explanation.report.SelectionResult`.
 ``config.json`` is written from the two (:func:`leanfit.selection.explanation.report.run_json`).
+
+Light enough for the CLI parser to import (no numpy, pandas or scikit-learn): ``leanfit
+select`` derives its method options from the fields of :class:`SelectionConfig`
+(:func:`leanfit.cli.add_config_options`), each default and help text written once, here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from leanfit.checks import check_fraction, check_int
+from leanfit.checks import check_choice, check_fraction, check_int, check_number
 from leanfit.exceptions import BadInputError, bad_value
-from leanfit.selection.influence import MAX_CATEGORIES
-from leanfit.selection.policies.budget import Budget
-from leanfit.selection.policies.steering import (
+from leanfit.selection.defaults import (
     DEFAULT_MAX_ACCURACY_DROP,
-    BudgetChoice,
-    check_strategy,
+    MAX_CATEGORIES,
+    STRATEGIES,
 )
+from leanfit.selection.policies.budget import Budget
+
+if TYPE_CHECKING:
+    from leanfit.selection.policies.steering import BudgetChoice
 
 #: Objective names of a selection run, in report order; ``"all"`` means all four.
 OBJECTIVES = ("utility", "fairness", "eop", "robustness")
-#: Rows each objective removes unless told otherwise: 5 % of the training rows.
-DEFAULT_BUDGET = Budget(fraction=0.05)
 
 
 def resolve_objective_names(objectives: str | Sequence[str]) -> tuple[str, ...]:
@@ -72,12 +74,7 @@ class ModelSettings:
     fit_intercept: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.l2_reg, bool) or not (
-            isinstance(self.l2_reg, int | float | np.integer | np.floating)
-            and math.isfinite(self.l2_reg)
-            and self.l2_reg > 0
-        ):
-            raise bad_value("l2_reg", self.l2_reg, "a finite number > 0")
+        check_number("l2_reg", self.l2_reg, low=0, above=True)
         if not isinstance(self.fit_intercept, bool):
             raise bad_value("fit_intercept", self.fit_intercept, "True or False")
 
@@ -97,15 +94,16 @@ class SelectionConfig:
         the count chosen on the validation set for the fairness objective
         (:func:`leanfit.selection.policies.steering.choose_budget`; ``objectives`` must include
         ``"fairness"``), used by every objective. An int, a float or ``"auto"`` is turned into
-        a :class:`Budget` (:meth:`Budget.of`). A count is checked against the training rows
-        when the run starts.
+        a :class:`Budget` (:meth:`Budget.of`), a text as the command line gives it (``"0.05"``,
+        ``"300"``) by :meth:`Budget.parse`. A count is checked against the training rows when
+        the run starts.
     strategy : {"plain", "constrained", "pareto"}, default "plain"
         How the fairness, eop and robustness objectives pick their rows
         (:mod:`leanfit.selection.policies.steering`); not plain: the report also shows plain
         trimming.
     max_accuracy_drop : float in [0, 1] or None
         With ``budget`` auto only: the largest validation accuracy loss allowed; None there
-        becomes :data:`~leanfit.selection.policies.steering.DEFAULT_MAX_ACCURACY_DROP` (0.01).
+        becomes :data:`~leanfit.selection.defaults.DEFAULT_MAX_ACCURACY_DROP` (0.01).
     target_dp : float in [0, 1] or None
         With ``budget`` auto only: the validation absolute DP gap to reach with the fewest rows.
     model : ModelSettings
@@ -129,25 +127,70 @@ class SelectionConfig:
         Naming the first bad field.
     """
 
-    objectives: tuple[str, ...] = OBJECTIVES
-    budget: Budget = DEFAULT_BUDGET
-    strategy: str = "plain"
-    max_accuracy_drop: float | None = None
-    target_dp: float | None = None
+    objectives: tuple[str, ...] = field(
+        default=("all",),
+        metadata={
+            "help": "among utility, fairness, eop, robustness, all (fairness = demographic "
+            "parity; repeatable)",
+            "option": "--objective",
+            "metavar": "NAME[,NAME...]",
+        },
+    )
+    budget: Budget = field(
+        default=Budget(fraction=0.05),
+        metadata={
+            "help": "rows to remove per objective: fraction in (0, 1), count >= 1, or auto "
+            "(chosen on the validation fairness curve; see --max-accuracy-drop, --target-dp)",
+            "type": str,
+        },
+    )
+    strategy: str = field(
+        default="plain",
+        metadata={
+            "help": "how fairness, eop and robustness pick rows: plain (most harmful), "
+            "constrained (most harmful among rows whose removal costs no utility), pareto "
+            "(largest gain with no predicted utility loss in total)"
+        },
+    )
+    max_accuracy_drop: float | None = field(
+        default=None,
+        metadata={
+            "help": "with --budget auto: largest validation accuracy loss allowed, in [0, 1] "
+            f"(default {DEFAULT_MAX_ACCURACY_DROP})",
+            "metavar": "X",
+        },
+    )
+    target_dp: float | None = field(
+        default=None,
+        metadata={
+            "help": "with --budget auto: the smallest budget whose validation |DP| is at most "
+            "X (default: the lowest |DP| within --max-accuracy-drop)",
+            "metavar": "X",
+        },
+    )
     model: ModelSettings = ModelSettings()
-    seeds: int = 3
+    seeds: int = field(default=3, metadata={"help": "random-removal repetitions"})
     seed: int = 0
     curve_points: int = 4
     max_rules: int = 12
-    max_categories: int | None = MAX_CATEGORIES
+    max_categories: int | None = field(
+        default=MAX_CATEGORIES,
+        metadata={
+            "help": "refuse a categorical column with more than N distinct values (0: no limit)",
+            "metavar": "N",
+        },
+    )
 
     def __post_init__(self) -> None:
         # Fields are normalized in place once (names in report order, a Budget, the default
         # accuracy drop of auto); the instance stays frozen afterwards.
         set_field = object.__setattr__
         set_field(self, "objectives", resolve_objective_names(self.objectives))
-        set_field(self, "budget", Budget.of(self.budget))
-        set_field(self, "strategy", check_strategy(self.strategy))
+        budget = self.budget
+        set_field(
+            self, "budget", Budget.parse(budget) if isinstance(budget, str) else Budget.of(budget)
+        )
+        set_field(self, "strategy", check_choice("strategy", self.strategy, STRATEGIES))
         set_field(self, "max_accuracy_drop", self._checked_accuracy_drop())
         if self.target_dp is not None:
             set_field(self, "target_dp", check_fraction("target_dp", self.target_dp))

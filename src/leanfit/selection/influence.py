@@ -29,7 +29,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import Tags, TransformerTags
 from tqdm.auto import tqdm
 
-from leanfit.checks import is_int
+from leanfit.checks import check_int, is_int
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection._validation import (
     binary_groups,
@@ -41,12 +41,10 @@ from leanfit.selection._validation import (
     require_2d,
     target_vector,
 )
+from leanfit.selection.defaults import MAX_CATEGORIES
 from leanfit.selection.models import LogisticRegressionL2, per_sample_gradients
 from leanfit.selection.newton import hessian_factor
 from leanfit.selection.objectives import Objective, ObjectiveSpec, resolve_objectives
-
-MAX_CATEGORIES = 1000
-"""Default limit on the distinct values of a categorical column (see :func:`check_cardinality`)."""
 
 
 def check_cardinality(X: pd.DataFrame, max_categories: int | None, name: str = "X") -> None:
@@ -335,10 +333,7 @@ class InfluenceSelector(ClassifierMixin, BaseEstimator):
             Mismatched lengths, missing or non-numeric values (after preprocessing), labels
             other than 0/1 or a single class, bad parameters.
         """
-        if isinstance(self.chunk_size, bool) or not (
-            isinstance(self.chunk_size, int | np.integer) and self.chunk_size >= 1
-        ):
-            raise bad_value("chunk_size", self.chunk_size, "an integer >= 1")
+        check_int("chunk_size", self.chunk_size, low=1)
         reject_sparse(X, "X")
         check_length(target_vector(y, "y"), "y", _n_rows(X, "X"))
         Z = _owned(self._to_matrix(X, fit=True), X)

@@ -24,15 +24,15 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from leanfit.checks import check_choice
 from leanfit.datasets import TABULAR, TabularDataset, load_adult, load_csv
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.selection.defaults import DEFAULT_SEED
 
 #: λ of the paper's Adult model.
 ADULT_L2_REG = 2.2622
 #: Columns the paper drops from Adult.
 ADULT_DROPPED = ("fnlwgt",)
-#: Seed of the paper's validation / test split, the default of every split here.
-DEFAULT_SEED = 42000
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,7 @@ def split_dataset(name: str, *, random_state: int = DEFAULT_SEED) -> ProtocolSpl
     (so that each part has the same base rates), with the model defaults λ = 1 and an
     intercept. Rows keep their index: their row number in the loaded table.
     """
-    if name not in TABULAR:
-        raise bad_value("dataset", name, f"one of {sorted(TABULAR)}")
+    check_choice("dataset", name, sorted(TABULAR))
     if name == "adult":
         return adult_protocol(random_state)
     ds = TABULAR[name]()

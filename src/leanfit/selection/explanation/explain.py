@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import KFold
 from sklearn.tree import DecisionTreeRegressor
 
+from leanfit.checks import check_int
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.reports.plots import new_figure
 from leanfit.selection._validation import (
@@ -331,20 +332,12 @@ class InfluenceTree(RegressorMixin, BaseEstimator):
         return lam
 
     def _check_params(self, n_samples: int) -> None:
-        def is_int(v: object) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-        leaves = self.max_leaf_nodes
-        if leaves is not None and not (is_int(leaves) and leaves >= 2):
-            raise bad_value("max_leaf_nodes", self.max_leaf_nodes, "None or an integer >= 2")
-        if self.max_depth is not None and not (is_int(self.max_depth) and self.max_depth >= 1):
-            raise bad_value("max_depth", self.max_depth, "None or an integer >= 1")
-        if not (is_int(self.min_samples_leaf) and self.min_samples_leaf >= 1):
-            raise bad_value("min_samples_leaf", self.min_samples_leaf, "an integer >= 1")
-        if not (is_int(self.cv) and 2 <= self.cv <= n_samples):
-            raise bad_value(
-                "cv", self.cv, f"an integer from 2 to the number of samples {n_samples}"
-            )
+        if self.max_leaf_nodes is not None:
+            check_int("max_leaf_nodes", self.max_leaf_nodes, low=2)
+        if self.max_depth is not None:
+            check_int("max_depth", self.max_depth, low=1)
+        check_int("min_samples_leaf", self.min_samples_leaf, low=1)
+        check_int("cv", self.cv, low=2, high=n_samples)
 
     def _as_frame(self, X: Any, fitting: bool) -> pd.DataFrame:
         reject_sparse(X, "X")

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
+from leanfit.checks import is_int, is_number
 from leanfit.exceptions import bad_value
 
 ALLOWED = "auto, a fraction in (0, 1) or a whole count >= 1"
@@ -43,13 +42,13 @@ class Budget:
             return value
         if isinstance(value, str) and value == "auto":
             return cls()
-        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        if not is_number(value):
             raise bad_value(name, value, ALLOWED)
-        if isinstance(value, int | np.integer):
-            return cls(count=int(value))  # its range is checked against the rows (rows())
-        if not 0.0 < value < 1.0:
+        if is_int(value):
+            return cls(count=int(value))  # type: ignore[call-overload]  # range: rows()
+        if not 0.0 < value < 1.0:  # type: ignore[operator]
             raise bad_value(name, value, "a fraction in the open interval (0, 1), or a count")
-        return cls(fraction=float(value))
+        return cls(fraction=float(value))  # type: ignore[arg-type]
 
     @classmethod
     def parse(cls, text: str, name: str = "budget") -> Budget:
@@ -66,6 +65,9 @@ class Budget:
         if value >= 1 and value.is_integer():
             return cls(count=int(value))
         raise bad_value(name, text, ALLOWED)
+
+    def __str__(self) -> str:
+        return str(self.value)
 
     @property
     def is_auto(self) -> bool:

@@ -148,10 +148,6 @@ def _scale(values: np.ndarray) -> float:
     return scale if scale > 0 else 1.0
 
 
-def _check_weight(weight: object, name: str = "utility_weight") -> float:
-    return check_fraction(name, weight)
-
-
 def _scalarized_order(harm: np.ndarray, cost: np.ndarray, weight: float) -> np.ndarray:
     """Candidates with a negative normalized score, most negative first."""
     score = (1.0 - weight) * harm / _scale(harm) + weight * cost / _scale(cost)
@@ -198,7 +194,7 @@ def scalarized_trim(
         ``True`` for the rows to keep.
     """
     harm, cost = _columns(influence, objective, utility)
-    weight = _check_weight(utility_weight)
+    weight = check_fraction("utility_weight", utility_weight)
     count = resolve_budget(budget, harm.size)
     return _remove_first(_scalarized_order(harm, cost, weight), count, harm.size)
 
@@ -333,7 +329,7 @@ def tradeoff_front(
     if grid.ndim != 1 or grid.size == 0:
         raise bad_value("weights", weights, "a non-empty 1-D sequence of numbers in [0, 1]")
     rows = []
-    for weight in sorted(_check_weight(w, "weights") for w in grid):
+    for weight in sorted(check_fraction("weights", w) for w in grid):
         change, loss, removed = _predicted(harm, cost, _scalarized_order(harm, cost, weight), count)
         rows.append(
             {

@@ -38,26 +38,16 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
-from leanfit.checks import check_fraction
+from leanfit.checks import check_choice, check_fraction
 from leanfit.exceptions import bad_value
+from leanfit.selection.defaults import DEFAULT_MAX_ACCURACY_DROP, STRATEGIES
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.metrics import evaluate
 from leanfit.selection.policies.pareto import constrained_trim, pareto_trim
 from leanfit.selection.policies.trimming import evaluation_set, trim
 
-#: Trimming strategies, in report order.
-STRATEGIES = ("plain", "constrained", "pareto")
 #: Fractions of the training rows tried by the automatic budget.
 AUTO_FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2)
-#: Default largest validation accuracy loss of the automatic budget (one point).
-DEFAULT_MAX_ACCURACY_DROP = 0.01
-
-
-def check_strategy(strategy: object, name: str = "strategy") -> str:
-    """Return ``strategy`` if it is one of :data:`STRATEGIES`, else raise naming ``name``."""
-    if strategy not in STRATEGIES:
-        raise bad_value(name, strategy, f"one of {list(STRATEGIES)}")
-    return str(strategy)
 
 
 def strategy_keep(
@@ -82,7 +72,7 @@ def strategy_keep(
     ndarray of bool, shape (n,)
         ``True`` for the rows kept.
     """
-    strategy = check_strategy(strategy)
+    check_choice("strategy", strategy, STRATEGIES)
     if count == 0:
         return np.ones(len(influence), dtype=bool)
     if strategy == "plain":

@@ -9,6 +9,7 @@ from typing import ClassVar, Self
 import numpy as np
 import pandas as pd
 
+from leanfit.checks import check_choice
 from leanfit.datasets import TABULAR, TabularDataset, load_adult
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.config import ModelSettings
@@ -33,30 +34,6 @@ MODEL_SETTINGS = {"adult": ModelSettings(2.2622, False)}
 def model_settings(name: str) -> ModelSettings:
     """Model settings of a data set (:data:`MODEL_SETTINGS`, else λ = 1 with an intercept)."""
     return MODEL_SETTINGS.get(name, ModelSettings())
-
-
-def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    """Raise naming ``name`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise bad_value(name, value, f"one of {list(allowed)}")
-
-
-def check_fraction(name: str, value: object, *, low: float = 0.0, high: float = 1.0) -> float:
-    """Return ``value`` as float if ``low < value < high``, else raise naming ``name``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float | np.floating)
-        or not low < value < high
-    ):
-        raise bad_value(name, value, f"a number in the open interval ({low}, {high})")
-    return float(value)
-
-
-def check_count(name: str, value: object, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an integer ``>= minimum``, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise bad_value(name, value, f"an integer >= {minimum}")
-    return int(value)
 
 
 def load_table(name: str) -> TabularDataset:

@@ -17,14 +17,13 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from leanfit.checks import check_choice, check_int
 from leanfit.datasets import TabularDataset
 from leanfit.selection.config import ModelSettings
 from leanfit.selection.explanation.explain import InfluenceTree
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
-    check_choice,
-    check_count,
     evaluate_model,
     fit_selector,
     influence_scores,
@@ -109,11 +108,11 @@ class ActiveConfig(ScenarioConfig):
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, ACTIVE_DATASETS)
-        check_count("n_seed", self.n_seed, minimum=10)
-        check_count("rounds", self.rounds)
-        check_count("per_round", self.per_round)
-        check_count("n_val", self.n_val, minimum=10)
-        check_count("tree_leaves", self.tree_leaves, minimum=2)
+        check_int("n_seed", self.n_seed, low=10)
+        check_int("rounds", self.rounds, low=1)
+        check_int("per_round", self.per_round, low=1)
+        check_int("n_val", self.n_val, low=10)
+        check_int("tree_leaves", self.tree_leaves, low=2)
 
 
 def run_active(config: ActiveConfig, seed: int = 0) -> pd.DataFrame:

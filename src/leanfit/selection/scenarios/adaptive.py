@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from leanfit.checks import check_choice, check_fraction
 from leanfit.datasets import TabularDataset
 from leanfit.exceptions import bad_value
 from leanfit.selection.attacks import check_eps, check_norm, worst_case_margins
@@ -33,8 +34,6 @@ from leanfit.selection.objectives import WorstCaseRobustness
 from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
-    check_choice,
-    check_fraction,
     choose_budget_on_validation,
     fit_selector,
     influence_scores,
@@ -126,9 +125,9 @@ class AdaptiveConfig(ScenarioConfig):
         check_norm(self.norm)
         check_eps(self.eps)
         for f in self.fractions:
-            check_fraction("fractions", f, high=1.0 + 1e-12)
+            check_fraction("fractions", f, ends="(]")
         for b in self.budgets:
-            check_fraction("budgets", b)
+            check_fraction("budgets", b, ends="()")
         if not self.fractions:
             raise bad_value("fractions", self.fractions, "at least one fraction")
 

@@ -27,10 +27,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from leanfit._version import __version__
+from leanfit.checks import check_int
 from leanfit.exceptions import bad_value
 from leanfit.io import atomic_output
 from leanfit.reports import Image, new_figure, save_figure, trimming_curves, write_report
-from leanfit.selection.scenarios._common import ScenarioConfig, check_count
+from leanfit.selection.scenarios._common import (
+    ScenarioConfig,
+)
 from leanfit.selection.scenarios.active import ActiveConfig, run_active
 from leanfit.selection.scenarios.adaptive import AdaptiveConfig, run_adaptive
 from leanfit.selection.scenarios.online import OnlineConfig, run_online
@@ -246,7 +249,7 @@ def run_experiment(
         Show a progress bar over seeds.
     """
     scenario = get_scenario(name)
-    check_count("seeds", seeds)
+    check_int("seeds", seeds, low=1)
     if config is None:
         config = scenario.config_type.quick() if quick else scenario.config_type()
     elif not isinstance(config, scenario.config_type):

@@ -18,14 +18,12 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from leanfit.checks import check_choice, check_fraction, check_int
 from leanfit.datasets import TabularDataset
 from leanfit.selection.influence import InfluenceSelector
 from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
-    check_choice,
-    check_count,
-    check_fraction,
     concat,
     evaluate_model,
     fit_selector,
@@ -65,8 +63,8 @@ def batch_stream(
         Each batch (its noisy labels) with the mask of its flipped rows. The batches
         partition the rows of ``ds``.
     """
-    check_count("n_batches", n_batches, minimum=1)
-    check_fraction("flip_fraction", flip_fraction, low=-1e-12)
+    check_int("n_batches", n_batches, low=1)
+    check_fraction("flip_fraction", flip_fraction, ends="[)")
     batches = []
     for rows in np.array_split(rng.permutation(len(ds)), n_batches):
         batch = subset(ds, rows)
@@ -99,11 +97,11 @@ class OnlineConfig(ScenarioConfig):
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, ONLINE_DATASETS)
-        check_count("n_batches", self.n_batches, minimum=1)
-        check_fraction("flip_fraction", self.flip_fraction, low=-1e-12)
-        check_fraction("trim_fraction", self.trim_fraction)
+        check_int("n_batches", self.n_batches, low=1)
+        check_fraction("flip_fraction", self.flip_fraction, ends="[)")
+        check_fraction("trim_fraction", self.trim_fraction, ends="()")
         if self.n_val is not None:
-            check_count("n_val", self.n_val, minimum=10)
+            check_int("n_val", self.n_val, low=10)
 
 
 def _batch_keep(

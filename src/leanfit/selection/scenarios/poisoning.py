@@ -39,14 +39,13 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import pandas as pd
 
+from leanfit.checks import check_choice, check_fraction, check_number
 from leanfit.datasets import TabularDataset
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.objectives import DemographicParity
 from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
-    check_choice,
-    check_fraction,
     choose_budget_on_validation,
     concat,
     evaluate_model,
@@ -185,10 +184,9 @@ def anchoring_attack(
     PoisonedData
         ``(data, is_poison, targets)``.
     """
-    check_fraction("fraction", fraction)
+    check_fraction("fraction", fraction, ends="()")
     check_choice("method", method, ANCHORING)
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not tau >= 0:
-        raise bad_value("tau", tau, "a number >= 0")
+    check_number("tau", tau, low=0)
     rng = np.random.default_rng(seed)
     y, s = train.y.to_numpy(), train.s.to_numpy()
     advantaged = advantaged_group(train)
@@ -257,10 +255,10 @@ class PoisoningConfig(ScenarioConfig):
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, POISONING_DATASETS)
-        check_fraction("fraction", self.fraction)
+        check_fraction("fraction", self.fraction, ends="()")
         check_choice("method", self.method, ANCHORING)
         for b in self.budgets:
-            check_fraction("budgets", b)
+            check_fraction("budgets", b, ends="()")
         if len(self.splits) != 3 or abs(sum(self.splits) - 1.0) > 1e-9:
             raise bad_value("splits", self.splits, "three fractions summing to 1")
 

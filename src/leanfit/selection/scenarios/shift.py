@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from leanfit.checks import check_choice, check_fraction, check_int, check_number
 from leanfit.datasets import TabularDataset, load_csv
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.selection.config import ModelSettings
@@ -40,9 +41,6 @@ from leanfit.selection.objectives import DemographicParity
 from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
-    check_choice,
-    check_count,
-    check_fraction,
     choose_budget_on_validation,
     evaluate_model,
     fit_selector,
@@ -136,16 +134,15 @@ def make_shift(
         ``(train, val, test)``: disjoint tables, ``train`` from the source distribution,
         ``val`` and ``test`` from the target distribution.
     """
-    if not isinstance(strength, int | float) or isinstance(strength, bool):
-        raise bad_value("strength", strength, "a number")
-    check_fraction("sample_fraction", sample_fraction, high=1.0 + 1e-12)
-    check_fraction("val_fraction", val_fraction)
+    check_number("strength", strength)
+    check_fraction("sample_fraction", sample_fraction, ends="(]")
+    check_fraction("val_fraction", val_fraction, ends="()")
     rng = np.random.default_rng(seed)
     if isinstance(dataset, str):
         check_choice("dataset", dataset, SHIFT_DATASETS)
     table = load_table(dataset) if isinstance(dataset, str) else dataset
     if n_rows is not None:
-        table = sample_rows(table, check_count("n_rows", n_rows, minimum=20), rng)
+        table = sample_rows(table, check_int("n_rows", n_rows, low=20), rng)
     score = shift_score(table, kind)
     halves = rng.permutation(len(table))
     source_pool, target_pool = np.array_split(halves, 2)
@@ -262,7 +259,7 @@ class ShiftConfig(ScenarioConfig):
             check_choice("dataset", self.dataset, SHIFT_DATASETS)
             check_choice("kind", self.kind, SHIFT_KINDS)
         for b in self.budgets:
-            check_fraction("budgets", b)
+            check_fraction("budgets", b, ends="()")
         if self.budget not in self.budgets:
             raise bad_value("budget", self.budget, f"one of budgets {list(self.budgets)}")
 

@@ -31,6 +31,7 @@ from sklearn.base import clone
 from sklearn.neural_network import MLPClassifier
 from tqdm.auto import tqdm
 
+from leanfit.checks import check_choice, check_fraction, check_int
 from leanfit.datasets import load_tweets
 from leanfit.exceptions import MissingResourceError, NotFittedError, bad_value
 from leanfit.selection.influence import InfluenceSelector, make_preprocessor
@@ -43,9 +44,6 @@ from leanfit.selection.objectives import DemographicParity
 from leanfit.selection.policies.trimming import random_trim, trim
 from leanfit.selection.scenarios._common import (
     ScenarioConfig,
-    check_choice,
-    check_count,
-    check_fraction,
     tabular_splits,
 )
 
@@ -108,7 +106,7 @@ def embed_texts(
     """
     import torch
 
-    check_count("batch_size", batch_size)
+    check_int("batch_size", batch_size, low=1)
     tokenizer, model = _minilm()
     texts = [str(t) for t in texts]
     order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths: less padding
@@ -176,10 +174,10 @@ class SurrogateConfig(ScenarioConfig):
         for case in self.cases:
             check_choice("cases", case, SURROGATE_CASES)
         for size in self.hidden:
-            check_count("hidden", size)
-        check_fraction("budget_utility", self.budget_utility)
-        check_fraction("budget_fairness", self.budget_fairness)
-        check_count("n_texts", self.n_texts, minimum=50)
+            check_int("hidden", size, low=1)
+        check_fraction("budget_utility", self.budget_utility, ends="()")
+        check_fraction("budget_fairness", self.budget_fairness, ends="()")
+        check_int("n_texts", self.n_texts, low=50)
 
 
 def _trimmed_runs(
