@@ -43,7 +43,7 @@ from leanfit.checkpoints.targets import plan_bits, select_targets
 from leanfit.finetune.evaluate import perplexity
 from leanfit.finetune.runs import DataSpec, build_model, prepare_data, tokenizer_of
 from leanfit.finetune.training import FinetuneConfig, finetune
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pipeline.allocation import (
     MatrixErrors,
     allocate_budget,
@@ -52,7 +52,6 @@ from leanfit.pipeline.allocation import (
     total_relative_error,
 )
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"

@@ -10,8 +10,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from leanfit.checkpoints import load, merge_into
 from leanfit.cli import main
+from leanfit.pipeline import LoftQConfig
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear
+from leanfit.quantization import QuantLinear
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -32,9 +32,9 @@ from leanfit.checkpoints.hf import LeanfitConfig, peft_arguments
 from leanfit.checkpoints.layout import FORMAT_VERSION
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.finetune.data import load_data
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear
+from leanfit.quantization import QuantLinear
 from tests.conformance.models import ARCHITECTURES, example_inputs, save_checkpoint
 from tests.shared import TINY_BERT
 

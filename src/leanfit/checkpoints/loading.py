@@ -40,6 +40,7 @@ from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import read_json
 from leanfit.quantization.nn import QuantLinear, forget_dequantized
 from leanfit.quantization.quantizers import QuantizedTensor
+from leanfit.quantization.spec import QuantSpec
 from leanfit.quiet import dependency_noise_dropped
 
 if TYPE_CHECKING:
@@ -98,16 +99,8 @@ def _swap_quantized_linears(
                 f"{None if weight is None else tuple(weight.shape)} there"
             )
         n_out, n_in = target.matrix_shape
-        quant = meta["targets"][module_name]["quantized"]
-        layer = QuantLinear(
-            n_in,
-            n_out,
-            getattr(original, "bias", None) is not None,
-            bits=quant["bits"],
-            method=quant["method"],
-            block_size=quant["block_size"],
-            double_quant=quant["double_quant"],
-        )
+        spec = QuantSpec.from_dict(meta["targets"][module_name]["quantized"])
+        layer = QuantLinear(n_in, n_out, getattr(original, "bias", None) is not None, spec=spec)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
 

@@ -172,9 +172,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from leanfit.exceptions import BadInputError, bad_value
+    from leanfit.pipeline.config import LoftQConfig
     from leanfit.pipeline.memory import parse_size
     from leanfit.pipeline.walker import quantize_checkpoint
-    from leanfit.quantization.config import LoftQConfig
 
     config = LoftQConfig(
         bits=args.bits,
