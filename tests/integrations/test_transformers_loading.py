@@ -106,7 +106,7 @@ def test_mixed_bits_give_one_group_per_setting(tmp_path):
     groups = read_json(out / "backbone" / "config.json")["quantization_config"]["groups"]
     assert sorted((g["bits"], len(g["modules"])) for g in groups) == [(2, 7), (4, 7)]
     model = from_pretrained(out)
-    bits = {n.rpartition("base_layer")[0]: m.bits for n, m in quant_layers(model).items()}
+    bits = {n.rpartition("base_layer")[0]: m.spec.bits for n, m in quant_layers(model).items()}
     assert {b for n, b in bits.items() if ".layers.0." in n} == {4}
     assert {b for n, b in bits.items() if ".layers.1." in n} == {2}
 
