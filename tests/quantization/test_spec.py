@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError
-from leanfit.quantization import LoraSpec, QuantSpec, quantize
-from leanfit.quantization import spec as spec_module
+from leanfit.quantization import LoraSpec, QuantSpec, loftq_decompose, quantize
 from leanfit.quantization.spec import METHODS
 
 
@@ -63,20 +62,21 @@ def test_with_bits_changes_only_the_width_and_checks_it_for_the_method():
 
 
 def test_the_setting_is_checked_once_where_it_is_built(monkeypatch):
-    """Quantizing with a built setting validates nothing again: the check runs only when a
-    QuantSpec is made (here: once, by QuantSpec(3))."""
-    calls = []
-    check = spec_module.check_quantization_args
+    """Quantizing and decomposing with a built setting build (and check) no other: the
+    check runs once, when the QuantSpec is made."""
+    built = []
+    check = QuantSpec.__post_init__
 
-    def counted(*args):
-        calls.append(args)
-        check(*args)
+    def counted(self):
+        built.append(self)
+        check(self)
 
-    monkeypatch.setattr(spec_module, "check_quantization_args", counted)
-    spec = QuantSpec(3)
-    for _ in range(3):
-        quantize(torch.randn(8, 16), spec)
-    assert calls == [(3, "nf", 64)]
+    monkeypatch.setattr(QuantSpec, "__post_init__", counted)
+    spec, lora = QuantSpec(3), LoraSpec(4, iters=2)
+    for _ in range(2):
+        quantize(torch.randn(8, 16), spec).dequantize()
+        loftq_decompose(torch.randn(16, 24), spec, lora)
+    assert built == [spec]
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.packing import pack, packed_length, unpack
-from leanfit.quantization.spec import QuantSpec, check_quantization_args, check_spec
+from leanfit.quantization.spec import QuantSpec, check_spec
 
 NF_OFFSET = 0.9677083
 DOUBLE_QUANT_GROUP = 256
@@ -79,16 +79,19 @@ def nf_table(bits: int, device: torch.device | str | None = None) -> Tensor:
     device : torch.device or str, optional
         Where to put the table (CPU by default).
     """
-    check_quantization_args(bits, "nf", 1)
-    return _nf_table_cpu(int(bits)).to(device=device, copy=True)
+    return levels(bits, "nf", device)
 
 
 def levels(bits: int, method: str, device: torch.device | str | None = None) -> Tensor:
     """The normalized levels a code indexes: the NF table, or 0 … 2**k − 1 for uniform."""
-    check_quantization_args(bits, method, 1)
-    if method == "nf":
-        return nf_table(bits, device)
-    return torch.arange(2**bits, dtype=torch.float32, device=device)
+    return _levels(QuantSpec(bits, method), device)
+
+
+def _levels(spec: QuantSpec, device: torch.device | str | None = None) -> Tensor:
+    """:func:`levels` of a setting already checked (a fresh tensor)."""
+    if spec.method == "nf":
+        return _nf_table_cpu(spec.bits).to(device=device, copy=True)
+    return torch.arange(2**spec.bits, dtype=torch.float32, device=device)
 
 
 _LUT_BINS = 4096
@@ -105,7 +108,7 @@ def _code_lut_cpu(spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor, float]:
     (+inf if none). A value x that the float32 bin formula sends to bin u lies inside the
     widened bin, so its code is ``below[u] + [x > window[u]]``.
     """
-    table = levels(spec.bits, spec.method)
+    table = _levels(spec)
     midpoints = ((table[:-1] + table[1:]) / 2).double()
     low, high = float(table[0]), float(table[-1])
     edges = torch.linspace(low, high, _LUT_BINS + 1, dtype=torch.float64)
@@ -187,7 +190,7 @@ def _byte_levels_cpu(spec: QuantSpec) -> Tensor:
     """
     per_byte = 8 // spec.bits
     codes = unpack(torch.arange(256, dtype=torch.uint8), spec.bits, 256 * per_byte)
-    rows = levels(spec.bits, spec.method)[codes.long()].view(256, per_byte)
+    rows = _levels(spec)[codes.long()].view(256, per_byte)
     return rows.view(_ROW_AS[per_byte]).view(256)
 
 
@@ -400,7 +403,7 @@ class QuantizedTensor:
                 flat = scratch.get(max(n_values, n_blocks * spec.block_size), torch.float32, device)
                 torch.index_select(lut, 0, index, out=flat[:n_values].view(lut.dtype))
         else:
-            table = levels(spec.bits, spec.method, device)
+            table = _levels(spec, device)
             if scratch is None:
                 flat = table[self.codes().to(device).long()]
             else:
@@ -627,7 +630,7 @@ def quantize_to_grid(
     codes = nearest_codes(
         normalized, spec, out=None if out is None else out.codes, workspace=workspace
     )
-    table = levels(spec.bits, spec.method, flat.device)
+    table = _levels(spec, flat.device)
     # the normalized values are spent: their buffer receives the restored ones
     values = torch.index_select(table, 0, codes, out=padded.view(-1)).view_as(blocks)
     values.mul_(scales[:, None])

@@ -27,17 +27,6 @@ INITS = ("loftq", "qlora")
 Spec = TypeVar("Spec", "QuantSpec", "LoraSpec")
 
 
-def check_quantization_args(bits: object, method: object, block_size: object) -> None:
-    """Raise :class:`BadInputError` unless (bits, method, block_size) is a supported quantizer."""
-    if method not in METHODS:
-        raise bad_value("method", method, f"one of {sorted(METHODS)}")
-    allowed = METHODS[str(method)]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
-        raise bad_value("bits", bits, f"one of {allowed} for method={method!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise bad_value("block_size", block_size, "an int >= 1")
-
-
 @dataclass(frozen=True)
 class QuantSpec:
     """How a tensor is quantized (:func:`leanfit.quantization.quantize`).
@@ -65,7 +54,15 @@ class QuantSpec:
     double_quant: bool = False
 
     def __post_init__(self) -> None:
-        check_quantization_args(self.bits, self.method, self.block_size)
+        if self.method not in METHODS:
+            raise bad_value("method", self.method, f"one of {sorted(METHODS)}")
+        allowed = METHODS[self.method]
+        bits = self.bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
+            raise bad_value("bits", bits, f"one of {allowed} for method={self.method!r}")
+        block = self.block_size
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise bad_value("block_size", block, "an int >= 1")
         if not isinstance(self.double_quant, bool):
             raise bad_value("double_quant", self.double_quant, "a bool")
 
