@@ -39,11 +39,11 @@ from _common import write_results
 from scipy.stats import spearmanr
 
 from leanfit.checkpoints.source import open_checkpoint
-from leanfit.checkpoints.targets import plan_bits, select_targets
+from leanfit.checkpoints.targets import select_targets
 from leanfit.finetune.evaluate import perplexity
 from leanfit.finetune.runs import DataSpec, build_model, prepare_data, tokenizer_of
 from leanfit.finetune.training import FinetuneConfig, finetune
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pipeline.allocation import (
     MatrixErrors,
     allocate_budget,
@@ -51,8 +51,8 @@ from leanfit.pipeline.allocation import (
     stored_bits_per_param,
     total_relative_error,
 )
+from leanfit.pipeline.plan import plan_bits
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -134,7 +134,7 @@ def compare(model: str, measured, targets, budgets: list[float]) -> list[dict]:
     """Rule vs allocator (exact, greedy, proxies) at the rule's stored size; uniform widths."""
     rows = []
     for nominal in budgets:
-        rule = plan_bits(targets, 2, avg_bits=nominal, high_bits=4)
+        rule = plan_bits(targets, LoftQConfig(bits=2, avg_bits=nominal, high_bits=4))
         size = stored_bits_per_param(measured, rule)
         label = {"nominal_bits": nominal, "budget": size}
         rows.append(plan_row(model, "first layers at 4 bits", measured, rule, **label))

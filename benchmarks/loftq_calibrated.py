@@ -45,9 +45,8 @@ from _common import write_results
 from loftq_finetune import run_directory, smollm2_setup
 
 from leanfit.finetune.runs import DataSpec
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"

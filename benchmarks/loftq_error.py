@@ -30,7 +30,7 @@ import torch
 from _common import LOADERS, write_results
 from tqdm import tqdm
 
-from leanfit.quantization import loftq_decompose
+from leanfit.quantization import LoraSpec, QuantSpec, loftq_decompose
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,7 +44,7 @@ def run_setting(
     label = f"{bits}-bit r={rank} T={iters} {svd}"
     start = time.perf_counter()
     for w in tqdm(weights, desc=label, leave=False, disable=quiet):
-        result = loftq_decompose(w, bits=bits, rank=rank, iters=iters, svd=svd)
+        result = loftq_decompose(w, QuantSpec(bits), LoraSpec(rank, iters=iters, svd=svd))
         norm2 = float(torch.linalg.norm(w)) ** 2
         squared["weight"] += norm2
         squared["qlora"] += result.qlora_error**2 * norm2

@@ -42,9 +42,8 @@ from leanfit.finetune.evaluate import perplexity
 from leanfit.finetune.runs import DataSpec, backbone_memory, build_model, prepare_data, tokenizer_of
 from leanfit.finetune.training import FinetuneConfig, finetune
 from leanfit.io import atomic_output
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig
 from leanfit.reports import markdown_table
 
 RESULTS = Path(__file__).parent / "results"

@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from leanfit.io import atomic_output
 from leanfit.pipeline.parallel import ordered_map
-from leanfit.quantization import loftq_decompose
+from leanfit.quantization import LoraSpec, QuantSpec, loftq_decompose
 from leanfit.quantization.quantizers import Workspace, quantize_to_grid
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,7 +84,7 @@ def one_repetition(weights, bits: int, rank: int, quiet: bool) -> dict[str, floa
         seconds["reference"] += time.perf_counter() - start
         seconds["reference_cpu"] += time.process_time() - cpu
         start, cpu = time.perf_counter(), time.process_time()
-        result = loftq_decompose(w, bits=bits, rank=rank, iters=ITERS, block_size=BLOCK)
+        result = loftq_decompose(w, QuantSpec(bits, block_size=BLOCK), LoraSpec(rank, iters=ITERS))
         seconds["leanfit"] += time.perf_counter() - start
         seconds["leanfit_cpu"] += time.process_time() - cpu
         norm2 = float(torch.linalg.norm(w)) ** 2
@@ -115,7 +115,9 @@ def whole_machine(weights, bits: int, rank: int, cpus: int) -> dict[str, float]:
         squared["weight"] += float(torch.linalg.norm(w)) ** 2
 
     def decompose(w: torch.Tensor) -> float:
-        return loftq_decompose(w, bits=bits, rank=rank, iters=ITERS, block_size=BLOCK).error
+        return loftq_decompose(
+            w, QuantSpec(bits, block_size=BLOCK), LoraSpec(rank, iters=ITERS)
+        ).error
 
     start = time.perf_counter()
     errors = list(ordered_map(decompose, weights, workers=cpus))

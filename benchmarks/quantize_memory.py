@@ -84,8 +84,8 @@ def _quantize(method: str, source: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from leanfit.cli import main as cli_main
+    from leanfit.pipeline import LoftQConfig
     from leanfit.pipeline.walker import quantize_module
-    from leanfit.quantization.config import LoftQConfig
 
     if method == "streaming":
         options = [f"--{key}={value}" for key, value in LOFTQ.items()]
@@ -108,11 +108,13 @@ def _working_set(target: list[int], largest: list[int], out: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from leanfit.pipeline import LoftQConfig
     from leanfit.quantization import loftq_decompose
 
+    config = LoftQConfig(**LOFTQ)
     generator = torch.Generator().manual_seed(0)
     matrix = torch.randn(target, generator=generator) * 0.02
-    loftq_decompose(matrix, **LOFTQ, seed=0)
+    loftq_decompose(matrix, config.quant, config.lora, seed=0)
     del matrix
     out.mkdir(parents=True, exist_ok=True)
     save_file({"tensor": torch.randn(largest, generator=generator)}, out / "largest.safetensors")

@@ -29,7 +29,7 @@ import torch
 from _common import write_results
 from torch import nn
 
-from leanfit.quantization import QuantLinear
+from leanfit.quantization import QuantLinear, QuantSpec
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [("SmolLM2 up/gate", 576, 1536), ("SmolLM2 down", 1536, 576), ("MiniLM FFN in", 384, 1536)]
@@ -48,7 +48,7 @@ def per_call(layer: nn.Module, x: torch.Tensor, calls: int) -> float:
 def measure(in_features: int, out_features: int, bits: int, batch: int, repeats: int, calls: int):
     torch.manual_seed(0)
     linear = nn.Linear(in_features, out_features)
-    quant = QuantLinear.from_linear(linear, bits=bits, method="nf", block_size=64)
+    quant = QuantLinear.from_linear(linear, QuantSpec(bits=bits, method="nf", block_size=64))
     x = torch.randn(batch, 1, in_features)
     per_call(linear, x, 2), per_call(quant, x, 2)  # warm-up
     linear_s, quant_s = [], []

@@ -103,8 +103,7 @@ def tiny_causal_loftq(tmp_path_factory) -> Path:
 def minilm_loftq(tmp_path_factory) -> Path:
     """all-MiniLM-L6-v2 through the whole pipeline: NF2, rank 16, T = 5, with the float16
     export; written once (about 10 s on one thread)."""
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     out = tmp_path_factory.mktemp("minilm") / "loftq"
     config = LoftQConfig(bits=2, rank=16, iters=5)

@@ -139,8 +139,7 @@ def write_tiny_causal_lm(folder: Path) -> Path:
 
 def quantize_tiny_causal_lm(folder: Path) -> Path:
     """``write_tiny_causal_lm`` in ``folder/model``, quantized (NF2, rank 4) to ``folder/loftq``."""
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     out = folder / "loftq"
     config = LoftQConfig(bits=2, rank=4, iters=2)

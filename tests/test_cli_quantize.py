@@ -10,8 +10,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from leanfit.checkpoints import load, merge_into
 from leanfit.cli import main
+from leanfit.pipeline import LoftQConfig
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear
+from leanfit.quantization import QuantLinear
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,8 +71,11 @@ def test_an_existing_output_is_refused_with_exit_code_2_and_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bits", "5"], "--bits must be one of (2, 3, 4) for --method nf; got 5"),
-        (["--rank", "400"], "got --rank 400 for 'encoder.layer.0.attention.output.dense.weight'"),
+        (["--bits", "5"], "--bits must be one of (2, 3, 4) with method 'nf'; got 5"),
+        (
+            ["--rank", "400"],
+            "--rank must be below min(n_out, n_in) of every target; got 400 for 'encoder.layer.0",
+        ),
         (["--target", "nothing"], "no weight matched the target patterns ['nothing']"),
         (["--threads", "0"], "--threads must be an int >= 1; got 0"),
     ],

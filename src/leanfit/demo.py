@@ -51,8 +51,7 @@ def loftq_minilm_step(out: Path) -> str:
     Writes ``loftq-minilm-{bits}bit-{init}/`` (backbone, adapter, report) and
     ``loftq_minilm.md``, a table of the total relative errors ‖W − Q − (α/r)·B·A‖/‖W‖.
     """
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
     from leanfit.reports import markdown_table
 
     rows = []

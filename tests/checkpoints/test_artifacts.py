@@ -13,9 +13,9 @@ from leanfit.checkpoints import load, load_into, merge_into
 from leanfit.checkpoints.layout import FORMAT_VERSION
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantizedTensor, QuantLinear, loftq_decompose
+from leanfit.quantization import LoraSpec, QuantizedTensor, QuantLinear, QuantSpec, loftq_decompose
 
 TARGETS = 37  # 6 blocks × 6 linear layers + the pooler
 
@@ -134,7 +134,7 @@ def test_stored_result_is_loftq_decompose_of_the_original_weight(minilm_loftq, m
     for index, module in list(enumerate(targets_of(minilm_loftq)))[::12]:
         name = module + ".weight"
         # The walker seeds target i (in checkpoint order) with seed + i.
-        result = loftq_decompose(original[name], bits=2, rank=16, iters=5, seed=index)
+        result = loftq_decompose(original[name], QuantSpec(2), LoraSpec(16, iters=5), seed=index)
         merged = minilm_fp32.get_parameter(name).detach()
         # Same codes and factors; Q + s·B·A is the same float32 expression: identical.
         assert torch.equal(merged, result.effective_weight()), module

@@ -37,13 +37,11 @@ from leanfit.checkpoints.targets import (
     ALL_LINEAR,
     DEFAULT_PATTERNS,
     GIVEN,
-    Target,
     default_target_patterns,
     layer_index,
     linear_layers,
     lora_shapes_for_peft,
     matrix_view,
-    plan_bits,
     restore_shape,
     select_targets,
     target_rule,
@@ -288,69 +286,3 @@ def test_peft_lora_shapes_of_gpt2_conv1d():
         lora_shapes_for_peft(targets[0], 0)
     with pytest.raises(BadInputError, match="same r"):
         to_peft_lora(torch.zeros(2, 32), torch.zeros(96, 3), targets[0])
-
-
-def blocks(count, per_block=2):
-    return [
-        Target(f"layers.{i}.m{j}.weight", f"layers.{i}.m{j}", (4, 4), i, False, "linear")
-        for i in range(count)
-        for j in range(per_block)
-    ]
-
-
-def test_uniform_and_mixed_bit_plans():
-    targets = blocks(30)
-    assert set(plan_bits(targets).values()) == {2}
-    assert set(plan_bits(targets, bits=4).values()) == {4}
-    # PAPERS.md: 30 layers at an average of 2.5 bits → the first ⌊30·0.5/2⌋ = 7 at 4 bits.
-    plan = plan_bits(targets, avg_bits=2.5)
-    high = sorted({t.layer_index for t in targets if plan[t.name] == 4})
-    assert high == list(range(7)) and list(plan) == [t.name for t in targets]
-    assert sum(plan.values()) / len(plan) == pytest.approx(2 + 2 * 7 / 30)
-    # 20·0.3/2 = 3 exactly, although 2.3 − 2 is 0.2999999999999998 in binary.
-    assert plan_bits(blocks(20), avg_bits=2.3) == plan_bits(blocks(20), first_high_layers=3)
-    assert set(plan_bits(targets, avg_bits=4).values()) == {4}
-    assert set(plan_bits(targets, avg_bits=2).values()) == {2}
-    three = plan_bits(targets, bits=3, high_bits=8, avg_bits=4)  # ⌊30·1/5⌋ = 6
-    assert sum(v == 8 for v in three.values()) == 6 * 2
-
-
-def test_mixed_plan_counts_block_indices_and_leaves_outside_targets_low():
-    pooler = Target("pooler.dense.weight", "pooler.dense", (4, 4), None, False, "linear")
-    encoder_decoder = blocks(4) + [
-        Target(
-            f"decoder.layers.{i}.fc1.weight", f"decoder.layers.{i}.fc1", (4, 4), i, False, "linear"
-        )
-        for i in range(4)
-    ]
-    plan = plan_bits([*encoder_decoder, pooler], first_high_layers=1)
-    assert plan["layers.0.m0.weight"] == plan["decoder.layers.0.fc1.weight"] == 4
-    assert plan["decoder.layers.1.fc1.weight"] == 2 and plan["pooler.dense.weight"] == 2
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"bits": 5}, "bits must be one of"),
-        ({"bits": True}, "bits must be one of"),
-        ({"high_bits": 1}, "high_bits must be one of"),
-        ({"avg_bits": 2.5, "first_high_layers": 3}, "not both"),
-        ({"avg_bits": 4.5}, r"avg_bits must be a number in \[2, 4\]"),
-        ({"avg_bits": "3"}, "avg_bits must be a number"),
-        ({"first_high_layers": 31}, r"first_high_layers must be an integer in \[0, 30\]"),
-        ({"first_high_layers": 2.0}, "first_high_layers must be an integer"),
-        ({"bits": 4, "high_bits": 4, "avg_bits": 4}, "high_bits must be greater than bits=4"),
-    ],
-)
-def test_bit_plan_errors(kwargs, message):
-    with pytest.raises(BadInputError, match=message):
-        plan_bits(blocks(30), **kwargs)
-
-
-def test_bit_plan_needs_targets_and_blocks():
-    with pytest.raises(BadInputError, match="targets must be a non-empty list"):
-        plan_bits([])
-    pooler = Target("pooler.dense.weight", "pooler.dense", (4, 4), None, False, "linear")
-    assert plan_bits([pooler]) == {"pooler.dense.weight": 2}
-    with pytest.raises(BadInputError, match="numbered blocks"):
-        plan_bits([pooler], avg_bits=3)

@@ -20,9 +20,9 @@ from leanfit.exceptions import BadInputError
 from leanfit.finetune import losses
 from leanfit.finetune.losses import causal_lm_loss, split_causal_lm, unsplit
 from leanfit.finetune.training import FinetuneConfig, finetune
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear
+from leanfit.quantization import QuantLinear, QuantSpec
 from leanfit.quantization.quantizers import QuantizedTensor, Scratch, quantize
 from tests.shared import TINY, tiny_lora_run
 
@@ -50,7 +50,7 @@ def lora_gradients(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_packed_layer_gradient_is_that_of_the_dense_weight(bits):
     torch.manual_seed(0)
-    layer = QuantLinear.from_linear(torch.nn.Linear(96, 40), bits=bits)
+    layer = QuantLinear.from_linear(torch.nn.Linear(96, 40), QuantSpec(bits=bits))
     x = torch.randn(3, 7, 96, requires_grad=True)
     grad_y = torch.randn(3, 7, 40)
     layer(x).backward(grad_y)
@@ -72,8 +72,8 @@ def test_freed_memory_is_released_once_at_the_end_of_each_backward_pass(monkeypa
     released = []
     monkeypatch.setattr(quantized_nn, "release_freed_memory", lambda: released.append(1))
     torch.manual_seed(0)
-    first = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=2)
-    second = QuantLinear.from_linear(torch.nn.Linear(32, 16), bits=2)
+    first = QuantLinear.from_linear(torch.nn.Linear(64, 32), QuantSpec(bits=2))
+    second = QuantLinear.from_linear(torch.nn.Linear(32, 16), QuantSpec(bits=2))
     x = torch.randn(4, 64, requires_grad=True)
     for _ in range(3):  # two packed layers in each pass, one release per pass
         second(first(x)).sum().backward()
@@ -102,7 +102,7 @@ def test_backward_keeps_no_tensor_of_a_target_weights_shape(tiny_causal_loftq):
 
 def test_autocast_dequantizes_straight_to_bfloat16(monkeypatch):
     torch.manual_seed(0)
-    layer = QuantLinear.from_linear(torch.nn.Linear(64, 32), bits=2)
+    layer = QuantLinear.from_linear(torch.nn.Linear(64, 32), QuantSpec(bits=2))
     asked = []
     real = QuantizedTensor.dequantize
     monkeypatch.setattr(
@@ -126,7 +126,8 @@ def test_dequantizing_into_a_scratch_gives_the_same_values(bits, method):
     scratch = Scratch()
     for shape, block in (((40, 96), 64), ((7, 9), 16), ((3, 50), 64)):  # partial last blocks too
         q = quantize(
-            torch.randn(shape, generator=torch.Generator().manual_seed(bits)), bits, method, block
+            torch.randn(shape, generator=torch.Generator().manual_seed(bits)),
+            QuantSpec(bits, method, block),
         )
         for dtype in (torch.float32, torch.bfloat16):
             expected = q.dequantize(dtype)
@@ -138,7 +139,7 @@ def test_dequantizing_into_a_scratch_gives_the_same_values(bits, method):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_packed_lora_layer_runs_forward_and_backward_on_cuda():
     torch.manual_seed(0)
-    layer = QuantLinear.from_linear(torch.nn.Linear(128, 64), bits=2)
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 64), QuantSpec(bits=2))
     model = get_peft_model(torch.nn.Sequential(layer), LoraConfig(r=4, target_modules=["0"]))
     x = torch.randn(4, 128)
     model(x).square().sum().backward()

@@ -32,9 +32,9 @@ from leanfit.checkpoints.hf import LeanfitConfig, peft_arguments
 from leanfit.checkpoints.layout import FORMAT_VERSION
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.finetune.data import load_data
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear
+from leanfit.quantization import QuantLinear
 from tests.conformance.models import ARCHITECTURES, example_inputs, save_checkpoint
 from tests.shared import TINY_BERT
 
@@ -106,7 +106,7 @@ def test_mixed_bits_give_one_group_per_setting(tmp_path):
     groups = read_json(out / "backbone" / "config.json")["quantization_config"]["groups"]
     assert sorted((g["bits"], len(g["modules"])) for g in groups) == [(2, 7), (4, 7)]
     model = from_pretrained(out)
-    bits = {n.rpartition("base_layer")[0]: m.bits for n, m in quant_layers(model).items()}
+    bits = {n.rpartition("base_layer")[0]: m.spec.bits for n, m in quant_layers(model).items()}
     assert {b for n, b in bits.items() if ".layers.0." in n} == {4}
     assert {b for n, b in bits.items() if ".layers.1." in n} == {2}
 

@@ -10,7 +10,7 @@ import torch
 
 from leanfit.cli import main
 from leanfit.exceptions import BadInputError
-from leanfit.pipeline import quantize_module
+from leanfit.pipeline import LoftQConfig, quantize_module
 from leanfit.pipeline.allocation import (
     allocate_bits,
     allocate_budget,
@@ -19,7 +19,7 @@ from leanfit.pipeline.allocation import (
     stored_bits_per_param,
     total_relative_error,
 )
-from leanfit.quantization import LoftQConfig, loftq_decompose, quantize
+from leanfit.quantization import LoraSpec, QuantSpec, loftq_decompose, quantize
 from leanfit.quantization.quantizers import stored_nbytes
 
 
@@ -49,8 +49,9 @@ def brute_force(errors, sizes, budget):
     [((96, 64), 2, "nf", False), ((33, 7), 3, "uniform", True), ((300, 600), 4, "nf", True)],
 )
 def test_stored_nbytes_is_what_quantize_stores(shape, bits, method, double_quant):
-    q = quantize(torch.randn(shape), bits, method, 64, double_quant)
-    assert stored_nbytes(q.numel, bits, method, 64, double_quant) == q.nbytes
+    spec = QuantSpec(bits, method, 64, double_quant)
+    q = quantize(torch.randn(shape), spec)
+    assert stored_nbytes(q.numel, spec) == q.nbytes
 
 
 def test_exact_solver_is_optimal_and_greedy_is_close_on_small_random_instances():
@@ -91,7 +92,7 @@ def test_more_budget_never_increases_the_error():
 
 def test_the_budget_is_the_stored_bits_per_parameter_and_is_respected():
     matrices = [(f"w{i}", torch.randn(48 + 16 * i, 64) * (i + 1)) for i in range(5)]
-    measured = measure_errors(matrices, rank=4, iters=2, progress=False)
+    measured = measure_errors(matrices, LoftQConfig(rank=4, iters=2), progress=False)
     low, high = budget_limits(measured)
     assert (low, high) == (2.5, 4.5)  # NF, block 64, float32 scales: b + 32/64 bits
     for budget in (2.5, 2.8, 3.3, 4.49, 4.5):
@@ -103,18 +104,20 @@ def test_the_budget_is_the_stored_bits_per_parameter_and_is_respected():
 
 @pytest.mark.parametrize("budget", [2.49, 4.51, 0.0, True, math.inf, math.nan])
 def test_a_budget_outside_the_all_narrow_to_all_wide_range_is_refused(budget):
-    measured = measure_errors([("w", torch.randn(64, 64))], rank=2, iters=1, progress=False)
+    measured = measure_errors(
+        [("w", torch.randn(64, 64))], LoftQConfig(rank=2, iters=1), progress=False
+    )
     with pytest.raises(BadInputError, match=r"bits_budget must be a number in \[2.5000, 4.5000\]"):
         allocate_budget(measured, budget)
 
 
 def test_measured_errors_are_those_of_loftq_with_the_walker_seeds():
     matrices = [("a", torch.randn(64, 96)), ("b", torch.randn(128, 64))]
-    measured = measure_errors(matrices, rank=4, iters=3, seed=5, progress=False)
+    measured = measure_errors(matrices, LoftQConfig(rank=4, iters=3, seed=5), progress=False)
     for index, ((_, w), m) in enumerate(zip(matrices, measured, strict=True)):
         for bits in (2, 4):
-            one = loftq_decompose(w, bits=bits, rank=4, iters=1, seed=5 + index)
-            three = loftq_decompose(w, bits=bits, rank=4, iters=3, seed=5 + index)
+            one = loftq_decompose(w, QuantSpec(bits), LoraSpec(4, iters=1), seed=5 + index)
+            three = loftq_decompose(w, QuantSpec(bits), LoraSpec(4, iters=3), seed=5 + index)
             assert m.relative_error(bits, 1) == one.error
             assert m.relative_error(bits) == three.error
             assert m.relative_error(bits, 0) == three.qlora_error
@@ -124,8 +127,11 @@ def test_measured_errors_are_those_of_loftq_with_the_walker_seeds():
 def test_workers_measure_the_same_errors_and_give_the_same_plan(tiny_llama, tmp_path):
     # the package's autouse fixture runs on one torch thread, as every worker does
     matrices = [(f"w{i}", torch.randn(48 + 16 * i, 64)) for i in range(5)]
-    one = measure_errors(matrices, rank=4, iters=2, seed=1, progress=False)
-    assert measure_errors(matrices, rank=4, iters=2, seed=1, progress=False, workers=2) == one
+    one = measure_errors(matrices, LoftQConfig(rank=4, iters=2, seed=1), progress=False)
+    assert (
+        measure_errors(matrices, LoftQConfig(rank=4, iters=2, seed=1), progress=False, workers=2)
+        == one
+    )
     config = LoftQConfig(rank=2, iters=2, bits_budget=3.2, seed=3)
     reports = [
         quantize_module(tiny_llama(0), tmp_path / f"w{w}", config, progress=False, workers=w)
@@ -140,7 +146,7 @@ def test_workers_measure_the_same_errors_and_give_the_same_plan(tiny_llama, tmp_
 def test_a_weight_moves_bits_to_the_weighted_matrix():
     torch.manual_seed(0)
     matrices = [(f"w{i}", torch.randn(64, 64)) for i in range(4)]
-    measured = measure_errors(matrices, rank=2, iters=1, progress=False)
+    measured = measure_errors(matrices, LoftQConfig(rank=2, iters=1), progress=False)
     budget = 2.5 + 2 / 4  # room for one matrix at 4 bits
     assert allocate_budget(measured, budget, weights={"w3": 100.0}).bits["w3"] == 4
     assert allocate_budget(measured, budget, weights={"w1": 100.0}).bits["w1"] == 4
@@ -202,8 +208,7 @@ def test_cli_bits_budget_records_the_plan(tiny_llama, tmp_path, capsys):
 def test_total_relative_error_weighs_matrices_by_their_norms():
     measured = measure_errors(
         [("a", torch.randn(64, 64)), ("b", 10 * torch.randn(64, 64))],
-        rank=2,
-        iters=1,
+        LoftQConfig(rank=2, iters=1),
         progress=False,
     )
     plan = {"a": 2, "b": 4}

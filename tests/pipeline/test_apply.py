@@ -20,9 +20,9 @@ from transformers import (
 from leanfit.checkpoints import load, load_into, merge_into
 from leanfit.checkpoints.source import SafetensorsCheckpoint
 from leanfit.exceptions import BadInputError, CorruptArtifactError
-from leanfit.pipeline import quantize_checkpoint, quantize_module
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint, quantize_module
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, QuantLinear
+from leanfit.quantization import LoraSpec, QuantLinear, QuantSpec
 from tests.shared import WIDER, tiny_decoder
 
 FAST = LoftQConfig(bits=4, rank=4, iters=2)
@@ -41,7 +41,7 @@ def read_json(path):
         ({"bits": 5}, r"bits must be one of \(2, 3, 4\) with method 'nf'; got 5"),
         ({"method": "int"}, r"method must be one of \['nf', 'uniform'\]; got 'int'"),
         ({"rank": 0}, "rank must be an int >= 1; got 0"),
-        ({"iters": 0}, r"iters must be an int >= 1 \(init='qlora' means no iteration\); got 0"),
+        ({"iters": 0}, r"iters must be an int >= 1 \(the qlora init has none\); got 0"),
         ({"init": "pissa"}, r"init must be one of \('loftq', 'qlora'\); got 'pissa'"),
         ({"svd": "full"}, r"svd must be one of \('randomized', 'exact'\); got 'full'"),
         ({"lora_alpha": -1.0}, "lora_alpha must be a finite number > 0, or None; got -1.0"),
@@ -64,13 +64,18 @@ def test_config_json_round_trip(tmp_path):
     config = LoftQConfig(
         bits=3, rank=8, lora_alpha=32.0, double_quant=True, avg_bits=3.5, targets=["q", "v"]
     )
-    assert config.targets == ("q", "v") and config.alpha == 32.0
+    assert config.targets == ("q", "v")
+    # the run composes the two settings of the maths, built (and checked) once
+    assert config.quant == QuantSpec(3, "nf", 64, True)
+    assert config.lora == LoraSpec(8, 32.0) and config.lora.alpha == 32.0
     path = config.save(tmp_path / "config.json")
-    assert read_json(path)["targets"] == ["q", "v"]
+    stored = read_json(path)
+    assert stored["targets"] == ["q", "v"] and not {"quant", "lora"} & set(stored)
     assert LoftQConfig.load(path) == config
     qlora = LoftQConfig(init="qlora", iters=7)
-    assert qlora.iters == 0 and LoftQConfig.from_dict(qlora.to_dict()) == qlora
-    assert LoftQConfig().alpha == 16.0  # alpha defaults to r: scaling 1
+    assert qlora.iters == qlora.lora.iters == 0
+    assert LoftQConfig.from_dict(qlora.to_dict()) == qlora
+    assert LoftQConfig().lora.alpha == 16.0  # alpha defaults to r: scaling 1
     with pytest.raises(BadInputError, match=r"no fields \['ranks'\]"):
         LoftQConfig.from_dict({"bits": 2, "ranks": 3})
     path.write_text('{"bits": 9}')
@@ -217,7 +222,7 @@ def test_mixed_precision_plan_reaches_the_artifact(tmp_path):
     assert sorted({m.bits_per_param for m in report.matrices}) == [2.5, 4.5]
     assert report.bits_per_param == pytest.approx(3.5)
     layer = load(tmp_path / "out").base_model.model.model.layers[0].mlp.up_proj.base_layer
-    assert layer.bits == 4
+    assert layer.spec == QuantSpec(4)
 
 
 # --- in-memory modules and convolutions --------------------------------------------------

@@ -13,10 +13,10 @@ from leanfit.cli import main
 from leanfit.datasets import load_text
 from leanfit.exceptions import BadInputError
 from leanfit.finetune.data import load_data
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pipeline.calibration import BlockCalibrator, calibration_texts, calibration_tokens
 from leanfit.pretrained import model_path
-from leanfit.quantization import LoftQConfig, loftq_decompose
+from leanfit.quantization import LoraSpec, QuantSpec, loftq_decompose
 from leanfit.quantization.whitening import output_error, whiten
 
 
@@ -205,8 +205,8 @@ def test_calibration_lowers_the_output_error_of_every_real_smollm2_layer(smollm2
     for target in targets:
         gram = calibrator.gram(target)
         w = smollm2.read(target.name)
-        plain = loftq_decompose(w, bits=2, rank=16, iters=1)
-        calibrated = loftq_decompose(w, bits=2, rank=16, iters=1, gram=gram)
+        plain = loftq_decompose(w, QuantSpec(2), LoraSpec(16, iters=1))
+        calibrated = loftq_decompose(w, QuantSpec(2), LoraSpec(16, iters=1), gram=gram)
         whitening = whiten(gram)
         plain_error = output_error(w - plain.effective_weight(), whitening)
         calibrated_error = output_error(w - calibrated.effective_weight(), whitening)

@@ -8,14 +8,13 @@ distributed = pytest.importorskip("distributed")
 from leanfit.checkpoints.source import open_checkpoint  # noqa: E402
 from leanfit.cli import main  # noqa: E402
 from leanfit.exceptions import BadInputError  # noqa: E402
-from leanfit.pipeline import quantize_checkpoint  # noqa: E402
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint  # noqa: E402
 from leanfit.pipeline.computers import TargetJob  # noqa: E402
 from leanfit.pipeline.distributed import (  # noqa: E402
     dask_computer,
     quantize_checkpoint_distributed,
 )
 from leanfit.pipeline.walker import walk  # noqa: E402
-from leanfit.quantization import LoftQConfig  # noqa: E402
 from tests.pipeline.outputs import assert_same_output, files  # noqa: E402
 from tests.shared import SYNTHETIC  # noqa: E402
 

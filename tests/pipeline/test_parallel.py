@@ -12,10 +12,9 @@ import torch
 
 from leanfit.cli import main
 from leanfit.exceptions import BadInputError
-from leanfit.pipeline import quantize_checkpoint
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from leanfit.pipeline.parallel import ordered_map
 from leanfit.pipeline.walker import estimate_checkpoint_memory
-from leanfit.quantization import LoftQConfig
 from tests.pipeline.outputs import assert_same_output, files
 from tests.shared import SYNTHETIC
 

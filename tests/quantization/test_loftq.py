@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from leanfit.exceptions import BadInputError
-from leanfit.quantization import fit_low_rank, loftq, loftq_decompose, quantize
+from leanfit.quantization import LoraSpec, QuantSpec, fit_low_rank, loftq, loftq_decompose, quantize
 from leanfit.quantization.quantizers import quantize_to_grid
 
 
@@ -22,7 +22,7 @@ def rel(a, b):
 
 def test_full_rank_step_reconstructs_exactly():
     w = weight()
-    q = quantize(w, 2).dequantize()
+    q = quantize(w, QuantSpec(2)).dequantize()
     fit = fit_low_rank(w - q, min(w.shape), svd="exact")
     scaling = 2.0
     lora_b, lora_a = fit.left / math.sqrt(scaling), fit.right / math.sqrt(scaling)
@@ -32,19 +32,21 @@ def test_full_rank_step_reconstructs_exactly():
 
 def test_one_step_error_is_the_eckart_young_tail():
     w = weight()
-    result = loftq_decompose(w, bits=2, rank=8, iters=1, svd="exact")
-    residual = w - quantize(w, 2).dequantize()
+    result = loftq_decompose(w, QuantSpec(2), LoraSpec(8, iters=1, svd="exact"))
+    residual = w - quantize(w, QuantSpec(2)).dequantize()
     s = torch.linalg.svdvals(residual)
     tail = float(torch.sqrt((s[8:] ** 2).sum()))
     assert result.errors[0] * float(torch.linalg.norm(w)) == pytest.approx(tail, rel=1e-5)
-    assert result.qlora_error == pytest.approx(rel(quantize(w, 2).dequantize(), w), rel=1e-6)
+    assert result.qlora_error == pytest.approx(
+        rel(quantize(w, QuantSpec(2)).dequantize(), w), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("alpha", [1, 16, 64.0])
 def test_any_alpha_gives_the_same_effective_weight(alpha):
     w = weight()
-    reference = loftq_decompose(w, rank=8, iters=3)
-    result = loftq_decompose(w, rank=8, iters=3, lora_alpha=alpha)
+    reference = loftq_decompose(w, QuantSpec(), LoraSpec(8, iters=3))
+    result = loftq_decompose(w, QuantSpec(), LoraSpec(8, iters=3, lora_alpha=alpha))
     assert result.scaling == alpha / 8
     assert result.lora_A.shape == (8, 80) and result.lora_B.shape == (48, 8)  # PEFT shapes
     assert torch.equal(result.quantized.packed, reference.quantized.packed)
@@ -55,7 +57,7 @@ def test_any_alpha_gives_the_same_effective_weight(alpha):
 
 def test_reported_error_is_the_error_of_the_kept_result():
     w = weight()
-    result = loftq_decompose(w, bits=2, rank=4, iters=5)
+    result = loftq_decompose(w, QuantSpec(2), LoraSpec(4, iters=5))
     assert rel(result.effective_weight(), w) == pytest.approx(result.error, rel=1e-4)
     assert result.error == min(result.errors) <= result.errors[0] < result.qlora_error
 
@@ -69,7 +71,7 @@ def test_best_iterate_is_kept_and_the_loop_stops_when_the_error_rises(monkeypatc
         return quantize_to_grid(target + noise, *args, **kwargs)
 
     monkeypatch.setattr(loftq, "quantize_to_grid", spoiled_third_step)
-    result = loftq_decompose(weight(), bits=4, rank=4, iters=6)
+    result = loftq_decompose(weight(), QuantSpec(4), LoraSpec(4, iters=6))
     assert len(result.errors) == 3 and len(calls) == 3  # stopped right after the rise
     assert result.errors[2] > result.errors[1]
     assert result.best_iter == 2 and result.error == result.errors[1]
@@ -77,7 +79,7 @@ def test_best_iterate_is_kept_and_the_loop_stops_when_the_error_rises(monkeypatc
 
 def test_errors_never_rise_before_the_last_step_on_real_weights(minilm_weights):
     for w in minilm_weights[:6]:  # one transformer layer
-        result = loftq_decompose(w, bits=2, rank=16, iters=5)
+        result = loftq_decompose(w, QuantSpec(2), LoraSpec(16, iters=5))
         errors = result.errors
         assert all(b <= a for a, b in itertools.pairwise(errors[:-1]))
         assert result.error == min(errors) <= errors[0]
@@ -85,38 +87,42 @@ def test_errors_never_rise_before_the_last_step_on_real_weights(minilm_weights):
 
 def test_zero_iterations_is_the_qlora_start():
     w = weight()
-    result = loftq_decompose(w, rank=8, iters=0, seed=3)
+    result = loftq_decompose(w, QuantSpec(), LoraSpec(8, init="qlora"), seed=3)
     assert result.errors == [] and result.best_iter == 0
     assert torch.equal(result.lora_B, torch.zeros(48, 8))
-    assert torch.equal(result.quantized.packed, quantize(w, 2).packed)
+    assert torch.equal(result.quantized.packed, quantize(w, QuantSpec(2)).packed)
     assert result.error == result.qlora_error == pytest.approx(rel(result.effective_weight(), w))
     # PEFT's default lora_A: U(−1/√in, 1/√in); with 640 draws the extremes come near the bound.
     bound = 1 / math.sqrt(80)
     assert 0.95 * bound < float(result.lora_A.abs().max()) <= bound
-    again = loftq_decompose(w, rank=8, iters=0, seed=3)
-    other = loftq_decompose(w, rank=8, iters=0, seed=4)
+    again = loftq_decompose(w, QuantSpec(), LoraSpec(8, init="qlora"), seed=3)
+    other = loftq_decompose(w, QuantSpec(), LoraSpec(8, init="qlora"), seed=4)
     assert torch.equal(again.lora_A, result.lora_A) and not torch.equal(other.lora_A, result.lora_A)
 
 
 def test_same_seed_same_result():
     w = weight()
-    first, second = (loftq_decompose(w, rank=4, iters=3, seed=5) for _ in range(2))
+    first, second = (
+        loftq_decompose(w, QuantSpec(), LoraSpec(4, iters=3), seed=5) for _ in range(2)
+    )
     assert torch.equal(first.lora_A, second.lora_A) and first.errors == second.errors
 
 
 @pytest.mark.parametrize(("method", "double_quant"), [("uniform", False), ("nf", True)])
 def test_other_quantizers_and_dtypes_pass_through(method, double_quant):
     w = weight().to(torch.bfloat16)
-    result = loftq_decompose(w, bits=2, rank=4, iters=2, method=method, double_quant=double_quant)
-    assert result.quantized.method == method and result.quantized.double_quant == double_quant
+    result = loftq_decompose(
+        w, QuantSpec(2, method=method, double_quant=double_quant), LoraSpec(4, iters=2)
+    )
+    assert result.quantized.spec == QuantSpec(2, method, 64, double_quant)
     assert result.lora_A.dtype == torch.float32
     assert result.error < result.qlora_error
 
 
-def totals(weights, **kwargs):
+def totals(weights, spec, lora):
     """Total relative errors sqrt(Σ‖W − Ŵ‖²) / sqrt(Σ‖W‖²) of QLoRA and LoftQ."""
     norms = [float(torch.linalg.norm(w)) ** 2 for w in weights]
-    results = [loftq_decompose(w, **kwargs) for w in weights]
+    results = [loftq_decompose(w, spec, lora) for w in weights]
     total = sum(norms)
     qlora = math.sqrt(
         sum(r.qlora_error**2 * n for r, n in zip(results, norms, strict=True)) / total
@@ -135,7 +141,7 @@ def totals(weights, **kwargs):
 def test_minilm_totals_match_the_reference_and_beat_qlora(
     minilm_weights, bits, qlora_ref, loftq_ref, tol
 ):
-    qlora, kept, results = totals(minilm_weights, bits=bits, rank=16, iters=5)
+    qlora, kept, results = totals(minilm_weights, QuantSpec(bits), LoraSpec(16, iters=5))
     assert qlora == pytest.approx(qlora_ref, abs=tol)
     assert kept == pytest.approx(loftq_ref, abs=tol)
     # The method's promise with a margin: every matrix improves on QLoRA, and the total
@@ -146,29 +152,33 @@ def test_minilm_totals_match_the_reference_and_beat_qlora(
 
 def test_randomized_svd_gives_the_exact_loftq_error(minilm_weights):
     weights = minilm_weights[:6]
-    _, exact, _ = totals(weights, bits=2, rank=16, iters=5, svd="exact")
-    _, fast, _ = totals(weights, bits=2, rank=16, iters=5, svd="randomized")
+    _, exact, _ = totals(weights, QuantSpec(2), LoraSpec(16, iters=5, svd="exact"))
+    _, fast, _ = totals(weights, QuantSpec(2), LoraSpec(16, iters=5, svd="randomized"))
     assert fast == pytest.approx(exact, rel=0.005)  # the 0.5 % promise of the randomized SVD
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("call", "match"),
     [
-        ({"rank": 0}, "rank must be an int in \\[1, 47\\]; got 0"),
-        ({"rank": 48}, "rank must be an int in \\[1, 47\\]; got 48"),
-        ({"rank": 2.0}, "rank must be an int in \\[1, 47\\]; got 2.0"),
-        ({"iters": -1}, "iters must be an int >= 0; got -1"),
-        ({"svd": "full"}, "svd must be one of \\('randomized', 'exact'\\); got 'full'"),
-        ({"lora_alpha": 0}, "lora_alpha must be a finite number > 0, or None; got 0"),
-        ({"lora_alpha": math.nan}, "lora_alpha must be a finite number > 0"),
-        ({"bits": 8}, "bits must be one of \\(2, 3, 4\\) with method 'nf'; got 8"),
-        ({"block_size": 0}, "block_size must be an int >= 1; got 0"),
-        ({"seed": -1}, "seed must be an int >= 0"),
+        # the settings themselves are refused when built (tests/quantization/test_spec.py)
+        (
+            lambda: loftq_decompose(weight(), QuantSpec(), LoraSpec(48)),
+            "rank must be an int in \\[1, 47\\]; got 48",
+        ),
+        (
+            lambda: loftq_decompose(weight(), QuantSpec(), LoraSpec(4), seed=-1),
+            "seed must be an int >= 0",
+        ),
+        (lambda: loftq_decompose(weight(), 2, LoraSpec(4)), "spec must be a QuantSpec; got 'int'"),
+        (
+            lambda: loftq_decompose(weight(), QuantSpec(), {"rank": 4}),
+            "lora must be a LoraSpec; got 'dict'",
+        ),
     ],
 )
-def test_bad_arguments_are_named(kwargs, match):
+def test_bad_arguments_are_named(call, match):
     with pytest.raises(BadInputError, match=match):
-        loftq_decompose(weight(), **{"rank": 4, **kwargs})
+        call()
 
 
 @pytest.mark.parametrize(
@@ -182,4 +192,4 @@ def test_bad_arguments_are_named(kwargs, match):
 )
 def test_bad_weights_are_named(w, match):
     with pytest.raises(BadInputError, match=match):
-        loftq_decompose(w, rank=1)
+        loftq_decompose(w, QuantSpec(), LoraSpec(1))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leanfit.exceptions import BadInputError
-from leanfit.quantization import quantize, truncated_svd
+from leanfit.quantization import QuantSpec, quantize, truncated_svd
 
 
 def residual_norm(matrix, u, s, vh):
@@ -72,7 +72,7 @@ def test_randomized_matches_exact_on_real_quantization_residuals(minilm_weights,
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for w in minilm_weights:
-        residual = w - quantize(w, bits).dequantize()
+        residual = w - quantize(w, QuantSpec(bits)).dequantize()
         exact = residual_norm(residual, *truncated_svd(residual, rank, "exact"))
         fast = residual_norm(residual, *truncated_svd(residual, rank, generator=generator))
         assert fast >= exact * (1 - 1e-5)  # Eckart–Young: nothing beats the exact SVD

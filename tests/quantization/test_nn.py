@@ -7,7 +7,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from leanfit.exceptions import BadInputError, LeanfitError
-from leanfit.quantization import QuantizedTensor, QuantLinear, loftq_decompose, quantize
+from leanfit.quantization import (
+    LoraSpec,
+    QuantizedTensor,
+    QuantLinear,
+    QuantSpec,
+    loftq_decompose,
+    quantize,
+)
 
 peft = pytest.importorskip("peft")
 
@@ -23,15 +30,15 @@ def inputs(*shape, seed=1):
 
 def test_forward_is_linear_with_the_dequantized_weight():
     dense = linear()
-    layer = QuantLinear.from_linear(dense, bits=4)
+    layer = QuantLinear.from_linear(dense, QuantSpec(bits=4))
     x = inputs(3, 5, 40)
-    expected = F.linear(x, quantize(dense.weight, 4).dequantize(), dense.bias)
+    expected = F.linear(x, quantize(dense.weight, QuantSpec(4)).dequantize(), dense.bias)
     assert torch.equal(layer(x), expected)
     assert (layer.in_features, layer.out_features) == (40, 24)
 
 
 def test_no_float_weight_is_stored():
-    layer = QuantLinear.from_linear(linear(), bits=2, method="uniform", block_size=32)
+    layer = QuantLinear.from_linear(linear(), QuantSpec(bits=2, method="uniform", block_size=32))
     assert [name for name, _ in layer.named_parameters()] == ["bias"]
     assert set(layer.state_dict()) == {"packed", "scales", "offsets", "bias"}
     assert layer.packed.dtype == torch.uint8 and layer.packed.numel() == 40 * 24 * 2 // 8
@@ -40,9 +47,9 @@ def test_no_float_weight_is_stored():
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 def test_state_dict_round_trip_through_safetensors(tmp_path, double_quant, bias):
-    layer = QuantLinear.from_linear(linear(bias=bias), bits=3, double_quant=double_quant)
+    layer = QuantLinear.from_linear(linear(bias=bias), QuantSpec(bits=3, double_quant=double_quant))
     save_file(layer.state_dict(), tmp_path / "layer.safetensors")
-    skeleton = QuantLinear(40, 24, bias, bits=3, double_quant=double_quant)
+    skeleton = QuantLinear(40, 24, bias, spec=QuantSpec(3, double_quant=double_quant))
     skeleton.load_state_dict(load_file(tmp_path / "layer.safetensors"))
     x = inputs(4, 40)
     assert torch.equal(skeleton(x), layer(x))
@@ -53,7 +60,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path, double_quant, bias)
 
 
 def test_from_quantized_keeps_the_quantized_tensor():
-    q = quantize(inputs(24, 40), 4, "uniform", 16, double_quant=True)
+    q = quantize(inputs(24, 40), QuantSpec(4, "uniform", 16, double_quant=True))
     layer = QuantLinear.from_quantized(q, bias=torch.ones(24))
     assert layer.quantized.meta() == q.meta()
     assert torch.equal(layer.quantized.dequantize(), q.dequantize())
@@ -61,7 +68,7 @@ def test_from_quantized_keeps_the_quantized_tensor():
 
 
 def test_low_precision_inputs_and_casting_keep_float32_scales():
-    layer = QuantLinear.from_linear(linear(), bits=4)
+    layer = QuantLinear.from_linear(linear(), QuantSpec(bits=4))
     scales = layer.scales.clone()
     layer = layer.to(torch.bfloat16)
     assert layer.scales.dtype == torch.float32 and torch.equal(layer.scales, scales)
@@ -73,7 +80,7 @@ def test_low_precision_inputs_and_casting_keep_float32_scales():
 
 
 def test_weight_is_read_only():
-    layer = QuantLinear.from_linear(linear(), bits=4)
+    layer = QuantLinear.from_linear(linear(), QuantSpec(bits=4))
     weight = layer.weight
     assert weight.shape == (24, 40) and weight.dtype == torch.float32
     assert type(weight * 2) is torch.Tensor  # ordinary maths works and gives plain tensors
@@ -85,7 +92,7 @@ def test_weight_is_read_only():
 
 
 def test_gradients_reach_inputs_and_bias():
-    layer = QuantLinear.from_linear(linear(), bits=4)
+    layer = QuantLinear.from_linear(linear(), QuantSpec(bits=4))
     x = inputs(3, 40).requires_grad_()
     layer(x).sum().backward()
     assert x.grad is not None and layer.bias.grad is not None
@@ -104,8 +111,10 @@ class TwoLayers(nn.Module):
 
 
 def toy_model():
-    up = QuantLinear.from_linear(linear(32, 64, seed=2), bits=4)
-    down = QuantLinear.from_linear(linear(64, 16, bias=False, seed=3), bits=2, method="uniform")
+    up = QuantLinear.from_linear(linear(32, 64, seed=2), QuantSpec(bits=4))
+    down = QuantLinear.from_linear(
+        linear(64, 16, bias=False, seed=3), QuantSpec(bits=2, method="uniform")
+    )
     return TwoLayers(up, down)
 
 
@@ -146,7 +155,7 @@ def test_merging_into_a_quantized_layer_fails_loudly():
 
 def test_loftq_factors_in_peft_reproduce_the_original_weight():
     dense = linear(64, 48, seed=4)
-    result = loftq_decompose(dense.weight, bits=2, rank=8, iters=5, lora_alpha=32)
+    result = loftq_decompose(dense.weight, QuantSpec(2), LoraSpec(8, iters=5, lora_alpha=32))
     base = TwoLayers(QuantLinear.from_quantized(result.quantized, dense.bias), toy_model().down)
     config = peft.LoraConfig(r=8, lora_alpha=32, target_modules=["up"])
     model = peft.get_peft_model(base, config)
@@ -167,11 +176,20 @@ def test_loftq_factors_in_peft_reproduce_the_original_weight():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: QuantLinear(0, 4), "in_features must be an int >= 1; got 0"),
-        (lambda: QuantLinear(4, 4, bits=5), "bits must be one of"),
-        (lambda: QuantLinear.from_linear(nn.Conv1d(2, 2, 1)), "linear must be a torch.nn.Linear"),
-        (lambda: QuantLinear.from_quantized(quantize(torch.ones(8), 4)), "quantized.shape"),
-        (lambda: QuantLinear.from_linear(linear())(torch.ones(2, 7)), "shape \\(..., 40\\)"),
+        (lambda: QuantLinear(0, 4, spec=QuantSpec(4)), "in_features must be an int >= 1; got 0"),
+        (lambda: QuantLinear(4, 4, spec={"bits": 4}), "spec must be a QuantSpec"),
+        (
+            lambda: QuantLinear.from_linear(nn.Conv1d(2, 2, 1), QuantSpec(4)),
+            "linear must be a torch.nn.Linear",
+        ),
+        (
+            lambda: QuantLinear.from_quantized(quantize(torch.ones(8), QuantSpec(4))),
+            "quantized.shape",
+        ),
+        (
+            lambda: QuantLinear.from_linear(linear(), QuantSpec(4))(torch.ones(2, 7)),
+            "shape \\(..., 40\\)",
+        ),
     ],
 )
 def test_bad_inputs_are_named(call, match):
@@ -183,14 +201,14 @@ def test_weight_is_reused_while_unchanged_and_one_layer_at_a_time():
     from leanfit.quantization.nn import forget_dequantized
 
     layer, other = (
-        QuantLinear.from_linear(linear(), bits=4),
-        QuantLinear.from_linear(linear(seed=3)),
+        QuantLinear.from_linear(linear(), QuantSpec(bits=4)),
+        QuantLinear.from_linear(linear(seed=3), QuantSpec(4)),
     )
     first = layer.weight
     assert layer.weight is first  # the same layer again: the copy is reused
     assert other.weight is not first and layer.weight is not first  # one slot only
     again = layer.weight
-    layer.packed.copy_(QuantLinear.from_linear(linear(seed=5), bits=4).packed)
+    layer.packed.copy_(QuantLinear.from_linear(linear(seed=5), QuantSpec(bits=4)).packed)
     changed = layer.weight  # the buffer's version counter moved: dequantized afresh
     assert changed is not again and not torch.equal(changed, again)
     assert torch.equal(changed, layer.quantized.dequantize())

@@ -9,13 +9,13 @@ from safetensors.torch import load_file, save_file
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.quantization.quantizers import (
-    METHODS,
     DoubleQuantized,
     QuantizedTensor,
     levels,
     nf_table,
     quantize,
 )
+from leanfit.quantization.spec import METHODS, QuantSpec
 
 ALL_QUANTIZERS = [(m, b) for m, bits in METHODS.items() for b in bits]
 EPS32 = torch.finfo(torch.float32).eps
@@ -65,7 +65,7 @@ def bnb_nf4(x):
 def test_nf4_matches_bitsandbytes_exactly(shape, dtype):
     x = gaussian(*shape, seed=shape[0]).to(dtype)
     packed, codes, absmax, restored = bnb_nf4(x)
-    ours = quantize(x, 4, "nf", 64)
+    ours = quantize(x, QuantSpec(4, "nf", 64))
     assert torch.equal(ours.codes(), codes.to(torch.uint8))
     assert torch.equal(ours.block_scales(), absmax)
     assert torch.equal(ours.dequantize(dtype), restored)
@@ -82,7 +82,7 @@ def test_nf4_ties_round_like_bitsandbytes():
     values = torch.cat([torch.tensor([1.0]), midpoints, above, below, -midpoints])
     block = torch.cat([values, torch.zeros(64 - values.numel())]).repeat(2, 1)
     _, codes, _, _ = bnb_nf4(block)
-    ours = quantize(block, 4).codes()
+    ours = quantize(block, QuantSpec(4)).codes()
     assert torch.equal(ours, codes.to(torch.uint8))
     assert torch.equal(ours[1:16], torch.arange(15, dtype=torch.uint8))  # a tie takes the lower
 
@@ -96,7 +96,7 @@ def block_view(x, block_size):
 
 def test_uniform8_error_is_at_most_half_a_step_per_block():
     x = gaussian(128, 256, seed=1)
-    q = quantize(x, 8, "uniform", 64)
+    q = quantize(x, QuantSpec(8, "uniform", 64))
     blocks, restored = block_view(x, 64), block_view(q.dequantize(), 64)
     low, high = blocks.amin(1), blocks.amax(1)
     step = (high - low) / 255
@@ -113,7 +113,7 @@ def test_uniform8_error_is_at_most_half_a_step_per_block():
 @pytest.mark.parametrize(("method", "bits"), ALL_QUANTIZERS)
 def test_every_value_goes_to_a_nearest_level(method, bits):
     x = gaussian(32, 128, seed=bits)
-    q = quantize(x, bits, method, 64)
+    q = quantize(x, QuantSpec(bits, method, 64))
     blocks, restored = block_view(x, 64), block_view(q.dequantize(), 64)
     gap = (levels(bits, method)[1:] - levels(bits, method)[:-1]).max()
     scale = q.block_scales()
@@ -136,14 +136,14 @@ def test_relative_error_on_gaussian_data(method, bits, low, high):
     # Gaussian data: NF2 ≈ 0.56, NF4 ≈ 0.092, uniform-2 ≈ 0.45, uniform-8 ≈ 0.0053
     # (block 64); the bands catch a wrong table or scale, not float noise.
     x = gaussian(256, 256, seed=3)
-    error = float((quantize(x, bits, method).dequantize() - x).norm() / x.norm())
+    error = float((quantize(x, QuantSpec(bits, method)).dequantize() - x).norm() / x.norm())
     assert low < error < high
 
 
 def test_constant_and_zero_blocks_are_exact():
     x = torch.cat([torch.full((64,), 0.3), torch.zeros(64)])
     for method, bits in ALL_QUANTIZERS:
-        assert torch.equal(quantize(x, bits, method).dequantize(), x)
+        assert torch.equal(quantize(x, QuantSpec(bits, method)).dequantize(), x)
 
 
 # --- the last, partial block ---------------------------------------------------------------
@@ -153,8 +153,8 @@ def test_constant_and_zero_blocks_are_exact():
 def test_partial_last_block_uses_only_its_own_values(method, bits):
     # All positive: zero padding would pull a min–max range down to 0.
     x = gaussian(70, seed=4).abs() + 1.0
-    whole = quantize(x, bits, method, 64)
-    tail = quantize(x[64:], bits, method, 64)
+    whole = quantize(x, QuantSpec(bits, method, 64))
+    tail = quantize(x[64:], QuantSpec(bits, method, 64))
     assert whole.block_scales().shape == (2,)
     assert torch.equal(whole.block_scales()[1:], tail.block_scales())
     if method == "uniform":
@@ -169,11 +169,11 @@ def test_partial_last_block_uses_only_its_own_values(method, bits):
 
 def test_bits_per_param_counts_codes_and_statistics():
     x = gaussian(64, 512)  # 512 blocks of 64, i.e. two groups of 256 blocks
-    assert quantize(x, 4).bits_per_param == 4 + 32 / 64
-    assert quantize(x, 2, "uniform").bits_per_param == 2 + 64 / 64
-    assert quantize(x, 3).nbytes == 64 * 512 * 3 // 8 + 4 * 512
+    assert quantize(x, QuantSpec(4)).bits_per_param == 4 + 32 / 64
+    assert quantize(x, QuantSpec(2, "uniform")).bits_per_param == 2 + 64 / 64
+    assert quantize(x, QuantSpec(3)).nbytes == 64 * 512 * 3 // 8 + 4 * 512
     # int8 scale codes, one float32 per 256 blocks, one float32 mean.
-    assert quantize(x, 4, double_quant=True).nbytes == 64 * 512 // 2 + 512 + 2 * 4 + 4
+    assert quantize(x, QuantSpec(4, double_quant=True)).nbytes == 64 * 512 // 2 + 512 + 2 * 4 + 4
 
 
 def test_double_quantized_statistics_error_bound():
@@ -189,8 +189,10 @@ def test_double_quantized_statistics_error_bound():
 @pytest.mark.parametrize(("method", "bits"), [("nf", 4), ("nf", 2), ("uniform", 4)])
 def test_double_quant_costs_little_accuracy(method, bits):
     x = gaussian(256, 256, seed=6)
-    plain = float((quantize(x, bits, method).dequantize() - x).norm())
-    double = float((quantize(x, bits, method, double_quant=True).dequantize() - x).norm())
+    plain = float((quantize(x, QuantSpec(bits, method)).dequantize() - x).norm())
+    double = float(
+        (quantize(x, QuantSpec(bits, method, double_quant=True)).dequantize() - x).norm()
+    )
     # Scales off by at most 1/254 of their spread, and codes chosen against the stored
     # scales: measured ratios are below 1.005; 2 % would mean a broken second level.
     assert double <= 1.02 * plain
@@ -202,7 +204,7 @@ def test_double_quant_costs_little_accuracy(method, bits):
 )
 def test_state_dict_round_trip_through_safetensors(tmp_path, method, bits, double_quant):
     x = gaussian(48, 100, seed=7)  # 4800 values: a partial last block
-    q = quantize(x, bits, method, 64, double_quant)
+    q = quantize(x, QuantSpec(bits, method, 64, double_quant))
     save_file(q.to_state_dict("layer.weight."), tmp_path / "q.safetensors")
     (tmp_path / "q.json").write_text(json.dumps(q.meta()))
     meta = json.loads((tmp_path / "q.json").read_text())
@@ -225,7 +227,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path, method, bits, doubl
 
 
 def test_corrupt_state_is_reported():
-    q = quantize(gaussian(10, 10), 4, "uniform")
+    q = quantize(gaussian(10, 10), QuantSpec(4, "uniform"))
     tensors, meta = q.to_state_dict("w."), q.meta()
     with pytest.raises(CorruptArtifactError, match="missing tensors \\['w.offsets'\\]"):
         QuantizedTensor.from_state_dict(
@@ -255,8 +257,8 @@ def test_corrupt_state_is_reported():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_any_float_dtype_is_computed_in_float32(dtype):
     x = gaussian(20, 30).to(dtype)
-    q = quantize(x, 4)
-    assert torch.equal(q.codes(), quantize(x.float(), 4).codes())
+    q = quantize(x, QuantSpec(4))
+    assert torch.equal(q.codes(), quantize(x.float(), QuantSpec(4)).codes())
     restored = q.dequantize(dtype)
     assert restored.dtype == dtype and restored.shape == (20, 30)
 
@@ -264,7 +266,7 @@ def test_any_float_dtype_is_computed_in_float32(dtype):
 def test_input_is_not_modified_and_shapes_are_kept():
     x = gaussian(2, 3, 50)
     before = x.clone()
-    q = quantize(x, 2, "uniform", 7)
+    q = quantize(x, QuantSpec(2, "uniform", 7))
     assert torch.equal(x, before)
     assert q.shape == (2, 3, 50) and q.dequantize().shape == (2, 3, 50)
     assert q.codes().shape == (300,) and int(q.codes().max()) < 4
@@ -273,29 +275,18 @@ def test_input_is_not_modified_and_shapes_are_kept():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     x = gaussian(64, 96)
-    on_gpu = quantize(x.cuda(), 4, double_quant=True)
+    on_gpu = quantize(x.cuda(), QuantSpec(4, double_quant=True))
     assert on_gpu.packed.is_cuda
-    assert torch.equal(on_gpu.codes().cpu(), quantize(x, 4, double_quant=True).codes())
+    assert torch.equal(on_gpu.codes().cpu(), quantize(x, QuantSpec(4, double_quant=True)).codes())
 
 
 # --- rejected inputs -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"block_size": 0}, "block_size must be an int >= 1; got 0"),
-        ({"block_size": 1.5}, "block_size must be an int >= 1; got 1.5"),
-        ({"block_size": True}, "block_size must be an int >= 1; got True"),
-        ({"bits": 8}, "bits must be one of \\(2, 3, 4\\) with method 'nf'; got 8"),
-        ({"bits": 5, "method": "uniform"}, "bits must be one of \\(2, 3, 4, 8\\)"),
-        ({"method": "int"}, "method must be one of \\['nf', 'uniform'\\]; got 'int'"),
-        ({"double_quant": 1}, "double_quant must be a bool"),
-    ],
-)
-def test_bad_arguments_are_named(kwargs, match):
-    with pytest.raises(BadInputError, match=match):
-        quantize(gaussian(64), **{"bits": 4, **kwargs})
+def test_a_setting_that_is_not_a_quant_spec_is_refused():
+    # the settings themselves are refused when built (tests/quantization/test_spec.py)
+    with pytest.raises(BadInputError, match="spec must be a QuantSpec; got 'dict'"):
+        quantize(gaussian(64), {"bits": 4})
 
 
 @pytest.mark.parametrize(
@@ -310,4 +301,4 @@ def test_bad_arguments_are_named(kwargs, match):
 )
 def test_bad_tensors_are_named(tensor, match):
     with pytest.raises(BadInputError, match=match):
-        quantize(tensor, 4)
+        quantize(tensor, QuantSpec(4))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leanfit.exceptions import BadInputError
-from leanfit.quantization import fit_low_rank, loftq_decompose
+from leanfit.quantization import LoraSpec, QuantSpec, fit_low_rank, loftq_decompose
 from leanfit.quantization.loftq import fit_whitened
 from leanfit.quantization.whitening import output_error, whiten
 
@@ -110,8 +110,10 @@ def test_bad_grams_are_refused(gram, damp, message):
 
 def test_loftq_with_an_identity_gram_is_plain_loftq():
     w = residual(64, 96, seed=3)
-    plain = loftq_decompose(w, bits=2, rank=8, iters=3, svd="exact")
-    calibrated = loftq_decompose(w, bits=2, rank=8, iters=3, svd="exact", gram=torch.eye(96))
+    plain = loftq_decompose(w, QuantSpec(2), LoraSpec(8, iters=3, svd="exact"))
+    calibrated = loftq_decompose(
+        w, QuantSpec(2), LoraSpec(8, iters=3, svd="exact"), gram=torch.eye(96)
+    )
     # Same quantization targets and fits up to float32 rounding, so the same codes; the
     # relative errors are ratios of norms scaled by the same √(1 + damp).
     torch.testing.assert_close(
@@ -124,8 +126,8 @@ def test_calibrated_loftq_lowers_the_output_error_of_every_iterate():
     w = residual(64, 96, seed=4)
     x = correlated_inputs(400, 96, seed=5)
     gram = x.T.double() @ x.double()
-    plain = loftq_decompose(w, bits=2, rank=8, iters=3, svd="exact")
-    calibrated = loftq_decompose(w, bits=2, rank=8, iters=3, svd="exact", gram=gram)
+    plain = loftq_decompose(w, QuantSpec(2), LoraSpec(8, iters=3, svd="exact"))
+    calibrated = loftq_decompose(w, QuantSpec(2), LoraSpec(8, iters=3, svd="exact"), gram=gram)
     plain_out = output_norm(x, w - plain.effective_weight())
     calibrated_out = output_norm(x, w - calibrated.effective_weight())
     # Rank 8 of 96 whitened directions that hold nearly all the energy: a large margin
@@ -139,7 +141,7 @@ def test_calibrated_loftq_lowers_the_output_error_of_every_iterate():
 
 def test_a_gram_of_the_wrong_size_is_named():
     with pytest.raises(BadInputError, match="gram must be an"):
-        loftq_decompose(torch.randn(8, 12), rank=2, gram=torch.eye(8))
+        loftq_decompose(torch.randn(8, 12), QuantSpec(), LoraSpec(2), gram=torch.eye(8))
 
 
 def test_the_captured_energy_gives_the_output_error_without_another_product():

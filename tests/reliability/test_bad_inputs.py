@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from leanfit.checkpoints.source import open_checkpoint
-from leanfit.checkpoints.targets import plan_bits, select_targets
+from leanfit.checkpoints.targets import select_targets
 from leanfit.datasets import load_csv
 from leanfit.exceptions import (
     BadInputError,
@@ -37,10 +37,9 @@ from leanfit.exceptions import (
     OutputWriteError,
 )
 from leanfit.io import atomic_output
+from leanfit.pipeline import LoftQConfig
 from leanfit.pipeline.memory import parse_size
-from leanfit.quantization.config import LoftQConfig
-from leanfit.quantization.loftq import loftq_decompose
-from leanfit.quantization.quantizers import QuantizedTensor, quantize
+from leanfit.quantization import LoraSpec, QuantizedTensor, QuantSpec, loftq_decompose, quantize
 from leanfit.selection import (
     InfluenceSelector,
     InfluenceTree,
@@ -87,12 +86,8 @@ LLAMA_NAMES = {
 }
 
 
-def targets():
-    return select_targets(list(LLAMA_NAMES), LLAMA_NAMES, "llama")
-
-
 def quantized_state():
-    q = quantize(weight(), 4, "nf", 64)
+    q = quantize(weight(), QuantSpec(4, "nf", 64))
     return q.to_state_dict("w."), q.meta()
 
 
@@ -259,8 +254,7 @@ def tiny_model(tmp: Path) -> Path:
 
 def loftq_output(tmp: Path, damage: Callable[[Path], None]) -> Path:
     """A LoftQ output of the tiny llama (rank 2), then damaged."""
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     out = tmp / "q"
     config = LoftQConfig(rank=2, iters=1)
@@ -298,8 +292,7 @@ def interrupted_run(tmp: Path, config=None) -> Path:
     from unittest import mock
 
     from leanfit.checkpoints import writer
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     model = tiny_model(tmp)
     config = config or LoftQConfig(rank=3, iters=1)
@@ -312,8 +305,7 @@ def interrupted_run(tmp: Path, config=None) -> Path:
 
 
 def resume_other_source(tmp: Path) -> object:
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     config = LoftQConfig(rank=3, iters=1)
     model = interrupted_run(tmp, config)
@@ -323,16 +315,14 @@ def resume_other_source(tmp: Path) -> object:
 
 
 def unfinished_no_resume(tmp: Path) -> object:
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     model = interrupted_run(tmp)
     return quantize_checkpoint(model, tmp / "out", LoftQConfig(rank=3, iters=1), progress=False)
 
 
 def quantize_with_budget(tmp: Path, budget: object, config=None, **options: object) -> object:
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     config = config or LoftQConfig(rank=2, iters=1)
     return quantize_checkpoint(
@@ -341,8 +331,7 @@ def quantize_with_budget(tmp: Path, budget: object, config=None, **options: obje
 
 
 def quantize_with_workers(tmp: Path, workers: object, **config: object) -> object:
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     return quantize_checkpoint(
         tiny_model(tmp), tmp / "out", LoftQConfig(rank=2, iters=1, **config), progress=False,
@@ -359,7 +348,10 @@ CASES = [
         BadInputError,
         r"model\.layers\.0\.mlp\.up_proj\.weight must be finite.*row 2, column 3",
         lambda t: loftq_decompose(
-            with_value(float("nan")), rank=2, name="model.layers.0.mlp.up_proj.weight"
+            with_value(float("nan")),
+            QuantSpec(),
+            LoraSpec(2),
+            name="model.layers.0.mlp.up_proj.weight",
         ),
     ),
     Case(
@@ -368,7 +360,9 @@ CASES = [
         "+Inf in a weight",
         BadInputError,
         r"q_proj\.weight must be finite.*1 NaN or Inf",
-        lambda t: loftq_decompose(with_value(float("inf")), rank=2, name="q_proj.weight"),
+        lambda t: loftq_decompose(
+            with_value(float("inf")), QuantSpec(), LoraSpec(2), name="q_proj.weight"
+        ),
     ),
     Case(
         "q-inf-quantize",
@@ -376,7 +370,7 @@ CASES = [
         "-Inf passed to quantize()",
         BadInputError,
         "tensor must be finite",
-        lambda t: quantize(with_value(-float("inf")), 4),
+        lambda t: quantize(with_value(-float("inf")), QuantSpec(4)),
     ),
     Case(
         "q-bits-5",
@@ -384,7 +378,7 @@ CASES = [
         "bits=5",
         BadInputError,
         r"bits must be one of \(2, 3, 4\) with method 'nf'; got 5",
-        lambda t: loftq_decompose(weight(), bits=5, rank=2),
+        lambda t: QuantSpec(5),
         param="bits",
     ),
     Case(
@@ -393,17 +387,17 @@ CASES = [
         "bits=8 with method='nf'",
         BadInputError,
         "bits must be one of",
-        lambda t: quantize(weight(), 8, "nf"),
+        lambda t: QuantSpec(8, "nf"),
         param="bits",
     ),
     Case(
         "q-bits-plan",
         "quantization",
-        "plan_bits(bits=1)",
+        "LoftQConfig(avg_bits=3, high_bits=5)",
         BadInputError,
-        r"bits must be one of \(2, 3, 4, 8\); got 1",
-        lambda t: plan_bits(targets(), bits=1),
-        param="bits",
+        r"high_bits must be one of \(2, 3, 4\) with method 'nf'; got 5",
+        lambda t: LoftQConfig(avg_bits=3, high_bits=5),
+        param="high_bits",
     ),
     Case(
         "q-method",
@@ -411,7 +405,7 @@ CASES = [
         "method='fp4'",
         BadInputError,
         "method must be one of",
-        lambda t: quantize(weight(), 4, "fp4"),
+        lambda t: QuantSpec(4, "fp4"),
         param="method",
     ),
     Case(
@@ -420,7 +414,7 @@ CASES = [
         "rank = min(d_out, d_in) (8 × 16 weight, rank 8)",
         BadInputError,
         r"rank must be an int in \[1, 7\]; got 8",
-        lambda t: loftq_decompose(weight(), rank=8),
+        lambda t: loftq_decompose(weight(), QuantSpec(), LoraSpec(8)),
         param="rank",
     ),
     Case(
@@ -428,8 +422,8 @@ CASES = [
         "quantization",
         "rank=0",
         BadInputError,
-        r"rank must be an int in \[1, 7\]; got 0",
-        lambda t: loftq_decompose(weight(), rank=0),
+        r"rank must be an int >= 1; got 0",
+        lambda t: LoraSpec(0),
         param="rank",
     ),
     Case(
@@ -438,7 +432,7 @@ CASES = [
         "block_size=0",
         BadInputError,
         "block_size must be an int >= 1; got 0",
-        lambda t: loftq_decompose(weight(), rank=2, block_size=0),
+        lambda t: QuantSpec(block_size=0),
         param="block_size",
     ),
     Case(
@@ -447,7 +441,7 @@ CASES = [
         "block_size=64.0",
         BadInputError,
         "block_size must be an int >= 1; got 64.0",
-        lambda t: quantize(weight(), 4, "nf", 64.0),
+        lambda t: QuantSpec(4, "nf", 64.0),
         param="block_size",
     ),
     Case(
@@ -456,7 +450,7 @@ CASES = [
         "a 0 × 16 weight",
         BadInputError,
         r"weight must be a non-empty",
-        lambda t: loftq_decompose(torch.empty(0, 16)),
+        lambda t: loftq_decompose(torch.empty(0, 16), QuantSpec(), LoraSpec()),
         param="weight",
     ),
     Case(
@@ -465,7 +459,7 @@ CASES = [
         "a 1-D weight",
         BadInputError,
         "weight must be a 2-D floating-point tensor",
-        lambda t: loftq_decompose(torch.ones(16)),
+        lambda t: loftq_decompose(torch.ones(16), QuantSpec(), LoraSpec()),
         param="weight",
     ),
     Case(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from leanfit.cli import main
+from leanfit.quantization import LoraSpec, QuantSpec
 from leanfit.quantization.loftq import loftq_decompose
 from tests.reliability.conftest import finetune_args
 from tests.reliability.processes import digest, results_of, run_to_end
@@ -65,13 +66,15 @@ def test_finetune_in_two_processes_gives_identical_files(
 @pytest.mark.parametrize("iters", [0, 3])
 def test_loftq_is_bitwise_reproducible(svd, iters):
     weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(0))
-    runs = [loftq_decompose(weight, bits=2, rank=4, iters=iters, svd=svd, seed=7) for _ in range(2)]
+    init = "qlora" if iters == 0 else "loftq"  # QLoRA: no LoftQ step
+    lora = LoraSpec(4, iters=max(iters, 1), svd=svd, init=init)
+    runs = [loftq_decompose(weight, QuantSpec(2), lora, seed=7) for _ in range(2)]
     a, b = runs
     for name in ("lora_A", "lora_B"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.equal(a.quantized.packed, b.quantized.packed)
     assert torch.equal(a.quantized.block_scales(), b.quantized.block_scales())
     assert a.errors == b.errors
-    other = loftq_decompose(weight, bits=2, rank=4, iters=iters, svd=svd, seed=8)
+    other = loftq_decompose(weight, QuantSpec(2), lora, seed=8)
     if svd == "randomized" or iters == 0:  # the seed matters only where randomness is used
         assert not torch.equal(other.lora_A, a.lora_A)

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from leanfit.exceptions import BadInputError, MemoryBudgetError
-from leanfit.pipeline import estimate_checkpoint_memory, walker
+from leanfit.pipeline import LoftQConfig, estimate_checkpoint_memory, walker
 from leanfit.pipeline.memory import MemoryEstimate, parse_size
-from leanfit.quantization import LoftQConfig
 from tests.reliability.processes import ROOT, comparable, quantize_in, write_llama
 
 CONFIG = LoftQConfig(bits=2, rank=4, iters=2)
@@ -109,7 +108,7 @@ import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM
-from leanfit.quantization import LoftQConfig
+from leanfit.pipeline import LoftQConfig
 from leanfit.pipeline import estimate_checkpoint_memory, quantize_checkpoint
 folder = Path(sys.argv[1])
 torch.manual_seed(0)

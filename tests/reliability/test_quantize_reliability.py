@@ -19,8 +19,7 @@ import pytest
 
 from leanfit.cli import main
 from leanfit.exceptions import OutputWriteError
-from leanfit.pipeline import quantize_checkpoint
-from leanfit.quantization import LoftQConfig
+from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 from tests.reliability.processes import (
     REPORTS,
     check_kills,

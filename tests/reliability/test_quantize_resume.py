@@ -22,7 +22,7 @@ import torch
 
 from leanfit.checkpoints import writer
 from leanfit.exceptions import BadInputError
-from leanfit.quantization import LoftQConfig, LoftQReport
+from leanfit.pipeline import LoftQConfig, LoftQReport
 from tests.reliability.processes import (
     comparable,
     digest,

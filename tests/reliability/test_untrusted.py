@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import LeanfitError
+from leanfit.quantization import QuantSpec
 from leanfit.quantization.quantizers import QuantizedTensor, quantize
 from tests.reliability.conftest import tiny_gguf, write_safetensors_dir
 from tests.reliability.test_bad_inputs import remote_code_dir
@@ -295,7 +296,9 @@ def fuzz_safetensors(source: Path, examples: int) -> Counter[str]:
 
 
 def fuzz_quantized_meta(examples: int) -> Counter[str]:
-    q = quantize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), 4, "uniform", 32)
+    q = quantize(
+        torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), QuantSpec(4, "uniform", 32)
+    )
     tensors, meta = q.to_state_dict("w."), q.meta()
     outcomes: Counter[str] = Counter()
     anything = st.one_of(
@@ -449,7 +452,7 @@ def read_report(directory: Path) -> None:
 
 
 def read_loftq_config(directory: Path) -> None:
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig
 
     LoftQConfig.load(directory / "loftq_config.json")
 
@@ -476,8 +479,7 @@ RUN_READERS = {"leanfit_run.json": (read_run_record,), "config.json": (read_run_
 @pytest.fixture(scope="module")
 def loftq_dir(tmp_path_factory, safetensors_dir) -> Path:
     """A quantize output of the tiny llama (rank 2), whose source checkpoint exists."""
-    from leanfit.pipeline import quantize_checkpoint
-    from leanfit.quantization import LoftQConfig
+    from leanfit.pipeline import LoftQConfig, quantize_checkpoint
 
     out = tmp_path_factory.mktemp("fuzz-loftq") / "loftq"
     quantize_checkpoint(safetensors_dir, out, LoftQConfig(rank=2, iters=1), progress=False)

@@ -3,8 +3,7 @@
 - :mod:`~leanfit.checkpoints.source`: :func:`open_checkpoint` streams a transformers
   safetensors directory (or, through :mod:`~leanfit.checkpoints.gguf_source`, a GGUF file) in
   Hugging Face names and layout; :class:`ModuleSource` does the same for an in-memory model.
-- :mod:`~leanfit.checkpoints.targets`: which weights are quantized, with how many bits, and
-  their matrix view.
+- :mod:`~leanfit.checkpoints.targets`: which weights are quantized, and their matrix view.
 - :mod:`~leanfit.checkpoints.layout`, :mod:`~leanfit.checkpoints.writer`,
   :mod:`~leanfit.checkpoints.loading`: the output directory's format, its streaming writer,
   and :func:`load` (a ``PeftModel`` on :class:`~leanfit.quantization.QuantLinear` layers,

@@ -58,7 +58,7 @@ from leanfit.checkpoints.layout import (
 from leanfit.checkpoints.swap import quant_linear_skeleton, replace_module
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.nn import QuantLinear
-from leanfit.quantization.quantizers import check_quantization_args
+from leanfit.quantization.spec import QuantSpec
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +72,13 @@ def _check_group(group: object) -> dict[str, Any]:
             f"got {keys}"
         )
     try:
-        check_quantization_args(group["bits"], group["method"], group["block_size"])
-    except BadInputError as err:
+        QuantSpec.from_dict(group)
+    except CorruptArtifactError as err:
         raise CorruptArtifactError(f"a leanfit quantization_config group: {err}") from err
-    if group["kind"] not in ("linear", "conv") or not all(
-        isinstance(group[k], bool) for k in ("transposed", "double_quant")
-    ):
+    if group["kind"] not in ("linear", "conv") or not isinstance(group["transposed"], bool):
         raise CorruptArtifactError(
-            "a leanfit quantization_config group must have kind 'linear' or 'conv' and bools "
-            f"transposed, double_quant; got {[group[k] for k in SETTINGS[:2]]}, "
-            f"{group['double_quant']!r}"
+            "a leanfit quantization_config group must have kind 'linear' or 'conv' and a bool "
+            f"transposed; got {[group[k] for k in SETTINGS[:2]]}"
         )
     modules = group["modules"]
     if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):

@@ -31,7 +31,7 @@ from leanfit._version import __version__
 from leanfit.checkpoints.targets import Target, lora_shapes_for_peft
 from leanfit.exceptions import BadInputError, CorruptArtifactError
 from leanfit.io import read_json, write_json
-from leanfit.quantization.quantizers import check_quantization_args
+from leanfit.quantization.spec import QuantSpec
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -206,14 +206,12 @@ def target_from_meta(module: str, entry: dict[str, Any]) -> Target:
             )
         target = Target(name, module, tuple(shape), layer, entry["transposed"], entry["kind"])
         quant = entry["quantized"]
-        check_quantization_args(quant["bits"], quant["method"], quant["block_size"])
+        QuantSpec.from_dict(quant)
         if list(quant["shape"]) != list(target.matrix_shape):
             raise BadInputError(
                 f"quantized shape {quant['shape']} is not the matrix shape {target.matrix_shape}"
             )
-        if not isinstance(quant["double_quant"], bool):
-            raise BadInputError(f"double_quant must be a bool; got {quant['double_quant']!r}")
-    except (KeyError, TypeError, BadInputError) as err:
+    except (KeyError, TypeError, BadInputError, CorruptArtifactError) as err:
         raise CorruptArtifactError(f"target {module!r} has invalid metadata: {err!r}") from err
     return target
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from leanfit.exceptions import CorruptArtifactError
 from leanfit.quantization.nn import QuantLinear
+from leanfit.quantization.spec import QuantSpec
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -59,9 +60,6 @@ def quant_linear_skeleton(
         n_in,
         n_out,
         getattr(original, "bias", None) is not None,
-        bits=setting["bits"],
-        method=setting["method"],
-        block_size=setting["block_size"],
-        double_quant=setting["double_quant"],
+        spec=QuantSpec.from_dict(setting),
         device=weight.device,
     )

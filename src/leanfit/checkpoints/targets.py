@@ -1,4 +1,4 @@
-"""Which weights are quantized, with how many bits, and how each is seen as a matrix.
+"""Which weights are quantized, and how each is seen as a matrix.
 
 LoftQ treats the linear layers of the attention and MLP blocks; embeddings, norms and the
 output head (``lm_head``) stay in full precision. By default (:func:`target_rule`) the targets
@@ -33,9 +33,6 @@ import torch
 from torch import nn
 
 from leanfit.exceptions import BadInputError, bad_value
-
-SUPPORTED_BITS = (2, 3, 4, 8)
-"""Bit widths a weight can be quantized to."""
 
 _PREFIX = r"(?:.*\.)?"
 _ENCODER_DENSE = _PREFIX + r"layer\.\d+\.(?:attention\.output|intermediate|output)\.dense"
@@ -347,75 +344,6 @@ def select_targets(
             "pass patterns naming 2-D weights (--target)"
         )
     return targets
-
-
-def plan_bits(
-    targets: Sequence[Target],
-    bits: int = 2,
-    avg_bits: float | None = None,
-    high_bits: int = 4,
-    first_high_layers: int | None = None,
-) -> dict[str, int]:
-    """Bits of each target: uniform, or the first layers at ``high_bits`` (mixed precision).
-
-    - uniform (default): every target gets ``bits``;
-    - ``avg_bits``: LoftQ's mixed-precision rule. With ``L`` distinct block indices among the
-      targets, the first ``k = ⌊L·(avg_bits − bits)/(high_bits − bits)⌋`` blocks get
-      ``high_bits`` and the rest ``bits`` — for 2/4 bits, ``⌊L·(b − 2)/2⌋``, so the average
-      over equal-sized blocks is at most ``avg_bits`` (e.g. 30 layers, 2.5 bits: 7 layers);
-    - ``first_high_layers``: an explicit ``k``.
-
-    "First" means the ``k`` smallest block indices; in an encoder–decoder both stacks' blocks
-    with those indices are included. Targets outside the blocks (a pooler) get ``bits``.
-
-    Returns
-    -------
-    dict of str to int
-        ``target.name -> bits``, in the order of ``targets``.
-
-    Raises
-    ------
-    BadInputError
-        Bits outside :data:`SUPPORTED_BITS`, ``high_bits <= bits`` for a mixed plan, both
-        ``avg_bits`` and ``first_high_layers``, values out of range, no targets, or a mixed
-        plan for targets without block indices.
-    """
-    if not targets:
-        raise bad_value("targets", targets, "a non-empty list of Target")
-    for label, value in (("bits", bits), ("high_bits", high_bits)):
-        if isinstance(value, bool) or value not in SUPPORTED_BITS:
-            raise bad_value(label, value, f"one of {SUPPORTED_BITS}")
-    if avg_bits is None and first_high_layers is None:
-        return {target.name: bits for target in targets}
-    if avg_bits is not None and first_high_layers is not None:
-        raise BadInputError(
-            "give avg_bits or first_high_layers, not both; got "
-            f"avg_bits={avg_bits!r}, first_high_layers={first_high_layers!r}"
-        )
-    if high_bits <= bits:
-        raise bad_value("high_bits", high_bits, f"greater than bits={bits} for a mixed plan")
-    layers = sorted({t.layer_index for t in targets if t.layer_index is not None})
-    if not layers:
-        raise BadInputError(
-            "a mixed-precision plan needs targets inside numbered blocks (layers.N, layer.N, "
-            f"h.N, block.N); none of {[t.name for t in targets[:3]]} is"
-        )
-    if avg_bits is not None:
-        if not isinstance(avg_bits, int | float) or not bits <= avg_bits <= high_bits:
-            raise bad_value("avg_bits", avg_bits, f"a number in [{bits}, {high_bits}]")
-        # Rounded before the floor so that e.g. 2.3 bits (not exact in binary) gives the
-        # decimal answer: 20 layers · 0.3 / 2 = 3, not 2.9999999999999996 → 2.
-        count = math.floor(round(len(layers) * (avg_bits - bits) / (high_bits - bits), 9))
-    elif (
-        isinstance(first_high_layers, bool)
-        or not isinstance(first_high_layers, int)
-        or not 0 <= first_high_layers <= len(layers)
-    ):
-        raise bad_value("first_high_layers", first_high_layers, f"an integer in [0, {len(layers)}]")
-    else:
-        count = first_high_layers
-    high = set(layers[:count])
-    return {t.name: high_bits if t.layer_index in high else bits for t in targets}
 
 
 def _check_shape(

@@ -26,8 +26,6 @@ from leanfit.checkpoints.layout import (
     LOFTQ_CONFIG,
     PEFT_PREFIX,
     QUANTIZATION_CONFIG,
-    REPORT_JSON,
-    REPORT_MD,
     edit_json,
     final_shard_file,
     peft_task_type,
@@ -39,8 +37,8 @@ from leanfit.checkpoints.resume import PartialRun
 from leanfit.checkpoints.targets import Target, restore_shape
 from leanfit.exceptions import LeanfitError, bad_value
 from leanfit.io import write_durably, write_error
-from leanfit.quantization.config import LoftQConfig, LoftQReport
 from leanfit.quantization.quantizers import QuantizedTensor
+from leanfit.quantization.spec import LoraSpec
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +163,16 @@ class ArtifactWriter:
     The walker gives every source tensor, in order, with its index and a JSON-able
     ``record`` (its report row); :meth:`needs` says which tensors an earlier process already
     finished. :attr:`records` are the records of all tensors, in order, after :meth:`close`.
+
+    ``config`` is the run's configuration as a JSON object: written as ``loftq_config.json``
+    and compared on resume; ``lora`` the LoRA setting the adapter config states.
     """
 
     def __init__(
         self,
         out_dir: str | Path,
-        config: LoftQConfig,
+        config: dict[str, Any],
+        lora: LoraSpec,
         source: TensorSource,
         *,
         overwrite: bool,
@@ -180,10 +182,10 @@ class ArtifactWriter:
         identity: dict[str, Any] | None = None,
     ) -> None:
 
-        self.config, self.source = config, source
+        self.config, self.lora, self.source = config, lora, source
         header = {
             **(identity or {}),
-            "config": config.to_dict(),
+            "config": config,
             "settings": {
                 "max_shard_bytes": max_shard_bytes,
                 "export_dequantized": export_dequantized,
@@ -380,11 +382,12 @@ class ArtifactWriter:
         if self.dequantized is not None:
             self.dequantized.close()
         self._write_adapter(sorted(targets))
-        self.config.save(self.root / LOFTQ_CONFIG)
+        (self.root / LOFTQ_CONFIG).write_text(json.dumps(self.config, indent=2) + "\n")
 
-    def finish(self, report: LoftQReport) -> None:
-        """Write the reports (after :meth:`close`); the directory is complete."""
-        write_reports(self.root, report)
+    def finish(self, write_reports: Callable[[Path], None]) -> None:
+        """Write the reports into the tree (after :meth:`close`) with ``write_reports(root)``;
+        the directory is complete."""
+        write_reports(self.root)
         self._finished = True
 
     def _write_model_files(self, directory: Path, dtype: str | None) -> None:
@@ -413,11 +416,11 @@ class ArtifactWriter:
             edit_json(config_path, lambda values: values.update(quantization_config=entry))
 
     def _write_adapter(self, modules: list[str]) -> None:
-        alpha = self.config.alpha
+        alpha = self.lora.alpha
         directory = self.root / ADAPTER
         write_adapter_config(
             directory,
-            rank=self.config.rank,
+            rank=self.lora.rank,
             alpha=int(alpha) if float(alpha).is_integer() else alpha,
             target_modules=modules,
             task_type=peft_task_type(self.architecture),
@@ -439,81 +442,3 @@ def _shard_present(writer: ShardWriter, entry: dict[str, Any], parts: Path) -> b
     )
     adapter = entry.get("adapter")
     return found and (not adapter or (parts / adapter).is_file())
-
-
-def write_reports(root: Path, report: LoftQReport) -> None:
-    """``loftq_report.json`` and ``loftq_report.md`` in ``root``."""
-    from leanfit.reports import markdown_table, write_report
-
-    (root / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    totals = report.summary()
-    config = report.config
-    rows = [
-        {
-            "matrix": m.name,
-            "shape": "×".join(map(str, m.matrix_shape)),
-            "bits": m.bits,
-            "QLoRA": m.qlora_error,
-            "LoftQ per iteration": ", ".join(f"{e:.4f}" for e in m.errors) or "–",
-            "kept": m.best_iter,
-            "error": m.error,
-            "bits/param": m.bits_per_param,
-            "time (s)": m.seconds,
-        }
-        for m in report.matrices
-    ]
-    summary = [
-        {
-            "matrices": totals["matrices"],
-            "QLoRA error": totals["qlora_error"],
-            "LoftQ error": totals["loftq_error"],
-            "bits/param (targets)": totals["bits_per_param"],
-            "bits/param (backbone)": totals["backbone_bits_per_param"],
-            "adapter params": totals["adapter_params"],
-            "time (s)": totals["seconds"],
-            "RSS start → peak (MB)": f"{totals['start_rss_mb']:.0f} → {totals['peak_rss_mb']:.0f}",
-            "anon start → peak (MB)": (
-                f"{totals['start_anon_mb']:.0f} → {totals['peak_anon_mb']:.0f}"
-            ),
-        }
-    ]
-    settings = (
-        f"Source `{report.source}` ({report.model_type}); targets: {report.target_rule}; "
-        f"init {config.init}, "
-        f"{config.method.upper()}{config.bits}"
-        + (
-            f" (mixed, high {config.high_bits})"
-            if config.avg_bits is not None or config.first_high_layers is not None
-            else ""
-        )
-        + (
-            f" to {config.high_bits} bits allocated under a budget of {config.bits_budget:g} "
-            "stored bits/param"
-            if config.bits_budget is not None
-            else ""
-        )
-        + f", block {config.block_size}, rank {config.rank}, alpha {config.alpha:g}, "
-        f"T = {config.iters}, {config.svd} SVD, double quant {config.double_quant}.\n\n"
-        + (
-            f"Calibrated on {config.calibration!r} ({config.calib_tokens} tokens, damping "
-            f"{config.calib_damp:g}). Errors are relative output errors on the calibration "
-            "tokens X: ‖X (W − Q − (alpha/r)·B·A)ᵀ‖/‖X Wᵀ‖ (Gram damped), QLoRA with B = 0. "
-            if config.calibration
-            else "Errors are relative Frobenius errors: QLoRA ‖W − Q‖/‖W‖ with Q = quantize(W), "
-            "LoftQ ‖W − Q − (alpha/r)·B·A‖/‖W‖ after each iteration. "
-        )
-        + "The kept iterate is the best one. "
-        "Totals weigh each matrix by ‖W‖² (the relative error of all targets together). "
-        "Bits/param count packed codes and scales. Memory: resident set size of the process "
-        "(psutil) at the start of the walk and its peak; anon = RSS minus file-backed pages "
-        "(memory-mapped checkpoint pages are page cache, not allocations)."
-    )
-    write_report(
-        root / REPORT_MD,
-        "LoftQ report",
-        [
-            ("Settings", settings),
-            ("Totals", markdown_table(summary)),
-            ("Matrices", markdown_table(rows, floatfmt={"QLoRA": ".4f", "error": ".4f"})),
-        ],
-    )

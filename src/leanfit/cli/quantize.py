@@ -165,9 +165,9 @@ def resolve_model(model: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from leanfit.cli import set_threads
     from leanfit.exceptions import BadInputError
+    from leanfit.pipeline.config import LoftQConfig
     from leanfit.pipeline.memory import parse_size
     from leanfit.pipeline.walker import quantize_checkpoint
-    from leanfit.quantization.config import LoftQConfig
 
     config = LoftQConfig(
         bits=args.bits,

@@ -7,9 +7,20 @@ The targets are computed here (:mod:`~leanfit.pipeline.computers`), in worker th
 (:mod:`~leanfit.pipeline.parallel`), on Dask workers (:mod:`~leanfit.pipeline.distributed`)
 or calibrated on text (:mod:`~leanfit.pipeline.calibration`); their widths may be allocated
 under a budget (:mod:`~leanfit.pipeline.allocation`) and the run kept within a memory budget
-(:mod:`~leanfit.pipeline.memory`).
+(:mod:`~leanfit.pipeline.memory`). A run is described by a :class:`LoftQConfig` (composing
+the quantizer and LoRA settings of :mod:`leanfit.quantization.spec`) and reported by a
+:class:`LoftQReport` (:mod:`~leanfit.pipeline.config`); its fixed bit plan is
+:mod:`~leanfit.pipeline.plan`'s, its report files :mod:`~leanfit.pipeline.report`'s.
 """
 
+from leanfit.pipeline.config import LoftQConfig, LoftQReport, MatrixReport
 from leanfit.pipeline.walker import estimate_checkpoint_memory, quantize_checkpoint, quantize_module
 
-__all__ = ["estimate_checkpoint_memory", "quantize_checkpoint", "quantize_module"]
+__all__ = [
+    "LoftQConfig",
+    "LoftQReport",
+    "MatrixReport",
+    "estimate_checkpoint_memory",
+    "quantize_checkpoint",
+    "quantize_module",
+]

@@ -12,7 +12,7 @@ them) and leaves the LoftQ error ``e_i(b) = ‖W_i − Q_i − L_i R_i‖_F²``.
 with per-matrix weights ``w_i`` (1 by default: the weight error; a calibrated, activation-aware
 error can be plugged in through them or through the error table itself). Minimizing the sum
 of squared errors is minimizing the total relative error ``sqrt(Σ e_i) / sqrt(Σ ‖W_i‖²)`` that
-:class:`leanfit.quantization.config.LoftQReport` reports.
+:class:`leanfit.pipeline.config.LoftQReport` reports.
 
 Two solvers: an exact one (a 0/1 integer program, ``scipy.optimize.milp``) and the classic
 greedy for this knapsack (upgrades along each matrix's lower convex hull of (size, error),
@@ -36,13 +36,11 @@ from tqdm.auto import tqdm
 from leanfit.checkpoints.base import TensorSource
 from leanfit.checkpoints.targets import Target
 from leanfit.exceptions import BadInputError, bad_value
+from leanfit.pipeline.computers import decompose_target
+from leanfit.pipeline.config import LoftQConfig
 from leanfit.pipeline.parallel import ordered_map
-from leanfit.quantization.config import LoftQConfig
-from leanfit.quantization.loftq import loftq_decompose
-from leanfit.quantization.quantizers import METHODS, check_quantization_args, stored_nbytes
-
-ALLOCATION_BITS = (2, 3, 4)
-"""Default candidate widths."""
+from leanfit.quantization.quantizers import stored_nbytes
+from leanfit.quantization.spec import METHODS
 
 SOLVERS = ("auto", "exact", "greedy")
 
@@ -102,15 +100,8 @@ class MatrixErrors:
 
 def measure_errors(
     matrices: Iterable[tuple[str, Tensor]],
+    config: LoftQConfig,
     *,
-    widths: Sequence[int] = ALLOCATION_BITS,
-    rank: int = 16,
-    iters: int = 5,
-    method: str = "nf",
-    block_size: int = 64,
-    svd: str = "randomized",
-    double_quant: bool = False,
-    seed: int = 0,
     progress: bool = True,
     total: int | None = None,
     workers: int = 1,
@@ -122,15 +113,13 @@ def measure_errors(
     matrices : iterable of (str, Tensor)
         ``(name, W)`` pairs, W of shape ``(n_out, n_in)``; consumed one at a time, so a
         generator reading a checkpoint keeps one matrix in memory.
-    widths : sequence of int
-        Candidate bit widths (each valid for ``method``).
-    rank, iters, method, block_size, svd, double_quant
-        As :func:`leanfit.quantization.loftq_decompose`; ``iters = 0`` measures the QLoRA
-        error only (no SVD: the cheapest proxy).
-    seed : int
-        Matrix ``i`` (0-based, in iteration order) uses ``seed + i`` — the seeds
-        :func:`leanfit.pipeline.quantize_checkpoint` gives its targets, so the error
-        measured at the chosen width is the error the quantized model gets.
+    config : LoftQConfig
+        The run's settings: each matrix is measured at every :func:`config_widths` width
+        with the config's quantizer and LoRA setting (``init="qlora"`` measures the QLoRA
+        error only, with no SVD: the cheapest proxy). Matrix ``i`` (0-based, in iteration
+        order) is decomposed as the run's target ``i``
+        (:func:`leanfit.pipeline.computers.decompose_target`: seed ``config.seed + i``), so
+        the error measured at the chosen width is the error the quantized model gets.
     progress : bool
         tqdm bar over the matrices.
     total : int, optional
@@ -145,29 +134,17 @@ def measure_errors(
     list of MatrixErrors
         In the order of ``matrices``.
     """
-    widths = _check_widths(widths, method)
-    check_quantization_args(widths[0], method, block_size)
+    widths = config_widths(config)
 
     def measure(item: tuple[int, tuple[str, Tensor]]) -> MatrixErrors:
         index, (name, matrix) = item
         qlora, steps = {}, {}
         for bits in widths:
-            result = loftq_decompose(
-                matrix,
-                bits=bits,
-                rank=rank,
-                iters=iters,
-                method=method,
-                block_size=block_size,
-                svd=svd,
-                double_quant=double_quant,
-                seed=seed + index,
-                name=name,
-            )
+            result = decompose_target(matrix, index, bits, config, name)
             qlora[bits], steps[bits] = result.qlora_error, tuple(result.errors)
             del result
         numel = matrix.numel()
-        nbytes = {b: stored_nbytes(numel, b, method, block_size, double_quant) for b in widths}
+        nbytes = {b: stored_nbytes(numel, config.quant.with_bits(b)) for b in widths}
         norm = float(matrix.double().norm())
         return MatrixErrors(name, numel, norm, nbytes, qlora, steps)
 
@@ -177,17 +154,6 @@ def measure_errors(
             measured.append(errors)
             bar.update()
     return measured
-
-
-def _check_widths(widths: Sequence[int], method: str) -> tuple[int, ...]:
-    if method not in METHODS:
-        raise bad_value("method", method, f"one of {sorted(METHODS)}")
-    allowed = METHODS[method]
-    if isinstance(widths, str | int) or not widths:
-        raise bad_value("widths", widths, f"a non-empty list of widths from {allowed}")
-    if any(isinstance(b, bool) or b not in allowed for b in widths):
-        raise bad_value("widths", list(widths), f"widths from {allowed} for method={method!r}")
-    return tuple(sorted(set(widths)))
 
 
 @dataclass(frozen=True)
@@ -509,7 +475,7 @@ def stored_bits_per_param(measured: Sequence[MatrixErrors], plan: Mapping[str, i
 
 def config_widths(config: LoftQConfig) -> tuple[int, ...]:
     """The candidate widths of a config: every width of its method from ``bits`` to
-    ``high_bits``."""
+    ``high_bits`` (2, 3 and 4 by default)."""
     return tuple(b for b in METHODS[config.method] if config.bits <= b <= config.high_bits)
 
 
@@ -521,22 +487,13 @@ def measure_targets(
     progress: bool = True,
     workers: int = 1,
 ) -> list[MatrixErrors]:
-    """:func:`measure_errors` of a checkpoint's targets at :func:`config_widths`, read one at a
-    time, with the config's LoftQ settings and seeds (``config.seed + i`` for target i, as
-    :func:`leanfit.pipeline.quantize_checkpoint`): the error measured at a width is the
-    error a run at that width gets."""
+    """:func:`measure_errors` of a checkpoint's targets, read one at a time: the error
+    measured at a width is the error a run at that width gets."""
     from leanfit.checkpoints.targets import matrix_view
 
     return measure_errors(
         ((t.name, matrix_view(source.read(t.name), t)) for t in targets),
-        widths=config_widths(config),
-        rank=config.rank,
-        iters=config.iters,
-        method=config.method,
-        block_size=config.block_size,
-        svd=config.svd,
-        double_quant=config.double_quant,
-        seed=config.seed,
+        config,
         progress=progress,
         total=len(targets),
         workers=workers,
@@ -564,13 +521,8 @@ def allocate_for_config(
         raise bad_value("config.bits_budget", None, "a number")
     widths = config_widths(config)
     numels = [math.prod(t.matrix_shape) for t in targets]
-    nbytes = [
-        {
-            b: stored_nbytes(n, b, config.method, config.block_size, config.double_quant)
-            for b in widths
-        }
-        for n in numels
-    ]
+    specs = {b: config.quant.with_bits(b) for b in widths}
+    nbytes = [{b: stored_nbytes(n, spec) for b, spec in specs.items()} for n in numels]
     _total_budget(config.bits_budget, nbytes, numels)  # refuse a bad budget before measuring
     tic = time.perf_counter()
     measured = measure_targets(source, targets, config, progress=progress, workers=workers)

@@ -17,31 +17,33 @@ import torch
 
 from leanfit.checkpoints.base import TensorSource
 from leanfit.checkpoints.targets import Target, matrix_view, to_peft_lora
+from leanfit.pipeline.config import LoftQConfig, MatrixReport
 from leanfit.pipeline.parallel import ordered_map
-from leanfit.quantization.config import LoftQConfig, MatrixReport
 from leanfit.quantization.loftq import LoftQResult, loftq_decompose
 from leanfit.quantization.quantizers import QuantizedTensor
 
 
-def _decompose(
+def decompose_target(
     matrix: torch.Tensor,
+    index: int,
     bits: int,
     config: LoftQConfig,
-    seed: int,
     name: str,
     gram: torch.Tensor | None = None,
 ) -> LoftQResult:
+    """LoftQ of a run's target ``index`` (0-based, in the run's target order) at ``bits``.
+
+    The one place that turns a run's config into a decomposition: the config's quantizer at
+    this width, its LoRA setting, and the seed ``config.seed + index`` — whoever computes the
+    target (the computers here, Dask workers) or measures it for the bit allocation
+    (:func:`leanfit.pipeline.allocation.measure_errors`), so that an error measured at a
+    width is the error the run gets there.
+    """
     return loftq_decompose(
         matrix,
-        bits=bits,
-        rank=config.rank,
-        iters=config.iters,
-        method=config.method,
-        block_size=config.block_size,
-        svd=config.svd,
-        lora_alpha=config.alpha,
-        double_quant=config.double_quant,
-        seed=seed,
+        config.quant.with_bits(bits),
+        config.lora,
+        seed=config.seed + index,
         name=name,
         gram=gram,
         damp=config.calib_damp,
@@ -99,7 +101,7 @@ def _quantize_target(
     tic = time.perf_counter() if started is None else started
     target = job.target
     matrix = matrix_view(tensor, target)
-    result = _decompose(matrix, job.bits, config, config.seed + job.index, target.name, gram)
+    result = decompose_target(matrix, job.index, job.bits, config, target.name, gram)
     lora_a, lora_b = to_peft_lora(result.lora_A, result.lora_B, target)
     report = MatrixReport(
         name=target.name,

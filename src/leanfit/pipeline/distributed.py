@@ -34,9 +34,9 @@ from leanfit.checkpoints.resume import refuse_existing_output
 from leanfit.checkpoints.source import open_checkpoint
 from leanfit.exceptions import BadInputError, MissingResourceError, bad_value
 from leanfit.pipeline.computers import QuantizedTarget, TargetComputer, TargetJob, quantize_target
+from leanfit.pipeline.config import LoftQConfig, LoftQReport
 from leanfit.pipeline.parallel import in_order
 from leanfit.pipeline.walker import DEFAULT_SHARD_BYTES, walk
-from leanfit.quantization.config import LoftQConfig, LoftQReport
 
 
 def _distributed() -> Any:

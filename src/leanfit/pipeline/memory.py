@@ -39,7 +39,7 @@ import psutil
 
 from leanfit.checkpoints.targets import Target
 from leanfit.exceptions import BadInputError, MemoryBudgetError, bad_value
-from leanfit.quantization.config import LoftQConfig
+from leanfit.pipeline.config import LoftQConfig
 
 LOFTQ_WORKSPACE = 20
 QLORA_WORKSPACE = 10
@@ -160,8 +160,8 @@ def estimate_memory(
     """The :class:`MemoryEstimate` of walking tensors ``shapes`` (in order) with these
     targets and bits, ``workers`` targets at a time; ``baseline`` is the anonymous memory
     before the walk."""
-    factor = LOFTQ_WORKSPACE if config.iters > 0 else QLORA_WORKSPACE
-    rank, block_size = config.rank, config.block_size
+    factor = LOFTQ_WORKSPACE if config.lora.iters > 0 else QLORA_WORKSPACE
+    rank, block_size = config.lora.rank, config.quant.block_size
     by_name = {t.name: t for t in targets}
     workspace, largest = 0, "(none)"
     groups, halves, adapter = [], [], 0

@@ -1,7 +1,8 @@
 """Apply LoftQ to a whole model: walk a checkpoint (or an in-memory module) tensor by tensor.
 
 The walker knows no maths beyond calling :func:`leanfit.quantization.loftq_decompose`: it
-chooses the targets and their bits (:mod:`leanfit.checkpoints.targets`), reads one tensor,
+chooses the targets (:mod:`leanfit.checkpoints.targets`) and their bits
+(:mod:`leanfit.pipeline.plan`, :mod:`leanfit.pipeline.allocation`), reads one tensor,
 turns a target into its ``n_out × n_in`` matrix, decomposes it, hands the packed Q and the
 PEFT LoRA factors to the artifact writer (:mod:`leanfit.checkpoints.writer`), and lets
 the tensor go before reading the next one. Peak memory is therefore the working set of the
@@ -32,13 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from leanfit.checkpoints.base import ModuleSource, TensorSource
-from leanfit.checkpoints.targets import (
-    Target,
-    needs_model_layers,
-    plan_bits,
-    select_targets,
-    target_rule,
-)
+from leanfit.checkpoints.targets import Target, needs_model_layers, select_targets, target_rule
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.heap import FreedMemory
 from leanfit.io import read_json
@@ -50,6 +45,7 @@ from leanfit.pipeline.computers import (
     compute_locally,
     make_calibrator,
 )
+from leanfit.pipeline.config import LoftQConfig, LoftQReport, MatrixReport
 from leanfit.pipeline.memory import (
     MemoryEstimate,
     PeakMemory,
@@ -57,7 +53,8 @@ from leanfit.pipeline.memory import (
     estimate_memory,
 )
 from leanfit.pipeline.parallel import check_workers
-from leanfit.quantization.config import LoftQConfig, LoftQReport, MatrixReport
+from leanfit.pipeline.plan import plan_bits
+from leanfit.pipeline.report import write_reports
 
 DEFAULT_SHARD_BYTES = 64 * 2**20
 
@@ -122,17 +119,6 @@ def _targets_of(
     return names, shapes, targets
 
 
-def _rule_plan(targets: list[Target], config: LoftQConfig) -> dict[str, int]:
-    """Each target's bits by the config's fixed rule: uniform, or the first layers wider."""
-    return plan_bits(
-        targets,
-        config.bits,
-        avg_bits=config.avg_bits,
-        high_bits=config.high_bits,
-        first_high_layers=config.first_high_layers,
-    )
-
-
 def walk(
     source: TensorSource,
     out_dir: str | Path,
@@ -187,12 +173,12 @@ def walk(
     budget = check_budget(max_memory_bytes)
     out_dir = Path(out_dir)
     names, shapes, targets = _targets_of(source, config)
-    _check_rank(targets, config.rank)
+    _check_rank(targets, config.lora.rank)
     if resume and out_dir.exists() and not unfinished_run(out_dir):
         return _completed(out_dir, config)
     allocation = None
     if config.bits_budget is None:
-        plan = _rule_plan(targets, config)
+        plan = plan_bits(targets, config)
     else:
         from leanfit.pipeline.allocation import allocate_for_config
 
@@ -228,7 +214,8 @@ def walk(
         memory.running(),
         ArtifactWriter(
             out_dir,
-            config,
+            config.to_dict(),
+            config.lora,
             source,
             overwrite=overwrite,
             export_dequantized=export_dequantized,
@@ -283,7 +270,7 @@ def walk(
         report.seconds = time.perf_counter() - start
         report.start_rss_bytes, report.start_anon_bytes = memory.start_rss, memory.start_anon
         report.peak_rss_bytes, report.peak_anon_bytes = memory.rss, memory.anon
-        writer.finish(report)
+        writer.finish(lambda root: write_reports(root, report))
     return report
 
 
@@ -304,7 +291,7 @@ def estimate_checkpoint_memory(
     with open_checkpoint(source) as checkpoint:
         _, shapes, targets = _targets_of(checkpoint, config)
         if config.bits_budget is None:
-            plan = _rule_plan(targets, config)
+            plan = plan_bits(targets, config)
         else:  # the widths are chosen while measuring: count every target at the widest
             plan = {target.name: config.high_bits for target in targets}
         memory = PeakMemory()

@@ -3,19 +3,20 @@
 Pure tensor functions, no I/O and no models: :func:`quantize` (blockwise NormalFloat-k and
 uniform-k, really packed by :func:`pack`), :func:`truncated_svd` (exact or randomized) and
 :func:`loftq_decompose` (one weight matrix → Q plus PEFT-convention LoRA factors);
-:class:`QuantLinear` runs a packed weight and can be wrapped by PEFT's LoRA;
-:class:`LoftQConfig` and :class:`LoftQReport` describe a whole-model run.
+:class:`QuantLinear` runs a packed weight and can be wrapped by PEFT's LoRA. The quantizer
+setting (:class:`QuantSpec`) and the LoRA setting (:class:`LoraSpec`) are frozen values,
+validated when built and passed whole.
 
 The rest of the LoftQ workflow builds on this package:
 
 - :mod:`leanfit.checkpoints`: stream a safetensors or GGUF checkpoint tensor by tensor, choose
   the targets, write and load the output directory (:func:`leanfit.checkpoints.load`);
 - :mod:`leanfit.pipeline`: run LoftQ over a checkpoint
-  (:func:`leanfit.pipeline.quantize_checkpoint`, ``leanfit quantize``);
+  (:func:`leanfit.pipeline.quantize_checkpoint`, ``leanfit quantize``), described by a
+  :class:`leanfit.pipeline.LoftQConfig` and reported by a :class:`leanfit.pipeline.LoftQReport`;
 - :mod:`leanfit.finetune`: LoRA fine-tuning and evaluation of the result.
 """
 
-from leanfit.quantization.config import LoftQConfig, LoftQReport, MatrixReport
 from leanfit.quantization.loftq import LoftQResult, LowRankFit, fit_low_rank, loftq_decompose
 from leanfit.quantization.lowrank import truncated_svd
 from leanfit.quantization.nn import QuantLinear
@@ -27,15 +28,15 @@ from leanfit.quantization.quantizers import (
     nf_table,
     quantize,
 )
+from leanfit.quantization.spec import LoraSpec, QuantSpec
 
 __all__ = [
     "DoubleQuantized",
-    "LoftQConfig",
-    "LoftQReport",
     "LoftQResult",
+    "LoraSpec",
     "LowRankFit",
-    "MatrixReport",
     "QuantLinear",
+    "QuantSpec",
     "QuantizedTensor",
     "fit_low_rank",
     "levels",

@@ -25,7 +25,6 @@ from torch import Tensor
 
 from leanfit.exceptions import BadInputError, bad_value
 from leanfit.quantization.lowrank import (
-    SVD_METHODS,
     pad_columns,
     power_step,
     subspace_svd,
@@ -35,10 +34,10 @@ from leanfit.quantization.quantizers import (
     GridPoint,
     QuantizedTensor,
     Workspace,
-    check_quantization_args,
     quantize,
     quantize_to_grid,
 )
+from leanfit.quantization.spec import LoraSpec, QuantSpec, check_spec
 from leanfit.quantization.whitening import DEFAULT_DAMP, Whitening, output_error, whiten
 
 # Subspace (power) iterations of the randomized SVD, (first LoftQ step, later steps). The first
@@ -242,15 +241,9 @@ def _lora_a_init(rank: int, in_features: int, generator: torch.Generator, like: 
 
 def loftq_decompose(
     weight: Tensor,
+    spec: QuantSpec,
+    lora: LoraSpec,
     *,
-    bits: int = 2,
-    rank: int = 16,
-    iters: int = 5,
-    method: str = "nf",
-    block_size: int = 64,
-    svd: str = "randomized",
-    lora_alpha: float | None = None,
-    double_quant: bool = False,
     seed: int = 0,
     name: str = "weight",
     gram: Tensor | None = None,
@@ -263,25 +256,22 @@ def loftq_decompose(
     weight : Tensor
         W, (out × in), floating point, finite; not modified. Callers reshape convolution
         kernels to (out × in·k…) and transpose GPT-2 ``Conv1D`` weights (stored in × out).
-    bits, method, block_size, double_quant
+    spec : QuantSpec
         The quantizer, see :func:`leanfit.quantization.quantize`.
-    rank : int
-        r, 1 <= r < min(out, in).
-    iters : int
-        T >= 0 alternating steps. The iterate with the lowest error is kept and the loop
-        stops after the first step whose error rises, so the result is never worse than
-        T = 1. T = 0 is QLoRA: Q = quantize(W), ``lora_B = 0`` and ``lora_A`` drawn like
-        PEFT's default (Kaiming-uniform, seeded).
-    svd : {"randomized", "exact"}
-        Truncated SVD of each residual. ``"exact"``: :func:`torch.linalg.svd`.
-        ``"randomized"``: subspace iteration with Rayleigh–Ritz extraction
-        (:func:`leanfit.quantization.lowrank.subspace_svd`, sketch width r + 16, r + 8 from
-        r = 64 on): from a Gaussian sketch at the first step, then warm-started from the
-        previous step's right Ritz basis (``POWER_ITERS`` gives the iterations per step); the
-        total error stays within 0.5 % of the published algorithm's (exact SVD every step,
-        ``benchmarks/loftq_speed.py``) and up to 1.1 % above ``svd="exact"`` at T = 5.
-    lora_alpha : float, optional
-        PEFT's ``lora_alpha`` (> 0); default r, i.e. s = 1.
+    lora : LoraSpec
+        The LoRA setting. Its rank r must satisfy r < min(out, in); s = ``lora.scaling``
+        (alpha / r). ``lora.iters`` = T alternating steps: the iterate with the lowest error
+        is kept and the loop stops after the first step whose error rises, so the result is
+        never worse than T = 1. T = 0 (``init="qlora"``) is QLoRA: Q = quantize(W),
+        ``lora_B = 0`` and ``lora_A`` drawn like PEFT's default (Kaiming-uniform, seeded).
+        ``lora.svd`` is the truncated SVD of each residual. ``"exact"``:
+        :func:`torch.linalg.svd`. ``"randomized"``: subspace iteration with Rayleigh–Ritz
+        extraction (:func:`leanfit.quantization.lowrank.subspace_svd`, sketch width r + 16,
+        r + 8 from r = 64 on): from a Gaussian sketch at the first step, then warm-started
+        from the previous step's right Ritz basis (``POWER_ITERS`` gives the iterations per
+        step); the total error stays within 0.5 % of the published algorithm's (exact SVD
+        every step, ``benchmarks/loftq_speed.py``) and up to 1.1 % above ``svd="exact"`` at
+        T = 5.
     seed : int
         Seeds the randomized SVD and the T = 0 ``lora_A``.
     name : str, default "weight"
@@ -301,20 +291,14 @@ def loftq_decompose(
         On the weight's device; factors in float32.
     """
     w = _check_weight(weight, name)
+    spec = check_spec("spec", spec, QuantSpec)
+    lora = check_spec("lora", lora, LoraSpec)
     out_features, in_features = w.shape
     limit = min(out_features, in_features) - 1
     if limit < 1:
         raise bad_value(name, tuple(w.shape), "a matrix with min(out, in) >= 2")
-    rank = _check_int("rank", rank, 1, limit)
-    iters = _check_int("iters", iters, 0)
+    rank = _check_int("rank", lora.rank, 1, limit)
     seed = _check_int("seed", seed, 0)
-    check_quantization_args(bits, method, block_size)
-    if svd not in SVD_METHODS:
-        raise bad_value("svd", svd, f"one of {SVD_METHODS}")
-    alpha = float(rank) if lora_alpha is None else lora_alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
-        raise bad_value("lora_alpha", lora_alpha, "a finite number > 0, or None")
-    scaling = alpha / rank
     generator = torch.Generator(device=w.device).manual_seed(seed)
     norm = _frobenius_norm(w, name) or 1.0  # an all-zero W has zero error, not 0/0
     whitening = None
@@ -326,35 +310,24 @@ def loftq_decompose(
         whitening = whiten(gram.to(w.device), damp, name=f"gram of {name}")
         norm = output_error(w, whitening) or 1.0
 
-    def quantized(target: Tensor) -> QuantizedTensor:
-        return quantize(target, bits, method, block_size, double_quant)
-
-    if iters == 0:
-        q = quantized(w)
+    if lora.iters == 0:
+        q = quantize(w, spec)
         error = w - q.dequantize()
         size = torch.linalg.norm(error) if whitening is None else output_error(error, whitening)
         qlora_error = float(size) / norm
         lora_a = _lora_a_init(rank, in_features, generator, w)
         lora_b = w.new_zeros(out_features, rank)
-        return LoftQResult(q, lora_a, lora_b, scaling, [], qlora_error, 0)
+        return LoftQResult(q, lora_a, lora_b, lora.scaling, [], qlora_error, 0)
 
     errors: list[float] = []
-    cold_iters, warm_iters = POWER_ITERS.get(bits, POWER_ITERS_DEFAULT)
+    cold_iters, warm_iters = POWER_ITERS.get(spec.bits, POWER_ITERS_DEFAULT)
     target, residual = w, torch.empty_like(w)
-    workspace = Workspace(-(-w.numel() // block_size) * block_size, w.device)
+    workspace = Workspace(-(-w.numel() // spec.block_size) * spec.block_size, w.device)
     spare: GridPoint | None = None  # the buffers of an iterate no longer needed
     basis = None
     best: tuple[int, GridPoint, LowRankFit] | None = None
-    for step in range(1, iters + 1):
-        grid = quantize_to_grid(
-            target.reshape(-1),
-            bits,
-            method,
-            block_size,
-            double_quant,
-            out=spare,
-            workspace=workspace,
-        )
+    for step in range(1, lora.iters + 1):
+        grid = quantize_to_grid(target.reshape(-1), spec, out=spare, workspace=workspace)
         torch.sub(w, grid.values.view_as(w), out=residual)
         # The matrix the low-rank step fits: W − Q, or (W − Q) S with a calibration Gram.
         fitted = residual if whitening is None else residual @ whitening.root
@@ -364,7 +337,7 @@ def loftq_decompose(
             target = torch.empty_like(w)
         power_iters = cold_iters if basis is None else warm_iters
         fit = fit_low_rank(
-            fitted, rank, svd=svd, init=basis, generator=generator, power_iters=power_iters
+            fitted, rank, svd=lora.svd, init=basis, generator=generator, power_iters=power_iters
         )
         if whitening is not None:
             fit = _unwhiten(fit, whitening)
@@ -378,12 +351,12 @@ def loftq_decompose(
             break
         else:
             spare = grid
-        if step < iters:
+        if step < lora.iters:
             torch.addmm(w, fit.left, fit.right, alpha=-1, out=target)  # W − L R
     assert best is not None  # iters >= 1, so the loop ran
     best_iter, grid, fit = best
-    root = math.sqrt(scaling)
+    root = math.sqrt(lora.scaling)
     q = grid.pack(tuple(w.shape))
     return LoftQResult(
-        q, fit.right / root, fit.left / root, scaling, errors, qlora_error, best_iter
+        q, fit.right / root, fit.left / root, lora.scaling, errors, qlora_error, best_iter
     )

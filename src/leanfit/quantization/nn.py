@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from leanfit.exceptions import BadInputError, LeanfitError, bad_value
 from leanfit.heap import FreedMemory, release_freed_memory
 from leanfit.quantization.quantizers import QuantizedTensor, Scratch, empty_state, quantize
+from leanfit.quantization.spec import QuantSpec, check_spec
 
 _INPLACE_DUNDERS = frozenset(
     {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__setitem__"}
@@ -210,7 +211,7 @@ class QuantLinear(nn.Linear):
     in_features, out_features : int
     bias : bool
         Create a (zero) bias parameter.
-    bits, method, block_size, double_quant
+    spec : QuantSpec
         Layout of the quantized weight, see :func:`leanfit.quantization.quantize`.
     device : torch.device or str, optional
 
@@ -224,25 +225,17 @@ class QuantLinear(nn.Linear):
         out_features: int,
         bias: bool = True,
         *,
-        bits: int = 4,
-        method: str = "nf",
-        block_size: int = 64,
-        double_quant: bool = False,
+        spec: QuantSpec,
         device: torch.device | str | None = None,
     ) -> None:
         nn.Module.__init__(self)
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_value(name, value, "an int >= 1")
-        if not isinstance(double_quant, bool):
-            raise bad_value("double_quant", double_quant, "a bool")
         self.in_features = in_features
         self.out_features = out_features
-        self.bits, self.method, self.block_size = bits, method, block_size
-        self.double_quant = double_quant
-        state = empty_state(
-            (out_features, in_features), bits, method, block_size, double_quant, device
-        )
+        self.spec = check_spec("spec", spec, QuantSpec)
+        state = empty_state((out_features, in_features), spec, device)
         for name, tensor in state.items():
             self.register_buffer(name, tensor)
         if bias:
@@ -261,10 +254,7 @@ class QuantLinear(nn.Linear):
             in_features,
             out_features,
             bias is not None,
-            bits=quantized.bits,
-            method=quantized.method,
-            block_size=quantized.block_size,
-            double_quant=quantized.double_quant,
+            spec=quantized.spec,
             device=device,
         )
         tensors = quantized.to_state_dict("")
@@ -276,31 +266,19 @@ class QuantLinear(nn.Linear):
         return layer
 
     @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        bits: int = 4,
-        method: str = "nf",
-        block_size: int = 64,
-        double_quant: bool = False,
-    ) -> QuantLinear:
-        """Quantize an :class:`torch.nn.Linear` (its bias is kept in full precision)."""
+    def from_linear(cls, linear: nn.Linear, spec: QuantSpec) -> QuantLinear:
+        """Quantize an :class:`torch.nn.Linear` with ``spec`` (its bias is kept in full
+        precision)."""
         if not isinstance(linear, nn.Linear) or isinstance(linear, QuantLinear):
             raise bad_value("linear", type(linear).__name__, "a torch.nn.Linear (not quantized)")
-        quantized = quantize(linear.weight, bits, method, block_size, double_quant)
+        quantized = quantize(linear.weight, spec)
         return cls.from_quantized(quantized, linear.bias)
 
     @property
     def quantized(self) -> QuantizedTensor:
         """The stored weight as a :class:`QuantizedTensor` (sharing the buffers)."""
-        meta = {
-            "shape": [self.out_features, self.in_features],
-            "bits": self.bits,
-            "method": self.method,
-            "block_size": self.block_size,
-            "double_quant": self.double_quant,
-        }
-        return QuantizedTensor.from_state_dict(dict(self.named_buffers()), "", meta)
+        shape = (self.out_features, self.in_features)
+        return QuantizedTensor.from_tensors(dict(self.named_buffers()), "", shape, self.spec)
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
@@ -347,6 +325,6 @@ class QuantLinear(nn.Linear):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, bits={self.bits}, method={self.method!r}, "
-            f"block_size={self.block_size}, double_quant={self.double_quant}"
+            f"bias={self.bias is not None}, bits={self.spec.bits}, method={self.spec.method!r}, "
+            f"block_size={self.spec.block_size}, double_quant={self.spec.double_quant}"
         )

@@ -43,28 +43,12 @@ from torch import Tensor
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.quantization.packing import pack, packed_length, unpack
+from leanfit.quantization.spec import QuantSpec, check_spec
 
-METHODS: dict[str, tuple[int, ...]] = {"nf": (2, 3, 4), "uniform": (2, 3, 4, 8)}
 NF_OFFSET = 0.9677083
 DOUBLE_QUANT_GROUP = 256
 _DQ_LEVELS = 127  # int8 codes of the double quantization lie in [-127, 127]
 _MIN_ABSMAX = 1e-38  # as bitsandbytes: an all-zero block gets a finite reciprocal
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_value(name, value, f"an int >= {minimum}")
-    return value
-
-
-def check_quantization_args(bits: object, method: object, block_size: object) -> None:
-    """Raise :class:`BadInputError` unless (bits, method, block_size) is a supported quantizer."""
-    if method not in METHODS:
-        raise bad_value("method", method, f"one of {sorted(METHODS)}")
-    allowed = METHODS[str(method)]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
-        raise bad_value("bits", bits, f"one of {allowed} with method {method!r}")
-    _check_int("block_size", block_size, 1)
 
 
 @functools.cache
@@ -95,16 +79,19 @@ def nf_table(bits: int, device: torch.device | str | None = None) -> Tensor:
     device : torch.device or str, optional
         Where to put the table (CPU by default).
     """
-    check_quantization_args(bits, "nf", 1)
-    return _nf_table_cpu(int(bits)).to(device=device, copy=True)
+    return levels(bits, "nf", device)
 
 
 def levels(bits: int, method: str, device: torch.device | str | None = None) -> Tensor:
     """The normalized levels a code indexes: the NF table, or 0 … 2**k − 1 for uniform."""
-    check_quantization_args(bits, method, 1)
-    if method == "nf":
-        return nf_table(bits, device)
-    return torch.arange(2**bits, dtype=torch.float32, device=device)
+    return _levels(QuantSpec(bits, method), device)
+
+
+def _levels(spec: QuantSpec, device: torch.device | str | None = None) -> Tensor:
+    """:func:`levels` of a setting already checked (a fresh tensor)."""
+    if spec.method == "nf":
+        return _nf_table_cpu(spec.bits).to(device=device, copy=True)
+    return torch.arange(2**spec.bits, dtype=torch.float32, device=device)
 
 
 _LUT_BINS = 4096
@@ -112,7 +99,7 @@ _LUT_SLACK = 1e-5  # far above the float32 rounding of the bin index, far below 
 
 
 @functools.cache
-def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, Tensor, float]:
+def _code_lut_cpu(spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor, float]:
     """Per bin of a 4096-bin grid over [first level, last level]: (codes below, midpoint),
     then the bin-index map ``x ↦ shift + per_unit · x`` as (shift, a 0-d tensor; per_unit).
 
@@ -121,7 +108,7 @@ def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, Tensor, float
     (+inf if none). A value x that the float32 bin formula sends to bin u lies inside the
     widened bin, so its code is ``below[u] + [x > window[u]]``.
     """
-    table = levels(bits, method)
+    table = _levels(spec)
     midpoints = ((table[:-1] + table[1:]) / 2).double()
     low, high = float(table[0]), float(table[-1])
     edges = torch.linspace(low, high, _LUT_BINS + 1, dtype=torch.float64)
@@ -135,9 +122,9 @@ def _code_lut_cpu(bits: int, method: str) -> tuple[Tensor, Tensor, Tensor, float
     return below.to(torch.int32), window, torch.tensor(-low * per_unit), per_unit
 
 
-def _code_lut(bits: int, method: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor, float]:
+def _code_lut(spec: QuantSpec, device: torch.device) -> tuple[Tensor, Tensor, Tensor, float]:
     """:func:`_code_lut_cpu` on ``device``: (below, window, −low · per_unit, per_unit)."""
-    below, window, shift, per_unit = _code_lut_cpu(bits, method)
+    below, window, shift, per_unit = _code_lut_cpu(spec)
     return below.to(device), window.to(device), shift.to(device), per_unit
 
 
@@ -160,8 +147,7 @@ class Workspace:
 
 def nearest_codes(
     normalized: Tensor,
-    bits: int,
-    method: str,
+    spec: QuantSpec,
     *,
     out: Tensor | None = None,
     workspace: Workspace | None = None,
@@ -173,7 +159,7 @@ def nearest_codes(
     many elements) receives the codes; ``workspace`` provides the scratch buffers.
     """
     flat = normalized.reshape(-1)
-    below, window, shift, per_unit = _code_lut(bits, method, flat.device)
+    below, window, shift, per_unit = _code_lut(spec, flat.device)
     if workspace is None or not workspace.fits(flat):
         workspace = Workspace(flat.numel(), flat.device)
     # bin index: shift + per_unit · x = (x − low) · per_unit, within the lookup's slack
@@ -196,15 +182,15 @@ _ROW_AS = {1: torch.float32, 2: torch.int64, 4: torch.complex128}
 
 
 @functools.cache
-def _byte_levels_cpu(bits: int, method: str) -> Tensor:
+def _byte_levels_cpu(spec: QuantSpec) -> Tensor:
     """(256,) table: entry b holds the 8/k float32 levels of the codes packed in byte b.
 
     Stored as 256 elements of 4·8/k bytes each (``_ROW_AS``); ``.view(torch.float32)`` of a
     gather gives the levels in code order.
     """
-    per_byte = 8 // bits
-    codes = unpack(torch.arange(256, dtype=torch.uint8), bits, 256 * per_byte)
-    rows = levels(bits, method)[codes.long()].view(256, per_byte)
+    per_byte = 8 // spec.bits
+    codes = unpack(torch.arange(256, dtype=torch.uint8), spec.bits, 256 * per_byte)
+    rows = _levels(spec)[codes.long()].view(256, per_byte)
     return rows.view(_ROW_AS[per_byte]).view(256)
 
 
@@ -263,15 +249,13 @@ def _decode(stat: Tensor | DoubleQuantized) -> Tensor:
     return stat.decode() if isinstance(stat, DoubleQuantized) else stat
 
 
-def _layout(
-    numel: int, bits: int, method: str, block_size: int, double_quant: bool
-) -> dict[str, tuple[int, torch.dtype]]:
+def _layout(numel: int, spec: QuantSpec) -> dict[str, tuple[int, torch.dtype]]:
     """Name → (length, dtype) of every stored tensor of a quantized tensor."""
-    n_blocks = -(-numel // block_size)
-    stats = ["scales"] + (["offsets"] if method == "uniform" else [])
-    layout = {"packed": (packed_length(numel, bits), torch.uint8)}
+    n_blocks = -(-numel // spec.block_size)
+    stats = ["scales"] + (["offsets"] if spec.method == "uniform" else [])
+    layout = {"packed": (packed_length(numel, spec.bits), torch.uint8)}
     for stat in stats:
-        if double_quant:
+        if spec.double_quant:
             layout[stat] = (n_blocks, torch.int8)
             layout[f"{stat}_dq_scales"] = (-(-n_blocks // DOUBLE_QUANT_GROUP), torch.float32)
             layout[f"{stat}_dq_mean"] = (1, torch.float32)
@@ -280,29 +264,20 @@ def _layout(
     return layout
 
 
-def stored_nbytes(
-    numel: int, bits: int, method: str, block_size: int, double_quant: bool = False
-) -> int:
+def stored_nbytes(numel: int, spec: QuantSpec) -> int:
     """Bytes a quantized tensor of ``numel`` elements stores (packed codes and statistics),
     i.e. :attr:`QuantizedTensor.nbytes` without quantizing anything."""
-    check_quantization_args(bits, method, block_size)
-    _check_int("numel", numel, 1)
-    layout = _layout(numel, bits, method, block_size, double_quant)
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 1:
+        raise bad_value("numel", numel, "an int >= 1")
+    layout = _layout(numel, check_spec("spec", spec, QuantSpec))
     return sum(length * dtype.itemsize for length, dtype in layout.values())
 
 
 def empty_state(
-    shape: tuple[int, ...],
-    bits: int,
-    method: str,
-    block_size: int,
-    double_quant: bool = False,
-    device: torch.device | str | None = None,
+    shape: tuple[int, ...], spec: QuantSpec, device: torch.device | str | None = None
 ) -> dict[str, Tensor]:
     """Zero-filled tensors with the names, sizes and dtypes that :meth:`to_state_dict` gives."""
-    check_quantization_args(bits, method, block_size)
-    numel = math.prod(shape)
-    layout = _layout(numel, bits, method, block_size, double_quant)
+    layout = _layout(math.prod(shape), check_spec("spec", spec, QuantSpec))
     return {name: torch.zeros(n, dtype=dt, device=device) for name, (n, dt) in layout.items()}
 
 
@@ -347,29 +322,25 @@ class QuantizedTensor:
         Uniform only: the per-block minimum; None for NF.
     shape : tuple of int
         Shape of the original tensor.
-    bits : int
-    method : str
-        ``"nf"`` or ``"uniform"``.
-    block_size : int
+    spec : QuantSpec
+        The quantizer (bits, method, block size, double quantization).
     """
 
     packed: Tensor
     scales: Tensor | DoubleQuantized
     offsets: Tensor | DoubleQuantized | None
     shape: tuple[int, ...]
-    bits: int
-    method: str
-    block_size: int
+    spec: QuantSpec
 
     def __post_init__(self) -> None:
-        check_quantization_args(self.bits, self.method, self.block_size)
+        spec = check_spec("spec", self.spec, QuantSpec)
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        if (self.offsets is None) != (self.method == "nf"):
+        if (self.offsets is None) != (spec.method == "nf"):
             raise BadInputError(
                 f"offsets must be given for uniform and only for uniform; "
-                f"got method={self.method!r} and offsets={type(self.offsets)}"
+                f"got method={spec.method!r} and offsets={type(self.offsets)}"
             )
-        layout = _layout(self.numel, self.bits, self.method, self.block_size, self.double_quant)
+        layout = _layout(self.numel, spec)
         for name, tensor in self.to_state_dict("").items():
             length, dtype = layout.get(name, (None, None))
             if tensor.dtype != dtype or tensor.shape != (length,):
@@ -383,10 +354,6 @@ class QuantizedTensor:
         return math.prod(self.shape)
 
     @property
-    def double_quant(self) -> bool:
-        return isinstance(self.scales, DoubleQuantized)
-
-    @property
     def nbytes(self) -> int:
         """Bytes stored: packed codes plus all statistics."""
         return sum(t.numel() * t.element_size() for t in self.to_state_dict("").values())
@@ -398,7 +365,7 @@ class QuantizedTensor:
 
     def codes(self) -> Tensor:
         """The codes, uint8, 1-D of length numel, in row-major order of the original tensor."""
-        return unpack(self.packed, self.bits, self.numel)
+        return unpack(self.packed, self.spec.bits, self.numel)
 
     def block_scales(self) -> Tensor:
         """Per-block scales as float32 (decoded if double-quantized)."""
@@ -422,30 +389,31 @@ class QuantizedTensor:
         the same scratch (for a product computed at once, as :class:`QuantLinear` does).
         """
         device = torch.device(self.packed.device if device is None else device)
-        n_blocks = -(-self.numel // self.block_size)
-        if self.bits in _BYTE_ALIGNED:
+        spec = self.spec
+        n_blocks = -(-self.numel // spec.block_size)
+        if spec.bits in _BYTE_ALIGNED:
             # Each byte holds whole codes: one lookup per byte gives its 8/k levels at once.
-            lut = _byte_levels_cpu(self.bits, self.method).to(device)
-            n_values = self.packed.numel() * (8 // self.bits)
+            lut = _byte_levels_cpu(spec).to(device)
+            n_values = self.packed.numel() * (8 // spec.bits)
             if scratch is None:
                 index = self.packed.to(device, torch.int32)
                 flat = lut.index_select(0, index).view(torch.float32)
             else:
                 index = scratch.get(self.packed.numel(), torch.int32, device).copy_(self.packed)
-                flat = scratch.get(max(n_values, n_blocks * self.block_size), torch.float32, device)
+                flat = scratch.get(max(n_values, n_blocks * spec.block_size), torch.float32, device)
                 torch.index_select(lut, 0, index, out=flat[:n_values].view(lut.dtype))
         else:
-            table = levels(self.bits, self.method, device)
+            table = _levels(spec, device)
             if scratch is None:
                 flat = table[self.codes().to(device).long()]
             else:
                 index = scratch.get(self.numel, torch.int32, device).copy_(self.codes())
-                flat = scratch.get(n_blocks * self.block_size, torch.float32, device)
+                flat = scratch.get(n_blocks * spec.block_size, torch.float32, device)
                 torch.index_select(table, 0, index, out=flat[: self.numel])
         if scratch is None:
-            values = _blocks(flat[: self.numel], self.block_size)  # fresh: scale in place
+            values = _blocks(flat[: self.numel], spec.block_size)  # fresh: scale in place
         else:  # the tail of the last block is scratch, scaled and then dropped
-            values = flat[: n_blocks * self.block_size].view(n_blocks, self.block_size)
+            values = flat[: n_blocks * spec.block_size].view(n_blocks, spec.block_size)
         values.mul_(self.block_scales().to(device)[:, None])
         offsets = self.block_offsets()
         if offsets is not None:
@@ -457,13 +425,7 @@ class QuantizedTensor:
 
     def meta(self) -> dict[str, Any]:
         """JSON-serializable description needed (with the tensors) to rebuild this object."""
-        return {
-            "shape": list(self.shape),
-            "bits": self.bits,
-            "method": self.method,
-            "block_size": self.block_size,
-            "double_quant": self.double_quant,
-        }
+        return {"shape": list(self.shape), **self.spec.to_dict()}
 
     def to_state_dict(self, prefix: str = "") -> dict[str, Tensor]:
         """Stored tensors keyed ``prefix + name``; names: packed, scales, offsets (uniform),
@@ -490,21 +452,35 @@ class QuantizedTensor:
         """
         try:
             shape = tuple(meta["shape"])
-            bits, method, block_size = meta["bits"], meta["method"], meta["block_size"]
-            double_quant = meta["double_quant"]
-            check_quantization_args(bits, method, block_size)
-            if not all(isinstance(d, int) and d >= 0 for d in shape) or not isinstance(
-                double_quant, bool
-            ):
+            if not all(isinstance(d, int) and d >= 0 for d in shape):
                 raise BadInputError(f"invalid meta {meta!r}")
-            layout = _layout(math.prod(shape), bits, method, block_size, double_quant)
+            spec = QuantSpec.from_dict(meta)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptArtifactError(
+                f"quantized tensor {prefix!r} cannot be rebuilt: {error}"
+            ) from error
+        return cls.from_tensors(tensors, prefix, shape, spec)
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, Tensor], prefix: str, shape: tuple[int, ...], spec: QuantSpec
+    ) -> QuantizedTensor:
+        """Rebuild from :meth:`to_state_dict` output, the shape and the setting being known.
+
+        Raises
+        ------
+        CorruptArtifactError
+            A tensor is missing or has the wrong dtype or size.
+        """
+        try:
+            layout = _layout(math.prod(shape), spec)
             missing = [prefix + name for name in layout if prefix + name not in tensors]
             if missing:
                 raise BadInputError(f"missing tensors {missing}")
 
             def stat(name: str) -> Tensor | DoubleQuantized:
                 value = tensors[prefix + name]
-                if not double_quant:
+                if not spec.double_quant:
                     return value
                 return DoubleQuantized(
                     value, tensors[f"{prefix}{name}_dq_scales"], tensors[f"{prefix}{name}_dq_mean"]
@@ -513,11 +489,9 @@ class QuantizedTensor:
             return cls(
                 packed=tensors[prefix + "packed"],
                 scales=stat("scales"),
-                offsets=stat("offsets") if method == "uniform" else None,
+                offsets=stat("offsets") if spec.method == "uniform" else None,
                 shape=shape,
-                bits=bits,
-                method=method,
-                block_size=block_size,
+                spec=spec,
             )
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
             raise CorruptArtifactError(
@@ -558,26 +532,17 @@ def _normalize(
     return torch.sub(blocks, offsets[:, None], out=out).div_(steps[:, None])
 
 
-def quantize(
-    tensor: Tensor,
-    bits: int,
-    method: str = "nf",
-    block_size: int = 64,
-    double_quant: bool = False,
-) -> QuantizedTensor:
+def quantize(tensor: Tensor, spec: QuantSpec) -> QuantizedTensor:
     """Quantize a tensor blockwise to k-bit codes (see the module docstring for the maths).
 
     Parameters
     ----------
     tensor : Tensor
         Any shape and floating dtype, finite, non-empty; not modified.
-    bits : int
-        k: 2, 3, 4 for ``"nf"``; 2, 3, 4, 8 for ``"uniform"``.
-    method : {"nf", "uniform"}
-    block_size : int
-        Values per block (>= 1); the last block may be partial.
-    double_quant : bool
-        Store the per-block statistics as 8-bit codes (:class:`DoubleQuantized`).
+    spec : QuantSpec
+        The quantizer: bits k, method, values per block (the last block may be partial),
+        and whether the per-block statistics are stored as 8-bit codes
+        (:class:`DoubleQuantized`).
 
     Returns
     -------
@@ -593,12 +558,9 @@ def quantize(
     code), and the same nibble order (first code in the high nibble). Values beyond the
     outer midpoints map to the extreme codes, so no clamping is needed.
     """
-    check_quantization_args(bits, method, block_size)
-    if not isinstance(double_quant, bool):
-        raise bad_value("double_quant", double_quant, "a bool")
+    spec = check_spec("spec", spec, QuantSpec)
     flat = _check_tensor(tensor)
-    grid = quantize_to_grid(flat, bits, method, block_size, double_quant)
-    return grid.pack(tuple(tensor.shape))
+    return quantize_to_grid(flat, spec).pack(tuple(tensor.shape))
 
 
 @dataclass(frozen=True)
@@ -615,9 +577,7 @@ class GridPoint:
     offsets: Tensor | DoubleQuantized | None
     padded_values: Tensor  # (n_blocks · block_size,) float32, the last block padded
     numel: int
-    bits: int
-    method: str
-    block_size: int
+    spec: QuantSpec
 
     @property
     def values(self) -> Tensor:
@@ -627,27 +587,22 @@ class GridPoint:
     def pack(self, shape: tuple[int, ...]) -> QuantizedTensor:
         """The :class:`QuantizedTensor` of these codes for a tensor of ``shape``."""
         return QuantizedTensor(
-            packed=pack(self.codes[: self.numel].to(torch.uint8), self.bits),
+            packed=pack(self.codes[: self.numel].to(torch.uint8), self.spec.bits),
             scales=self.scales,
             offsets=self.offsets,
             shape=shape,
-            bits=self.bits,
-            method=self.method,
-            block_size=self.block_size,
+            spec=self.spec,
         )
 
 
 def quantize_to_grid(
     flat: Tensor,
-    bits: int,
-    method: str,
-    block_size: int,
-    double_quant: bool,
+    spec: QuantSpec,
     *,
     out: GridPoint | None = None,
     workspace: Workspace | None = None,
 ) -> GridPoint:
-    """Quantize a finite 1-D float32 tensor (arguments already checked) without packing.
+    """Quantize a finite 1-D float32 tensor (already checked) without packing.
 
     Same codes and statistics as :func:`quantize`; the restored values come from one
     gather of the level table and one multiply(-add) by the block statistics.
@@ -657,11 +612,12 @@ def quantize_to_grid(
     (:class:`Workspace` of ``n_blocks · block_size`` values). An iterative caller (LoftQ)
     passes both and so allocates nothing large per call.
     """
-    blocks = _blocks(flat, block_size)
-    scales, offsets = _nf_stats(blocks) if method == "nf" else _uniform_stats(blocks, bits)
+    blocks = _blocks(flat, spec.block_size)
+    nf = spec.method == "nf"
+    scales, offsets = _nf_stats(blocks) if nf else _uniform_stats(blocks, spec.bits)
     stored_scales: Tensor | DoubleQuantized = scales
     stored_offsets: Tensor | DoubleQuantized | None = offsets
-    if double_quant:
+    if spec.double_quant:
         stored_scales = DoubleQuantized.encode(scales)
         scales = stored_scales.decode()
         if offsets is not None:
@@ -672,9 +628,9 @@ def quantize_to_grid(
     padded = torch.empty(blocks.numel(), device=flat.device) if out is None else out.padded_values
     normalized = _normalize(blocks, scales, offsets, out=padded.view_as(blocks))
     codes = nearest_codes(
-        normalized, bits, method, out=None if out is None else out.codes, workspace=workspace
+        normalized, spec, out=None if out is None else out.codes, workspace=workspace
     )
-    table = levels(bits, method, flat.device)
+    table = _levels(spec, flat.device)
     # the normalized values are spent: their buffer receives the restored ones
     values = torch.index_select(table, 0, codes, out=padded.view(-1)).view_as(blocks)
     values.mul_(scales[:, None])
@@ -686,7 +642,5 @@ def quantize_to_grid(
         stored_offsets,
         padded,
         flat.numel(),
-        bits,
-        method,
-        block_size,
+        spec,
     )

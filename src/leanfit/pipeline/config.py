@@ -1,4 +1,10 @@
-"""The LoftQ run's configuration and report types (no I/O beyond their JSON round trip)."""
+"""The LoftQ run's configuration and report types (no I/O beyond their JSON round trip).
+
+A run's config composes the two settings of the maths, :class:`~leanfit.quantization.QuantSpec`
+(:attr:`LoftQConfig.quant`) and :class:`~leanfit.quantization.LoraSpec`
+(:attr:`LoftQConfig.lora`), with what only a whole-model run has: the bit plan, the targets,
+the seed of the first target and the calibration.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,7 @@ from typing import Any
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import read_json
-from leanfit.quantization.lowrank import SVD_METHODS
-from leanfit.quantization.quantizers import check_quantization_args
-
-INITS = ("loftq", "qlora")
+from leanfit.quantization.spec import METHODS, LoraSpec, QuantSpec
 
 
 def _is_int(value: object) -> bool:
@@ -27,6 +30,10 @@ def _is_number(value: object) -> bool:
 @dataclass(frozen=True)
 class LoftQConfig:
     """How a model is quantized and its LoRA initialized.
+
+    Built from flat keywords (as the command line gives them, and as ``loftq_config.json``
+    stores them); the quantizer and LoRA settings are validated once, as the
+    :attr:`quant` and :attr:`lora` they make, which the pipeline passes on whole.
 
     Parameters
     ----------
@@ -50,7 +57,7 @@ class LoftQConfig:
         Store the per-block statistics as 8-bit codes.
     avg_bits : float, optional
         Mixed precision: the first blocks get ``high_bits`` so that the average is at most
-        ``avg_bits`` (:func:`leanfit.checkpoints.targets.plan_bits`).
+        ``avg_bits`` (:func:`leanfit.pipeline.plan.plan_bits`).
     first_high_layers : int, optional
         Mixed precision: the number of first blocks at ``high_bits`` (instead of ``avg_bits``).
     high_bits : int
@@ -104,26 +111,20 @@ class LoftQConfig:
     calibration: str | None = None
     calib_tokens: int = 2048
     calib_damp: float = 0.01
+    quant: QuantSpec = field(init=False, repr=False, compare=False)
+    """The quantizer of every target (at ``bits``; a mixed or allocated plan changes only the
+    width: :meth:`QuantSpec.with_bits`)."""
+    lora: LoraSpec = field(init=False, repr=False, compare=False)
+    """The LoRA setting of every target."""
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise bad_value("init", self.init, f"one of {INITS}")
-        check_quantization_args(self.bits, self.method, self.block_size)
-        if not _is_int(self.rank) or self.rank < 1:
-            raise bad_value("rank", self.rank, "an int >= 1")
-        if self.init == "qlora":
-            object.__setattr__(self, "iters", 0)
-        elif not _is_int(self.iters) or self.iters < 1:
-            raise bad_value("iters", self.iters, "an int >= 1 (init='qlora' means no iteration)")
-        if self.svd not in SVD_METHODS:
-            raise bad_value("svd", self.svd, f"one of {SVD_METHODS}")
-        if self.lora_alpha is not None and (
-            not _is_number(self.lora_alpha) or self.lora_alpha <= 0
-        ):
-            raise bad_value("lora_alpha", self.lora_alpha, "a finite number > 0, or None")
-        for name in ("double_quant", "include_conv"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad_value(name, getattr(self, name), "a bool")
+        quant = QuantSpec(self.bits, self.method, self.block_size, self.double_quant)
+        lora = LoraSpec(self.rank, self.lora_alpha, self.iters, self.svd, self.init)
+        object.__setattr__(self, "quant", quant)
+        object.__setattr__(self, "lora", lora)
+        object.__setattr__(self, "iters", lora.iters)  # 0 for init="qlora"
+        if not isinstance(self.include_conv, bool):
+            raise bad_value("include_conv", self.include_conv, "a bool")
         if not _is_int(self.seed) or self.seed < 0:
             raise bad_value("seed", self.seed, "an int >= 0")
         self._check_mixed_plan()
@@ -165,9 +166,7 @@ class LoftQConfig:
                 "give avg_bits or first_high_layers, not both; got "
                 f"avg_bits={self.avg_bits!r}, first_high_layers={self.first_high_layers!r}"
             )
-        check_quantization_args(self.high_bits, self.method, self.block_size)
-        if self.high_bits <= self.bits:
-            raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
+        self._check_high_bits()
         if self.avg_bits is not None and not (
             _is_number(self.avg_bits) and self.bits <= self.avg_bits <= self.high_bits
         ):
@@ -186,23 +185,26 @@ class LoftQConfig:
                 f"got bits_budget={self.bits_budget!r}, avg_bits={self.avg_bits!r}, "
                 f"first_high_layers={self.first_high_layers!r}"
             )
-        check_quantization_args(self.high_bits, self.method, self.block_size)
-        if self.high_bits <= self.bits:
-            raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
+        self._check_high_bits()
         budget = self.bits_budget
         if budget is None or not _is_number(budget) or budget <= 0:
             raise bad_value(
                 "bits_budget", self.bits_budget, "a number > 0 (stored bits per parameter)"
             )
 
-    @property
-    def alpha(self) -> float:
-        """``lora_alpha``, or r when it is not given."""
-        return float(self.rank) if self.lora_alpha is None else float(self.lora_alpha)
+    def _check_high_bits(self) -> None:
+        """``high_bits``: a width of the method (:meth:`QuantSpec.with_bits`) above ``bits``."""
+        try:
+            self.quant.with_bits(self.high_bits)
+        except BadInputError:
+            allowed = f"one of {METHODS[self.method]} with method {self.method!r}"
+            raise bad_value("high_bits", self.high_bits, allowed) from None
+        if self.high_bits <= self.bits:
+            raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serializable fields (``targets`` as a list)."""
-        values = asdict(self)
+        """The constructor's keywords as JSON-serializable values (``targets`` as a list)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         if self.targets is not None:
             values["targets"] = list(self.targets)
         return values
@@ -212,7 +214,7 @@ class LoftQConfig:
         """Inverse of :meth:`to_dict`; unknown keys are refused."""
         if not isinstance(values, dict):
             raise bad_value("values", type(values).__name__, "a dict")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(values) - known)
         if unknown:
             raise BadInputError(f"LoftQConfig has no fields {unknown}; known: {sorted(known)}")
