@@ -35,6 +35,7 @@ from sklearn.utils import Tags
 
 from leanfit.exceptions import BadInputError, LeanfitError, bad_value
 from leanfit.selection._validation import check_fitted, check_matrix, two_classes
+from leanfit.selection.design import Design, dense_design, design
 from leanfit.selection.newton import NewtonResult, minimize
 
 # ---------------------------------------------------------------------------------------
@@ -146,33 +147,29 @@ def objective_value_and_gradient(
     return float(s @ log_loss_terms(z, y) + 0.5 * l2_reg * (w @ w)), grad
 
 
-HESSIAN_ROWS = 32768
-"""Rows per block of :func:`objective_hessian` (its scratch memory: this many rows of X)."""
-
-
 def objective_hessian(
     theta: np.ndarray,
     X: np.ndarray,
     l2_reg: float,
     sample_weight: np.ndarray | None = None,
+    *,
+    structure: Design | None = None,
 ) -> np.ndarray:
-    """``H = Σᵢ sᵢ σᵢ(1 − σᵢ) x̃ᵢ x̃ᵢᵀ + λ diag(1…1[, 0])``, shape ``(p, p)``, symmetric."""
+    """``H = Σᵢ sᵢ σᵢ(1 − σᵢ) x̃ᵢ x̃ᵢᵀ + λ diag(1…1[, 0])``, shape ``(p, p)``, symmetric.
+
+    The data term is the Gram ``Z̃ᵀ diag(a) Z̃`` of :meth:`Design.gram`: with ``structure``
+    (:func:`~leanfit.selection.design.design` of this ``X``, built once for the several
+    Hessians of a fit) two-valued columns are summed as sparse indicators; without it, by
+    the dense BLAS product.
+    """
     n, d = X.shape
     prob = expit(decision(theta, X))
     a = _weights(sample_weight, n) * prob * (1.0 - prob)
-    p = theta.shape[0]
-    hess = np.zeros((p, p))
-    root = np.sqrt(a)
-    for start in range(0, n, HESSIAN_ROWS):  # √a ⊙ X a block of rows at a time
-        scaled = root[start : start + HESSIAN_ROWS, None] * X[start : start + HESSIAN_ROWS]
-        hess[:d, :d] += scaled.T @ scaled  # AᵀA form: exactly symmetric (syrk)
-    if p == d + 1:
-        cross = X.T @ a
-        hess[:d, d] = cross
-        hess[d, :d] = cross
-        hess[d, d] = a.sum()
-    hess[np.arange(d), np.arange(d)] += l2_reg
-    return hess
+    gram = (dense_design(X) if structure is None else structure).gram(
+        a, intercept=has_intercept(theta, d)
+    )
+    gram[np.arange(d), np.arange(d)] += l2_reg
+    return gram
 
 
 def per_sample_gradients(theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -302,8 +299,12 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
         def value_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
             return objective_value_and_gradient(theta, X, y, self.l2_reg, sample_weight)
 
+        structure: list[Design] = []  # the two-valued columns, found for the first Hessian
+
         def hessian(theta: np.ndarray) -> np.ndarray:
-            return objective_hessian(theta, X, self.l2_reg, sample_weight)
+            if not structure:
+                structure.append(design(X))
+            return objective_hessian(theta, X, self.l2_reg, sample_weight, structure=structure[0])
 
         found = minimize(
             value_and_gradient,
@@ -399,7 +400,7 @@ class LogisticRegressionL2(ClassifierMixin, BaseEstimator):
     def hessian(self, X: ArrayLike, sample_weight: np.ndarray | None = None) -> np.ndarray:
         """Hessian of ``L`` at the fitted θ on the given data, shape ``(p, p)``."""
         X = self._check_X(X)
-        return objective_hessian(self.theta_, X, self.l2_reg, sample_weight)
+        return objective_hessian(self.theta_, X, self.l2_reg, sample_weight, structure=design(X))
 
     def solve_hessian(self, v: ArrayLike) -> np.ndarray:
         """``H⁻¹ v`` with the training Hessian at ``theta_`` (kept Cholesky factor).
