@@ -337,6 +337,6 @@ def check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
     if wrong:
         name, got, shape = wrong[0]
         raise CorruptArtifactError(
-            f"adapter tensor {name!r} must have shape {tuple(shape)} (r={rank}); got {got} "
+            f"adapter tensor {name!r} must have shape {tuple(shape)} (rank {rank}); got {got} "
             f"({len(wrong)} tensors have wrong shapes)"
         )
