@@ -89,3 +89,45 @@ def test_bad_options_are_named(tmp_path, capsys, args, message):
 def test_a_missing_model_is_named(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_method_options_are_the_config_fields_with_no_default_of_their_own():
+    import dataclasses
+
+    from leanfit.cli import build_parser, config_from_args, config_option, parser_of
+
+    parser = parser_of(build_parser(["quantize"]), "quantize")
+    by_dest = {action.dest: action for action in parser._actions}
+    exposed = [f for f in dataclasses.fields(LoftQConfig) if "help" in f.metadata]
+    assert {f.name for f in exposed} == {
+        "bits", "rank", "iters", "method", "block_size", "svd", "lora_alpha", "double_quant",
+        "avg_bits", "first_high_layers", "high_bits", "bits_budget", "include_conv", "seed",
+        "init", "calibration", "calib_tokens", "calib_damp",
+    }  # fmt: skip
+    for field in exposed:
+        action = by_dest[field.name]
+        assert action.option_strings == [config_option(field)]
+        assert action.help.startswith(field.metadata["help"])
+        assert action.default is field.default
+    # --target is a plain repeatable option (a regex may hold commas) with no default of its own
+    assert by_dest["targets"].default is None
+    args = parser.parse_args(["minilm", "--out", "out"])
+    assert config_from_args(LoftQConfig, args, targets=None) == LoftQConfig()
+
+
+def test_options_build_the_config_field_by_field():
+    from leanfit.cli import build_parser, parser_of
+    from leanfit.cli.quantize import config_of
+
+    parser = parser_of(build_parser(["quantize"]), "quantize")
+    argv = [
+        "minilm", "--out", "out", "--bits", "3", "--rank", "4", "--iters", "2", "--method",
+        "uniform", "--block-size", "32", "--svd", "exact", "--alpha", "8", "--double-quant",
+        "--bits-budget", "3.5", "--high-bits", "4", "--target", "q,k", "--target", "v",
+        "--include-conv", "--seed", "7", "--calib-tokens", "64", "--calib-damp", "0.1",
+    ]  # fmt: skip
+    assert config_of(parser.parse_args(argv)) == LoftQConfig(
+        bits=3, rank=4, iters=2, method="uniform", block_size=32, svd="exact", lora_alpha=8.0,
+        double_quant=True, bits_budget=3.5, high_bits=4, targets=("q,k", "v"),
+        include_conv=True, seed=7, calib_tokens=64, calib_damp=0.1,
+    )  # fmt: skip

@@ -268,7 +268,7 @@ def test_a_directory_that_is_not_a_leanfit_output_is_refused(tmp_path):
         ),
         (
             lambda d: edit_json(d / "adapter" / "adapter_config.json", lambda v: v.update(r=8)),
-            r"must have shape \(8, 384\) \(r=8\); got \(16, 384\) \(74 tensors",
+            r"must have shape \(8, 384\) \(rank 8\); got \(16, 384\) \(74 tensors",
         ),
         (
             lambda d: edit_json(

@@ -49,7 +49,7 @@ def read_json(path):
         ({"seed": -2}, "seed must be an int >= 0; got -2"),
         ({"avg_bits": 2.5, "first_high_layers": 2}, "give avg_bits or first_high_layers"),
         ({"avg_bits": 5.0}, r"avg_bits must be a number in \[2, 4\]; got 5.0"),
-        ({"first_high_layers": 1, "high_bits": 2}, "high_bits must be greater than bits=2"),
+        ({"first_high_layers": 1, "high_bits": 2}, r"high_bits must be greater than bits \(2\)"),
         ({"first_high_layers": -1}, "first_high_layers must be an int >= 0; got -1"),
         ({"targets": "q_proj"}, "targets must be a list of non-empty strings, or None"),
         ({"targets": []}, "targets must be a non-empty list of patterns, or None"),

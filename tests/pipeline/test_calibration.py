@@ -141,7 +141,7 @@ def test_calibration_tokens_are_bounded_by_the_text(smollm2_tokenizer):
         ({"calibration": ""}, "calibration must be 'pride_and_prejudice', a text file path"),
         (
             {"calibration": "pride_and_prejudice", "init": "qlora"},
-            "it needs init='loftq', got init='qlora'",
+            "it needs the init 'loftq', got 'qlora'",
         ),
     ],
 )

@@ -64,7 +64,7 @@ def test_mixed_plan_counts_block_indices_and_leaves_outside_targets_low():
         ({"avg_bits": "3"}, "avg_bits must be a number"),
         ({"first_high_layers": 31}, r"first_high_layers must be an integer in \[0, 30\]"),
         ({"first_high_layers": 2.0}, "first_high_layers must be an int >= 0; got 2.0"),
-        ({"bits": 4, "high_bits": 4, "avg_bits": 4}, "high_bits must be greater than bits=4"),
+        ({"bits": 4, "high_bits": 4, "avg_bits": 4}, r"high_bits must be greater than bits \(4\)"),
     ],
 )
 def test_bit_plan_errors(kwargs, message):

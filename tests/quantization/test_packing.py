@@ -53,7 +53,7 @@ def test_any_shape_is_read_row_major():
         (lambda: pack(torch.zeros(3, dtype=torch.uint8), True), "bits must be one of"),
         (lambda: pack(torch.zeros(3, dtype=torch.int64), 4), "codes must be a torch.uint8"),
         (lambda: pack(torch.tensor([4], dtype=torch.uint8), 2), "below 2\\*\\*bits = 4"),
-        (lambda: unpack(torch.zeros(2, dtype=torch.uint8), 4, 5), "3 bytes for numel=5; got 2"),
+        (lambda: unpack(torch.zeros(2, dtype=torch.uint8), 4, 5), "3 bytes for 5 values; got 2"),
         (lambda: unpack(torch.zeros(2, dtype=torch.uint8), 4, -1), "numel must be an int >= 0"),
         (lambda: unpack(torch.zeros(1, 2, dtype=torch.uint8), 8, 2), "1-D torch.uint8"),
     ],

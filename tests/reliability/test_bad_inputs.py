@@ -905,7 +905,7 @@ CASES = [
         "quantization",
         "load() of an adapter whose lora_A has the wrong shape",
         CorruptArtifactError,
-        r"adapter tensor .*q_proj\.lora_A\.weight.* must have shape \(2, 16\) \(r=2\); "
+        r"adapter tensor .*q_proj\.lora_A\.weight.* must have shape \(2, 16\) \(rank 2\); "
         r"got \(16, 2\)",
         lambda t: load_damaged(t, transposed_lora_a),
     ),

@@ -247,7 +247,7 @@ def read_adapter_config(adapter: Path) -> dict[str, Any]:
     if not _count(rank) or not alpha_ok:
         raise CorruptArtifactError(
             f"{str(path)!r} must hold r (an int >= 1) and lora_alpha (a number > 0); "
-            f"got r={rank!r}, lora_alpha={alpha!r}"
+            f"got r {rank!r} and lora_alpha {alpha!r}"
         )
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise CorruptArtifactError(
@@ -337,6 +337,6 @@ def check_adapter(adapter: Path, targets: dict[str, Target]) -> None:
     if wrong:
         name, got, shape = wrong[0]
         raise CorruptArtifactError(
-            f"adapter tensor {name!r} must have shape {tuple(shape)} (r={rank}); got {got} "
+            f"adapter tensor {name!r} must have shape {tuple(shape)} (rank {rank}); got {got} "
             f"({len(wrong)} tensors have wrong shapes)"
         )

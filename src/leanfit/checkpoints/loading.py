@@ -130,7 +130,7 @@ def model_class(architecture: str | None) -> Any:
         raise BadInputError(
             f"the backbone was saved as {architecture!r}, a class transformers "
             f"{transformers.__version__} does not provide (leanfit never runs code shipped with "
-            "a checkpoint); load it with task='base' (or another task), or build the model "
+            "a checkpoint); load it with the task 'base' (or another task), or build the model "
             "yourself and call load_into(model, directory)"
         )
     return cls

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from leanfit.cli import SUBCOMMANDS
+from leanfit.cli import SUBCOMMANDS, add_config_options
+from leanfit.pipeline.config import LoftQConfig
 from leanfit.pretrained import PACKAGES, model_path
 
 
@@ -26,80 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + ", ".join(sorted(PACKAGES)),
     )
     parser.add_argument("--out", dest="out_dir", type=Path, required=True, help="output directory")
-    parser.add_argument("--bits", type=int, default=2, help="bits per weight (default 2)")
-    mixed = parser.add_mutually_exclusive_group()
-    mixed.add_argument(
-        "--avg-bits",
-        type=float,
-        help="mixed precision: the first layers get --high-bits so the average is at most this",
-    )
-    mixed.add_argument(
-        "--first-high-layers",
-        type=int,
-        help="mixed precision: number of first layers at --high-bits",
-    )
-    mixed.add_argument(
-        "--bits-budget",
-        type=float,
-        help="bit allocation: each matrix gets --bits to --high-bits so that the stored bits "
-        "per parameter (codes + block scales; NF block 64: 2.5 at 2 bits, 4.5 at 4) stay within "
-        "this and the total LoftQ error is smallest",
-    )
-    parser.add_argument(
-        "--high-bits", type=int, default=4, help="bits of the first layers (default 4)"
-    )
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank r (default 16)")
-    parser.add_argument(
-        "--alpha", dest="lora_alpha", type=float, help="LoRA alpha (default: the rank)"
-    )
-    parser.add_argument(
-        "--iters", type=int, default=5, help="LoftQ alternating steps T (default 5)"
-    )
-    parser.add_argument("--method", choices=["nf", "uniform"], default="nf", help="quantizer")
-    parser.add_argument("--block-size", type=int, default=64, help="values per block (64)")
-    parser.add_argument(
-        "--svd", choices=["randomized", "exact"], default="randomized", help="truncated SVD"
-    )
-    parser.add_argument(
-        "--double-quant", action="store_true", help="store the block scales as 8-bit codes"
-    )
+    add_config_options(parser, LoftQConfig)
     parser.add_argument(
         "--target",
         dest="targets",
         action="append",
         metavar="PATTERN",
-        help="module name or regex to quantize (repeatable; default: the model type's table "
-        "of attention and MLP layers, else all linear layers of its blocks)",
-    )
-    parser.add_argument(
-        "--include-conv", action="store_true", help="also quantize matched convolutions"
-    )
-    parser.add_argument(
-        "--init",
-        choices=["loftq", "qlora"],
-        default="loftq",
-        help="loftq (default), or qlora: Q = quantize(W) and a zero LoRA update (--iters ignored)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--calibration",
-        metavar="TEXT",
-        help="calibrated LoftQ: pride_and_prejudice or a UTF-8 text file; the LoRA init then "
-        "minimizes each layer's output error on that text (run block by block; llama models "
-        "such as smollm2; its last 10%% of chapters/paragraphs are never used)",
-    )
-    parser.add_argument(
-        "--calib-tokens",
-        type=int,
-        default=2048,
-        metavar="N",
-        help="calibration tokens (default 2048)",
-    )
-    parser.add_argument(
-        "--calib-damp",
-        type=float,
-        default=0.01,
-        help="Gram damping: damp · mean(diag G) added to the diagonal (default 0.01)",
+        help="module name or regex to quantize (repeatable, one pattern each: a regex may hold "
+        "commas; default: the model type's table of attention and MLP layers, else all linear "
+        "layers of its blocks)",
     )
     parser.add_argument(
         "--export-dequantized",
@@ -162,34 +98,22 @@ def resolve_model(model: str) -> Path:
     return model_path(model)
 
 
+def config_of(args: argparse.Namespace) -> LoftQConfig:
+    """The run's config from the parsed options: each ``--target`` is one pattern, as given."""
+    from leanfit.cli import config_from_args
+
+    return config_from_args(
+        LoftQConfig, args, targets=tuple(args.targets) if args.targets else None
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from leanfit.cli import set_threads
     from leanfit.exceptions import BadInputError
-    from leanfit.pipeline.config import LoftQConfig
     from leanfit.pipeline.memory import parse_size
     from leanfit.pipeline.walker import quantize_checkpoint
 
-    config = LoftQConfig(
-        bits=args.bits,
-        rank=args.rank,
-        iters=args.iters,
-        method=args.method,
-        block_size=args.block_size,
-        svd=args.svd,
-        lora_alpha=args.lora_alpha,
-        double_quant=args.double_quant,
-        avg_bits=args.avg_bits,
-        first_high_layers=args.first_high_layers,
-        high_bits=args.high_bits,
-        bits_budget=args.bits_budget,
-        targets=tuple(args.targets) if args.targets else None,
-        include_conv=args.include_conv,
-        seed=args.seed,
-        init=args.init,
-        calibration=args.calibration,
-        calib_tokens=args.calib_tokens,
-        calib_damp=args.calib_damp,
-    )
+    config = config_of(args)
     set_threads(args.threads)
     options = {
         "overwrite": args.overwrite,

@@ -11,10 +11,35 @@ under a budget (:mod:`~leanfit.pipeline.allocation`) and the run kept within a m
 the quantizer and LoRA settings of :mod:`leanfit.quantization.spec`) and reported by a
 :class:`LoftQReport` (:mod:`~leanfit.pipeline.config`); its fixed bit plan is
 :mod:`~leanfit.pipeline.plan`'s, its report files :mod:`~leanfit.pipeline.report`'s.
+
+The names below are imported from their modules on first use, so that importing the package
+(e.g. for :mod:`~leanfit.pipeline.config`, whose fields ``leanfit quantize`` derives its
+options from) loads no torch.
 """
 
-from leanfit.pipeline.config import LoftQConfig, LoftQReport, MatrixReport
-from leanfit.pipeline.walker import estimate_checkpoint_memory, quantize_checkpoint, quantize_module
+from typing import TYPE_CHECKING
+
+from leanfit.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from leanfit.pipeline.config import LoftQConfig, LoftQReport, MatrixReport
+    from leanfit.pipeline.walker import (
+        estimate_checkpoint_memory,
+        quantize_checkpoint,
+        quantize_module,
+    )
+
+#: The module of :mod:`leanfit.pipeline` that defines each public name.
+HOMES = {
+    "LoftQConfig": "config",
+    "LoftQReport": "config",
+    "MatrixReport": "config",
+    "estimate_checkpoint_memory": "walker",
+    "quantize_checkpoint": "walker",
+    "quantize_module": "walker",
+}
+
+__getattr__ = lazy_attributes(__name__, HOMES)
 
 __all__ = [
     "LoftQConfig",

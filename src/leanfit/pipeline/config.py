@@ -16,7 +16,7 @@ from typing import Any
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
 from leanfit.io import read_json
-from leanfit.quantization.spec import METHODS, LoraSpec, QuantSpec
+from leanfit.quantization.spec import INITS, METHODS, SVD_METHODS, LoraSpec, QuantSpec
 
 
 def _is_int(value: object) -> bool:
@@ -92,25 +92,71 @@ class LoftQConfig:
         Damping of the Gram matrices: ``λ = calib_damp · mean(diag G)`` (> 0).
     """
 
-    bits: int = 2
-    rank: int = 16
-    iters: int = 5
-    method: str = "nf"
-    block_size: int = 64
-    svd: str = "randomized"
-    lora_alpha: float | None = None
-    double_quant: bool = False
-    avg_bits: float | None = None
-    first_high_layers: int | None = None
-    high_bits: int = 4
-    bits_budget: float | None = None
+    bits: int = field(default=2, metadata={"help": "bits per weight"})
+    rank: int = field(default=16, metadata={"help": "LoRA rank r"})
+    iters: int = field(default=5, metadata={"help": "LoftQ alternating steps T"})
+    method: str = field(default="nf", metadata={"help": "quantizer", "choices": tuple(METHODS)})
+    block_size: int = field(default=64, metadata={"help": "values per block"})
+    svd: str = field(
+        default="randomized", metadata={"help": "truncated SVD", "choices": SVD_METHODS}
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA alpha (default: the rank)", "option": "--alpha"}
+    )
+    double_quant: bool = field(
+        default=False, metadata={"help": "store the block scales as 8-bit codes"}
+    )
+    avg_bits: float | None = field(
+        default=None,
+        metadata={
+            "help": "mixed precision: the first layers get --high-bits so the average is at "
+            "most this",
+            "group": "plan",
+        },
+    )
+    first_high_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "mixed precision: number of first layers at --high-bits",
+            "group": "plan",
+        },
+    )
+    high_bits: int = field(default=4, metadata={"help": "bits of the first layers"})
+    bits_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "bit allocation: each matrix gets --bits to --high-bits so that the stored "
+            "bits per parameter (codes + block scales; NF block 64: 2.5 at 2 bits, 4.5 at 4) "
+            "stay within this and the total LoftQ error is smallest",
+            "group": "plan",
+        },
+    )
     targets: tuple[str, ...] | None = None
-    include_conv: bool = False
-    seed: int = 0
-    init: str = "loftq"
-    calibration: str | None = None
-    calib_tokens: int = 2048
-    calib_damp: float = 0.01
+    include_conv: bool = field(
+        default=False, metadata={"help": "also quantize matched convolutions"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    init: str = field(
+        default="loftq",
+        metadata={
+            "help": "loftq, or qlora: Q = quantize(W) and a zero LoRA update (--iters ignored)",
+            "choices": INITS,
+        },
+    )
+    calibration: str | None = field(
+        default=None,
+        metadata={
+            "help": "calibrated LoftQ: pride_and_prejudice or a UTF-8 text file; the LoRA init "
+            "then minimizes each layer's output error on that text (run block by block; llama "
+            "models such as smollm2; its last tenth of chapters or paragraphs is never used)",
+            "metavar": "TEXT",
+        },
+    )
+    calib_tokens: int = field(default=2048, metadata={"help": "calibration tokens", "metavar": "N"})
+    calib_damp: float = field(
+        default=0.01,
+        metadata={"help": "Gram damping: damp · mean(diag G) added to the diagonal"},
+    )
     quant: QuantSpec = field(init=False, repr=False, compare=False)
     """The quantizer of every target (at ``bits``; a mixed or allocated plan changes only the
     width: :meth:`QuantSpec.with_bits`)."""
@@ -148,8 +194,8 @@ class LoftQConfig:
                 )
             if self.init != "loftq":
                 raise BadInputError(
-                    "calibration fits the LoftQ factors; it needs init='loftq', got "
-                    f"init={self.init!r}"
+                    "calibration fits the LoftQ factors; it needs the init 'loftq', got "
+                    f"{self.init!r}"
                 )
         if not _is_int(self.calib_tokens) or self.calib_tokens < 2:
             raise bad_value("calib_tokens", self.calib_tokens, "an int >= 2")
@@ -164,7 +210,7 @@ class LoftQConfig:
         if self.avg_bits is not None and self.first_high_layers is not None:
             raise BadInputError(
                 "give avg_bits or first_high_layers, not both; got "
-                f"avg_bits={self.avg_bits!r}, first_high_layers={self.first_high_layers!r}"
+                f"avg_bits {self.avg_bits!r} and first_high_layers {self.first_high_layers!r}"
             )
         self._check_high_bits()
         if self.avg_bits is not None and not (
@@ -182,8 +228,8 @@ class LoftQConfig:
         if self.avg_bits is not None or self.first_high_layers is not None:
             raise BadInputError(
                 "give bits_budget or a fixed mixed plan (avg_bits, first_high_layers), not both; "
-                f"got bits_budget={self.bits_budget!r}, avg_bits={self.avg_bits!r}, "
-                f"first_high_layers={self.first_high_layers!r}"
+                f"got bits_budget {self.bits_budget!r}, avg_bits {self.avg_bits!r} and "
+                f"first_high_layers {self.first_high_layers!r}"
             )
         self._check_high_bits()
         budget = self.bits_budget
@@ -200,7 +246,7 @@ class LoftQConfig:
             allowed = f"one of {METHODS[self.method]} with method {self.method!r}"
             raise bad_value("high_bits", self.high_bits, allowed) from None
         if self.high_bits <= self.bits:
-            raise bad_value("high_bits", self.high_bits, f"greater than bits={self.bits}")
+            raise bad_value("high_bits", self.high_bits, f"greater than bits ({self.bits})")
 
     def to_dict(self) -> dict[str, Any]:
         """The constructor's keywords as JSON-serializable values (``targets`` as a list)."""

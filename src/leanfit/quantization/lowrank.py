@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from leanfit.exceptions import BadInputError, bad_value
-
-SVD_METHODS = ("randomized", "exact")
+from leanfit.quantization.spec import SVD_METHODS
 
 
 def _check_matrix(matrix: object) -> Tensor:

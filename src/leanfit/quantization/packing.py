@@ -120,7 +120,7 @@ def unpack(packed: Tensor, bits: int, numel: int) -> Tensor:
     expected = packed_length(numel, bits)
     if packed.numel() != expected:
         raise BadInputError(
-            f"packed must hold ceil({numel} * {bits} / 8) = {expected} bytes for numel={numel}; "
+            f"packed must hold ceil({numel} * {bits} / 8) = {expected} bytes for {numel} values; "
             f"got {packed.numel()}"
         )
     per_group, group_bytes = _group(bits)

@@ -338,7 +338,7 @@ class QuantizedTensor:
         if (self.offsets is None) != (spec.method == "nf"):
             raise BadInputError(
                 f"offsets must be given for uniform and only for uniform; "
-                f"got method={spec.method!r} and offsets={type(self.offsets)}"
+                f"got method {spec.method!r} and offsets of type {type(self.offsets).__name__}"
             )
         layout = _layout(self.numel, spec)
         for name, tensor in self.to_state_dict("").items():

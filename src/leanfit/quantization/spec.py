@@ -17,12 +17,14 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from leanfit.exceptions import BadInputError, CorruptArtifactError, bad_value
-from leanfit.quantization.lowrank import SVD_METHODS
 
 METHODS: dict[str, tuple[int, ...]] = {"nf": (2, 3, 4), "uniform": (2, 3, 4, 8)}
 """Each quantizer and the bit widths it supports."""
 
 INITS = ("loftq", "qlora")
+
+SVD_METHODS = ("randomized", "exact")
+"""The truncated SVDs of :func:`leanfit.quantization.truncated_svd`."""
 
 Spec = TypeVar("Spec", "QuantSpec", "LoraSpec")
 
