@@ -331,9 +331,12 @@ def trimming_curve(
     # Prepared at the untrimmed model: the robustness attack points stay those of θ̂, so
     # that ``val_objective`` measures the cost the influence was computed for.
     objectives, Z_val, labels_val, s_val = selector.prepare_validation(
-        X_val, y_val, sensitive_features=sensitive_features_val, objective=objective,
+        X_val,
+        y_val,
+        sensitive_features=sensitive_features_val,
+        objective=objective,
         privileged=privileged,
-    )  # fmt: skip
+    )
     Z, y, s = evaluation_set(selector, X_test, y_test, sensitive_features_test, privileged)
     val: dict[str, Any] = {"sensitive_features": sensitive_features_val, "privileged": privileged}
     if influence is not None:
